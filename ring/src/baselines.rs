@@ -1,0 +1,1 @@
+//! Reference implementations of other consistent-hash algorithms, for measurement only.

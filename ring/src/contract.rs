@@ -1,0 +1,426 @@
+//! Wire contracts between wscluster processes and with clients, other than the snapshot itself.
+//!
+//! * [`ResetFrame`] and the `CLOSE_*` codes: what a client sees when it must reconnect.
+//! * [`ClientMessage`]: what the reference node sends to its clients.
+//! * [`stream`]: the operator's ring stream that proxies and nodes subscribe to.
+//! * [`bus`]: the RabbitMQ events (broadcasts and resets).
+//! * [`validate_key`]: the rules for a business key, shared by proxy and node.
+//!
+//! All are plain serde types; `docs/architecture.md` documents them for non-Rust peers.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Close code after a reset frame with reason `rebalance`: the key moved to another node;
+/// reconnect after `retryAfterMs`. Application codes are 4000-4999 (RFC 6455 §7.4.2).
+pub const CLOSE_REBALANCE: u16 = 4000;
+/// Close code after a reset frame with reason `drain`: the node is leaving; reconnect after
+/// `retryAfterMs`.
+pub const CLOSE_DRAIN: u16 = 4001;
+/// Close code when a newer connection for the same key replaced this one on the same node.
+/// Do not reconnect automatically (the other connection is yours).
+pub const CLOSE_REPLACED: u16 = 4002;
+/// Close code when the node does not own the key under its newest ring (a stale route).
+/// Reconnect after `retryAfterMs`.
+pub const CLOSE_NOT_OWNER: u16 = 4003;
+/// Close code for a protocol-level misuse the node refuses (for example a binary frame where
+/// text is expected). Standard codes are used where RFC 6455 has one: 1007 invalid UTF-8,
+/// 1009 message too big.
+pub const CLOSE_POLICY: u16 = 4008;
+
+/// Why a client is asked to reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetReason {
+    /// The key's owner changed; reconnect and the proxy routes you to the new owner.
+    Rebalance,
+    /// The node is draining (scale-down or shutdown).
+    Drain,
+    /// The node refused the key because another node owns it.
+    NotOwner,
+}
+
+impl ResetReason {
+    /// The close code that follows the reset frame.
+    pub fn close_code(self) -> u16 {
+        match self {
+            ResetReason::Rebalance => CLOSE_REBALANCE,
+            ResetReason::Drain => CLOSE_DRAIN,
+            ResetReason::NotOwner => CLOSE_NOT_OWNER,
+        }
+    }
+
+    /// The label used in metrics and close-frame reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Rebalance => "rebalance",
+            ResetReason::Drain => "drain",
+            ResetReason::NotOwner => "not-owner",
+        }
+    }
+}
+
+/// The text frame sent before a reset close frame:
+/// `{"type":"reset","reason":"rebalance","retryAfterMs":250,"ringVersion":8}`.
+///
+/// A client that sees it waits `retryAfterMs` and reconnects with `?since=<last offset>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResetFrame {
+    /// Always `"reset"`.
+    #[serde(rename = "type")]
+    pub kind: ResetTag,
+    /// Why.
+    pub reason: ResetReason,
+    /// How long to wait before reconnecting, spread by the sender to avoid a reconnect storm.
+    pub retry_after_ms: u64,
+    /// The ring version that caused the reset, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_version: Option<u64>,
+}
+
+/// The constant tag `"reset"` of a [`ResetFrame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetTag {
+    /// `"reset"`.
+    #[default]
+    Reset,
+}
+
+impl ResetFrame {
+    /// A reset frame.
+    pub fn new(reason: ResetReason, retry_after_ms: u64, ring_version: Option<u64>) -> Self {
+        ResetFrame {
+            kind: ResetTag::Reset,
+            reason,
+            retry_after_ms,
+            ring_version,
+        }
+    }
+
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| unreachable!("reset frame serialises: {e}"))
+    }
+}
+
+/// Kinds of [`ClientMessage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// A message sent to this user with `/send`; carries an offset.
+    Message,
+    /// A broadcast to every user.
+    Broadcast,
+    /// Information from the server (welcome, replay finished).
+    System,
+    /// An error about this session's input (bad `since`, for example); the session goes on.
+    Error,
+}
+
+/// What the reference node sends to a client, in the spirit of the seed's message
+/// (`type`, `content`, `server`, `serverUserCount`, `timestamp`) plus the per-user `offset` a
+/// client resumes from with `?since=<offset>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientMessage {
+    /// What kind of message this is.
+    #[serde(rename = "type")]
+    pub kind: MessageKind,
+    /// The payload.
+    pub content: String,
+    /// Id of the node that delivered it.
+    pub server: String,
+    /// Users connected to that node when it was sent.
+    pub server_user_count: u64,
+    /// Milliseconds since the Unix epoch when the node accepted the message.
+    pub timestamp: u64,
+    /// The user's mailbox offset (1, 2, 3, …) for `message`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Longest business key accepted, in bytes. Keys are user ids, room ids and the like; 128 bytes
+/// holds a UUID with a prefix or an email address, and bounds the memory a key costs per
+/// connection, per presence entry and per mailbox name.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Why a business key is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum KeyError {
+    /// The key is empty.
+    #[error("the key is empty")]
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`] bytes.
+    #[error("the key is {len} bytes; at most {max} are allowed")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The key has a control character (including newline and tab).
+    #[error("the key contains a control character")]
+    ControlCharacter,
+}
+
+/// Checks a business key: 1 to [`MAX_KEY_LEN`] bytes of UTF-8 without control characters.
+pub fn validate_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    if key.chars().any(char::is_control) {
+        return Err(KeyError::ControlCharacter);
+    }
+    Ok(())
+}
+
+pub mod stream {
+    //! The ring stream: how the operator (or local mode's ring authority) hands ring snapshots to
+    //! proxies and nodes.
+    //!
+    //! * `GET /v1/clusters/{namespace}/{name}/ring/watch?subscriber={id}&kind={proxy|node}` with
+    //!   `Authorization: Bearer {token}` answers `200` with `Content-Type: application/x-ndjson`
+    //!   and never ends on its own: one [`StreamEvent`] per line, the current snapshot first,
+    //!   then every new one, and a heartbeat every [`HEARTBEAT_INTERVAL_MS`] milliseconds.
+    //!   `401` for a missing or wrong token, `404` for an unknown cluster.
+    //! * `POST /v1/clusters/{namespace}/{name}/ring/ack` with the same token and an [`Ack`] body
+    //!   reports the version a subscriber applied (`204`).
+    //! * `GET /v1/clusters/{namespace}/{name}/ring` answers the current snapshot once.
+    //!
+    //! A subscriber that hears nothing for [`SILENCE_TIMEOUT_MS`] reconnects with backoff and
+    //! keeps using its last ring meanwhile; it ignores snapshots that are not newer.
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::error::SnapshotError;
+    use crate::snapshot::RingSnapshot;
+
+    /// Interval between heartbeats on an idle stream.
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+    /// Silence after which a subscriber considers the stream dead: three missed heartbeats.
+    pub const SILENCE_TIMEOUT_MS: u64 = 3 * HEARTBEAT_INTERVAL_MS;
+    /// Longest line a subscriber accepts (a 10,000-member snapshot is about 1 MiB).
+    pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+    /// The path of the watch endpoint for a cluster id `namespace/name`.
+    pub fn watch_path(cluster_id: &str) -> String {
+        format!("/v1/clusters/{cluster_id}/ring/watch")
+    }
+
+    /// The path of the ack endpoint for a cluster id `namespace/name`.
+    pub fn ack_path(cluster_id: &str) -> String {
+        format!("/v1/clusters/{cluster_id}/ring/ack")
+    }
+
+    /// The path of the one-shot snapshot endpoint for a cluster id `namespace/name`.
+    pub fn snapshot_path(cluster_id: &str) -> String {
+        format!("/v1/clusters/{cluster_id}/ring")
+    }
+
+    /// Who subscribes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum SubscriberKind {
+        /// A wscluster proxy.
+        Proxy,
+        /// A node (learns the ring to refuse keys it does not own).
+        Node,
+    }
+
+    impl SubscriberKind {
+        /// The query-string form.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                SubscriberKind::Proxy => "proxy",
+                SubscriberKind::Node => "node",
+            }
+        }
+    }
+
+    /// One line of the ring stream.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+    pub enum StreamEvent {
+        /// A ring to apply if newer than the one in use.
+        Snapshot {
+            /// The ring.
+            snapshot: RingSnapshot,
+        },
+        /// The stream is alive; `version` is the newest version the server has.
+        Heartbeat {
+            /// The server's current version.
+            version: u64,
+        },
+    }
+
+    impl StreamEvent {
+        /// Parses and validates one line (without its newline).
+        pub fn parse_line(line: &[u8]) -> Result<StreamEvent, SnapshotError> {
+            if line.len() > MAX_LINE_BYTES {
+                return Err(SnapshotError::Parse(format!(
+                    "line of {} bytes is too long",
+                    line.len()
+                )));
+            }
+            let event: StreamEvent =
+                serde_json::from_slice(line).map_err(|e| SnapshotError::Parse(e.to_string()))?;
+            if let StreamEvent::Snapshot { snapshot } = &event {
+                snapshot.validate()?;
+            }
+            Ok(event)
+        }
+
+        /// The event as one line, newline included.
+        pub fn to_line(&self) -> String {
+            let mut line = serde_json::to_string(self)
+                .unwrap_or_else(|e| unreachable!("event serialises: {e}"));
+            line.push('\n');
+            line
+        }
+    }
+
+    /// Body of the ack endpoint: "subscriber X applied version V".
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Ack {
+        /// The subscriber's id (pod name, or a process id in local mode).
+        pub subscriber: String,
+        /// Proxy or node.
+        pub kind: SubscriberKind,
+        /// The ring version it now routes with.
+        pub version: u64,
+    }
+}
+
+pub mod bus {
+    //! RabbitMQ events. Each cluster has one topic exchange, [`exchange_name`]; messages are JSON
+    //! with `content_type: application/json`.
+    //!
+    //! * Broadcasts: routing key [`BROADCAST_ROUTING_KEY`]. Every node binds its own exclusive
+    //!   queue, so each node receives each broadcast once and delivers it to its local users.
+    //! * Resets: routing key `reset.{member id}` ([`reset_routing_key`]), published by a proxy for
+    //!   the old owner of moved keys; that node sends those users a reset frame and closes them.
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::contract::ResetReason;
+
+    /// Routing key of broadcasts.
+    pub const BROADCAST_ROUTING_KEY: &str = "broadcast";
+    /// Most keys in one reset event; larger sets are split so no message is huge.
+    pub const MAX_RESET_KEYS_PER_EVENT: usize = 1_000;
+
+    /// The topic exchange of a cluster: `wscluster.{namespace}.{name}`. AMQP exchange names
+    /// allow letters, digits, `-`, `_`, `.` and `:`; anything else becomes `_`.
+    pub fn exchange_name(cluster_id: &str) -> String {
+        let mut name = String::with_capacity(10 + cluster_id.len());
+        name.push_str("wscluster.");
+        name.extend(cluster_id.chars().map(|c| match c {
+            '/' => '.',
+            c if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') => c,
+            _ => '_',
+        }));
+        name
+    }
+
+    /// The routing key of reset events for a member.
+    pub fn reset_routing_key(member_id: &str) -> String {
+        format!("reset.{member_id}")
+    }
+
+    /// A broadcast to every user of the cluster.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct BroadcastEvent {
+        /// Unique id of the broadcast, so a node can drop a redelivered copy.
+        pub id: String,
+        /// The node that accepted the `/broadcast` request.
+        pub origin: String,
+        /// The payload.
+        pub content: String,
+        /// Milliseconds since the Unix epoch when it was accepted.
+        pub timestamp: u64,
+    }
+
+    /// "These keys moved away from this member": the member resets them.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct ResetEvent {
+        /// The member that held the keys (the old owner).
+        pub member: String,
+        /// The ring version under which they moved.
+        pub ring_version: u64,
+        /// Why.
+        pub reason: ResetReason,
+        /// The keys, at most [`MAX_RESET_KEYS_PER_EVENT`].
+        pub keys: Vec<String>,
+        /// How long clients should wait before reconnecting.
+        pub retry_after_ms: u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream::StreamEvent;
+    use super::*;
+    use crate::snapshot::{Member, RingSnapshot};
+
+    #[test]
+    fn reset_frame_has_the_documented_shape() {
+        let f = ResetFrame::new(ResetReason::Rebalance, 250, Some(8));
+        assert_eq!(
+            f.to_json(),
+            r#"{"type":"reset","reason":"rebalance","retryAfterMs":250,"ringVersion":8}"#
+        );
+        let parsed: ResetFrame = serde_json::from_str(&f.to_json()).expect("parses");
+        assert_eq!(parsed, f);
+        assert_eq!(ResetReason::Drain.close_code(), 4001);
+    }
+
+    #[test]
+    fn keys_are_validated() {
+        assert_eq!(validate_key("alice"), Ok(()));
+        assert_eq!(validate_key("ünïcødé-користувач"), Ok(()));
+        assert_eq!(validate_key(""), Err(KeyError::Empty));
+        assert_eq!(validate_key("a\u{0}b"), Err(KeyError::ControlCharacter));
+        assert_eq!(validate_key("a\nb"), Err(KeyError::ControlCharacter));
+        assert_eq!(
+            validate_key(&"x".repeat(129)),
+            Err(KeyError::TooLong { len: 129, max: 128 })
+        );
+        assert_eq!(validate_key(&"x".repeat(128)), Ok(()));
+    }
+
+    #[test]
+    fn stream_lines_round_trip_and_invalid_snapshots_are_refused() {
+        let snap = RingSnapshot::new("ns/c", 3, vec![Member::active("n-0", "h:1")]);
+        let line = StreamEvent::Snapshot {
+            snapshot: snap.clone(),
+        }
+        .to_line();
+        assert!(line.ends_with('\n'));
+        let parsed = StreamEvent::parse_line(line.trim_end().as_bytes()).expect("parses");
+        assert_eq!(parsed, StreamEvent::Snapshot { snapshot: snap });
+        let hb = StreamEvent::parse_line(br#"{"type":"heartbeat","version":3}"#).expect("parses");
+        assert_eq!(hb, StreamEvent::Heartbeat { version: 3 });
+        let dup = br#"{"type":"snapshot","snapshot":{"clusterId":"a/b","version":1,"members":[{"id":"n","address":"h:1"},{"id":"n","address":"h:2"}]}}"#;
+        assert!(StreamEvent::parse_line(dup).is_err());
+        assert!(StreamEvent::parse_line(b"{\"type\":\"gossip\"}").is_err());
+        assert!(StreamEvent::parse_line(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn exchange_names_are_amqp_safe() {
+        assert_eq!(bus::exchange_name("default/chat"), "wscluster.default.chat");
+        assert_eq!(bus::exchange_name("a b/c*d"), "wscluster.a_b.c_d");
+        assert_eq!(bus::reset_routing_key("chat-node-2"), "reset.chat-node-2");
+    }
+}

@@ -1,0 +1,1 @@
+//! placeholder: the ring stream protocol (client and hub).

@@ -83,12 +83,22 @@ def example_files() -> list[Path]:
     return sorted(lib.EXAMPLES_DIR.glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", example_files(), ids=lambda p: p.name)
-def test_every_example_validates_against_the_crd(crd: dict[str, Any], path: Path) -> None:
-    objs = lib.load_yaml_objects(path)
-    assert objs, f"{path} holds no object"
-    for obj in objs:
-        assert lib.custom_resource_problems(crd, obj) == []
+def example_wsclusters() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{path.name}:{i}", obj)
+        for path in example_files()
+        for i, obj in enumerate(lib.load_yaml_objects(path))
+        if obj.get("kind") == "WsCluster"
+    ]
+
+
+def test_the_examples_include_a_minimal_and_a_full_wscluster() -> None:
+    assert {name.split(":")[0] for name, _ in example_wsclusters()} >= {"wscluster.yaml", "wscluster-full.yaml"}
+
+
+@pytest.mark.parametrize(("name", "obj"), example_wsclusters(), ids=[n for n, _ in example_wsclusters()])
+def test_every_example_wscluster_validates_against_the_crd(crd: dict[str, Any], name: str, obj: dict[str, Any]) -> None:
+    assert lib.custom_resource_problems(crd, obj) == []
 
 
 def test_the_minimal_example_is_five_lines_or_so() -> None:

@@ -339,12 +339,13 @@ impl Client {
 }
 
 /// Publishes `snapshot` as the new ring if it belongs to `cluster_id` and is newer than the
-/// published one; logs and ignores it otherwise. Also used by the file watcher.
+/// published one; logs and ignores it otherwise. Also used by the file watcher. Returns whether
+/// it was published.
 pub(crate) async fn apply_snapshot(
     cluster_id: &str,
     snapshot: RingSnapshot,
     rings: &watch::Sender<Option<Arc<Ring>>>,
-) {
+) -> bool {
     if snapshot.cluster_id != cluster_id {
         warn!(
             offered = snapshot.cluster_id,
@@ -352,7 +353,7 @@ pub(crate) async fn apply_snapshot(
             version = snapshot.version,
             "ignoring a ring of another cluster"
         );
-        return;
+        return false;
     }
     let current = rings.borrow().clone();
     if let Some(current) = &current
@@ -363,7 +364,7 @@ pub(crate) async fn apply_snapshot(
             current = current.version(),
             "ignoring a ring that is not newer"
         );
-        return;
+        return false;
     }
     let version = snapshot.version;
     // Building costs about 0.5 ms per 10 members; keep large rings off the async workers.
@@ -379,9 +380,16 @@ pub(crate) async fn apply_snapshot(
             // replace check above still holds.
             rings.send_replace(Some(Arc::new(ring)));
             info!(version, members, "ring applied");
+            true
         }
-        Ok(Err(e)) => warn!(version, error = %e, "ring refused"),
-        Err(e) => warn!(version, error = %e, "ring build failed"),
+        Ok(Err(e)) => {
+            warn!(version, error = %e, "ring refused");
+            false
+        }
+        Err(e) => {
+            warn!(version, error = %e, "ring build failed");
+            false
+        }
     }
 }
 

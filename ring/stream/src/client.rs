@@ -393,12 +393,23 @@ pub(crate) async fn apply_snapshot(
     }
 }
 
-/// Follows the stream until shutdown or until nobody listens any more.
+/// Follows the stream until shutdown or until nobody listens any more; then reports
+/// disconnected.
 async fn follow(
     client: Arc<Client>,
     rings: watch::Sender<Option<Arc<Ring>>>,
     connected: watch::Sender<bool>,
     shutdown: CancellationToken,
+) {
+    follow_until_done(&client, &rings, &connected, &shutdown).await;
+    connected.send_replace(false);
+}
+
+async fn follow_until_done(
+    client: &Client,
+    rings: &watch::Sender<Option<Arc<Ring>>>,
+    connected: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
 ) {
     if let Err(reason) = &client.target {
         error!(
@@ -412,7 +423,7 @@ async fn follow(
         let ended = tokio::select! {
             () = shutdown.cancelled() => return,
             () = rings.closed() => return,
-            ended = client.watch_once(&rings, &connected, &mut delivered) => ended,
+            ended = client.watch_once(rings, connected, &mut delivered) => ended,
         };
         let was_connected = connected.send_replace(false);
         let delay = match &ended {

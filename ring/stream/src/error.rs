@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 use wscluster_ring::{RingError, SnapshotError};
 
-/// Result with this crate's [`Error`].
+/// Result with this crate's [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong reading a ring file or talking to a ring hub.

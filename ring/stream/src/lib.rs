@@ -1,20 +1,31 @@
 //! # wscluster-ring-stream
 //!
-//! The ring stream protocol of [`wscluster_ring::contract::stream`], both sides:
+//! The ring stream protocol of [`wscluster_ring::contract::stream`], both sides. The operator
+//! (or local mode) is the ring authority and runs the hub; every proxy and node subscribes.
 //!
-//! * [`RingHub`] and [`serve`] — the server the operator (or local mode) runs: one current
-//!   [`RingSnapshot`](wscluster_ring::RingSnapshot) per cluster, streamed as NDJSON to every
-//!   subscriber, plus the ack endpoint that records which version each subscriber applies.
-//! * [`Subscription`] — the client proxies and nodes keep: a background task that follows the
-//!   stream, reconnects with backoff, and publishes only ever newer [`Ring`](wscluster_ring::Ring)s.
-//! * [`load_ring_file`] and [`watch_ring_file`] — the same rings from a JSON file, for tests and
-//!   local runs without a hub.
+//! * [`RingHub`] and [`serve`] — the server: per cluster one current
+//!   [`RingSnapshot`](wscluster_ring::RingSnapshot) in a `tokio::sync::watch`, streamed as NDJSON
+//!   to every subscriber (the current snapshot at once, each newer one as published, a heartbeat
+//!   after [`HEARTBEAT_INTERVAL_MS`](wscluster_ring::contract::stream::HEARTBEAT_INTERVAL_MS) of
+//!   idleness), the ack endpoint that records which version each subscriber applies, and the
+//!   one-shot snapshot endpoint. A slow subscriber skips to the newest snapshot; nothing queues.
+//! * [`Subscription`] — the client: a background task that follows the stream, reconnects with
+//!   backoff (100 ms doubling to 5 s, with jitter) after a failure, an invalid or over-long line,
+//!   or [`SILENCE_TIMEOUT_MS`](wscluster_ring::contract::stream::SILENCE_TIMEOUT_MS) of silence,
+//!   and publishes only ever newer [`Ring`](wscluster_ring::Ring)s of its cluster; the last ring
+//!   stays while disconnected. [`Subscription::ack`] reports the applied version without
+//!   blocking.
+//! * [`load_ring_file`] and [`watch_ring_file`] — the same rings from a JSON snapshot file
+//!   (polled every [`FILE_POLL_INTERVAL_MS`]), for tests and local runs without a hub.
 //!
-//! Plain HTTP/1.1 without TLS: the stream runs inside the cluster, between pods, and is
-//! authenticated by a per-cluster bearer token.
+//! Plain HTTP/1.1 (hyper 1) without TLS: the stream runs inside the cluster, pod to pod, and
+//! each request carries the cluster's bearer token (`Authorization: Bearer …`, compared in
+//! constant time). Put it behind a mesh or a network policy if the pod network is untrusted.
 //!
-//! Layout: `hub.rs` (server), `client.rs` (subscription), `file.rs` (ring files),
-//! `error.rs` (the crate's [`Error`]).
+//! Layout: `hub.rs` (server), `client.rs` (subscription), `file.rs` (ring files), `error.rs`
+//! (the crate's [`Error`]).
+//!
+//! Both sides in one process:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -51,6 +62,34 @@
 //! shutdown.cancel();
 //! # Ok(()) }
 //! ```
+
+//!
+//! To serve the hub beside other paths (the operator's `/metrics`), call [`RingHub::handle`]
+//! from your own service and answer the requests it returns `None` for (everything outside
+//! `/v1/clusters/`):
+//!
+//! ```no_run
+//! # use std::{convert::Infallible, sync::Arc};
+//! # use wscluster_ring_stream::{BoxBody, RingHub};
+//! # use http_body_util::{BodyExt, Full};
+//! async fn route(
+//!     hub: Arc<RingHub>,
+//!     req: http::Request<hyper::body::Incoming>,
+//! ) -> Result<http::Response<BoxBody>, Infallible> {
+//!     if req.uri().path() == "/metrics" {
+//!         let text = bytes::Bytes::from("# metrics here\n");
+//!         return Ok(http::Response::new(Full::new(text).boxed_unsync()));
+//!     }
+//!     Ok(hub.handle(req).await.unwrap_or_else(|| {
+//!         let mut response = http::Response::new(Full::new(bytes::Bytes::new()).boxed_unsync());
+//!         *response.status_mut() = http::StatusCode::NOT_FOUND;
+//!         response
+//!     }))
+//! }
+//! ```
+//!
+//! [`serve`] also ends open streams at shutdown; a server of your own does so by dropping its
+//! connections.
 
 mod client;
 mod error;

@@ -281,7 +281,9 @@ async fn acks_are_recorded_and_subscribers_show_connected_until_they_leave() {
         })
         .await;
 
+        let mut connected = sub.connected();
         shutdown.cancel();
+        connected.wait_for(|c| !*c).await.expect("alive");
         eventually(|| {
             hub.subscribers(CLUSTER)
                 .first()

@@ -41,6 +41,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `User-Agent` the subscriber sends.
 const USER_AGENT_VALUE: &str = concat!("wscluster-ring-stream/", env!("CARGO_PKG_VERSION"));
+/// While the hub stays unreachable, one failed attempt in this many is logged as a warning (the
+/// first, then about once a minute at the maximum backoff); the others at debug level.
+const FAILURES_PER_WARNING: u32 = 12;
 /// How much of an error response's body is kept for the log.
 const MAX_ERROR_BODY_BYTES: usize = 512;
 
@@ -418,6 +421,8 @@ async fn follow_until_done(
         );
     }
     let mut backoff = Backoff::default();
+    // Failed attempts since the last connection that delivered a line.
+    let mut failures: u32 = 0;
     loop {
         let mut delivered = false;
         let ended = tokio::select! {
@@ -438,11 +443,15 @@ async fn follow_until_done(
             _ => {
                 if delivered {
                     backoff.reset();
+                    failures = 0;
                 }
+                failures += 1;
                 if was_connected {
                     warn!(error = %ended, "ring stream disconnected; reconnecting");
+                } else if failures % FAILURES_PER_WARNING == 1 {
+                    warn!(error = %ended, failures, "cannot reach the ring hub; retrying");
                 } else {
-                    debug!(error = %ended, "ring stream connection failed; retrying");
+                    debug!(error = %ended, failures, "cannot reach the ring hub; retrying");
                 }
                 backoff.next_delay()
             }

@@ -1,0 +1,2 @@
+//! Benchmark of one node (work in progress).
+fn main() {}

@@ -1,0 +1,395 @@
+//! The message bus: broadcasts to every node and reset events for one node.
+//!
+//! With `--amqp-url`, RabbitMQ: one durable topic exchange per cluster
+//! ([`exchange_name`]); each node declares its own queue `{exchange}.node.{member id}` bound to
+//! [`BROADCAST_ROUTING_KEY`] and `reset.{member id}`. The queue is not exclusive and carries an
+//! `x-expires` of [`QUEUE_EXPIRES_MS`], so events published while the node reconnects wait for it,
+//! and the queue of a node that is gone disappears on its own. Broadcast ids are remembered for
+//! a while so a redelivered copy is dropped: each node delivers each broadcast once.
+//!
+//! Without it, an in-process bus ([`MemoryBus`]) that any number of nodes in one process share.
+//!
+//! A lost RabbitMQ connection is retried with exponential backoff (100 ms doubling to 5 s);
+//! sockets are never touched by it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use wscluster_ring::contract::bus::{
+    BROADCAST_ROUTING_KEY, BroadcastEvent, ResetEvent, exchange_name, reset_routing_key,
+};
+
+use crate::error::{Error, Result};
+
+/// How long RabbitMQ keeps a node's queue after its last consumer left: long enough to ride out
+/// a broker restart or a network blip, short enough that a scaled-down node's queue does not
+/// collect broadcasts for long.
+pub const QUEUE_EXPIRES_MS: i32 = 5 * 60 * 1000;
+/// Events buffered between the bus and the node before the bus waits (backpressure to the
+/// broker through unacknowledged messages).
+pub const EVENT_BUFFER: usize = 1024;
+/// First reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Unacknowledged deliveries RabbitMQ may push at once.
+const PREFETCH: u16 = 256;
+
+/// An event for this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// Deliver to every local user.
+    Broadcast(BroadcastEvent),
+    /// Reset these local users.
+    Reset(ResetEvent),
+}
+
+/// Publishing side of the bus. Events for this node arrive on the receiver handed out when the
+/// bus was started.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes a broadcast to every node of the cluster (this one included).
+    fn publish_broadcast<'a>(&'a self, event: &'a BroadcastEvent) -> BoxFuture<'a, Result<()>>;
+    /// Publishes a reset event for `event.member`.
+    fn publish_reset<'a>(&'a self, event: &'a ResetEvent) -> BoxFuture<'a, Result<()>>;
+    /// Whether the bus can publish right now.
+    fn connected(&self) -> bool;
+}
+
+/// An in-process bus shared by every node in the process.
+#[derive(Debug, Clone)]
+pub struct MemoryBus {
+    /// Every event, to every attached node (each filters resets by member id).
+    tx: broadcast::Sender<BusEvent>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        MemoryBus::new()
+    }
+}
+
+impl MemoryBus {
+    /// A new, empty bus.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(EVENT_BUFFER);
+        MemoryBus { tx }
+    }
+
+    /// Attaches a node: returns the events meant for `member` until `shutdown`.
+    pub fn attach(&self, member: &str, shutdown: CancellationToken) -> mpsc::Receiver<BusEvent> {
+        let (out, rx) = mpsc::channel(EVENT_BUFFER);
+        let mut sub = self.tx.subscribe();
+        let member = member.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    e = sub.recv() => e,
+                };
+                match event {
+                    Ok(BusEvent::Reset(r)) if r.member != member => {}
+                    Ok(e) => {
+                        if out.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "in-memory bus lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        rx
+    }
+}
+
+impl Bus for MemoryBus {
+    fn publish_broadcast<'a>(&'a self, event: &'a BroadcastEvent) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let _ = self.tx.send(BusEvent::Broadcast(event.clone()));
+            Ok(())
+        })
+    }
+
+    fn publish_reset<'a>(&'a self, event: &'a ResetEvent) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let _ = self.tx.send(BusEvent::Reset(event.clone()));
+            Ok(())
+        })
+    }
+
+    fn connected(&self) -> bool {
+        true
+    }
+}
+
+/// RabbitMQ bus (see the module docs).
+pub struct AmqpBus {
+    /// The exchange of this cluster.
+    exchange: String,
+    /// The channel to publish on while connected; replaced on reconnect.
+    channel: tokio::sync::RwLock<Option<Channel>>,
+    /// Whether the consumer is running.
+    connected: AtomicBool,
+}
+
+impl std::fmt::Debug for AmqpBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBus")
+            .field("exchange", &self.exchange)
+            .field("connected", &self.connected.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`AmqpBus::start`] needs.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// Cluster id; names the exchange.
+    pub cluster_id: String,
+    /// This node's member id; names its queue and reset routing key.
+    pub member: String,
+}
+
+impl AmqpSettings {
+    /// The connection name shown by `rabbitmqctl list_connections name client_properties`.
+    pub fn connection_name(&self) -> String {
+        format!("wscluster-node {} {}", self.cluster_id, self.member)
+    }
+
+    /// The node's queue name.
+    pub fn queue_name(&self) -> String {
+        format!("{}.node.{}", exchange_name(&self.cluster_id), self.member)
+    }
+}
+
+impl AmqpBus {
+    /// Starts the connection loop in the background and returns the bus and this node's events.
+    /// It connects, declares, consumes, and on any loss reconnects with backoff until `shutdown`.
+    pub fn start(
+        settings: AmqpSettings,
+        shutdown: CancellationToken,
+    ) -> (Arc<AmqpBus>, mpsc::Receiver<BusEvent>) {
+        let bus = Arc::new(AmqpBus {
+            exchange: exchange_name(&settings.cluster_id),
+            channel: tokio::sync::RwLock::new(None),
+            connected: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let task_bus = bus.clone();
+        tokio::spawn(async move {
+            let mut delay = BACKOFF_MIN;
+            loop {
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = task_bus.session(&settings, &tx, &mut delay) => r,
+                };
+                task_bus.connected.store(false, Ordering::SeqCst);
+                *task_bus.channel.write().await = None;
+                match outcome {
+                    Ok(()) => tracing::warn!("rabbitmq consumer ended; reconnecting"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?delay, "rabbitmq connection lost; reconnecting")
+                    }
+                }
+                if tx.is_closed() {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(BACKOFF_MAX);
+            }
+            task_bus.connected.store(false, Ordering::SeqCst);
+            if let Some(channel) = task_bus.channel.write().await.take() {
+                let _ = channel.close(200, "node shutting down".into()).await;
+            }
+        });
+        (bus, rx)
+    }
+
+    /// One connection's life: connect, declare, consume until the connection fails.
+    async fn session(
+        &self,
+        settings: &AmqpSettings,
+        tx: &mpsc::Sender<BusEvent>,
+        delay: &mut Duration,
+    ) -> Result<()> {
+        let props =
+            ConnectionProperties::default().with_connection_name(settings.connection_name().into());
+        let conn = Connection::connect(&settings.url, props).await?;
+        let publish = conn.create_channel().await?;
+        let consume = conn.create_channel().await?;
+        publish
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = settings.queue_name();
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongInt(QUEUE_EXPIRES_MS));
+        consume
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
+            .await?;
+        for key in [
+            BROADCAST_ROUTING_KEY.to_owned(),
+            reset_routing_key(&settings.member),
+        ] {
+            consume
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        consume
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut consumer = consume
+            .basic_consume(
+                queue.as_str().into(),
+                format!("wscluster-node-{}", settings.member)
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        *self.channel.write().await = Some(publish);
+        self.connected.store(true, Ordering::SeqCst);
+        *delay = BACKOFF_MIN;
+        tracing::info!(exchange = %self.exchange, %queue, "rabbitmq connected");
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            let event = parse_delivery(delivery.routing_key.as_str(), &delivery.data);
+            match event {
+                Ok(event) => {
+                    if tx.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, routing_key = %delivery.routing_key, "dropping malformed bus message")
+                }
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, routing_key: &str, payload: Vec<u8>) -> Result<()> {
+        let guard = self.channel.read().await;
+        let channel = guard.as_ref().ok_or(Error::BusUnavailable)?;
+        channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
+/// Turns a delivery into an event; the routing key decides the type.
+pub fn parse_delivery(routing_key: &str, data: &[u8]) -> Result<BusEvent> {
+    if routing_key == BROADCAST_ROUTING_KEY {
+        Ok(BusEvent::Broadcast(serde_json::from_slice(data)?))
+    } else if routing_key.starts_with("reset.") {
+        Ok(BusEvent::Reset(serde_json::from_slice(data)?))
+    } else {
+        Err(Error::Protocol(format!(
+            "unexpected routing key {routing_key:?}"
+        )))
+    }
+}
+
+impl Bus for AmqpBus {
+    fn publish_broadcast<'a>(&'a self, event: &'a BroadcastEvent) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.publish(BROADCAST_ROUTING_KEY, serde_json::to_vec(event)?)
+                .await
+        })
+    }
+
+    fn publish_reset<'a>(&'a self, event: &'a ResetEvent) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.publish(
+                &reset_routing_key(&event.member),
+                serde_json::to_vec(event)?,
+            )
+            .await
+        })
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wscluster_ring::contract::ResetReason;
+
+    #[tokio::test]
+    async fn memory_bus_delivers_resets_only_to_the_named_member() {
+        let bus = MemoryBus::new();
+        let stop = CancellationToken::new();
+        let mut a = bus.attach("a", stop.clone());
+        let mut b = bus.attach("b", stop.clone());
+        let reset = ResetEvent {
+            member: "b".into(),
+            ring_version: 2,
+            reason: ResetReason::Rebalance,
+            keys: vec!["alice".into()],
+            retry_after_ms: 10,
+        };
+        bus.publish_reset(&reset).await.expect("publish");
+        let bc = BroadcastEvent {
+            id: "x".into(),
+            origin: "a".into(),
+            content: "hi".into(),
+            timestamp: 1,
+        };
+        bus.publish_broadcast(&bc).await.expect("publish");
+        assert_eq!(a.recv().await, Some(BusEvent::Broadcast(bc.clone())));
+        assert_eq!(b.recv().await, Some(BusEvent::Reset(reset)));
+        assert_eq!(b.recv().await, Some(BusEvent::Broadcast(bc)));
+        stop.cancel();
+    }
+
+    #[test]
+    fn deliveries_with_unknown_routing_keys_or_bad_json_are_refused() {
+        assert!(parse_delivery("gossip", b"{}").is_err());
+        assert!(parse_delivery("broadcast", b"{").is_err());
+        assert!(parse_delivery("reset.n", b"{\"member\":1}").is_err());
+    }
+}

@@ -1,0 +1,552 @@
+//! The HTTP API: routing, input validation, and the mapping of every refusal to a status and a
+//! JSON body `{"error": "<code>", "message": "<text>"}` — all in this one place.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{
+    CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::Instrument;
+use wscluster_ring::contract::bus::BroadcastEvent;
+use wscluster_ring::contract::{MAX_KEY_LEN, validate_key};
+
+use crate::ownership::Ownership;
+use crate::session::{self, Since};
+use crate::state::{NodeState, now_ms};
+
+/// The response type of every route.
+pub type Resp = Response<Full<Bytes>>;
+
+/// A refusal: status, machine-readable code, human text, extra fields.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code, also the `errors_total{kind}` label.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+    /// More fields for the body (owner, ringVersion, …).
+    pub extra: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn into_response(self) -> Resp {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
+            map.extend(extra);
+        }
+        json_response(self.status, &body)
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Routes one request.
+pub async fn handle(state: Arc<NodeState>, mut req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let result = match (method.clone(), path.as_str()) {
+        (Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (Method::GET, "/readyz") => Ok(readyz(&state)),
+        (Method::GET, "/metrics") => Ok(metrics(&state)),
+        (Method::GET, "/count") => Ok(json_response(
+            StatusCode::OK,
+            &json!({"server": &*state.id, "count": state.registry.count()}),
+        )),
+        (Method::GET | Method::POST, "/send") => send(&state, req).await,
+        (Method::POST, "/broadcast") => broadcast(&state, req).await,
+        (Method::GET, p) if p.starts_with("/users/") => user(&state, &p["/users/".len()..]).await,
+        (Method::GET, p) if p == "/connect" || p.starts_with("/connect/") => {
+            upgrade(&state, &mut req)
+        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/count" | "/send" | "/broadcast" | "/connect",
+        ) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        (_, p) if p.starts_with("/users/") || p.starts_with("/connect/") => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no such route; see docs/node.md",
+        )),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            state.metrics.error(e.code);
+            e.into_response()
+        }
+    }
+}
+
+fn readyz(state: &NodeState) -> Resp {
+    let draining = state.is_draining();
+    let ring = state.ring.ready();
+    let body = json!({
+        "ready": !draining && ring,
+        "draining": draining,
+        "ringKnown": ring,
+        "ringVersion": state.ring.version(),
+        "busConnected": state.bus.connected(),
+    });
+    let status = if !draining && ring {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body)
+}
+
+fn metrics(state: &NodeState) -> Resp {
+    state.metrics.ring_version.set(state.ring.version() as i64);
+    state
+        .metrics
+        .bus_connected
+        .set(i64::from(state.bus.connected()));
+    let mut resp = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// Decodes `%XX` escapes (and `+` as space when `plus` is set); refuses bad escapes and
+/// invalid UTF-8.
+pub fn percent_decode(raw: &str, plus: bool) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The first value of a query parameter, decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k, true).as_deref() == Some(name) {
+            return percent_decode(v, true).map(Some).ok_or_else(|| {
+                ApiError::bad(
+                    "bad-query",
+                    format!("query parameter {name} is not valid percent-encoded UTF-8"),
+                )
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// Validates a user id from a request.
+pub fn check_user(user: Option<String>) -> Result<String, ApiError> {
+    let user = user.ok_or_else(|| ApiError::bad("missing-user-id", "userId is required"))?;
+    validate_key(&user).map_err(|e| {
+        ApiError::bad(
+            "invalid-user-id",
+            format!("userId is invalid: {e} (1 to {MAX_KEY_LEN} bytes, no control characters)"),
+        )
+    })?;
+    Ok(user)
+}
+
+/// The key of a `/connect` request: the path segment, else `?userId=`.
+fn connect_key(req: &Request<Incoming>) -> Result<String, ApiError> {
+    let path = req.uri().path();
+    let from_path = match path.strip_prefix("/connect/") {
+        Some("") | None => None,
+        Some(seg) if seg.contains('/') => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "expected /connect/{userId} (encode a slash in userId as %2F)",
+            ));
+        }
+        Some(seg) => Some(percent_decode(seg, false).ok_or_else(|| {
+            ApiError::bad(
+                "invalid-user-id",
+                "userId is not valid percent-encoded UTF-8",
+            )
+        })?),
+    };
+    match from_path {
+        Some(k) => check_user(Some(k)),
+        None => check_user(query_param(req.uri().query(), "userId")?),
+    }
+}
+
+/// Refuses a key this node does not own.
+fn check_owner(state: &NodeState, key: &str) -> Result<u64, ApiError> {
+    match state.ring.decide(&state.id, key) {
+        Ownership::Owned { ring_version } => Ok(ring_version),
+        Ownership::NotOwner {
+            owner,
+            ring_version,
+        } => Err(ApiError {
+            status: StatusCode::MISDIRECTED_REQUEST,
+            code: "not-owner",
+            message: format!("{owner} owns this key under ring version {ring_version}"),
+            extra: Some(json!({"owner": owner, "ringVersion": ring_version})),
+        }),
+        Ownership::NoOwner { ring_version } => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "no-owner",
+            message: format!("ring version {ring_version} has no active member"),
+            extra: Some(json!({"ringVersion": ring_version})),
+        }),
+        Ownership::Unknown => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ring-unknown",
+            "the node has not received a ring yet",
+        )),
+    }
+}
+
+fn header_has_token(req: &Request<Incoming>, name: http::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// `GET /connect/{userId}`: checks, answers 101 and spawns the session.
+fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<Resp, ApiError> {
+    let key = connect_key(req)?;
+    if state.is_draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the node is shutting down; reconnect",
+        ));
+    }
+    check_owner(state, &key)?;
+    if !header_has_token(req, UPGRADE, "websocket") || !header_has_token(req, CONNECTION, "upgrade")
+    {
+        return Err(ApiError::bad(
+            "not-a-websocket-upgrade",
+            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+        ));
+    }
+    if req
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut e = ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported-websocket-version",
+            "only WebSocket version 13 is supported (RFC 6455 §4.4)",
+        );
+        e.extra = Some(json!({"supported": 13}));
+        return Err(e);
+    }
+    let Some(accept) = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return Err(ApiError::bad(
+            "not-a-websocket-upgrade",
+            "Sec-WebSocket-Key is missing",
+        ));
+    };
+    let since = Since::parse(query_param(req.uri().query(), "since")?.as_deref());
+    let Ok(permit) = state.conn_limit.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            format!(
+                "the node holds its maximum of {} connections",
+                state.config.max_connections
+            ),
+        ));
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    let frame_limit = state.config.max_frame();
+    let ws_config = WebSocketConfig::default()
+        .max_frame_size(Some(frame_limit))
+        .max_message_size(Some(frame_limit));
+    let task_state = state.clone();
+    let span = tracing::info_span!("session", user = %key);
+    state.sessions.spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(ws_config),
+                    )
+                    .await;
+                    session::run(task_state, ws, Arc::from(key), since, permit).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(resp)
+}
+
+/// Body of `POST /send` and `POST /broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MessageBody {
+    /// Recipient (`/send` only).
+    #[serde(default)]
+    user_id: Option<String>,
+    /// Payload.
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Reads a JSON body (bounded by `--max-frame-bytes` plus room for the envelope).
+async fn read_body(
+    state: &NodeState,
+    req: Request<Incoming>,
+) -> Result<Option<MessageBody>, ApiError> {
+    let limit = state.config.max_frame().saturating_add(1024);
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("the body is larger than {limit} bytes"),
+            )
+        })?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
+        ApiError::bad(
+            "invalid-json",
+            format!("the body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+/// The message payload: present, within the frame limit.
+fn check_message(state: &NodeState, message: Option<String>) -> Result<String, ApiError> {
+    let message = message.ok_or_else(|| ApiError::bad("missing-message", "message is required"))?;
+    if message.len() > state.config.max_frame() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message-too-large",
+            format!("message is larger than {} bytes", state.config.max_frame()),
+        ));
+    }
+    Ok(message)
+}
+
+/// `GET|POST /send?userId=…&message=…`.
+async fn send(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let query = req.uri().query().map(str::to_owned);
+    let q_user = query_param(query.as_deref(), "userId")?;
+    let q_message = query_param(query.as_deref(), "message")?;
+    let body = if req.method() == Method::POST {
+        read_body(state, req).await?
+    } else {
+        None
+    };
+    let (b_user, b_message) = body.map_or((None, None), |b| (b.user_id, b.message));
+    let user = check_user(q_user.or(b_user))?;
+    let message = check_message(state, q_message.or(b_message))?;
+    check_owner(state, &user)?;
+    match state.send_to_user(user, message).await {
+        Ok(outcome) => {
+            let status = if outcome.delivered {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok(json_response(
+                status,
+                &json!({"delivered": outcome.delivered, "offset": outcome.offset, "server": &*state.id}),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "send failed");
+            state.metrics.error(e.metric_label());
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "mailbox-unavailable",
+                "the message could not be stored; retry",
+            ))
+        }
+    }
+}
+
+/// A broadcast id unique across nodes and restarts.
+fn broadcast_id(state: &NodeState) -> String {
+    let (conn, _) = state.next_conn();
+    format!("{}-{}-{conn}", state.id, now_ms())
+}
+
+/// `POST /broadcast` with `{"message": "…"}` (or `?message=`).
+async fn broadcast(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let q_message = query_param(req.uri().query(), "message")?;
+    let body = read_body(state, req).await?;
+    if body.as_ref().is_some_and(|b| b.user_id.is_some()) {
+        return Err(ApiError::bad(
+            "unexpected-user-id",
+            "a broadcast has no userId; use /send",
+        ));
+    }
+    let message = check_message(state, q_message.or(body.and_then(|b| b.message)))?;
+    let event = BroadcastEvent {
+        id: broadcast_id(state),
+        origin: state.id.to_string(),
+        content: message,
+        timestamp: now_ms(),
+    };
+    match state.bus.publish_broadcast(&event).await {
+        Ok(()) => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({"id": event.id}),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "broadcast not published");
+            state.metrics.error(e.metric_label());
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bus-unavailable",
+                "the message bus is not connected; retry",
+            ))
+        }
+    }
+}
+
+/// `GET /users/{userId}`: presence.
+async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
+    let user = check_user(Some(percent_decode(raw, false).ok_or_else(|| {
+        ApiError::bad(
+            "invalid-user-id",
+            "userId is not valid percent-encoded UTF-8",
+        )
+    })?))?;
+    match state.presence.get(&user).await {
+        Ok(Some(entry)) => Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "userId": user,
+                "node": entry.node,
+                "ringVersion": entry.ring_version,
+                "since": entry.since,
+                "connectedHere": state.registry.contains(&user),
+            }),
+        )),
+        Ok(None) => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not-connected",
+            message: "the user is not connected to any node".into(),
+            extra: Some(json!({"userId": user})),
+        }),
+        Err(e) => {
+            state.metrics.error(e.metric_label());
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "presence-unavailable",
+                "presence could not be read; retry",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_refuses_broken_escapes_and_invalid_utf8() {
+        assert_eq!(percent_decode("a%20b+c", true).as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("a+b", false).as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("%E2%9C%93", false).as_deref(), Some("✓"));
+        assert_eq!(percent_decode("%zz", false), None);
+        assert_eq!(percent_decode("%4", false), None);
+        assert_eq!(percent_decode("%FF", false), None);
+    }
+
+    #[test]
+    fn query_params_take_the_first_value_and_validate_user_ids() {
+        let q = Some("userId=al%69ce&since=3&userId=bob");
+        assert_eq!(
+            query_param(q, "userId").expect("ok").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(query_param(q, "missing").expect("ok"), None);
+        assert!(check_user(None).is_err());
+        assert!(check_user(Some(String::new())).is_err());
+        assert!(check_user(Some("a\u{1}b".into())).is_err());
+        assert!(check_user(Some("x".repeat(MAX_KEY_LEN + 1))).is_err());
+        assert_eq!(check_user(Some("alice".into())).expect("valid"), "alice");
+    }
+}

@@ -1,0 +1,267 @@
+//! Presence: which node holds a user's socket, since when, under which ring version.
+//!
+//! Redis layout: `{prefix}:{cluster}:presence:{user}` → JSON [`PresenceEntry`], with an expiry of
+//! `--presence-ttl-seconds`, refreshed every third of it while the socket lives and deleted when
+//! it closes. Refresh and delete only touch the entry if it still names this connection (`conn`),
+//! so a user who already reconnected elsewhere is never erased by the old node.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One user's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceEntry {
+    /// Member id of the node holding the socket.
+    pub node: String,
+    /// The ring version that node applied when the socket opened (0 when standalone).
+    pub ring_version: u64,
+    /// Milliseconds since the Unix epoch when the socket opened.
+    pub since: u64,
+    /// Unique id of the connection, so only its own node removes or refreshes the entry.
+    pub conn: String,
+}
+
+/// Where presence is kept. Implemented by [`MemoryPresence`] and [`RedisPresence`].
+pub trait Presence: Send + Sync + 'static {
+    /// Records that `user` is connected (overwriting any older entry).
+    fn set<'a>(&'a self, user: &'a str, entry: &'a PresenceEntry) -> BoxFuture<'a, Result<()>>;
+    /// Extends the expiry of each `(user, conn)` whose entry still names `conn`.
+    fn refresh<'a>(&'a self, live: &'a [(String, String)]) -> BoxFuture<'a, Result<()>>;
+    /// Removes `user`'s entry if it still names `conn`.
+    fn remove<'a>(&'a self, user: &'a str, conn: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// The user's entry, if any.
+    fn get<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceEntry>>>;
+}
+
+/// In-process presence (local mode, tests).
+#[derive(Debug)]
+pub struct MemoryPresence {
+    /// Entry lifetime without refresh.
+    ttl: Duration,
+    /// Entries with their deadline; never held across an await.
+    entries: Mutex<HashMap<String, (PresenceEntry, Instant)>>,
+}
+
+impl MemoryPresence {
+    /// An empty store whose entries live `ttl` unless refreshed.
+    pub fn new(ttl: Duration) -> Self {
+        MemoryPresence {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, (PresenceEntry, Instant)>>> {
+        self.entries
+            .lock()
+            .map_err(|_| Error::Protocol("memory presence lock poisoned".into()))
+    }
+}
+
+impl Presence for MemoryPresence {
+    fn set<'a>(&'a self, user: &'a str, entry: &'a PresenceEntry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + self.ttl;
+            self.lock()?
+                .insert(user.to_owned(), (entry.clone(), deadline));
+            Ok(())
+        })
+    }
+
+    fn refresh<'a>(&'a self, live: &'a [(String, String)]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let mut entries = self.lock()?;
+            entries.retain(|_, (_, deadline)| *deadline > now);
+            for (user, conn) in live {
+                if let Some((entry, deadline)) = entries.get_mut(user)
+                    && &entry.conn == conn
+                {
+                    *deadline = now + self.ttl;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a self, user: &'a str, conn: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut entries = self.lock()?;
+            if entries.get(user).is_some_and(|(e, _)| e.conn == conn) {
+                entries.remove(user);
+            }
+            Ok(())
+        })
+    }
+
+    fn get<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceEntry>>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            Ok(self
+                .lock()?
+                .get(user)
+                .filter(|(_, deadline)| *deadline > now)
+                .map(|(e, _)| e.clone()))
+        })
+    }
+}
+
+/// KEYS: presence key. ARGV: conn id, ttl seconds. Extends the expiry if the entry is ours.
+const REFRESH_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v).conn == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// KEYS: presence key. ARGV: conn id. Deletes the entry if it is ours.
+const REMOVE_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v).conn == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Entries refreshed per Redis pipeline.
+const REFRESH_BATCH: usize = 500;
+
+/// Presence in Redis (see the module docs for the layout).
+#[derive(Clone)]
+pub struct RedisPresence {
+    /// Shared multiplexed connection that reconnects by itself.
+    con: ConnectionManager,
+    /// `{prefix}:{cluster}:`.
+    namespace: String,
+    /// Entry lifetime without refresh.
+    ttl: Duration,
+    /// Compare-and-expire.
+    refresh: redis::Script,
+    /// Compare-and-delete.
+    remove: redis::Script,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPresence {
+    /// Presence on an existing connection; `namespace` is `{prefix}:{cluster}:`.
+    pub fn new(con: ConnectionManager, namespace: String, ttl: Duration) -> Self {
+        RedisPresence {
+            con,
+            namespace,
+            ttl,
+            refresh: redis::Script::new(REFRESH_LUA),
+            remove: redis::Script::new(REMOVE_LUA),
+        }
+    }
+
+    fn key(&self, user: &str) -> String {
+        format!("{}presence:{user}", self.namespace)
+    }
+}
+
+impl Presence for RedisPresence {
+    fn set<'a>(&'a self, user: &'a str, entry: &'a PresenceEntry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let value = serde_json::to_string(entry)?;
+            let () = redis::cmd("SET")
+                .arg(self.key(user))
+                .arg(value)
+                .arg("EX")
+                .arg(self.ttl.as_secs().max(1))
+                .query_async(&mut con)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn refresh<'a>(&'a self, live: &'a [(String, String)]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // Load once so the pipeline can use EVALSHA.
+            let mut con = self.con.clone();
+            let _: String = self.refresh.load_async(&mut con).await?;
+            for chunk in live.chunks(REFRESH_BATCH) {
+                let mut pipe = redis::pipe();
+                for (user, conn) in chunk {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.refresh.get_hash())
+                        .arg(1)
+                        .arg(self.key(user))
+                        .arg(conn)
+                        .arg(self.ttl.as_secs().max(1))
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut con).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a self, user: &'a str, conn: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let _: i64 = self
+                .remove
+                .key(self.key(user))
+                .arg(conn)
+                .invoke_async(&mut con)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn get<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceEntry>>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let value: Option<String> = redis::cmd("GET")
+                .arg(self.key(user))
+                .query_async(&mut con)
+                .await?;
+            match value {
+                None => Ok(None),
+                Some(v) => Ok(Some(serde_json::from_str(&v)?)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(conn: &str) -> PresenceEntry {
+        PresenceEntry {
+            node: "n-0".into(),
+            ring_version: 3,
+            since: 1,
+            conn: conn.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_presence_only_removes_the_entry_of_its_own_connection() {
+        let p = MemoryPresence::new(Duration::from_secs(60));
+        p.set("alice", &entry("c1")).await.expect("set");
+        p.set("alice", &entry("c2")).await.expect("set");
+        p.remove("alice", "c1").await.expect("remove");
+        assert_eq!(p.get("alice").await.expect("get"), Some(entry("c2")));
+        p.remove("alice", "c2").await.expect("remove");
+        assert_eq!(p.get("alice").await.expect("get"), None);
+    }
+}

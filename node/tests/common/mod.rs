@@ -1,0 +1,302 @@
+//! Helpers shared by the node's integration tests: spawn the real binary, talk HTTP and
+//! WebSocket to it, reach the real Redis and RabbitMQ.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest wait for any single expected event in a test.
+pub const STEP: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn redis_url() -> String {
+    std::env::var("WSCLUSTER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("WSCLUSTER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A Redis connection, or a failure that says how to fix it.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).expect("valid redis url");
+    tokio::time::timeout(STEP, client.get_multiplexed_async_connection())
+        .await
+        .unwrap_or_else(|_| panic!("redis at {url} did not answer; start redis-server or set WSCLUSTER_TEST_REDIS_URL"))
+        .unwrap_or_else(|e| panic!("redis at {url} is unreachable ({e}); start redis-server or set WSCLUSTER_TEST_REDIS_URL"))
+}
+
+/// Deletes every Redis key under `prefix`.
+pub async fn redis_cleanup(prefix: &str) {
+    let mut con = redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut con)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut con)
+            .await
+            .expect("DEL");
+    }
+}
+
+/// A RabbitMQ connection, or a failure that says how to fix it.
+pub async fn amqp() -> lapin::Connection {
+    let url = amqp_url();
+    tokio::time::timeout(STEP, lapin::Connection::connect(&url, lapin::ConnectionProperties::default()))
+        .await
+        .unwrap_or_else(|_| panic!("rabbitmq at {url} did not answer; start rabbitmq-server or set WSCLUSTER_TEST_AMQP_URL"))
+        .unwrap_or_else(|e| panic!("rabbitmq at {url} is unreachable ({e}); start rabbitmq-server or set WSCLUSTER_TEST_AMQP_URL"))
+}
+
+/// Publishes a JSON payload on the cluster's exchange.
+pub async fn amqp_publish(cluster: &str, routing_key: &str, payload: &Value) {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_publish(
+        wscluster_ring::contract::bus::exchange_name(cluster)
+            .as_str()
+            .into(),
+        routing_key.into(),
+        lapin::options::BasicPublishOptions::default(),
+        payload.to_string().as_bytes(),
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Deletes the cluster's exchange and the queues of the named members.
+pub async fn amqp_cleanup(cluster: &str, members: &[&str]) {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let exchange = wscluster_ring::contract::bus::exchange_name(cluster);
+    for m in members {
+        let _ = ch
+            .queue_delete(
+                format!("{exchange}.node.{m}").as_str().into(),
+                Default::default(),
+            )
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// A node process, killed when dropped.
+pub struct Node {
+    pub child: Child,
+    pub addr: String,
+    pub id: String,
+}
+
+impl Node {
+    /// Spawns the real binary with `--listen 127.0.0.1:0 --id <id>` plus `args`, and waits for
+    /// its `listening on` line.
+    pub async fn spawn(id: &str, args: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wscluster-node"))
+            .args(["--listen", "127.0.0.1:0", "--id", id])
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("WSCLUSTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn wscluster-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(STEP, lines.next_line())
+            .await
+            .expect("node printed its address in time")
+            .expect("read stdout")
+            .expect("node printed a line");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Node {
+            child,
+            addr,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// One HTTP request; returns the status and the JSON body (Null if not JSON).
+    pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        http(&self.addr, method, path, body).await
+    }
+
+    /// A WebSocket to `path`, after the server's `ready` notice (whose preceding frames, such
+    /// as replay and errors, are returned).
+    pub async fn connect(&self, path: &str) -> (Ws, Vec<Value>) {
+        let (mut ws, _) = tokio::time::timeout(
+            STEP,
+            tokio_tungstenite::connect_async(format!("ws://{}{path}", self.addr)),
+        )
+        .await
+        .expect("connect in time")
+        .expect("upgrade accepted");
+        let mut before = Vec::new();
+        loop {
+            let v = next_json(&mut ws).await;
+            if v["type"] == "system" && v["content"] == "ready" {
+                return (ws, before);
+            }
+            before.push(v);
+        }
+    }
+
+    /// Attempts an upgrade that must be refused; returns the status and JSON body.
+    pub async fn refused(&self, path: &str) -> (u16, Value) {
+        match tokio::time::timeout(
+            STEP,
+            tokio_tungstenite::connect_async(format!("ws://{}{path}", self.addr)),
+        )
+        .await
+        .expect("answer in time")
+        {
+            Ok(_) => panic!("upgrade to {path} was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                (resp.status().as_u16(), body)
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let stream = TcpStream::connect(addr).await.expect("tcp connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .expect("request");
+    let resp = tokio::time::timeout(STEP, sender.send_request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The next text frame as JSON (pings and pongs skipped).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("frame ok");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("json frame"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame; returns its code and the text frames seen before it.
+pub async fn expect_close(ws: &mut Ws) -> (u16, Vec<Value>) {
+    let mut texts = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("close in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => texts.push(serde_json::from_str(&t).expect("json")),
+            Some(Ok(Message::Close(frame))) => {
+                return (frame.map_or(1005, |f| u16::from(f.code)), texts);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("error before close frame: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// Sends a text frame.
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+}
+
+/// Polls `f` until it returns Some, or fails after [`STEP`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,238 @@
+//! Sessions, `/send`, the mailbox with `since`, presence, replacement and bad input, against
+//! the real binary and a real Redis.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use wscluster_ring::contract::CLOSE_REPLACED;
+
+async fn redis_node(id: &str, prefix: &str, extra: &[&str]) -> Node {
+    let _ = redis().await; // fail clearly if Redis is down
+    let url = redis_url();
+    let mut args = vec!["--redis-url", url.as_str(), "--redis-prefix", prefix];
+    args.extend_from_slice(extra);
+    Node::spawn(id, &args).await
+}
+
+#[tokio::test]
+async fn a_message_sent_to_a_connected_user_is_delivered_with_its_offset() {
+    tokio::time::timeout(STEP * 3, async {
+        let prefix = unique("wsc-test");
+        let node = redis_node("n-0", &prefix, &[]).await;
+        let (mut ws, before) = node.connect("/connect/alice").await;
+        assert!(before.is_empty());
+        let (status, body) = node
+            .http("GET", "/send?userId=alice&message=hello%20there", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["delivered"], true);
+        assert_eq!(body["offset"], 1);
+        let msg = next_json(&mut ws).await;
+        assert_eq!(msg["type"], "message");
+        assert_eq!(msg["content"], "hello there");
+        assert_eq!(msg["offset"], 1);
+        assert_eq!(msg["server"], "n-0");
+        assert_eq!(msg["serverUserCount"], 1);
+        assert!(msg["timestamp"].as_u64().expect("timestamp") > 0);
+
+        let (status, body) = node
+            .http(
+                "POST",
+                "/send",
+                Some(r#"{"userId":"alice","message":"via json"}"#),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let msg = next_json(&mut ws).await;
+        assert_eq!(
+            (msg["content"].as_str(), msg["offset"].as_u64()),
+            (Some("via json"), Some(2))
+        );
+
+        let (_, count) = node.http("GET", "/count", None).await;
+        assert_eq!(count["count"], 1);
+        let (status, presence) = node.http("GET", "/users/alice", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(presence["node"], "n-0");
+        assert_eq!(presence["connectedHere"], true);
+
+        ws.close(None).await.expect("close");
+        eventually("presence removed", || async {
+            let (status, _) = node.http("GET", "/users/alice", None).await;
+            (status == 404).then_some(())
+        })
+        .await;
+        redis_cleanup(&prefix).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_with_since() {
+    tokio::time::timeout(STEP * 3, async {
+        let prefix = unique("wsc-test");
+        let node = redis_node("n-0", &prefix, &[]).await;
+        let (mut ws, _) = node.connect("/connect/bob").await;
+        node.http("GET", "/send?userId=bob&message=m1", None).await;
+        let m1 = next_json(&mut ws).await;
+        assert_eq!(m1["offset"], 1);
+        ws.close(None).await.expect("close");
+        eventually("bob disconnected", || async {
+            let (_, c) = node.http("GET", "/count", None).await;
+            (c["count"] == 0).then_some(())
+        })
+        .await;
+
+        for i in 2..=4 {
+            let (status, body) = node
+                .http("GET", &format!("/send?userId=bob&message=m{i}"), None)
+                .await;
+            assert_eq!(status, 202, "{body}");
+            assert_eq!(body["delivered"], false);
+            assert_eq!(body["offset"], i);
+        }
+        // A restart must not lose them: the mailbox is in Redis.
+        drop(node);
+        let node = redis_node("n-0", &prefix, &[]).await;
+        let (mut ws, replay) = node.connect("/connect/bob?since=1").await;
+        let got: Vec<(String, u64)> = replay
+            .iter()
+            .map(|v| {
+                (
+                    v["content"].as_str().unwrap_or("").to_owned(),
+                    v["offset"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("m2".into(), 2), ("m3".into(), 3), ("m4".into(), 4)]
+        );
+        node.http("GET", "/send?userId=bob&message=live", None)
+            .await;
+        let live = next_json(&mut ws).await;
+        assert_eq!(
+            (live["content"].as_str(), live["offset"].as_u64()),
+            (Some("live"), Some(5))
+        );
+        redis_cleanup(&prefix).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn since_older_than_retention_or_not_a_number_gets_an_error_frame_then_replay_or_live() {
+    tokio::time::timeout(STEP * 3, async {
+        let prefix = unique("wsc-test");
+        let node = redis_node("n-0", &prefix, &["--mailbox-max-len", "3"]).await;
+        for i in 1..=6 {
+            node.http("GET", &format!("/send?userId=carol&message=m{i}"), None)
+                .await;
+        }
+        let (mut ws, before) = node.connect("/connect/carol?since=1").await;
+        assert_eq!(before[0]["type"], "error");
+        let text = before[0]["content"].as_str().expect("content");
+        assert!(text.contains("oldest available offset is 4"), "{text}");
+        let offsets: Vec<u64> = before[1..]
+            .iter()
+            .filter_map(|v| v["offset"].as_u64())
+            .collect();
+        assert_eq!(offsets, vec![4, 5, 6]);
+        ws.close(None).await.expect("close");
+
+        let (mut ws, before) = node.connect("/connect/carol?since=abc").await;
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0]["type"], "error");
+        assert!(
+            before[0]["content"]
+                .as_str()
+                .expect("content")
+                .contains("since")
+        );
+        node.http("GET", "/send?userId=carol&message=live", None)
+            .await;
+        assert_eq!(next_json(&mut ws).await["offset"], 7);
+        redis_cleanup(&prefix).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn a_second_connection_for_the_same_user_replaces_the_first_with_close_4002() {
+    tokio::time::timeout(STEP * 3, async {
+        let node = Node::spawn("n-0", &[]).await;
+        let (mut first, _) = node.connect("/connect/dave").await;
+        let (mut second, _) = node.connect("/connect/dave").await;
+        let (code, _) = expect_close(&mut first).await;
+        assert_eq!(code, CLOSE_REPLACED);
+        node.http("GET", "/send?userId=dave&message=to-second", None)
+            .await;
+        assert_eq!(next_json(&mut second).await["content"], "to-second");
+        let (_, c) = node.http("GET", "/count", None).await;
+        assert_eq!(c["count"], 1);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_disturb_no_other_session() {
+    tokio::time::timeout(STEP * 4, async {
+        let node = Node::spawn("n-0", &["--max-frame-bytes", "1024"]).await;
+        let (mut bystander, _) = node.connect("/connect/eve").await;
+
+        let (s, b) = node.refused("/connect/").await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("missing-user-id")));
+        let (s, b) = node.refused("/connect?userId=").await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid-user-id")));
+        let (s, b) = node.refused(&format!("/connect/{}", "x".repeat(129))).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid-user-id")));
+        let (s, b) = node.refused("/connect/a%0Ab").await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid-user-id")));
+        let (s, b) = node.http("GET", "/send?message=x", None).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("missing-user-id")));
+        let (s, b) = node.http("GET", "/send?userId=eve", None).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("missing-message")));
+        let (s, b) = node.http("POST", "/send", Some("{not json")).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid-json")));
+        let (s, b) = node.http("GET", "/nowhere", None).await;
+        assert_eq!((s, b["error"].as_str()), (404, Some("not-found")));
+        let (s, _) = node.http("DELETE", "/send", None).await;
+        assert_eq!(s, 405);
+        let big = "y".repeat(2000);
+        let (s, b) = node
+            .http("GET", &format!("/send?userId=eve&message={big}"), None)
+            .await;
+        assert_eq!((s, b["error"].as_str()), (413, Some("message-too-large")));
+
+        let (mut big_frame, _) = node.connect("/connect/frank").await;
+        big_frame
+            .send(Message::text("z".repeat(1025)))
+            .await
+            .expect("send");
+        assert_eq!(expect_close(&mut big_frame).await.0, 1009);
+
+        let (mut bad_utf8, _) = node.connect("/connect/grace").await;
+        let frame = Frame::message(vec![0xff, 0xfe, 0x41], OpCode::Data(Data::Text), true);
+        bad_utf8.send(Message::Frame(frame)).await.expect("send");
+        assert_eq!(expect_close(&mut bad_utf8).await.0, 1007);
+
+        // The bystander is untouched.
+        let (s, b) = node
+            .http("GET", "/send?userId=eve&message=still-here", None)
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let v: Value = next_json(&mut bystander).await;
+        assert_eq!(v["content"], "still-here");
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -172,7 +172,7 @@ impl Target {
 struct Client {
     /// As given to [`Subscription::spawn`].
     config: SubscriberConfig,
-    /// The parsed base URL, or why it is unusable (logged on every attempt).
+    /// The parsed base URL, or why it is unusable (each attempt then fails with that reason).
     target: std::result::Result<Target, &'static str>,
 }
 

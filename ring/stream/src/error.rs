@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use thiserror::Error;
-use wscluster_ring::{RingError, SnapshotError};
+use wscluster_ring::SnapshotError;
 
 /// Result with this crate's [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -69,9 +69,6 @@ pub enum Error {
     /// A stream line did not parse or held an invalid snapshot.
     #[error("invalid stream line: {0}")]
     InvalidLine(#[source] SnapshotError),
-    /// A snapshot could not become a ring.
-    #[error("ring refused: {0}")]
-    Ring(#[from] RingError),
     /// The hub ended the stream.
     #[error("the ring hub ended the stream")]
     StreamEnded,
@@ -92,7 +89,6 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::LineTooLong { .. } => "line_too_long",
             Error::InvalidLine(_) => "invalid_line",
-            Error::Ring(_) => "ring",
             Error::StreamEnded => "stream_ended",
         }
     }

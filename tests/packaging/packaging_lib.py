@@ -364,6 +364,70 @@ def crd_version_schema(crd: dict[str, Any], api_version: str) -> dict[str, Any]:
     raise ValueError(f"the CRD has no version {version!r}")
 
 
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Fill in schema defaults the way the apiserver does before validating (structural
+    defaulting: a missing property with a `default` gets it, recursively, inside objects and
+    array items that are present)."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for name, sub in props.items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = apply_defaults(sub, value[name])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for name in list(value):
+                if name not in props:
+                    value[name] = apply_defaults(extra, value[name])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+def _cel_functions() -> dict[str, Any]:
+    """The Kubernetes CEL string extensions the rules use that cel-python lacks."""
+    from celpy import celtypes
+
+    return {
+        "indexOf": lambda s, sub: celtypes.IntType(str(s).find(str(sub))),
+        "lastIndexOf": lambda s, sub: celtypes.IntType(str(s).rfind(str(sub))),
+    }
+
+
+def cel_problems(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Evaluate every `x-kubernetes-validations` rule on the node it is attached to, as the
+    apiserver does on create; one line per failed rule with the rule's own message."""
+    import celpy
+    from celpy import celtypes
+
+    problems = []
+    where = path or "<root>"
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "oldSelf" in rule["rule"]:
+            continue  # transition rules only run on update
+        env = celpy.Environment()
+        try:
+            program = env.program(env.compile(rule["rule"]), functions=_cel_functions())
+            result = program.evaluate({"self": celpy.json_to_cel(value)})
+        except Exception as err:  # noqa: BLE001 - any failure to evaluate is a finding
+            result = err
+        if not isinstance(result, celtypes.BoolType):
+            problems.append(f"{where}: rule {rule['rule']!r} could not be evaluated: {result}")
+        elif not bool(result):
+            problems.append(f"{where}: {rule.get('message') or 'failed rule: ' + rule['rule']}")
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for name, child in value.items():
+            sub = props.get(name, schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else None)
+            if isinstance(sub, dict):
+                problems += cel_problems(sub, child, f"{path}.{name}" if path else name)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            problems += cel_problems(schema["items"], item, f"{path}.{i}")
+    return problems
+
+
 def custom_resource_problems(crd: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     """Validate a custom resource against its CRD; one readable line per problem, e.g.
     `spec.replicas: -1 is less than the minimum of 0`."""
@@ -382,4 +446,9 @@ def custom_resource_problems(crd: dict[str, Any], obj: dict[str, Any]) -> list[s
     for err in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
         path = ".".join(str(p) for p in err.absolute_path) or "<root>"
         problems.append(f"{path}: {err.message}")
+    if not problems:
+        # CEL rules see the object after defaulting, and only once it has the schema's shape.
+        openapi = crd_version_schema(crd, str(obj.get("apiVersion")))
+        defaulted = apply_defaults(openapi, copy.deepcopy(obj))
+        problems += cel_problems(openapi, defaulted)
     return problems

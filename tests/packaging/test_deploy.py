@@ -20,7 +20,7 @@ def test_the_charts_crd_is_an_identical_copy_of_crds_wscluster_yaml() -> None:
 
 def test_the_chart_ships_exactly_that_crd(chart: Any) -> None:
     crds = chart.crds
-    assert [c["filename"] for c in crds] == ["crds/wscluster.yaml"]
+    assert [c["filename"] for c in crds] == ["wscluster/crds/wscluster.yaml"]
 
 
 def test_deploy_is_rendered_from_the_current_chart(chart: Any) -> None:

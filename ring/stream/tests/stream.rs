@@ -305,6 +305,33 @@ async fn acks_are_recorded_and_subscribers_show_connected_until_they_leave() {
 }
 
 #[tokio::test]
+async fn dropping_a_subscription_closes_its_stream() {
+    tokio::time::timeout(LIMIT, async {
+        let hub = hub_with_ring(1);
+        let served = start(Arc::clone(&hub)).await;
+        let never_cancelled = CancellationToken::new();
+        let sub = Subscription::spawn(config(served.addr, TOKEN, "p-0"), never_cancelled);
+        wait_version(&mut sub.rings(), 1).await;
+        eventually(|| {
+            hub.subscribers(CLUSTER)
+                .first()
+                .is_some_and(|s| s.connected)
+        })
+        .await;
+        drop(sub);
+        eventually(|| {
+            hub.subscribers(CLUSTER)
+                .first()
+                .is_some_and(|s| !s.connected)
+        })
+        .await;
+        served.shutdown.cancel();
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
 async fn a_subscriber_keeps_its_ring_while_the_hub_restarts_and_takes_the_newer_one_after() {
     tokio::time::timeout(LIMIT, async {
         let first = start(hub_with_ring(1)).await;

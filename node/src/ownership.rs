@@ -1,18 +1,13 @@
 //! Which keys this node owns: the newest ring it knows, from `--ring-url` (the ring stream),
 //! `--ring-file`, or nothing at all (standalone: every key is ours).
 //!
-//! The decision is a pure function, [`decide`], so the HTTP layer only maps its answer.
+//! The decision is a pure function, [`decide`], so the HTTP layer only maps its answer. The
+//! rings themselves come from `wscluster-ring-stream` (`Subscription` or `watch_ring_file`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use wscluster_ring::{KeyHash, Ring, RingSnapshot};
-
-/// How often a ring file is checked for changes.
-pub const RING_FILE_POLL: Duration = Duration::from_millis(500);
+use wscluster_ring::{KeyHash, Ring};
 
 /// What the node knows about the ring.
 #[derive(Debug, Clone)]
@@ -94,66 +89,10 @@ pub fn decide(ring: Option<&Ring>, me: &str, hash: KeyHash) -> Ownership {
     }
 }
 
-/// Reads a ring file: a JSON [`RingSnapshot`].
-pub fn load_ring_file(path: &std::path::Path) -> crate::Result<Ring> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| crate::Error::Ring(format!("{}: {e}", path.display())))?;
-    let snapshot = RingSnapshot::from_json(&text)
-        .map_err(|e| crate::Error::Ring(format!("{}: {e}", path.display())))?;
-    Ring::build(snapshot).map_err(|e| crate::Error::Ring(format!("{}: {e}", path.display())))
-}
-
-/// Watches a ring file: loads it now, then re-reads it every [`RING_FILE_POLL`] and publishes
-/// each strictly newer version. A file that is missing or invalid is logged and the last good
-/// ring stays in use.
-pub fn watch_ring_file(
-    path: PathBuf,
-    shutdown: CancellationToken,
-) -> watch::Receiver<Option<Arc<Ring>>> {
-    let first = match load_ring_file(&path) {
-        Ok(ring) => Some(Arc::new(ring)),
-        Err(e) => {
-            tracing::warn!(error = %e, "ring file not usable yet");
-            None
-        }
-    };
-    let (tx, rx) = watch::channel(first);
-    tokio::spawn(async move {
-        let mut last_text = String::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RING_FILE_POLL) => {}
-            }
-            let Ok(text) = tokio::fs::read_to_string(&path).await else {
-                continue;
-            };
-            if text == last_text {
-                continue;
-            }
-            last_text.clone_from(&text);
-            let current = tx.borrow().as_ref().map(|r| r.version());
-            match RingSnapshot::from_json(&text).and_then(|s| {
-                Ring::build(s).map_err(|e| wscluster_ring::SnapshotError::Parse(e.to_string()))
-            }) {
-                Ok(ring) if current.is_none_or(|v| ring.version() > v) => {
-                    tracing::info!(version = ring.version(), "ring file changed");
-                    tx.send_replace(Some(Arc::new(ring)));
-                }
-                Ok(ring) => {
-                    tracing::debug!(version = ring.version(), "ring file not newer; ignored")
-                }
-                Err(e) => tracing::warn!(error = %e, "ring file invalid; keeping the last ring"),
-            }
-        }
-    });
-    rx
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wscluster_ring::Member;
+    use wscluster_ring::{Member, RingSnapshot};
 
     #[test]
     fn ownership_follows_the_ring_and_draining_members_own_nothing() {

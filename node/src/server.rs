@@ -16,9 +16,11 @@ use crate::bus::{AmqpBus, AmqpSettings, Bus, MemoryBus};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mailbox::{Mailbox, MemoryMailbox, RedisMailbox, Retention};
-use crate::ownership::{RingView, watch_ring_file};
+use crate::ownership::RingView;
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::state::{Backends, NodeState};
+use wscluster_ring::contract::stream::SubscriberKind;
+use wscluster_ring_stream::{SubscriberConfig, Subscription, watch_ring_file};
 
 /// How long an HTTP client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,17 +128,42 @@ fn retention(config: &Config) -> Retention {
 
 type Ack = Option<Box<dyn Fn(u64) + Send + Sync>>;
 
-/// The ring source the configuration names.
+/// The ring source the configuration names: the ring stream (`--ring-url`, acking each
+/// applied version), a watched ring file, or standalone.
 fn ring_source(
     config: &Config,
     member: &str,
     shutdown: CancellationToken,
 ) -> Result<(RingView, Ack)> {
     if let Some(url) = &config.ring_url {
-        let _ = (url, member);
-        return Err(Error::Config(
-            "--ring-url is not supported by this build yet; use --ring-file".into(),
+        let token = match (&config.ring_token, &config.ring_token_file) {
+            (Some(t), _) if !t.trim().is_empty() => t.trim().to_owned(),
+            (_, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("--ring-token-file {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(Error::Config(
+                    "--ring-url needs --ring-token-file or --ring-token".into(),
+                ));
+            }
+        };
+        if token.is_empty() {
+            return Err(Error::Config("the ring token is empty".into()));
+        }
+        let subscription = Arc::new(Subscription::spawn(
+            SubscriberConfig {
+                base_url: url.clone(),
+                cluster_id: config.cluster_id.clone(),
+                token,
+                kind: SubscriberKind::Node,
+                subscriber_id: member.to_owned(),
+            },
+            shutdown,
         ));
+        let rings = subscription.rings();
+        let ack: Ack = Some(Box::new(move |v| subscription.ack(v)));
+        return Ok((RingView::Watched(rings), ack));
     }
     if let Some(path) = &config.ring_file {
         return Ok((

@@ -1,0 +1,145 @@
+//! Ownership refusal (ring file and ring stream) and graceful drain, against the real binary.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use tokio_util::sync::CancellationToken;
+use wscluster_ring::contract::stream::SubscriberKind;
+use wscluster_ring::contract::{CLOSE_DRAIN, ResetReason};
+use wscluster_ring::{Member, Ring, RingSnapshot};
+use wscluster_ring_stream::RingHub;
+
+fn snapshot(version: u64, draining_n0: bool) -> RingSnapshot {
+    let n0 = Member::active("n-0", "127.0.0.1:1");
+    let n0 = if draining_n0 { n0.draining() } else { n0 };
+    RingSnapshot::new(
+        "test/own",
+        version,
+        vec![n0, Member::active("n-1", "127.0.0.1:2")],
+    )
+}
+
+/// A key owned by `member` under `snap`.
+fn key_owned_by(snap: &RingSnapshot, member: &str) -> String {
+    let ring = Ring::build(snap.clone()).expect("ring");
+    (0..10_000)
+        .map(|i| format!("user-{i}"))
+        .find(|k| ring.owns(member, k))
+        .expect("some key")
+}
+
+#[tokio::test]
+async fn a_node_refuses_upgrades_and_sends_for_keys_it_does_not_own_under_its_newest_ring() {
+    tokio::time::timeout(STEP * 3, async {
+        let dir = std::env::temp_dir().join(unique("wsc-ring"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("ring.json");
+        let v1 = snapshot(1, false);
+        std::fs::write(&file, v1.to_json()).expect("write ring");
+        let path = file.to_string_lossy().into_owned();
+        let node = Node::spawn("n-0", &["--cluster-id", "test/own", "--ring-file", &path]).await;
+
+        let mine = key_owned_by(&v1, "n-0");
+        let theirs = key_owned_by(&v1, "n-1");
+        let (status, body) = node.refused(&format!("/connect/{theirs}")).await;
+        assert_eq!(status, 421, "{body}");
+        assert_eq!(body["error"], "not-owner");
+        assert_eq!(body["owner"], "n-1");
+        assert_eq!(body["ringVersion"], 1);
+        let (status, body) = node
+            .http("GET", &format!("/send?userId={theirs}&message=x"), None)
+            .await;
+        assert_eq!((status, body["owner"].as_str()), (421, Some("n-1")));
+        let (_ws, _) = node.connect(&format!("/connect/{mine}")).await;
+
+        // n-0 starts draining in v2: it owns nothing, n-1 owns everything.
+        std::fs::write(&file, snapshot(2, true).to_json()).expect("write ring");
+        let body = eventually("the node applies ring v2", || async {
+            let (status, body) = node
+                .http("GET", &format!("/send?userId={mine}&message=x"), None)
+                .await;
+            (status == 421 && body["ringVersion"] == 2).then_some(body)
+        })
+        .await;
+        assert_eq!(body["owner"], "n-1");
+        let (status, _) = node.refused(&format!("/connect/{mine}")).await;
+        assert_eq!(status, 421);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn a_node_follows_the_ring_stream_and_acks_the_version_it_applies() {
+    tokio::time::timeout(STEP * 3, async {
+        let hub = RingHub::new();
+        hub.set_token("test/own", "secret".into());
+        hub.publish(snapshot(7, false)).expect("publish");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        tokio::spawn(wscluster_ring_stream::serve(
+            listener,
+            Arc::clone(&hub),
+            stop.clone(),
+        ));
+
+        let node = Node::spawn(
+            "n-0",
+            &[
+                "--cluster-id",
+                "test/own",
+                "--ring-url",
+                &url,
+                "--ring-token",
+                "secret",
+            ],
+        )
+        .await;
+        eventually("the node acks version 7", || async {
+            hub.subscribers("test/own")
+                .iter()
+                .any(|s| {
+                    s.id == "n-0" && s.kind == SubscriberKind::Node && s.applied_version == Some(7)
+                })
+                .then_some(())
+        })
+        .await;
+        let theirs = key_owned_by(&snapshot(7, false), "n-1");
+        let (status, body) = node.refused(&format!("/connect/{theirs}")).await;
+        assert_eq!((status, body["ringVersion"].as_u64()), (421, Some(7)));
+        stop.cancel();
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn sigterm_sends_every_client_a_drain_reset_and_the_node_exits_within_the_grace_period() {
+    tokio::time::timeout(STEP * 3, async {
+        let mut node = Node::spawn("n-0", &["--grace-period-seconds", "5"]).await;
+        let (mut a, _) = node.connect("/connect/alice").await;
+        let (mut b, _) = node.connect("/connect/bob").await;
+        node.terminate();
+        for ws in [&mut a, &mut b] {
+            let (code, texts) = expect_close(ws).await;
+            assert_eq!(code, CLOSE_DRAIN);
+            assert_eq!(texts.len(), 1, "{texts:?}");
+            assert_eq!(texts[0]["type"], "reset");
+            assert_eq!(texts[0]["reason"], ResetReason::Drain.as_str());
+            assert!(texts[0]["retryAfterMs"].as_u64().expect("retryAfterMs") < 2_000);
+        }
+        let status = tokio::time::timeout(STEP, node.child.wait())
+            .await
+            .expect("exited within the grace period")
+            .expect("wait");
+        assert!(status.success(), "{status:?}");
+    })
+    .await
+    .expect("test finished in time");
+}

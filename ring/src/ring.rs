@@ -46,23 +46,19 @@ impl Ring {
         snapshot.validate()?;
         snapshot.members.sort_by(|a, b| a.id.cmp(&b.id));
         let slots = snapshot.params.slots as usize;
-        let active: Vec<(u16, u64, u32)> = snapshot
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.state == MemberState::Active)
-            .map(|(i, m)| (i as u16, member_hash(&m.id), m.weight))
-            .collect();
+        let classes = weight_classes(&snapshot.members);
         let mut table = vec![NO_OWNER; slots].into_boxed_slice();
-        let uniform = active.windows(2).all(|w| w[0].2 == w[1].2);
-        if !active.is_empty() {
-            for (s, owner) in table.iter_mut().enumerate() {
-                let slot_hash = mix64((s as u64).wrapping_add(SLOT_SALT));
-                *owner = if uniform {
-                    best_uniform(&active, slot_hash)
-                } else {
-                    best_weighted(&active, slot_hash)
-                };
+        match classes.as_slice() {
+            [] => {}
+            [(_, members)] => {
+                for (s, owner) in table.iter_mut().enumerate() {
+                    *owner = best_in_class(members, slot_hash(s)).0;
+                }
+            }
+            _ => {
+                for (s, owner) in table.iter_mut().enumerate() {
+                    *owner = best_weighted(&classes, slot_hash(s));
+                }
             }
         }
         let mut slots_owned = vec![0u32; snapshot.members.len()].into_boxed_slice();
@@ -175,33 +171,55 @@ impl Ring {
     }
 }
 
+/// Active members grouped by weight, each group in id order: `(weight, [(index, member hash)])`.
+type WeightClasses = Vec<(u32, Vec<(u16, u64)>)>;
+
+fn weight_classes(members: &[Member]) -> WeightClasses {
+    let mut classes: WeightClasses = Vec::new();
+    for (index, member) in members.iter().enumerate().filter(|(_, m)| m.is_active()) {
+        let entry = (index as u16, member_hash(&member.id));
+        match classes.iter_mut().find(|(w, _)| *w == member.weight) {
+            Some((_, class)) => class.push(entry),
+            None => classes.push((member.weight, vec![entry])),
+        }
+    }
+    classes.sort_by_key(|(w, _)| *w);
+    classes
+}
+
 #[inline]
-fn best_uniform(active: &[(u16, u64, u32)], slot_hash: u64) -> u16 {
-    let mut best = NO_OWNER;
-    let mut best_score = 0u64;
-    for &(index, hash, _) in active {
+fn slot_hash(slot: usize) -> u64 {
+    mix64((slot as u64).wrapping_add(SLOT_SALT))
+}
+
+/// The rendezvous winner among members of equal weight: the highest score; on a tie the member
+/// with the smaller id (they are in id order and only a strictly higher score replaces).
+#[inline]
+fn best_in_class(members: &[(u16, u64)], slot_hash: u64) -> (u16, u64) {
+    let mut best = (NO_OWNER, 0u64);
+    for &(index, hash) in members {
         let score = mix64(hash ^ slot_hash);
-        // Strictly greater: on a tie the member with the smaller id (earlier in order) keeps it.
-        if best == NO_OWNER || score > best_score {
-            best = index;
-            best_score = score;
+        if best.0 == NO_OWNER || score > best.1 {
+            best = (index, score);
         }
     }
     best
 }
 
+/// Weighted rendezvous: the lowest `-ln(u) / weight`. Within a weight class that order is the
+/// order of raw scores, so only each class's winner needs the logarithm; ties across classes go
+/// to the smaller id (smaller index).
 #[inline]
-fn best_weighted(active: &[(u16, u64, u32)], slot_hash: u64) -> u16 {
-    let mut best = NO_OWNER;
-    let mut best_score = f64::INFINITY;
-    for &(index, hash, weight) in active {
-        let score = neg_ln_unit(mix64(hash ^ slot_hash)) / f64::from(weight);
-        if best == NO_OWNER || score < best_score {
-            best = index;
-            best_score = score;
+fn best_weighted(classes: &[(u32, Vec<(u16, u64)>)], slot_hash: u64) -> u16 {
+    let mut best = (NO_OWNER, f64::INFINITY);
+    for (weight, members) in classes {
+        let (index, score) = best_in_class(members, slot_hash);
+        let value = neg_ln_unit(score) / f64::from(*weight);
+        if best.0 == NO_OWNER || value < best.1 || (value == best.1 && index < best.0) {
+            best = (index, value);
         }
     }
-    best
+    best.0
 }
 
 /// Why a key's connection must move.

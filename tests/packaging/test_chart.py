@@ -204,3 +204,13 @@ def test_values_that_break_the_schema_are_refused_with_a_message_naming_the_key(
 )
 def test_every_documented_key_source_is_accepted(chart: Any, source: dict[str, Any]) -> None:
     chart.validate_schema({"examples": {"wscluster": {"enabled": True, "keySources": [source]}}})
+
+
+def test_the_values_schema_is_a_valid_json_schema_that_the_defaults_satisfy(chart: Any) -> None:
+    import jsonschema
+
+    schema = chart.schema
+    assert schema is not None, "the chart ships no values.schema.json"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(chart.values)]
+    assert errors == []

@@ -92,7 +92,7 @@ def test_operator_runs_with_the_fixed_flags_and_downward_api_env(default_render:
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"]["path"] in ("/healthz", "/readyz")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"ring": 7400, "metrics": 9090}
 
 
@@ -214,3 +214,15 @@ def test_the_values_schema_is_a_valid_json_schema_that_the_defaults_satisfy(char
     jsonschema.Draft202012Validator.check_schema(schema)
     errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(chart.values)]
     assert errors == []
+
+
+def test_a_rollout_never_waits_for_a_standby_to_become_ready(default_render: dict[str, str]) -> None:
+    # Only the leader is Ready, so a rollout gated on new pods' readiness would never finish.
+    strategy = one(lib.objects(default_render), "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%", "maxSurge": 1}}
+
+
+def test_notes_for_several_operator_replicas_explain_the_standbys(chart: Any) -> None:
+    notes = lib.render(chart, {"operator": {"replicas": 3}})["wscluster/templates/NOTES.txt"]
+    assert "rollout status" not in notes
+    assert "The other 2 stand by, not Ready by design." in notes

@@ -83,7 +83,13 @@ pub struct MemoryMailbox {
     retention: Retention,
     /// Mailboxes by user; never held across an await.
     boxes: Mutex<HashMap<String, MemoryBox>>,
+    /// Appends since start; every [`SWEEP_EVERY_APPENDS`]th one sweeps expired mailboxes.
+    appends: std::sync::atomic::AtomicU64,
 }
+
+/// Expired in-memory mailboxes are dropped every this many appends, which bounds memory without
+/// a timer task: the sweep is O(users) and runs at most once per 4096 messages.
+const SWEEP_EVERY_APPENDS: u64 = 4096;
 
 #[derive(Debug)]
 struct MemoryBox {
@@ -98,6 +104,7 @@ impl MemoryMailbox {
         MemoryMailbox {
             retention,
             boxes: Mutex::new(HashMap::new()),
+            appends: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -124,6 +131,12 @@ impl Mailbox for MemoryMailbox {
         timestamp: u64,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
+            let n = self
+                .appends
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n % SWEEP_EVERY_APPENDS == SWEEP_EVERY_APPENDS - 1 {
+                self.sweep();
+            }
             let now = Instant::now();
             let mut boxes = self.lock()?;
             let b = boxes.entry(user.to_owned()).or_insert_with(|| MemoryBox {

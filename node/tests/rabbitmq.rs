@@ -1,0 +1,184 @@
+//! Broadcasts, reset events and broker connection loss, against the real binary and a real
+//! RabbitMQ (each test on its own exchange).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+use wscluster_ring::contract::bus::reset_routing_key;
+use wscluster_ring::contract::{CLOSE_REBALANCE, ResetFrame, ResetReason};
+
+async fn amqp_node(id: &str, cluster: &str) -> Node {
+    let conn = amqp().await; // fail clearly if RabbitMQ is down
+    let _ = conn.close(200, "probe".into()).await;
+    let url = amqp_url();
+    let node = Node::spawn(id, &["--cluster-id", cluster, "--amqp-url", &url]).await;
+    eventually("the node connects to rabbitmq", || async {
+        let (_, r) = node.http("GET", "/readyz", None).await;
+        (r["busConnected"] == true).then_some(())
+    })
+    .await;
+    node
+}
+
+/// Sends a marker with `/send` and asserts it is the very next frame the user sees, which
+/// proves nothing (such as a duplicate broadcast) is queued in between.
+async fn assert_next_is_marker(node: &Node, user: &str, ws: &mut Ws) {
+    let marker = unique("marker");
+    let (status, body) = node
+        .http(
+            "GET",
+            &format!("/send?userId={user}&message={marker}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v = next_json(ws).await;
+    assert_eq!(v["content"], marker.as_str(), "unexpected frame {v}");
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_user_of_every_node_exactly_once() {
+    tokio::time::timeout(STEP * 4, async {
+        let cluster = unique("test/bc");
+        let a = amqp_node("n-a", &cluster).await;
+        let b = amqp_node("n-b", &cluster).await;
+        let (mut alice, _) = a.connect("/connect/alice").await;
+        let (mut carol, _) = a.connect("/connect/carol").await;
+        let (mut bob, _) = b.connect("/connect/bob").await;
+
+        let (status, body) = a
+            .http("POST", "/broadcast", Some(r#"{"message":"hello all"}"#))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        for (node, user, ws) in [
+            (&a, "alice", &mut alice),
+            (&a, "carol", &mut carol),
+            (&b, "bob", &mut bob),
+        ] {
+            let v = next_json(ws).await;
+            assert_eq!(v["type"], "broadcast", "{v}");
+            assert_eq!(v["content"], "hello all");
+            assert!(v.get("offset").is_none());
+            assert_next_is_marker(node, user, ws).await;
+        }
+        drop((a, b));
+        amqp_cleanup(&cluster, &["n-a", "n-b"]).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn a_reset_event_closes_exactly_the_named_users_with_the_contract_frame_and_code() {
+    tokio::time::timeout(STEP * 4, async {
+        let cluster = unique("test/reset");
+        let node = amqp_node("n-r", &cluster).await;
+        let (mut u1, _) = node.connect("/connect/u1").await;
+        let (mut u2, _) = node.connect("/connect/u2").await;
+        let (mut u3, _) = node.connect("/connect/u3").await;
+
+        // A reset for another member must not reach this node.
+        let other = json!({"member": "n-x", "ringVersion": 9, "reason": "rebalance", "keys": ["u2"], "retryAfterMs": 300});
+        amqp_publish(&cluster, &reset_routing_key("n-x"), &other).await;
+        let event = json!({"member": "n-r", "ringVersion": 9, "reason": "rebalance", "keys": ["u1", "u3", "nobody"], "retryAfterMs": 300});
+        amqp_publish(&cluster, &reset_routing_key("n-r"), &event).await;
+
+        let expected: Value = serde_json::from_str(&ResetFrame::new(ResetReason::Rebalance, 300, Some(9)).to_json())
+            .expect("frame json");
+        for ws in [&mut u1, &mut u3] {
+            let (code, texts) = expect_close(ws).await;
+            assert_eq!(code, CLOSE_REBALANCE);
+            assert_eq!(texts, vec![expected.clone()]);
+        }
+        assert_next_is_marker(&node, "u2", &mut u2).await;
+        eventually("the reset sessions are gone and the other stays", || async {
+            let (_, count) = node.http("GET", "/count", None).await;
+            (count["count"] == 1).then_some(())
+        })
+        .await;
+        drop(node);
+        amqp_cleanup(&cluster, &["n-r"]).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// `rabbitmqctl list_connections` rows whose connection_name is `wanted`: their pids.
+async fn broker_connections(wanted: &str) -> Vec<String> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "--no-table-headers",
+            "list_connections",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .await
+        .expect(
+            "rabbitmqctl runs (it is needed to close the node's connection from the broker side)",
+        );
+    assert!(
+        out.status.success(),
+        "rabbitmqctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(wanted))
+        .filter_map(|line| line.split('\t').next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn losing_the_rabbitmq_connection_drops_no_socket_and_broadcasts_resume_after_reconnect() {
+    tokio::time::timeout(STEP * 6, async {
+        let cluster = unique("test/loss");
+        let node = amqp_node("n-l", &cluster).await;
+        let (mut alice, _) = node.connect("/connect/alice").await;
+        let conn_name = format!("wscluster-node {cluster} n-l");
+        let before = eventually("the broker lists the node's connection", || async {
+            let names = broker_connections(&conn_name).await;
+            (names.len() == 1).then_some(names)
+        })
+        .await;
+        let status = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                &before[0],
+                "wscluster node test: simulated loss",
+            ])
+            .status()
+            .await
+            .expect("rabbitmqctl close_connection");
+        assert!(status.success());
+        eventually("the node reconnects with a new connection", || async {
+            let names = broker_connections(&conn_name).await;
+            (names.len() == 1 && names != before).then_some(())
+        })
+        .await;
+        eventually("the bus reports connected again", || async {
+            let (_, r) = node.http("GET", "/readyz", None).await;
+            (r["busConnected"] == true).then_some(())
+        })
+        .await;
+        // The socket survived and broadcasts flow again.
+        let (status, body) = node
+            .http("POST", "/broadcast", Some(r#"{"message":"after"}"#))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let v = next_json(&mut alice).await;
+        assert_eq!(
+            (v["type"].as_str(), v["content"].as_str()),
+            (Some("broadcast"), Some("after"))
+        );
+        assert_next_is_marker(&node, "alice", &mut alice).await;
+        drop(node);
+        amqp_cleanup(&cluster, &["n-l"]).await;
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -312,6 +312,35 @@ def _check_junctor_fields_declared(node: dict[str, Any], branch: dict[str, Any],
         problems.append(f"{path}: items are only declared inside the junctor")
 
 
+def default_problems(schema: dict[str, Any], path: str = "<root>") -> list[str]:
+    """The apiserver refuses a CRD whose `default` values do not validate against their own
+    schema node (or would be pruned); one line per such default."""
+    problems = []
+    if "default" in schema:
+        validator = jsonschema.Draft202012Validator(openapi_to_jsonschema(schema, root=False))
+        for err in validator.iter_errors(schema["default"]):
+            where = ".".join(str(p) for p in err.absolute_path)
+            problems.append(f"{path}: default{'.' + where if where else ''}: {err.message}")
+    for name, child in (schema.get("properties") or {}).items():
+        if isinstance(child, dict):
+            problems += default_problems(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            problems += default_problems(schema[key], f"{path}[]" if key == "items" else f"{path}.<value>")
+    return problems
+
+
+def json_path_exists(schema: dict[str, Any], json_path: str) -> bool:
+    """Whether a printer column's simple JSONPath (`.spec.replicas`) names a schema field."""
+    node = schema
+    for part in json_path.strip(".").split("."):
+        props = node.get("properties") or {}
+        if part not in props:
+            return False
+        node = props[part]
+    return True
+
+
 # --- CRD: validating custom resources ---------------------------------------------------
 
 

@@ -47,6 +47,26 @@ def test_crd_schema_is_structural(crd: dict[str, Any]) -> None:
         assert problems == [], f"{version['name']}:\n" + "\n".join(problems)
 
 
+def test_every_default_in_the_crd_is_valid_for_its_field(crd: dict[str, Any]) -> None:
+    for version in crd["spec"]["versions"]:
+        assert lib.default_problems(version["schema"]["openAPIV3Schema"]) == []
+
+
+def test_a_default_that_breaks_its_own_field_is_caught() -> None:
+    schema = {"type": "object", "properties": {"replicas": {"type": "integer", "minimum": 0, "default": -1}}}
+    assert lib.default_problems(schema) == ["<root>.replicas: default: -1 is less than the minimum of 0"]
+
+
+def test_printer_columns_and_scale_paths_name_real_fields(crd: dict[str, Any]) -> None:
+    for version in crd["spec"]["versions"]:
+        schema = version["schema"]["openAPIV3Schema"]
+        paths = [c["jsonPath"] for c in version.get("additionalPrinterColumns", []) if not c["jsonPath"].startswith(".metadata")]
+        scale = version.get("subresources", {}).get("scale", {})
+        paths += [scale[k] for k in ("specReplicasPath", "statusReplicasPath", "labelSelectorPath") if k in scale]
+        missing = [p for p in paths if not lib.json_path_exists(schema, p)]
+        assert missing == [], f"{version['name']}: no such field for {missing}"
+
+
 @pytest.mark.parametrize(
     ("schema", "expected"),
     [

@@ -78,3 +78,15 @@ def schema_default(crd: dict[str, Any], *path: str) -> Any:
 def test_the_crds_default_node_and_proxy_images_are_their_dockerfiles(chart: Any, crd: dict[str, Any], crate: str) -> None:
     expected = f"ghcr.io/wscluster/{package_name(crate)}:{chart.metadata['appVersion']}"
     assert schema_default(crd, "spec", crate, "image") == expected
+
+
+@pytest.mark.parametrize("crate", sorted(IMAGES))
+def test_the_builder_is_at_least_the_workspaces_rust_version(crate: str) -> None:
+    with (lib.REPO_ROOT / "Cargo.toml").open("rb") as handle:
+        wanted = tomllib.load(handle)["workspace"]["package"]["rust-version"]
+    args = [a for w, a in instructions(crate) if w == "ARG" and a.startswith("RUST_VERSION=")]
+    assert len(args) == 1, f"{crate}/Dockerfile: expected one ARG RUST_VERSION=<version>"
+    builder = args[0].split("=", 1)[1]
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert as_tuple(builder) >= as_tuple(wanted)[: len(as_tuple(builder))], f"rust {builder} < rust-version {wanted}"
+    assert (lib.REPO_ROOT / "Cargo.lock").is_file(), "--locked needs the committed Cargo.lock"

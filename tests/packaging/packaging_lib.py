@@ -46,6 +46,33 @@ ALL_ON_VALUES: dict[str, Any] = {
     },
 }
 
+#: Values that set every knob of the operator's pod and Service away from its default.
+EVERY_KNOB_VALUES: dict[str, Any] = {
+    "fullnameOverride": "ws",
+    "operator": {
+        "replicas": 2,
+        "image": {"repository": "registry.example.com/ws/operator", "tag": "9.9.9", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "watchNamespace": "apps",
+        "logLevel": "debug",
+        "ringPort": 7500,
+        "adminPort": 9100,
+        "ringPublicUrl": "http://ring.example.com:7500",
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": 1, "memory": "512Mi"}},
+        "podAnnotations": {"example.com/a": "b"},
+        "podLabels": {"team": "realtime"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}}},
+        "priorityClassName": "system-cluster-critical",
+        "extraEnv": [{"name": "WSCLUSTER_EXTRA", "value": "1"}],
+    },
+    "serviceAccount": {"create": True, "name": "ws-op", "annotations": {"example.com/role": "x"}},
+    "service": {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal"}},
+    "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+}
+
 #: Kinds whose schema is not part of Kubernetes itself, with how each is checked instead.
 #: WsCluster: against our CRD's openAPIV3Schema. ServiceMonitor: prometheus-operator's CRD,
 #: which kubernetes-validate does not ship; its shape is checked by test_chart.py.

@@ -226,3 +226,45 @@ def test_notes_for_several_operator_replicas_explain_the_standbys(chart: Any) ->
     notes = lib.render(chart, {"operator": {"replicas": 3}})["wscluster/templates/NOTES.txt"]
     assert "rollout status" not in notes
     assert "The other 2 stand by, not Ready by design." in notes
+
+
+def test_every_knob_reaches_the_objects(chart: Any) -> None:
+    objs = lib.objects(lib.render(chart, lib.EVERY_KNOB_VALUES, release="r", namespace="ops"))
+    deployment = one(objs, "Deployment")
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert deployment["metadata"]["name"] == "ws-operator" and deployment["spec"]["replicas"] == 2
+    assert container["image"] == "registry.example.com/ws/operator:9.9.9"
+    assert container["imagePullPolicy"] == "Always"
+    args = container["args"]
+    flags = dict(zip(args[1::2], args[2::2]))
+    assert flags["--ring-listen"] == "0.0.0.0:7500" and flags["--admin-listen"] == "0.0.0.0:9100"
+    assert flags["--ring-public-url"] == "http://ring.example.com:7500"
+    assert flags["--watch-namespace"] == "apps" and flags["--lease-name"] == "ws-operator-leader"
+    assert {"name": "WSCLUSTER_EXTRA", "value": "1"} in container["env"]
+    assert {"name": "RUST_LOG", "value": "debug"} in container["env"]
+    assert pod["metadata"]["labels"]["team"] == "realtime"
+    assert pod["metadata"]["annotations"] == {"example.com/a": "b"}
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "ws-op"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert spec["tolerations"][0]["key"] == "dedicated"
+    assert "nodeAffinity" in spec["affinity"]
+    assert spec["priorityClassName"] == "system-cluster-critical"
+    service = one(objs, "Service")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"ring": 7500, "metrics": 9100}
+    assert one(objs, "ServiceAccount")["metadata"]["annotations"] == {"example.com/role": "x"}
+    assert one(objs, "ServiceMonitor")["metadata"]["labels"]["release"] == "prom"
+
+
+def test_an_existing_service_account_must_be_named(chart: Any) -> None:
+    from helm_python import HelmRenderError
+
+    with pytest.raises(HelmRenderError) as refused:
+        lib.render(chart, {"serviceAccount": {"create": False}})
+    assert "serviceAccount.name must name an existing ServiceAccount" in str(refused.value)
+    objs = lib.objects(lib.render(chart, {"serviceAccount": {"create": False, "name": "mine"}}))
+    assert by_kind(objs, "ServiceAccount") == []
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"

@@ -28,6 +28,11 @@ def test_render_with_a_watch_namespace_is_valid(chart: Any) -> None:
     assert problems_of(lib.objects(rendered), "helm render (watchNamespace)") == []
 
 
+def test_render_with_every_knob_turned_is_valid(chart: Any) -> None:
+    rendered = lib.render(chart, lib.EVERY_KNOB_VALUES)
+    assert problems_of(lib.objects(rendered), "helm render (every knob)") == []
+
+
 def deploy_yaml_files() -> list[Path]:
     return sorted(p for p in lib.DEPLOY_DIR.rglob("*") if p.suffix in (".yaml", ".yml"))
 

@@ -66,3 +66,20 @@ def test_a_kind_without_a_schema_is_a_problem_not_a_silent_pass() -> None:
     typo = {"apiVersion": "app/v1", "kind": "Deployment", "metadata": {"name": "x"}}
     problems = problems_of([typo], "inline")
     assert problems and "Couldn't find schema for kind Deployment" in problems[0], problems
+
+
+@pytest.mark.parametrize("version", lib.KUBE_VERSIONS)
+def test_the_kubernetes_validate_cli_passes_deploy_strictly(version: str) -> None:
+    # The same check through the command users would run, so the CLI's own reading of the
+    # files (multi-document YAML, empty documents) is covered too.
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).parent / "kubernetes-validate"
+    files = sorted(str(p) for p in lib.DEPLOY_DIR.glob("*.yaml"))
+    done = subprocess.run(
+        [str(cli), "--strict", "-k", version, *files], capture_output=True, text=True, timeout=120, check=False
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert lines and all(line.startswith("INFO ") and " passed for resource " in line for line in lines), done.stdout

@@ -225,7 +225,7 @@ def test_a_rollout_never_waits_for_a_standby_to_become_ready(default_render: dic
 def test_notes_for_several_operator_replicas_explain_the_standbys(chart: Any) -> None:
     notes = lib.render(chart, {"operator": {"replicas": 3}})["wscluster/templates/NOTES.txt"]
     assert "rollout status" not in notes
-    assert "The other 2 stand by, not Ready by design." in notes
+    assert "One pod is Ready: the leader. The others stand by and are not Ready, by design." in notes
 
 
 def test_every_knob_reaches_the_objects(chart: Any) -> None:

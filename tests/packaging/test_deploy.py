@@ -57,3 +57,13 @@ def test_plain_manifests_do_not_claim_helm_manages_them() -> None:
             labels = obj.get("metadata", {}).get("labels") or {}
             assert "helm.sh/chart" not in labels, f"{path.name}: {obj['kind']}"
             assert labels.get("app.kubernetes.io/managed-by") in (None, "kubectl"), f"{path.name}: {obj['kind']}"
+
+
+def test_the_crd_fits_client_side_apply() -> None:
+    # `kubectl apply` (client-side) copies the object into the last-applied-configuration
+    # annotation; all annotations together may hold 256 KiB.
+    import json
+
+    crd = lib.load_yaml_objects(lib.DEPLOY_DIR / "01-crd.yaml")[0]
+    size = len(json.dumps(crd, separators=(",", ":")))
+    assert size < 256 * 1024 // 2, f"the CRD is {size} bytes of JSON; keep well under 256 KiB or document --server-side"

@@ -334,3 +334,138 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_util::sync::CancellationToken;
+    use wscluster_ring::contract::ClientMessage;
+
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::config::Config;
+    use crate::mailbox::{MemoryMailbox, Retention};
+    use crate::ownership::RingView;
+    use crate::presence::MemoryPresence;
+
+    fn state() -> NodeState {
+        let config = Config::for_tests("n-0");
+        NodeState::new(
+            config,
+            Arc::new(MemoryMailbox::new(Retention {
+                max_len: 100,
+                ttl: Duration::from_secs(60),
+            })),
+            Arc::new(MemoryPresence::new(Duration::from_secs(60))),
+            Arc::new(MemoryBus::new()),
+            RingView::Standalone,
+            CancellationToken::new(),
+        )
+    }
+
+    async fn next(ws: &mut WebSocketStream<tokio::io::DuplexStream>) -> ClientMessage {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("frame in time")
+                .expect("open")
+                .expect("ok");
+            if let Message::Text(t) = msg {
+                return serde_json::from_str(&t).expect("client message");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn live_messages_that_race_the_replay_are_delivered_once_and_in_offset_order() {
+        let state = state();
+        for i in 1..=3 {
+            state
+                .mailbox
+                .append("alice", &format!("m{i}"), i)
+                .await
+                .expect("append");
+        }
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let (data_tx, data_rx) = mpsc::channel(16);
+        let (_control_tx, control_rx) = mpsc::channel(2);
+        // Offsets 2 and 3 were queued live while the replay read them too; 4 is new.
+        for offset in [2u64, 3, 4] {
+            let text =
+                state.client_message(MessageKind::Message, format!("m{offset}"), 0, Some(offset));
+            data_tx
+                .send(Outbound {
+                    offset: Some(offset),
+                    text,
+                    kind: "message",
+                })
+                .await
+                .expect("queue");
+        }
+        let session = async {
+            drive(
+                &state,
+                server,
+                "alice",
+                Since::Offset(1),
+                data_rx,
+                control_rx,
+            )
+            .await
+        };
+        let client_side = async {
+            let mut seen = Vec::new();
+            loop {
+                let m = next(&mut client).await;
+                if m.kind == MessageKind::System {
+                    assert_eq!(m.content, "ready");
+                    continue;
+                }
+                seen.push(m.offset.expect("offset"));
+                if seen.len() == 3 {
+                    break;
+                }
+            }
+            client.close(None).await.expect("close");
+            seen
+        };
+        let (end, seen) = tokio::join!(session, client_side);
+        assert_eq!(seen, vec![2, 3, 4]);
+        assert_eq!(end, End::Client);
+    }
+
+    #[tokio::test]
+    async fn a_close_command_sends_its_frame_then_the_close_code() {
+        let state = state();
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let (_data_tx, data_rx) = mpsc::channel(16);
+        let (control_tx, control_rx) = mpsc::channel(2);
+        control_tx
+            .send(Close {
+                frame: Some(Utf8Bytes::from("{\"type\":\"reset\"}")),
+                code: 4000,
+                reason: "rebalance",
+            })
+            .await
+            .expect("queue");
+        let session = drive(&state, server, "bob", Since::Absent, data_rx, control_rx);
+        let client_side = async {
+            let mut frames = Vec::new();
+            while let Some(Ok(m)) = client.next().await {
+                frames.push(m);
+            }
+            frames
+        };
+        let (end, frames) = tokio::join!(session, client_side);
+        assert_eq!(end, End::Closed("rebalance"));
+        assert!(matches!(&frames[1], Message::Text(t) if t.as_str() == "{\"type\":\"reset\"}"));
+        assert!(matches!(&frames[2], Message::Close(Some(f)) if u16::from(f.code) == 4000));
+    }
+}

@@ -1,0 +1,484 @@
+//! `reconcile` and `error_policy`: the I/O around the pure decisions.
+//!
+//! One reconcile of cluster `<ns>/<c>`, in this order (the API mock tests assert it):
+//!
+//! 1. check the spec ([`crate::validate`]) and GET every Secret it references; a problem sets
+//!    `Degraded` (status + Warning Event) and stops here, touching nothing else;
+//! 2. GET the ring token Secret, creating it with a random token if absent; hand the token to
+//!    the ring hub;
+//! 3. apply (server-side, field manager `wscluster-operator`, forced) the ConfigMap, the two
+//!    Services and the PodDisruptionBudget;
+//! 4. GET the StatefulSet, decide the scaling step ([`crate::scaling`]), apply the StatefulSet
+//!    with the replicas it chose, apply the proxy Deployment;
+//! 5. LIST the node Service's EndpointSlices, compute members and the ring
+//!    ([`crate::membership`]);
+//! 6. apply the status (ring version and members first in status, *then* publish: see
+//!    `membership` for why), publish to the hub, emit Events for what changed.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+use wscluster_ring::contract::stream::SubscriberKind;
+use wscluster_ring::{RingError, RingParams, RingSnapshot};
+use wscluster_ring_stream::{RingHub, SubscriberInfo};
+
+use crate::crd::WsCluster;
+use crate::error::{Error, Result};
+use crate::membership::{members, plan_ring, snapshot_from_status};
+use crate::metrics::Metrics;
+use crate::resources::{self, ClusterRef, FIELD_MANAGER, RING_TOKEN_KEY, Settings, labels};
+use crate::scaling::{Drain, ScaleInput, ScalePlan, Step, plan_scale};
+use crate::status::{ProxySync, StatusInput, compute_status, degraded_status};
+use crate::validate::{referenced_secrets, validate_spec};
+
+/// Requeue interval of a cluster whose spec cannot be reconciled. Secrets are not watched
+/// (the operator may not list them), so a missing one is polled at this pace.
+pub const DEGRADED_REQUEUE: Duration = Duration::from_secs(30);
+/// Requeue interval while waiting for proxies to apply a ring: acks are not events the
+/// controller watches, so it looks again soon.
+pub const WAIT_REQUEUE: Duration = Duration::from_secs(2);
+/// Requeue interval of a settled cluster: refreshes "proxies in sync" and catches proxies that
+/// connected since.
+pub const STEADY_REQUEUE: Duration = Duration::from_secs(60);
+/// Requeue interval after a transient error.
+pub const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+
+/// Where rings go: the ring stream's hub. A trait so the controller's tests can play the
+/// subscribers' acknowledgements without real proxies.
+pub trait RingAuthority: Send + Sync {
+    /// Sets the bearer token subscribers of a cluster must present.
+    fn set_token(&self, cluster_id: &str, token: String);
+    /// The current snapshot of a cluster.
+    fn current(&self, cluster_id: &str) -> Option<Arc<RingSnapshot>>;
+    /// Publishes a strictly newer snapshot.
+    fn publish(&self, snapshot: RingSnapshot) -> Result<(), RingError>;
+    /// The subscribers of a cluster.
+    fn subscribers(&self, cluster_id: &str) -> Vec<SubscriberInfo>;
+}
+
+impl RingAuthority for RingHub {
+    fn set_token(&self, cluster_id: &str, token: String) {
+        RingHub::set_token(self, cluster_id, token);
+    }
+    fn current(&self, cluster_id: &str) -> Option<Arc<RingSnapshot>> {
+        RingHub::current(self, cluster_id)
+    }
+    fn publish(&self, snapshot: RingSnapshot) -> Result<(), RingError> {
+        RingHub::publish(self, snapshot)
+    }
+    fn subscribers(&self, cluster_id: &str) -> Vec<SubscriberInfo> {
+        RingHub::subscribers(self, cluster_id)
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The Kubernetes client (a `tower_test` mock in tests).
+    pub client: Client,
+    /// The ring stream's hub: rings are published here and acks read from here.
+    pub ring: Arc<dyn RingAuthority>,
+    /// The ring URL pods are told to use.
+    pub settings: Settings,
+    /// Publishes Kubernetes Events (ring changes, drains, errors).
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// The clock, an argument so tests fix time (drain timeouts, condition times).
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Makes a new ring token; tests fix it so request bodies are predictable.
+    pub new_token: fn() -> String,
+}
+
+/// A random 256-bit token, hex.
+pub fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    Ok(api
+        .patch(&name, &apply_params(), &Patch::Apply(object))
+        .await?)
+}
+
+async fn publish_event(
+    ctx: &Context,
+    obj: &WsCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(error = %e, reason, "publishing an event failed");
+    }
+}
+
+async fn patch_status(
+    ctx: &Context,
+    obj: &WsCluster,
+    status: &crate::crd::WsClusterStatus,
+) -> Result<()> {
+    let cluster = ClusterRef::of(obj)?;
+    let api: Api<WsCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "wscluster.io/v1alpha1",
+        "kind": "WsCluster",
+        "metadata": {"name": cluster.name, "namespace": cluster.namespace},
+        "status": status,
+    });
+    api.patch_status(&cluster.name, &apply_params(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Records a user error: `Degraded` in status and a Warning Event. Other clusters are not
+/// affected; this one is retried at [`DEGRADED_REQUEUE`].
+async fn degrade(obj: &WsCluster, ctx: &Context, error: &Error) -> Result<Action> {
+    let reason = error.metric_label();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&[("error", reason)])
+        .inc();
+    warn!(cluster = %obj.name_any(), %error, "spec cannot be reconciled");
+    let status = degraded_status(
+        obj.status.as_ref(),
+        obj.metadata.generation,
+        reason,
+        error.to_string(),
+        (ctx.clock)(),
+    );
+    patch_status(ctx, obj, &status).await?;
+    publish_event(ctx, obj, EventType::Warning, reason, error.to_string()).await;
+    Ok(Action::requeue(DEGRADED_REQUEUE))
+}
+
+/// Checks the Secrets the spec references: they must exist and hold the key.
+async fn check_secrets(secrets: &Api<Secret>, obj: &WsCluster) -> Result<()> {
+    for used in referenced_secrets(&obj.spec) {
+        let name = &used.secret.name;
+        let Some(secret) = secrets.get_opt(name).await? else {
+            return Err(Error::SecretNotFound { name: name.clone() });
+        };
+        let has_key = secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(&used.secret.key))
+            || secret
+                .string_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(&used.secret.key));
+        if !has_key {
+            return Err(Error::SecretKeyMissing {
+                name: name.clone(),
+                key: used.secret.key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the ring token, creating the Secret with a new token when it is missing or empty.
+async fn ring_token(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    obj: &WsCluster,
+    cluster: &ClusterRef,
+) -> Result<String> {
+    let existing = secrets
+        .get_opt(&cluster.token_secret_name())
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(RING_TOKEN_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .filter(|t| !t.trim().is_empty());
+    if let Some(token) = existing {
+        return Ok(token.trim().to_string());
+    }
+    let token = (ctx.new_token)();
+    apply(
+        &ctx.client,
+        &cluster.namespace,
+        &resources::ring_token_secret(obj, &token)?,
+    )
+    .await?;
+    info!(cluster = %cluster.cluster_id(), "created the ring token secret");
+    Ok(token)
+}
+
+fn proxy_infos(infos: &[SubscriberInfo]) -> impl Iterator<Item = (bool, Option<u64>)> + '_ {
+    infos
+        .iter()
+        .filter(|s| s.kind == SubscriberKind::Proxy)
+        .map(|s| (s.connected, s.applied_version))
+}
+
+fn recorded_drain(obj: &WsCluster) -> Option<Drain> {
+    let d = obj.status.as_ref()?.drain.as_ref()?;
+    Some(Drain {
+        target: d.target_replicas,
+        since: d.since.0,
+        ring_version: u64::try_from(d.ring_version).unwrap_or(0),
+    })
+}
+
+/// Reconciles one `WsCluster`. See the module docs for the steps.
+#[instrument(skip_all, fields(cluster = %obj.namespace().unwrap_or_default() + "/" + &obj.name_any()))]
+pub async fn reconcile(obj: Arc<WsCluster>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&obj, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
+    let cluster = ClusterRef::of(obj)?;
+    let cluster_id = cluster.cluster_id();
+    let ns = cluster.namespace.as_str();
+    let client = &ctx.client;
+
+    // 1. Input the schema could not check.
+    if let Err(message) = validate_spec(&obj.spec) {
+        return degrade(obj, ctx, &Error::InvalidSpec(message)).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if let Err(e) = check_secrets(&secrets, obj).await {
+        return if e.is_user_error() {
+            degrade(obj, ctx, &e).await
+        } else {
+            Err(e)
+        };
+    }
+
+    // 2. The ring token.
+    let token = ring_token(ctx, &secrets, obj, &cluster).await?;
+    ctx.ring.set_token(&cluster_id, token);
+
+    // 3. Configuration and Services.
+    let config = resources::config_map(obj)?;
+    let config_hash = resources::config_hash(&resources::proxy_config_yaml(obj)?);
+    apply(client, ns, &config).await?;
+    apply(client, ns, &resources::node_service(obj)?).await?;
+    apply(client, ns, &resources::proxy_service(obj)?).await?;
+    apply(client, ns, &resources::node_pdb(obj)?).await?;
+
+    // 4. Scaling.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let current = statefulsets
+        .get_opt(&cluster.node_name())
+        .await?
+        .and_then(|s| s.spec.and_then(|s| s.replicas));
+    let drain = recorded_drain(obj);
+    let subscribers = ctx.ring.subscribers(&cluster_id);
+    let drain_sync = ProxySync::count(
+        proxy_infos(&subscribers),
+        drain.as_ref().map_or(0, |d| d.ring_version),
+    );
+    let now = (ctx.clock)();
+    let mut scale: ScalePlan = plan_scale(&ScaleInput {
+        desired: obj.spec.replicas,
+        current,
+        drain,
+        proxies_total: drain_sync.total,
+        proxies_acked: drain_sync.in_sync,
+        leaving_empty: false,
+        drain_timeout_seconds: i64::from(obj.spec.drain_timeout_seconds),
+        now,
+    });
+    let sts = apply(
+        client,
+        ns,
+        &resources::node_statefulset(obj, &ctx.settings, scale.statefulset_replicas)?,
+    )
+    .await?;
+    apply(
+        client,
+        ns,
+        &resources::proxy_deployment(obj, &ctx.settings, &config_hash)?,
+    )
+    .await?;
+
+    // 5. Membership and ring.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{}={}", labels::SERVICE_NAME, cluster.node_name());
+    let slices = slices
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let members = members(
+        &slices,
+        &cluster.node_name(),
+        "ws",
+        obj.spec.node.port,
+        scale.active_below,
+    );
+    let params = RingParams {
+        slots: u32::try_from(obj.spec.ring.slots).unwrap_or(wscluster_ring::DEFAULT_SLOTS),
+        ..RingParams::default()
+    };
+    let hub_current = ctx.ring.current(&cluster_id);
+    let recorded = snapshot_from_status(&cluster_id, obj.status.as_ref());
+    let ring = plan_ring(
+        &cluster_id,
+        hub_current.as_deref(),
+        recorded.as_ref(),
+        members,
+        params,
+    );
+    if let Some(d) = scale.drain.as_mut()
+        && d.ring_version == 0
+    {
+        d.ring_version = ring.snapshot.version;
+    }
+
+    // 6. Status first, then publish.
+    let sync = ProxySync::count(proxy_infos(&subscribers), ring.snapshot.version);
+    let sts_status = sts.status.unwrap_or_default();
+    let status = compute_status(&StatusInput {
+        generation: obj.metadata.generation,
+        desired: obj.spec.replicas,
+        replicas: sts_status.replicas,
+        ready_replicas: sts_status.ready_replicas.unwrap_or(0),
+        selector: cluster.node_selector_string(),
+        ring: &ring.snapshot,
+        proxies: sync,
+        scale: &scale,
+        previous: obj.status.as_ref(),
+        now,
+    });
+    patch_status(ctx, obj, &status).await?;
+    let version = ring.snapshot.version;
+    let cluster_label = [("cluster", cluster_id.clone())];
+    if ring.publish {
+        let note = ring_note(&ring.snapshot);
+        ctx.ring.publish(ring.snapshot)?;
+        ctx.metrics
+            .rings_published
+            .get_or_create(&cluster_label)
+            .inc();
+        if ring.changed {
+            info!(version, "ring published");
+            publish_event(ctx, obj, EventType::Normal, "RingUpdated", note).await;
+        }
+    }
+    ctx.metrics
+        .ring_version
+        .get_or_create(&cluster_label)
+        .set(i64::try_from(version).unwrap_or(i64::MAX));
+    for kind in [SubscriberKind::Proxy, SubscriberKind::Node] {
+        let n = subscribers
+            .iter()
+            .filter(|s| s.kind == kind && s.connected)
+            .count();
+        ctx.metrics
+            .subscribers
+            .get_or_create(&[
+                ("cluster", cluster_id.clone()),
+                ("kind", kind.as_str().to_string()),
+            ])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    scale_events(ctx, obj, &scale, current).await;
+
+    Ok(match &scale.step {
+        Step::StartDrain | Step::WaitForProxies { .. } => Action::requeue(WAIT_REQUEUE),
+        Step::WaitForDrainTimeout { remaining_seconds } => Action::requeue(Duration::from_secs(
+            u64::try_from(*remaining_seconds).unwrap_or(1).max(1),
+        )),
+        _ if sync.in_sync < sync.total => Action::requeue(WAIT_REQUEUE),
+        _ => Action::requeue(STEADY_REQUEUE),
+    })
+}
+
+fn ring_note(snapshot: &RingSnapshot) -> String {
+    let active = snapshot.active_members().count();
+    let draining = snapshot.members.len() - active;
+    format!(
+        "ring version {}: {} active, {} draining members",
+        snapshot.version, active, draining
+    )
+}
+
+async fn scale_events(ctx: &Context, obj: &WsCluster, scale: &ScalePlan, current: Option<i32>) {
+    let desired = obj.spec.replicas;
+    let (reason, note) = match scale.step {
+        Step::ScaleUp { from } => (
+            "ScalingUp",
+            format!("scaling nodes from {from} to {desired}"),
+        ),
+        Step::StartDrain => (
+            "DrainStarted",
+            format!(
+                "draining nodes {}..{} before scaling down to {desired}",
+                desired,
+                current.unwrap_or(desired).saturating_sub(1)
+            ),
+        ),
+        Step::FinishDrain { from } => (
+            "ScaledDown",
+            format!("drain finished; scaling nodes from {from} to {desired}"),
+        ),
+        Step::CancelDrain => (
+            "DrainCancelled",
+            format!("replicas back to {desired}; draining members are active again"),
+        ),
+        _ => return,
+    };
+    publish_event(ctx, obj, EventType::Normal, reason, note).await;
+}
+
+/// What to do after a failed reconcile: count it and retry soon. User errors never reach
+/// here (they are reported as `Degraded` and requeued by `reconcile`), so this is for API
+/// failures, which are usually transient.
+pub fn error_policy(obj: Arc<WsCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(cluster = %obj.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&[("error", error.metric_label())])
+        .inc();
+    Action::requeue(ERROR_REQUEUE)
+}
+
+#[cfg(test)]
+mod tests;

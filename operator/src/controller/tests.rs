@@ -1,0 +1,565 @@
+//! Reconcile scenarios against the API server mock: every request is asserted in order, and
+//! reconcile must finish (an unexpected extra request would hang it until the timeout).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::WsClusterStatus;
+use crate::fixtures::{
+    ApiServer, FakeHub, TEST_TOKEN, TestClock, WsClusterExt, endpoint, mock_context, ready_slice,
+    slice,
+};
+
+const NS: &str = "/api/v1/namespaces/default";
+const APPS: &str = "/apis/apps/v1/namespaces/default";
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the fake API server holds before a reconcile.
+struct Observed {
+    /// The ring token Secret exists.
+    token_exists: bool,
+    /// The StatefulSet's `spec.replicas`, or absent.
+    sts: Option<i32>,
+    /// `(status.replicas, status.readyReplicas)` returned by the StatefulSet apply.
+    sts_status: (i32, i32),
+    /// The node Service's EndpointSlices.
+    slices: Vec<EndpointSlice>,
+}
+
+/// What reconcile applied.
+struct Applied {
+    secret: Option<Value>,
+    statefulset: Value,
+    deployment: Value,
+    status: Value,
+}
+
+fn secret_with_token() -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": "chat-ring-token", "namespace": "default"},
+           "data": {"token": "dGVzdC10b2tlbg=="}})
+}
+
+/// The requests of a reconcile that gets past validation, in order.
+async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
+    let get_token = server
+        .expect(Method::GET, &format!("{NS}/secrets/chat-ring-token"))
+        .await;
+    let secret = if o.token_exists {
+        get_token.respond(StatusCode::OK, &secret_with_token());
+        None
+    } else {
+        get_token.not_found();
+        Some(server.apply(&format!("{NS}/secrets/chat-ring-token")).await)
+    };
+    let cm = server.apply(&format!("{NS}/configmaps/chat-config")).await;
+    assert!(
+        cm["data"]["proxy.yaml"]
+            .as_str()
+            .is_some_and(|y| y.contains("keySources"))
+    );
+    let svc = server.apply(&format!("{NS}/services/chat-node")).await;
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    server.apply(&format!("{NS}/services/chat-proxy")).await;
+    server
+        .apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/chat-node")
+        .await;
+    let get_sts = server
+        .expect(Method::GET, &format!("{APPS}/statefulsets/chat-node"))
+        .await;
+    match o.sts {
+        Some(replicas) => get_sts.respond(
+            StatusCode::OK,
+            &json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "metadata": {"name": "chat-node", "namespace": "default"},
+                    "spec": {"replicas": replicas, "serviceName": "chat-node",
+                             "selector": {}, "template": {}}}),
+        ),
+        None => get_sts.not_found(),
+    }
+    let apply_sts = server
+        .expect(Method::PATCH, &format!("{APPS}/statefulsets/chat-node"))
+        .await;
+    let mut statefulset = apply_sts.body.clone();
+    let mut answer = statefulset.clone();
+    answer["status"] = json!({"replicas": o.sts_status.0, "readyReplicas": o.sts_status.1});
+    apply_sts.respond(StatusCode::OK, &answer);
+    statefulset["status"] = Value::Null;
+    let deployment = server
+        .apply(&format!("{APPS}/deployments/chat-proxy"))
+        .await;
+    let list = server
+        .expect(
+            Method::GET,
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        )
+        .await;
+    assert!(
+        list.query
+            .contains("labelSelector=kubernetes.io%2Fservice-name%3Dchat-node"),
+        "{}",
+        list.query
+    );
+    list.respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
+                "metadata": {}, "items": o.slices}),
+    );
+    let status = server.apply_status().await;
+    Applied {
+        secret,
+        statefulset,
+        deployment,
+        status,
+    }
+}
+
+/// Runs reconcile and the scenario side by side under a timeout.
+async fn run<F, T>(obj: WsCluster, ctx: Arc<Context>, scenario: F) -> (Result<Action>, T)
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        tokio::join!(reconcile(Arc::new(obj), ctx), scenario)
+    })
+    .await
+    .expect("scenario finished in time")
+}
+
+/// The status a reconcile wrote, as the next reconcile will see it.
+fn status_of(applied: &Applied) -> WsClusterStatus {
+    serde_json::from_value(applied.status["status"].clone()).expect("status parses")
+}
+
+fn sts_replicas(applied: &Applied) -> i64 {
+    applied.statefulset["spec"]["replicas"]
+        .as_i64()
+        .expect("replicas")
+}
+
+fn member_states(status: &WsClusterStatus) -> Vec<(String, String)> {
+    status
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.id.clone(),
+                serde_json::to_value(m.state)
+                    .expect("state")
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_cluster_creates_every_child_and_publishes_ring_one() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub.clone(), TestClock::new());
+    let obj = WsCluster::test();
+    let (result, applied) = run(obj, ctx, async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: false,
+                sts: None,
+                sts_status: (0, 0),
+                slices: vec![],
+            },
+        )
+        .await;
+        assert_eq!(
+            server.event().await,
+            ("Normal".into(), "RingUpdated".into())
+        );
+        applied
+    })
+    .await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(STEADY_REQUEUE));
+    let secret = applied.secret.as_ref().expect("token secret created");
+    assert_eq!(secret["data"]["token"], "dGVzdC10b2tlbg==");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "WsCluster"
+    );
+    assert_eq!(sts_replicas(&applied), 3);
+    assert_eq!(applied.deployment["spec"]["replicas"], 2);
+    let status = status_of(&applied);
+    assert_eq!(status.ring_version, 1);
+    assert_eq!(
+        status.selector,
+        "app.kubernetes.io/component=node,app.kubernetes.io/instance=chat,app.kubernetes.io/name=wscluster"
+    );
+    assert_eq!(
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .map(|c| c.reason.as_str()),
+        Some("Creating")
+    );
+    assert_eq!(hub.current("default/chat").map(|s| s.version), Some(1));
+    let _ = TEST_TOKEN;
+}
+
+fn steady_status(version: i64, n: usize) -> WsClusterStatus {
+    let snapshot = wscluster_ring::RingSnapshot {
+        version: version as u64,
+        ..wscluster_ring::RingSnapshot::new(
+            "default/chat",
+            1,
+            crate::membership::members(&[ready_slice(n)], "chat-node", "ws", 8080, 100),
+        )
+    };
+    WsClusterStatus {
+        ring_version: version,
+        ring_slots: Some(65536),
+        members: crate::membership::member_statuses(&snapshot),
+        ..WsClusterStatus::default()
+    }
+}
+
+#[tokio::test]
+async fn after_a_restart_an_unchanged_ring_is_republished_at_its_recorded_version() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub.clone(), TestClock::new());
+    let obj = WsCluster::test().with_status(steady_status(7, 3));
+    let (result, applied) = run(obj, ctx, async move {
+        standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(3),
+                sts_status: (3, 3),
+                slices: vec![ready_slice(3)],
+            },
+        )
+        .await
+    })
+    .await;
+    result.expect("reconciled");
+    assert!(applied.secret.is_none(), "an existing token is kept");
+    assert_eq!(status_of(&applied).ring_version, 7);
+    assert_eq!(hub.current("default/chat").map(|s| s.version), Some(7));
+}
+
+#[tokio::test]
+async fn scale_up_raises_the_statefulset_and_new_pods_join_only_when_ready() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub.clone(), TestClock::new());
+    let obj = WsCluster::test()
+        .with_replicas(4)
+        .with_status(steady_status(3, 3));
+    let mut not_ready = ready_slice(3);
+    not_ready
+        .endpoints
+        .push(endpoint("chat-node-3", "10.0.0.13", false));
+    let (result, applied) = run(obj.clone(), ctx.clone(), async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(3),
+                sts_status: (4, 3),
+                slices: vec![not_ready],
+            },
+        )
+        .await;
+        assert_eq!(server.event().await.1, "ScalingUp");
+        (applied, server)
+    })
+    .await;
+    result.expect("reconciled");
+    let (applied, mut server) = applied;
+    assert_eq!(sts_replicas(&applied), 4);
+    let status = status_of(&applied);
+    assert_eq!(
+        status.ring_version, 3,
+        "a pod that is not Ready does not change the ring"
+    );
+    assert_eq!(status.members.len(), 3);
+
+    // The pod becomes Ready: a new ring version.
+    let obj = obj.with_status(status);
+    let (result, applied) = run(obj, ctx, async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(4),
+                sts_status: (4, 4),
+                slices: vec![ready_slice(4)],
+            },
+        )
+        .await;
+        assert_eq!(server.event().await.1, "RingUpdated");
+        applied
+    })
+    .await;
+    result.expect("reconciled");
+    let status = status_of(&applied);
+    assert_eq!(status.ring_version, 4);
+    assert_eq!(status.members.len(), 4);
+    assert_eq!(
+        hub.current("default/chat").map(|s| s.members.len()),
+        Some(4)
+    );
+}
+
+#[tokio::test]
+async fn scale_down_drains_before_the_statefulset_shrinks() {
+    let hub = FakeHub::new();
+    let clock = TestClock::new();
+    let (ctx, mut server) = mock_context(hub.clone(), clock.clone());
+    let obj = WsCluster::test()
+        .with_replicas(2)
+        .with_status(steady_status(3, 3));
+
+    // 1. The drain starts: chat-node-2 is draining in ring 4, the StatefulSet keeps 3 pods.
+    let (result, (applied, server2)) = run(obj.clone(), ctx.clone(), async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(3),
+                sts_status: (3, 3),
+                slices: vec![ready_slice(3)],
+            },
+        )
+        .await;
+        assert_eq!(server.event().await.1, "RingUpdated");
+        assert_eq!(server.event().await.1, "DrainStarted");
+        (applied, server)
+    })
+    .await;
+    server = server2;
+    assert_eq!(result.expect("reconciled"), Action::requeue(WAIT_REQUEUE));
+    assert_eq!(sts_replicas(&applied), 3);
+    let status = status_of(&applied);
+    assert_eq!(status.ring_version, 4);
+    assert_eq!(
+        member_states(&status),
+        [
+            ("chat-node-0".to_string(), "active".to_string()),
+            ("chat-node-1".to_string(), "active".to_string()),
+            ("chat-node-2".to_string(), "draining".to_string())
+        ]
+    );
+    let drain = status.drain.clone().expect("drain recorded");
+    assert_eq!((drain.target_replicas, drain.ring_version), (2, 4));
+    let published = hub.current("default/chat").expect("published");
+    assert_eq!(published.version, 4);
+    assert!(
+        !published
+            .member("chat-node-2")
+            .expect("still listed")
+            .is_active()
+    );
+
+    // 2. One proxy still runs ring 3: the pods stay, well past the timeout.
+    hub.set_proxies(&[Some(4), Some(3)]);
+    clock.advance(120);
+    let obj = obj.with_status(status);
+    let (result, (applied, server2)) = run(obj.clone(), ctx.clone(), async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(3),
+                sts_status: (3, 3),
+                slices: vec![ready_slice(3)],
+            },
+        )
+        .await;
+        (applied, server)
+    })
+    .await;
+    server = server2;
+    assert_eq!(result.expect("reconciled"), Action::requeue(WAIT_REQUEUE));
+    assert_eq!(
+        sts_replicas(&applied),
+        3,
+        "pods stay until every proxy applied the drain"
+    );
+    let status = status_of(&applied);
+    assert_eq!((status.proxies, status.proxies_in_sync), (2, 1));
+
+    // 3. Every proxy applied ring 4 and the timeout passed: the StatefulSet shrinks.
+    hub.set_proxies(&[Some(4), Some(4)]);
+    let obj = obj.with_status(status);
+    let (result, applied) = run(obj, ctx, async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(3),
+                sts_status: (3, 3),
+                slices: vec![ready_slice(3)],
+            },
+        )
+        .await;
+        assert_eq!(server.event().await.1, "ScaledDown");
+        applied
+    })
+    .await;
+    result.expect("reconciled");
+    assert_eq!(sts_replicas(&applied), 2);
+    let status = status_of(&applied);
+    assert!(status.drain.is_none());
+    assert_eq!(
+        status.ring_version, 4,
+        "the drained pod stays draining until it is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_statefulset_is_recreated_with_the_desired_replicas() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub.clone(), TestClock::new());
+    let obj = WsCluster::test().with_status(steady_status(5, 3));
+    let (result, applied) = run(obj, ctx, async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: None,
+                sts_status: (0, 0),
+                slices: vec![],
+            },
+        )
+        .await;
+        assert_eq!(server.event().await.1, "RingUpdated");
+        applied
+    })
+    .await;
+    result.expect("reconciled");
+    assert_eq!(sts_replicas(&applied), 3);
+    let status = status_of(&applied);
+    assert_eq!(
+        status.ring_version, 6,
+        "members left: a new version above the recorded one"
+    );
+    assert!(status.members.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_secret_sets_degraded_with_an_event_and_touches_nothing_else() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub.clone(), TestClock::new());
+    let obj = WsCluster::test().with_redis_secret("redis-auth", "url");
+    let (result, (status, event)) = run(obj, ctx, async move {
+        server
+            .expect(Method::GET, &format!("{NS}/secrets/redis-auth"))
+            .await
+            .not_found();
+        let status = server.apply_status().await;
+        let event = server.event().await;
+        (status, event)
+    })
+    .await;
+    assert_eq!(result.expect("handled"), Action::requeue(DEGRADED_REQUEUE));
+    assert_eq!(event, ("Warning".into(), "SecretNotFound".into()));
+    let status: WsClusterStatus = serde_json::from_value(status["status"].clone()).expect("status");
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("degraded");
+    assert_eq!(
+        (
+            degraded.status.as_str(),
+            degraded.reason.as_str(),
+            degraded.message.as_str()
+        ),
+        ("True", "SecretNotFound", "secret redis-auth does not exist")
+    );
+    assert!(
+        hub.current("default/chat").is_none(),
+        "no ring for a degraded cluster"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_without_the_key_is_reported_by_name_and_key() {
+    let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+    let obj = WsCluster::test().with_redis_secret("redis-auth", "url");
+    let (result, status) = run(obj, ctx, async move {
+        server
+            .expect(Method::GET, &format!("{NS}/secrets/redis-auth"))
+            .await
+            .respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "redis-auth"}, "data": {"other": "eA=="}}),
+            );
+        let status = server.apply_status().await;
+        server.event().await;
+        status
+    })
+    .await;
+    result.expect("handled");
+    assert!(
+        status
+            .to_string()
+            .contains("secret redis-auth has no key url"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_degraded_without_any_read() {
+    let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+    let mut obj = WsCluster::test();
+    obj.spec.key_sources[0].query = Some("also".into());
+    let (result, status) = run(obj, ctx, async move {
+        let status = server.apply_status().await;
+        assert_eq!(server.event().await.1, "InvalidSpec");
+        status
+    })
+    .await;
+    result.expect("handled");
+    assert!(
+        status.to_string().contains("keySources[0] sets 2"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn an_api_failure_is_an_error_for_the_error_policy() {
+    let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+    let obj = WsCluster::test();
+    let (result, ()) = run(obj.clone(), ctx.clone(), async move {
+        server
+            .expect(Method::GET, &format!("{NS}/secrets/chat-ring-token"))
+            .await
+            .respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "etcd is sad", "reason": "InternalError", "code": 500}),
+            );
+    })
+    .await;
+    let error = result.expect_err("fails");
+    assert_eq!(error.metric_label(), "KubeApi");
+    assert_eq!(
+        error_policy(Arc::new(obj), &error, ctx.clone()),
+        Action::requeue(ERROR_REQUEUE)
+    );
+    assert!(ctx.metrics.encode().contains("error=\"KubeApi\"} 1"));
+}
+
+#[test]
+fn slices_of_another_service_never_count() {
+    let s = slice("x", vec![endpoint("chat-node-0", "10.0.0.1", true)]);
+    assert_eq!(
+        crate::membership::members(&[s], "other-node", "ws", 8080, 3).len(),
+        0
+    );
+}

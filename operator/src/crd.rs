@@ -1,0 +1,677 @@
+//! The `WsCluster` custom resource (`wscluster.io/v1alpha1`), generated into a CRD with schemars.
+//!
+//! Everything here is data: the spec a user writes, the status the operator reports, their
+//! defaults and the schema rules the API server enforces (ranges, enums, and CEL
+//! `x-kubernetes-validations` for rules across fields). Every field of the spec has a default,
+//! so this is a complete cluster:
+//!
+//! ```yaml
+//! apiVersion: wscluster.io/v1alpha1
+//! kind: WsCluster
+//! metadata:
+//!   name: chat
+//! spec: {}
+//! ```
+//!
+//! Rules the schema cannot check (a referenced Secret exists, an env var does not shadow one the
+//! operator sets) are checked by [`crate::validate`] during reconciliation and reported as a
+//! `Degraded` condition.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default node image.
+pub const DEFAULT_NODE_IMAGE: &str = "ghcr.io/wscluster/wscluster-node:0.1.0";
+/// Default proxy image.
+pub const DEFAULT_PROXY_IMAGE: &str = "ghcr.io/wscluster/wscluster-proxy:0.1.0";
+/// Largest `spec.replicas` and `spec.proxy.replicas` accepted: far above any cluster we have
+/// measured, and it bounds the size of the status member list.
+pub const MAX_REPLICAS: i32 = 1000;
+
+/// The spec of a `WsCluster`: a ring of WebSocket nodes behind key-routing proxies.
+// clippy reads the repeated `type_ = …` of the printer columns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "wscluster.io",
+    version = "v1alpha1",
+    kind = "WsCluster",
+    plural = "wsclusters",
+    shortname = "wsc",
+    category = "all",
+    namespaced,
+    status = "WsClusterStatus",
+    derive = "PartialEq",
+    doc = "A cluster of stateful WebSocket nodes behind proxies that route each client to the node owning its key on a consistent-hash ring.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired node replicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready node replicas"
+    ),
+    printcolumn(
+        name = "Ring",
+        type_ = "integer",
+        json_path = ".status.ringVersion",
+        description = "Version of the ring the operator publishes"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.redis) || !has(self.redis.url) || self.redis.url.startsWith('redis://') || self.redis.url.startsWith('rediss://')",
+        "message": "redis.url must start with redis:// or rediss://"
+    },
+    {
+        "rule": "!has(self.rabbitmq) || !has(self.rabbitmq.url) || self.rabbitmq.url.startsWith('amqp://') || self.rabbitmq.url.startsWith('amqps://')",
+        "message": "rabbitmq.url must start with amqp:// or amqps://"
+    },
+    {
+        "rule": "!has(self.keySources) || self.keySources.filter(s, has(s.jwt)).size() <= 1",
+        "message": "at most one keySource may be a jwt source"
+    }
+]))]
+pub struct WsClusterSpec {
+    /// Number of WebSocket nodes (StatefulSet replicas). Scale-down is ordered: the highest
+    /// ordinals drain first.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// The node pods.
+    #[serde(default)]
+    pub node: NodeSpec,
+    /// The proxy pods and their client-facing Service.
+    #[serde(default)]
+    pub proxy: ProxySpec,
+    /// Where the proxies find a connection's business key, tried in order; the first that yields
+    /// a key wins. Rendered 1:1 into the proxy's `proxy.yaml` (`keySources`).
+    #[serde(default = "default_key_sources")]
+    #[schemars(length(min = 1, max = 8))]
+    pub key_sources: Vec<KeySource>,
+    /// Pacing of client resets when the ring changes.
+    #[serde(default)]
+    pub resets: ResetSpec,
+    /// How long draining nodes keep their pods after every proxy applied the ring that drains
+    /// them, so their clients can be reset and reconnect elsewhere.
+    #[serde(default = "default_drain_timeout_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_timeout_seconds: i32,
+    /// Ring algorithm parameters.
+    #[serde(default)]
+    pub ring: RingSpec,
+    /// Redis for presence and mailboxes; without it nodes keep them in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<ConnectionSpec>,
+    /// RabbitMQ for broadcasts and reset events; without it nodes use an in-memory bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<ConnectionSpec>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_drain_timeout_seconds() -> i32 {
+    30
+}
+
+fn default_key_sources() -> Vec<KeySource> {
+    vec![
+        KeySource {
+            path: Some("/connect/{key}".into()),
+            ..KeySource::default()
+        },
+        KeySource {
+            query: Some("userId".into()),
+            ..KeySource::default()
+        },
+    ]
+}
+
+impl Default for WsClusterSpec {
+    fn default() -> Self {
+        WsClusterSpec {
+            replicas: default_replicas(),
+            node: NodeSpec::default(),
+            proxy: ProxySpec::default(),
+            key_sources: default_key_sources(),
+            resets: ResetSpec::default(),
+            drain_timeout_seconds: default_drain_timeout_seconds(),
+            ring: RingSpec::default(),
+            redis: None,
+            rabbitmq: None,
+        }
+    }
+}
+
+/// When the kubelet pulls an image.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the image is not on the node.
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// The WebSocket node pods (any WebSocket server; the reference one is `wscluster-node`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Container image.
+    #[serde(default = "default_node_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Image pull policy.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// The port the node serves WebSocket and HTTP on (also its ring address port).
+    #[serde(default = "default_node_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// HTTP path of the readiness probe; a node joins the ring only while it is Ready.
+    #[serde(default = "default_readiness_path")]
+    #[schemars(regex(pattern = "^/"), length(max = 256))]
+    pub readiness_path: String,
+    /// HTTP path of the liveness probe.
+    #[serde(default = "default_liveness_path")]
+    #[schemars(regex(pattern = "^/"), length(max = 256))]
+    pub liveness_path: String,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment (node flags read `WSCLUSTER_*`, e.g. `WSCLUSTER_MAILBOX_MAX_LEN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+fn default_node_image() -> String {
+    DEFAULT_NODE_IMAGE.into()
+}
+
+fn default_node_port() -> i32 {
+    8080
+}
+
+fn default_readiness_path() -> String {
+    "/readyz".into()
+}
+
+fn default_liveness_path() -> String {
+    "/healthz".into()
+}
+
+impl Default for NodeSpec {
+    fn default() -> Self {
+        NodeSpec {
+            image: default_node_image(),
+            image_pull_policy: PullPolicy::default(),
+            port: default_node_port(),
+            readiness_path: default_readiness_path(),
+            liveness_path: default_liveness_path(),
+            resources: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// How the proxies' Service is exposed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    /// Inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// On a port of every node.
+    NodePort,
+    /// Through a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The proxy pods and their Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.nodePort) || self.serviceType != 'ClusterIP'",
+        "message": "nodePort needs serviceType NodePort or LoadBalancer"
+    }
+]))]
+pub struct ProxySpec {
+    /// Number of proxy pods (a Deployment).
+    #[serde(default = "default_proxy_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Container image.
+    #[serde(default = "default_proxy_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Image pull policy.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Type of the client-facing Service.
+    #[serde(default)]
+    pub service_type: ServiceType,
+    /// Port of the client-facing Service (forwarded to the proxy's port 8080).
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub service_port: i32,
+    /// Fixed node port for `NodePort` and `LoadBalancer` Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+fn default_proxy_replicas() -> i32 {
+    2
+}
+
+fn default_proxy_image() -> String {
+    DEFAULT_PROXY_IMAGE.into()
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        ProxySpec {
+            replicas: default_proxy_replicas(),
+            image: default_proxy_image(),
+            image_pull_policy: PullPolicy::default(),
+            service_type: ServiceType::default(),
+            service_port: default_service_port(),
+            node_port: None,
+            resources: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// One place to find the business key. Exactly one field is set; the shape is the proxy
+/// config's `keySources` entry, so the operator renders it unchanged (except `jwt.secretRef`,
+/// which becomes the mounted `keyFile`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.path) ? 1 : 0) + (has(self.query) ? 1 : 0) + (has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.jwt) ? 1 : 0) == 1",
+        "message": "a keySource sets exactly one of path, query, header, cookie, jwt"
+    },
+    {
+        "rule": "!has(self.path) || (self.path.startsWith('/') && self.path.indexOf('{key}') >= 0 && self.path.indexOf('{key}') == self.path.lastIndexOf('{key}'))",
+        "message": "path must start with / and contain {key} exactly once"
+    }
+]))]
+pub struct KeySource {
+    /// A path pattern with one `{key}` segment, such as `/connect/{key}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub path: Option<String>,
+    /// A query parameter name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub query: Option<String>,
+    /// A request header name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"),
+        length(min = 1, max = 256)
+    )]
+    pub header: Option<String>,
+    /// A cookie name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub cookie: Option<String>,
+    /// A claim of a verified JWT. When configured it is authoritative: no valid token, no
+    /// connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSource>,
+}
+
+/// JWT signature algorithms the proxy verifies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    #[default]
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256; the key is a PEM public key.
+    RS256,
+    /// ECDSA P-256 with SHA-256; the key is a PEM public key.
+    ES256,
+}
+
+/// Where the proxy reads the token.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenLocation {
+    /// `Authorization: Bearer <token>`.
+    #[default]
+    Header,
+    /// A query parameter (`queryParam`), for browsers that cannot set headers on WebSockets.
+    Query,
+}
+
+/// The key is a claim of a verified JWT.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSource {
+    /// The claim holding the key.
+    #[serde(default = "default_claim")]
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+    /// The signature algorithm.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// The Secret key holding the HS256 secret or the PEM public key; mounted into the proxy at
+    /// `/etc/wscluster/jwt/key`.
+    pub secret_ref: SecretKeyRef,
+    /// Where the token is read.
+    #[serde(default)]
+    pub from: TokenLocation,
+    /// The query parameter for `from: query`.
+    #[serde(default = "default_query_param")]
+    #[schemars(length(min = 1, max = 256))]
+    pub query_param: String,
+}
+
+fn default_claim() -> String {
+    "sub".into()
+}
+
+fn default_query_param() -> String {
+    "access_token".into()
+}
+
+/// A key of a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(
+        regex(pattern = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+    /// The key inside the Secret.
+    #[serde(default = "default_secret_key")]
+    #[schemars(regex(pattern = "^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "key".into()
+}
+
+/// Pacing of client resets when the ring changes (per proxy).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetSpec {
+    /// Resets started per second per proxy.
+    #[serde(default = "default_rate_per_second")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub rate_per_second: i32,
+    /// `retryAfterMs` handed to clients is spread over `[0, jitterMs]`.
+    #[serde(default = "default_jitter_ms")]
+    #[schemars(range(min = 0, max = 600000))]
+    pub jitter_ms: i32,
+}
+
+fn default_rate_per_second() -> i32 {
+    500
+}
+
+fn default_jitter_ms() -> i32 {
+    2000
+}
+
+impl Default for ResetSpec {
+    fn default() -> Self {
+        ResetSpec {
+            rate_per_second: default_rate_per_second(),
+            jitter_ms: default_jitter_ms(),
+        }
+    }
+}
+
+/// Ring algorithm parameters (see `wscluster_ring::RingParams`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RingSpec {
+    /// Size of the slot table of the rendezvous-table algorithm. More slots: finer balance,
+    /// more memory per proxy (2 bytes a slot).
+    #[serde(default = "default_slots")]
+    #[schemars(range(min = 1024, max = 4194304))]
+    pub slots: i32,
+}
+
+fn default_slots() -> i32 {
+    wscluster_ring::DEFAULT_SLOTS as i32
+}
+
+impl Default for RingSpec {
+    fn default() -> Self {
+        RingSpec {
+            slots: default_slots(),
+        }
+    }
+}
+
+/// A connection URL, inline or from a Secret (for URLs carrying passwords).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.url) != has(self.secretRef)",
+        "message": "set exactly one of url or secretRef"
+    }
+]))]
+pub struct ConnectionSpec {
+    /// The URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: Option<String>,
+    /// A Secret key holding the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// What the operator observed and decided.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WsClusterStatus {
+    /// Node pods that exist (StatefulSet status replicas); the scale subresource's status.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Node pods that are Ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the node pods in string form, for the scale subresource and HPAs.
+    #[serde(default)]
+    pub selector: String,
+    /// Version of the ring last published; strictly increasing, kept across operator restarts.
+    #[serde(default)]
+    pub ring_version: i64,
+    /// Slot count of the ring last published (part of the ring's identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_slots: Option<i32>,
+    /// Members of the ring last published.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Proxies connected to the ring stream.
+    #[serde(default)]
+    pub proxies: i32,
+    /// Connected proxies that reported applying `ringVersion`.
+    #[serde(default)]
+    pub proxies_in_sync: i32,
+    /// A scale-down in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A ring member as reported in status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member id: the node pod's name.
+    pub id: String,
+    /// `podIP:port`.
+    pub address: String,
+    /// `active` owns keys, `draining` owns none and is leaving.
+    pub state: MemberStateStatus,
+}
+
+/// A member's state, as in `wscluster_ring::MemberState`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberStateStatus {
+    /// Owns keys.
+    Active,
+    /// Owns no keys; leaving.
+    Draining,
+}
+
+/// Bookkeeping of an ordered scale-down, so an operator restart continues it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    /// Replicas the StatefulSet goes down to; ordinals at or above it are draining.
+    pub target_replicas: i32,
+    /// When the drain started.
+    pub since: Time,
+    /// The first ring version in which the leaving members were draining; proxies must have
+    /// applied it before the pods go.
+    pub ring_version: i64,
+}
+
+/// Condition type: the cluster serves (nodes Ready, ring published, proxies available).
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: a rollout, scale or drain is under way.
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Condition type: the operator cannot reconcile the spec as written.
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn a_five_line_manifest_gets_every_default() {
+        let yaml = "apiVersion: wscluster.io/v1alpha1\nkind: WsCluster\nmetadata:\n  name: chat\nspec: {}\n";
+        let c: WsCluster = serde_yaml::from_str(yaml).expect("parses");
+        assert_eq!(c.spec, WsClusterSpec::default());
+        assert_eq!(c.spec.replicas, 3);
+        assert_eq!(c.spec.node.image, DEFAULT_NODE_IMAGE);
+        assert_eq!(c.spec.key_sources.len(), 2);
+        assert_eq!(c.spec.ring.slots, 65536);
+    }
+
+    #[test]
+    fn the_crd_has_scale_status_short_name_and_printer_columns() {
+        let crd = WsCluster::crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("wsclusters.wscluster.io")
+        );
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["wsc".to_string()]));
+        let v = &crd.spec.versions[0];
+        let sub = v.subresources.as_ref().expect("subresources");
+        let scale = sub.scale.as_ref().expect("scale");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        assert!(sub.status.is_some());
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .as_ref()
+            .expect("columns")
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Replicas", "Ready", "Ring", "Age"]);
+    }
+
+    #[test]
+    fn the_schema_carries_cel_rules_ranges_and_enums() {
+        let json = serde_json::to_string(&WsCluster::crd()).expect("serialises");
+        for needle in [
+            "set exactly one of url or secretRef",
+            "a keySource sets exactly one of path, query, header, cookie, jwt",
+            "nodePort needs serviceType NodePort or LoadBalancer",
+            "at most one keySource may be a jwt source",
+            r#""maximum":1000"#,
+            r#""enum":["ClusterIP","NodePort","LoadBalancer"]"#,
+            r#""enum":["HS256","RS256","ES256"]"#,
+        ] {
+            assert!(json.contains(needle), "missing {needle}");
+        }
+    }
+
+    #[test]
+    fn key_sources_serialise_as_single_key_maps() {
+        let yaml = serde_yaml::to_string(&default_key_sources()).expect("serialises");
+        assert_eq!(yaml, "- path: /connect/{key}\n- query: userId\n");
+    }
+}

@@ -1,0 +1,303 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, so two operator replicas never
+//! both publish rings.
+//!
+//! kube-rs has none built in. `kube-lease-manager` exists, but it is one more dependency tree
+//! for a few dozen lines, and the rule we need is simple enough to test as a pure function:
+//!
+//! * [`decide`] reads the Lease and says: create it, take it (free, expired, or already ours:
+//!   a renewal), or wait for its holder.
+//! * [`try_acquire`] acts on that with optimistic concurrency: a create, or a replace carrying
+//!   the `resourceVersion` it read, so of two candidates racing for an expired Lease exactly
+//!   one wins and the other gets `409 Conflict`.
+//! * [`LeaderElector::run`] loops: until leader, try every [`RETRY_PERIOD`]; once leader, renew
+//!   every [`RENEW_PERIOD`]. If a renewal does not succeed within [`LEASE_DURATION`] of the
+//!   last one, leadership is lost; the caller stops the controller (and exits, so Kubernetes
+//!   restarts it as a fresh candidate) — it never keeps publishing on a Lease it may have lost.
+//!   On shutdown the leader releases the Lease so a standby takes over at once.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+
+/// How long a Lease holds without renewal. 15 s is the Kubernetes components' default:
+/// a crashed leader is replaced within 15 s, and a slow API server has time to answer
+/// two renewals.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the leader renews: a third of the duration, so two renewals may fail in a row.
+pub const RENEW_PERIOD: Duration = Duration::from_secs(5);
+/// How often a candidate retries.
+pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// What to do about the Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No Lease exists: create it.
+    Create,
+    /// Write ourselves as holder (renewal if `renewal`).
+    Take {
+        /// We already hold it.
+        renewal: bool,
+    },
+    /// Someone else holds an unexpired Lease.
+    Wait {
+        /// The holder.
+        holder: String,
+    },
+}
+
+/// Decides from the Lease (or its absence), our identity and the time.
+pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Decision {
+    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
+        return if lease.is_some() {
+            Decision::Take { renewal: false }
+        } else {
+            Decision::Create
+        };
+    };
+    let holder = spec.holder_identity.as_deref().unwrap_or("");
+    if holder == identity {
+        return Decision::Take { renewal: true };
+    }
+    if holder.is_empty() {
+        return Decision::Take { renewal: false };
+    }
+    let duration = i64::from(
+        spec.lease_duration_seconds
+            .unwrap_or(LEASE_DURATION.as_secs() as i32),
+    );
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0.as_second());
+    match renewed {
+        Some(t) if now.as_second() < t + duration => Decision::Wait {
+            holder: holder.to_string(),
+        },
+        _ => Decision::Take { renewal: false },
+    }
+}
+
+/// Where the Lease is and who we are.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Lease name (`--lease-name`).
+    pub name: String,
+    /// Our identity, the pod name (`--pod-name`).
+    pub identity: String,
+}
+
+fn lease_spec(
+    identity: Option<&str>,
+    now: Timestamp,
+    previous: Option<&LeaseSpec>,
+    renewal: bool,
+) -> LeaseSpec {
+    let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
+    LeaseSpec {
+        holder_identity: identity.map(str::to_string),
+        lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+        acquire_time: if renewal {
+            previous.and_then(|p| p.acquire_time.clone())
+        } else {
+            Some(MicroTime(now))
+        },
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(if renewal {
+            transitions
+        } else {
+            transitions + 1
+        }),
+        ..LeaseSpec::default()
+    }
+}
+
+/// One attempt to become (or stay) leader. `Ok(true)`: we hold the Lease until
+/// `now + LEASE_DURATION`. A lost race is `Ok(false)`, not an error.
+pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) -> Result<bool> {
+    let current = api.get_opt(&config.name).await?;
+    let result = match decide(current.as_ref(), &config.identity, now) {
+        Decision::Wait { .. } => return Ok(false),
+        Decision::Create => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(config.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(lease_spec(Some(&config.identity), now, None, false)),
+            };
+            api.create(&PostParams::default(), &lease).await.map(|_| ())
+        }
+        Decision::Take { renewal } => {
+            let Some(mut lease) = current else {
+                return Ok(false);
+            };
+            lease.spec = Some(lease_spec(
+                Some(&config.identity),
+                now,
+                lease.spec.as_ref(),
+                renewal,
+            ));
+            // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
+            api.replace(&config.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives the Lease up (holder cleared) if we hold it, so a standby need not wait for expiry.
+pub async fn release(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) -> Result<()> {
+    if let Some(mut lease) = api.get_opt(&config.name).await?
+        && lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(config.identity.as_str())
+    {
+        let mut spec = lease_spec(None, now, lease.spec.as_ref(), true);
+        spec.lease_duration_seconds = Some(1);
+        lease.spec = Some(spec);
+        api.replace(&config.name, &PostParams::default(), &lease)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs the election loop.
+pub struct LeaderElector {
+    /// The Lease API in the operator's namespace.
+    pub api: Api<Lease>,
+    /// Lease name and identity.
+    pub config: LeaseConfig,
+}
+
+impl LeaderElector {
+    /// Campaigns until leader, then renews. `leader` turns true when elected and false when
+    /// leadership is lost; after a loss this returns (the caller shuts down). Returns when
+    /// `shutdown` fires, releasing the Lease if held.
+    pub async fn run(self, leader: watch::Sender<bool>, shutdown: CancellationToken) {
+        let mut last_renewal: Option<tokio::time::Instant> = None;
+        loop {
+            let attempt = try_acquire(&self.api, &self.config, Timestamp::now()).await;
+            match attempt {
+                Ok(true) => {
+                    if last_renewal.is_none() {
+                        tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
+                        leader.send_replace(true);
+                    }
+                    last_renewal = Some(tokio::time::Instant::now());
+                }
+                Ok(false) => {
+                    if last_renewal.is_some() {
+                        tracing::error!("leadership lost: another candidate holds the lease");
+                        leader.send_replace(false);
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "lease request failed"),
+            }
+            if let Some(t) = last_renewal
+                && t.elapsed() >= LEASE_DURATION
+            {
+                tracing::error!("leadership lost: could not renew the lease in time");
+                leader.send_replace(false);
+                return;
+            }
+            let period = if last_renewal.is_some() {
+                RENEW_PERIOD
+            } else {
+                RETRY_PERIOD
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
+            }
+        }
+        if last_renewal.is_some() {
+            leader.send_replace(false);
+            if let Err(e) = release(&self.api, &self.config, Timestamp::now()).await {
+                tracing::warn!(error = %e, "releasing the lease failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("valid")
+    }
+
+    fn lease(holder: Option<&str>, renewed: i64) -> Lease {
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(t(renewed))),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_missing_lease_is_created() {
+        assert_eq!(decide(None, "a", t(0)), Decision::Create);
+    }
+
+    #[test]
+    fn our_own_lease_is_renewed() {
+        assert_eq!(
+            decide(Some(&lease(Some("a"), 0)), "a", t(100)),
+            Decision::Take { renewal: true }
+        );
+    }
+
+    #[test]
+    fn another_holders_fresh_lease_is_respected() {
+        assert_eq!(
+            decide(Some(&lease(Some("b"), 0)), "a", t(14)),
+            Decision::Wait { holder: "b".into() }
+        );
+    }
+
+    #[test]
+    fn an_expired_or_released_lease_is_taken() {
+        assert_eq!(
+            decide(Some(&lease(Some("b"), 0)), "a", t(15)),
+            Decision::Take { renewal: false }
+        );
+        assert_eq!(
+            decide(Some(&lease(None, 0)), "a", t(1)),
+            Decision::Take { renewal: false }
+        );
+    }
+
+    #[test]
+    fn taking_over_counts_a_transition_and_renewal_keeps_the_acquire_time() {
+        let prev = lease_spec(Some("b"), t(0), None, false);
+        assert_eq!(prev.lease_transitions, Some(1));
+        let renewed = lease_spec(Some("b"), t(5), Some(&prev), true);
+        assert_eq!(renewed.acquire_time, Some(MicroTime(t(0))));
+        assert_eq!(renewed.lease_transitions, Some(1));
+        let taken = lease_spec(Some("a"), t(30), Some(&renewed), false);
+        assert_eq!(taken.acquire_time, Some(MicroTime(t(30))));
+        assert_eq!(taken.lease_transitions, Some(2));
+    }
+}

@@ -1,0 +1,59 @@
+//! # wscluster-operator
+//!
+//! The Kubernetes operator of wscluster. It reconciles `WsCluster` objects
+//! (`wscluster.io/v1alpha1`) into a node StatefulSet with its headless Service, a proxy
+//! Deployment with its client-facing Service, a PodDisruptionBudget, a ConfigMap and the Secret
+//! that authenticates ring-stream subscribers; it builds each cluster's ring from the
+//! EndpointSlices of the node Service and publishes it to proxies and nodes through the ring
+//! stream (`wscluster-ring-stream`), and it scales down in order: drain first, pods last.
+//!
+//! Layout — decisions are pure functions, the I/O is in [`controller`]:
+//!
+//! * [`crd`] — the `WsCluster` types; `wscluster-operator crd` prints the CRD.
+//! * [`rbac`] — the exact API permissions, printed by `wscluster-operator rbac`.
+//! * [`validate`] — spec rules the schema cannot check.
+//! * [`resources`] — desired child objects from a spec.
+//! * [`membership`] — ring members from EndpointSlices, and ring versioning.
+//! * [`scaling`] — the scale-down state machine.
+//! * [`status`] — status and conditions.
+//! * [`controller`] — `reconcile` and `error_policy`.
+//! * [`server`] — `run`: ring stream, admin endpoints, election and controller.
+//! * [`leader`], [`metrics`] — leader election through a Lease, Prometheus metrics.
+//!
+//! Processes flags are fixed by the project's contract: `run --ring-listen 0.0.0.0:7400
+//! --admin-listen 0.0.0.0:9090 --ring-public-url … --lease-name … --lease-namespace …
+//! --pod-name … --watch-namespace …`, `crd`, `rbac`, `local`.
+//!
+//! ```
+//! use kube::CustomResourceExt;
+//! let crd = wscluster_operator::crd::WsCluster::crd();
+//! assert_eq!(crd.spec.group, "wscluster.io");
+//! ```
+
+pub mod controller;
+pub mod crd;
+pub mod error;
+#[cfg(test)]
+mod fixtures;
+pub mod leader;
+pub mod membership;
+pub mod metrics;
+pub mod rbac;
+pub mod resources;
+pub mod scaling;
+pub mod server;
+pub mod status;
+pub mod validate;
+
+pub use error::{Error, Result};
+pub use server::{Config, run};
+
+/// The CRD as YAML, exactly what `wscluster-operator crd` prints and `crds/wscluster.yaml`
+/// holds.
+pub fn crd_yaml() -> Result<String> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&crd::WsCluster::crd()).map_err(|e| Error::Render {
+        what: "CRD",
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,852 @@
+//! Desired child objects of a `WsCluster`, as pure functions of the spec.
+//!
+//! Each function returns the complete object the operator server-side applies; it never reads
+//! the cluster. Names, labels, ports and mount paths follow the project's fixed contract:
+//!
+//! | object | name | notes |
+//! |---|---|---|
+//! | StatefulSet + headless Service | `<c>-node` | port `ws`; member id = pod name |
+//! | Deployment + Service | `<c>-proxy` | Service port → 8080 `ws`, admin 9090 |
+//! | PodDisruptionBudget | `<c>-node` | one node pod down at a time |
+//! | ConfigMap | `<c>-config` | `proxy.yaml` at `/etc/wscluster/proxy.yaml` |
+//! | Secret | `<c>-ring-token` | `token` at `/var/run/wscluster/ring/token` |
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::{ConnectionSpec, JwtAlgorithm, TokenLocation, WsCluster};
+use crate::error::{Error, Result};
+
+/// Port the proxy serves clients on inside its pod.
+pub const PROXY_PORT: i32 = 8080;
+/// Port of the proxy's admin endpoints (`/healthz`, `/readyz`, `/metrics`).
+pub const PROXY_ADMIN_PORT: i32 = 9090;
+/// Directory the ring token Secret is mounted at.
+pub const RING_TOKEN_DIR: &str = "/var/run/wscluster/ring";
+/// File of the ring token inside the pods.
+pub const RING_TOKEN_FILE: &str = "/var/run/wscluster/ring/token";
+/// Key of the token in the ring token Secret.
+pub const RING_TOKEN_KEY: &str = "token";
+/// File of the proxy configuration inside proxy pods.
+pub const PROXY_CONFIG_FILE: &str = "/etc/wscluster/proxy.yaml";
+/// Key of the proxy configuration in the ConfigMap.
+pub const PROXY_CONFIG_KEY: &str = "proxy.yaml";
+/// Directory the JWT key Secret is mounted at.
+pub const JWT_KEY_DIR: &str = "/etc/wscluster/jwt";
+/// File of the JWT key inside proxy pods.
+pub const JWT_KEY_FILE: &str = "/etc/wscluster/jwt/key";
+/// Pod annotation holding a hash of the rendered proxy configuration, so a config change
+/// rolls the proxies.
+pub const CONFIG_HASH_ANNOTATION: &str = "wscluster.io/config-hash";
+/// Seconds a node pod gets to close its sessions on shutdown: the node's own grace period
+/// (20 s by default) plus margin for the last writes to Redis.
+pub const NODE_TERMINATION_GRACE_SECONDS: i64 = 30;
+
+/// Label keys.
+pub mod labels {
+    /// `app.kubernetes.io/name`.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// `app.kubernetes.io/instance`.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `app.kubernetes.io/component`.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// `app.kubernetes.io/part-of`.
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    /// `app.kubernetes.io/managed-by`.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The label EndpointSlices carry with their Service's name.
+    pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+}
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "wscluster-operator";
+
+/// Which pods a child object is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The WebSocket nodes.
+    Node,
+    /// The proxies.
+    Proxy,
+    /// Objects shared by both (ConfigMap, ring token Secret).
+    Config,
+}
+
+impl Component {
+    fn as_str(self) -> &'static str {
+        match self {
+            Component::Node => "node",
+            Component::Proxy => "proxy",
+            Component::Config => "config",
+        }
+    }
+}
+
+/// What a desired object needs to know besides the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The ring stream URL pods are told to subscribe to (`--ring-public-url`).
+    pub ring_url: String,
+}
+
+/// Identity of a `WsCluster`, checked once: every object the API server returns has these.
+#[derive(Debug, Clone)]
+pub struct ClusterRef {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// Controller owner reference for children.
+    pub owner: OwnerReference,
+}
+
+impl ClusterRef {
+    /// Reads name, namespace and uid.
+    pub fn of(c: &WsCluster) -> Result<ClusterRef> {
+        let namespace = c
+            .namespace()
+            .ok_or(Error::MissingField("metadata.namespace"))?;
+        let owner = c
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingField("metadata.uid"))?;
+        Ok(ClusterRef {
+            name: c.name_any(),
+            namespace,
+            owner,
+        })
+    }
+
+    /// `namespace/name`, the ring's cluster id.
+    pub fn cluster_id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// StatefulSet, headless Service and PodDisruptionBudget name.
+    pub fn node_name(&self) -> String {
+        format!("{}-node", self.name)
+    }
+
+    /// Deployment and client Service name.
+    pub fn proxy_name(&self) -> String {
+        format!("{}-proxy", self.name)
+    }
+
+    /// ConfigMap name.
+    pub fn config_name(&self) -> String {
+        format!("{}-config", self.name)
+    }
+
+    /// Ring token Secret name.
+    pub fn token_secret_name(&self) -> String {
+        format!("{}-ring-token", self.name)
+    }
+
+    /// The recommended labels of a component.
+    pub fn labels(&self, component: Component) -> BTreeMap<String, String> {
+        let mut l = self.selector_labels(component);
+        l.insert(labels::PART_OF.into(), "wscluster".into());
+        l.insert(labels::MANAGED_BY.into(), FIELD_MANAGER.into());
+        l
+    }
+
+    /// The labels that select a component's pods.
+    pub fn selector_labels(&self, component: Component) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::NAME.to_string(), "wscluster".to_string()),
+            (labels::INSTANCE.to_string(), self.name.clone()),
+            (
+                labels::COMPONENT.to_string(),
+                component.as_str().to_string(),
+            ),
+        ])
+    }
+
+    /// The node pod selector in string form (`status.selector`, for `kubectl scale` and HPAs).
+    pub fn node_selector_string(&self) -> String {
+        self.selector_labels(Component::Node)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn meta(&self, name: String, component: Component) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels(component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn env_from_connection(name: &str, conn: &ConnectionSpec) -> EnvVar {
+    match (&conn.url, &conn.secret_ref) {
+        (_, Some(r)) => EnvVar {
+            name: name.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        (url, None) => env_value(name, url.clone().unwrap_or_default()),
+    }
+}
+
+/// Environment every node and proxy pod gets, before the user's own `env`.
+fn common_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
+    let mut env = vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: "metadata.name".into(),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        env_value("WSCLUSTER_CLUSTER_ID", cluster.cluster_id()),
+        env_value("WSCLUSTER_RING_URL", settings.ring_url.clone()),
+        env_value("WSCLUSTER_RING_TOKEN_FILE", RING_TOKEN_FILE),
+    ];
+    if let Some(redis) = &c.spec.redis {
+        env.push(env_from_connection("WSCLUSTER_REDIS_URL", redis));
+    }
+    if let Some(amqp) = &c.spec.rabbitmq {
+        env.push(env_from_connection("WSCLUSTER_AMQP_URL", amqp));
+    }
+    env
+}
+
+/// Names of environment variables the operator sets; a user `env` entry must not shadow them.
+pub const RESERVED_ENV: &[&str] = &[
+    "POD_NAME",
+    "WSCLUSTER_CLUSTER_ID",
+    "WSCLUSTER_RING_URL",
+    "WSCLUSTER_RING_TOKEN_FILE",
+    "WSCLUSTER_REDIS_URL",
+    "WSCLUSTER_AMQP_URL",
+    "WSCLUSTER_LISTEN",
+    "WSCLUSTER_ADMIN_LISTEN",
+    "WSCLUSTER_CONFIG",
+];
+
+fn http_probe(path: &str, port: &str, period_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        ..Probe::default()
+    }
+}
+
+fn ring_token_volume(cluster: &ClusterRef) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "ring-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(cluster.token_secret_name()),
+                items: Some(vec![KeyToPath {
+                    key: RING_TOKEN_KEY.into(),
+                    path: RING_TOKEN_KEY.into(),
+                    mode: None,
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "ring-token".into(),
+            mount_path: RING_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+fn label_selector(cluster: &ClusterRef, component: Component) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(cluster.selector_labels(component)),
+        match_expressions: None,
+    }
+}
+
+/// The node StatefulSet with `replicas` pods (the scale-down state machine decides how many;
+/// it is not always `spec.replicas`).
+pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Result<StatefulSet> {
+    let cluster = ClusterRef::of(c)?;
+    let node = &c.spec.node;
+    let mut env = common_env(c, &cluster, settings);
+    env.push(env_value(
+        "WSCLUSTER_LISTEN",
+        format!("0.0.0.0:{}", node.port),
+    ));
+    env.extend(node.env.iter().cloned());
+    let (volume, mount) = ring_token_volume(&cluster);
+    let container = Container {
+        name: "node".into(),
+        image: Some(node.image.clone()),
+        image_pull_policy: Some(node.image_pull_policy.as_str().into()),
+        ports: Some(vec![ContainerPort {
+            name: Some("ws".into()),
+            container_port: node.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env),
+        readiness_probe: Some(http_probe(&node.readiness_path, "ws", 2)),
+        liveness_probe: Some(http_probe(&node.liveness_path, "ws", 10)),
+        resources: node.resources.clone(),
+        volume_mounts: Some(vec![mount]),
+        ..Container::default()
+    };
+    Ok(StatefulSet {
+        metadata: cluster.meta(cluster.node_name(), Component::Node),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(cluster.node_name()),
+            // The operator orders scale-down itself (drain first), so pods may start and stop
+            // in parallel; OrderedReady would only slow scale-up.
+            pod_management_policy: Some("Parallel".into()),
+            selector: label_selector(&cluster, Component::Node),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".into()),
+                    when_scaled: Some("Delete".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(cluster.labels(Component::Node)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![volume]),
+                    termination_grace_period_seconds: Some(NODE_TERMINATION_GRACE_SECONDS),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The headless Service of the nodes; its EndpointSlices are the ring's membership.
+pub fn node_service(c: &WsCluster) -> Result<Service> {
+    let cluster = ClusterRef::of(c)?;
+    Ok(Service {
+        metadata: cluster.meta(cluster.node_name(), Component::Node),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(cluster.selector_labels(Component::Node)),
+            // Only Ready pods may join the ring.
+            publish_not_ready_addresses: Some(false),
+            ports: Some(vec![ServicePort {
+                name: Some("ws".into()),
+                port: c.spec.node.port,
+                target_port: Some(IntOrString::String("ws".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The proxy Deployment. `config_hash` is [`config_hash`] of the rendered `proxy.yaml`.
+pub fn proxy_deployment(
+    c: &WsCluster,
+    settings: &Settings,
+    config_hash: &str,
+) -> Result<Deployment> {
+    let cluster = ClusterRef::of(c)?;
+    let proxy = &c.spec.proxy;
+    let mut env = common_env(c, &cluster, settings);
+    // Proxies need no Redis.
+    env.retain(|e| e.name != "WSCLUSTER_REDIS_URL");
+    env.push(env_value(
+        "WSCLUSTER_LISTEN",
+        format!("0.0.0.0:{PROXY_PORT}"),
+    ));
+    env.push(env_value(
+        "WSCLUSTER_ADMIN_LISTEN",
+        format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
+    ));
+    env.push(env_value("WSCLUSTER_CONFIG", PROXY_CONFIG_FILE));
+    env.extend(proxy.env.iter().cloned());
+    let (token_volume, token_mount) = ring_token_volume(&cluster);
+    let mut volumes = vec![
+        token_volume,
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cluster.config_name(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        token_mount,
+        VolumeMount {
+            name: "config".into(),
+            mount_path: PROXY_CONFIG_FILE.into(),
+            sub_path: Some(PROXY_CONFIG_KEY.into()),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    if let Some(jwt) = c.spec.key_sources.iter().find_map(|s| s.jwt.as_ref()) {
+        volumes.push(Volume {
+            name: "jwt-key".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(jwt.secret_ref.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: jwt.secret_ref.key.clone(),
+                    path: "key".into(),
+                    mode: None,
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "jwt-key".into(),
+            mount_path: JWT_KEY_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let container = Container {
+        name: "proxy".into(),
+        image: Some(proxy.image.clone()),
+        image_pull_policy: Some(proxy.image_pull_policy.as_str().into()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("ws".into()),
+                container_port: PROXY_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: PROXY_ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        env: Some(env),
+        readiness_probe: Some(http_probe("/readyz", "admin", 2)),
+        liveness_probe: Some(http_probe("/healthz", "admin", 10)),
+        resources: proxy.resources.clone(),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    Ok(Deployment {
+        metadata: cluster.meta(cluster.proxy_name(), Component::Proxy),
+        spec: Some(DeploymentSpec {
+            replicas: Some(proxy.replicas),
+            selector: label_selector(&cluster, Component::Proxy),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(cluster.labels(Component::Proxy)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The client-facing Service of the proxies.
+pub fn proxy_service(c: &WsCluster) -> Result<Service> {
+    let cluster = ClusterRef::of(c)?;
+    let proxy = &c.spec.proxy;
+    Ok(Service {
+        metadata: cluster.meta(cluster.proxy_name(), Component::Proxy),
+        spec: Some(ServiceSpec {
+            type_: Some(proxy.service_type.as_str().into()),
+            selector: Some(cluster.selector_labels(Component::Proxy)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("ws".into()),
+                    port: proxy.service_port,
+                    target_port: Some(IntOrString::String("ws".into())),
+                    node_port: proxy.node_port,
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: PROXY_ADMIN_PORT,
+                    target_port: Some(IntOrString::String("admin".into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The PodDisruptionBudget of the nodes: voluntary evictions take one node at a time, so a
+/// drain of the Kubernetes node never empties the ring.
+pub fn node_pdb(c: &WsCluster) -> Result<PodDisruptionBudget> {
+    let cluster = ClusterRef::of(c)?;
+    Ok(PodDisruptionBudget {
+        metadata: cluster.meta(cluster.node_name(), Component::Node),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(label_selector(&cluster, Component::Node)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The ConfigMap with the rendered `proxy.yaml`.
+pub fn config_map(c: &WsCluster) -> Result<ConfigMap> {
+    let cluster = ClusterRef::of(c)?;
+    Ok(ConfigMap {
+        metadata: cluster.meta(cluster.config_name(), Component::Config),
+        data: Some(BTreeMap::from([(
+            PROXY_CONFIG_KEY.to_string(),
+            proxy_config_yaml(c)?,
+        )])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The ring token Secret with a given token (generated once by the controller, then kept).
+pub fn ring_token_secret(c: &WsCluster, token: &str) -> Result<Secret> {
+    let cluster = ClusterRef::of(c)?;
+    Ok(Secret {
+        metadata: cluster.meta(cluster.token_secret_name(), Component::Config),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            RING_TOKEN_KEY.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// The proxy's configuration file (`keySources`, `resets`, `drainTimeoutSeconds`), the shape
+/// the proxy parses (unknown fields are rejected there, so only known ones are written).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProxyConfigDoc {
+    key_sources: Vec<KeySourceDoc>,
+    resets: ResetsDoc,
+    drain_timeout_seconds: i32,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeySourceDoc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cookie: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt: Option<JwtDoc>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JwtDoc {
+    claim: String,
+    algorithm: JwtAlgorithm,
+    key_file: &'static str,
+    from: TokenLocation,
+    query_param: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResetsDoc {
+    rate_per_second: i32,
+    jitter_ms: i32,
+}
+
+/// Renders `proxy.yaml` from the spec.
+pub fn proxy_config_yaml(c: &WsCluster) -> Result<String> {
+    let doc = ProxyConfigDoc {
+        key_sources: c
+            .spec
+            .key_sources
+            .iter()
+            .map(|s| KeySourceDoc {
+                path: s.path.clone(),
+                query: s.query.clone(),
+                header: s.header.clone(),
+                cookie: s.cookie.clone(),
+                jwt: s.jwt.as_ref().map(|j| JwtDoc {
+                    claim: j.claim.clone(),
+                    algorithm: j.algorithm,
+                    key_file: JWT_KEY_FILE,
+                    from: j.from,
+                    query_param: j.query_param.clone(),
+                }),
+            })
+            .collect(),
+        resets: ResetsDoc {
+            rate_per_second: c.spec.resets.rate_per_second,
+            jitter_ms: c.spec.resets.jitter_ms,
+        },
+        drain_timeout_seconds: c.spec.drain_timeout_seconds,
+    };
+    serde_yaml::to_string(&doc).map_err(|e| Error::Render {
+        what: "proxy.yaml",
+        message: e.to_string(),
+    })
+}
+
+/// A stable hash of a document (XXH3-64 with the ring's fixed seed), hex.
+pub fn config_hash(text: &str) -> String {
+    format!("{:016x}", wscluster_ring::KeyHash::of(text).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{JwtSource, KeySource, SecretKeyRef};
+    use crate::fixtures::WsClusterExt;
+
+    fn settings() -> Settings {
+        Settings {
+            ring_url: "http://op:7400".into(),
+        }
+    }
+
+    fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_node_statefulset_follows_the_naming_contract() {
+        let c = WsCluster::test();
+        let sts = node_statefulset(&c, &settings(), 3).expect("sts");
+        assert_eq!(sts.metadata.name.as_deref(), Some("chat-node"));
+        assert_eq!(sts.metadata.namespace.as_deref(), Some("default"));
+        let owner = &sts.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "WsCluster");
+        assert_eq!(owner.controller, Some(true));
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("chat-node"));
+        let labels = spec
+            .template
+            .metadata
+            .expect("meta")
+            .labels
+            .expect("labels");
+        assert_eq!(labels[labels::COMPONENT], "node");
+        assert_eq!(labels[labels::INSTANCE], "chat");
+        assert_eq!(labels[labels::MANAGED_BY], "wscluster-operator");
+        let pod = spec.template.spec.expect("pod");
+        let env = env_of(&pod.containers[0]);
+        assert_eq!(
+            env["WSCLUSTER_CLUSTER_ID"].value.as_deref(),
+            Some("default/chat")
+        );
+        assert_eq!(
+            env["WSCLUSTER_RING_URL"].value.as_deref(),
+            Some("http://op:7400")
+        );
+        assert_eq!(
+            env["WSCLUSTER_RING_TOKEN_FILE"].value.as_deref(),
+            Some(RING_TOKEN_FILE)
+        );
+        assert!(env["POD_NAME"].value_from.is_some());
+        assert!(!env.contains_key("WSCLUSTER_REDIS_URL"));
+        assert_eq!(
+            pod.containers[0].ports.as_ref().expect("ports")[0]
+                .name
+                .as_deref(),
+            Some("ws")
+        );
+    }
+
+    #[test]
+    fn redis_from_a_secret_becomes_a_secret_key_ref_and_inline_amqp_a_value() {
+        let c = WsCluster::test()
+            .with_redis_secret("redis-auth", "url")
+            .with_amqp_url("amqp://rabbit:5672/%2f");
+        let sts = node_statefulset(&c, &settings(), 1).expect("sts");
+        let pod = sts.spec.expect("spec").template.spec.expect("pod");
+        let env = env_of(&pod.containers[0]);
+        let redis = env["WSCLUSTER_REDIS_URL"]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secret ref");
+        assert_eq!(
+            (redis.name.as_str(), redis.key.as_str()),
+            ("redis-auth", "url")
+        );
+        assert_eq!(
+            env["WSCLUSTER_AMQP_URL"].value.as_deref(),
+            Some("amqp://rabbit:5672/%2f")
+        );
+        let dep = proxy_deployment(&c, &settings(), "h").expect("deployment");
+        let pod = dep.spec.expect("spec").template.spec.expect("pod");
+        let env = env_of(&pod.containers[0]);
+        assert!(
+            !env.contains_key("WSCLUSTER_REDIS_URL"),
+            "proxies need no redis"
+        );
+        assert!(env.contains_key("WSCLUSTER_AMQP_URL"));
+    }
+
+    #[test]
+    fn the_headless_service_publishes_only_ready_pods() {
+        let svc = node_service(&WsCluster::test()).expect("svc");
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(false));
+        assert_eq!(spec.ports.expect("ports")[0].port, 8080);
+    }
+
+    #[test]
+    fn the_proxy_service_maps_the_service_port_to_ws_and_exposes_admin() {
+        let mut c = WsCluster::test();
+        c.spec.proxy.service_port = 443;
+        let svc = proxy_service(&c).expect("svc");
+        let ports = svc.spec.expect("spec").ports.expect("ports");
+        assert_eq!(ports[0].port, 443);
+        assert_eq!(ports[0].target_port, Some(IntOrString::String("ws".into())));
+        assert_eq!(ports[1].port, 9090);
+    }
+
+    #[test]
+    fn proxy_yaml_matches_the_proxy_config_contract() {
+        let yaml = proxy_config_yaml(&WsCluster::test()).expect("yaml");
+        assert_eq!(
+            yaml,
+            "keySources:\n- path: /connect/{key}\n- query: userId\nresets:\n  ratePerSecond: 500\n  jitterMs: 2000\ndrainTimeoutSeconds: 30\n"
+        );
+    }
+
+    #[test]
+    fn a_jwt_source_renders_the_mounted_key_file_and_mounts_the_secret() {
+        let mut c = WsCluster::test();
+        c.spec.key_sources = vec![KeySource {
+            jwt: Some(JwtSource {
+                claim: "uid".into(),
+                algorithm: JwtAlgorithm::RS256,
+                secret_ref: SecretKeyRef {
+                    name: "jwt-pub".into(),
+                    key: "pem".into(),
+                },
+                from: TokenLocation::Query,
+                query_param: "t".into(),
+            }),
+            ..KeySource::default()
+        }];
+        let yaml = proxy_config_yaml(&c).expect("yaml");
+        assert!(
+            yaml.contains("- jwt:\n    claim: uid\n    algorithm: RS256\n    keyFile: /etc/wscluster/jwt/key\n    from: query\n    queryParam: t\n"),
+            "{yaml}"
+        );
+        let dep = proxy_deployment(&c, &settings(), "h").expect("deployment");
+        let pod = dep.spec.expect("spec").template.spec.expect("pod");
+        let vol = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "jwt-key")
+            .expect("jwt volume");
+        let secret = vol.secret.expect("secret");
+        assert_eq!(secret.secret_name.as_deref(), Some("jwt-pub"));
+        assert_eq!(secret.items.expect("items")[0].key, "pem");
+        let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
+        assert!(mounts.iter().any(|m| m.mount_path == JWT_KEY_DIR));
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template_hash() {
+        let a = WsCluster::test();
+        let mut b = WsCluster::test();
+        b.spec.resets.rate_per_second = 50;
+        let ha = config_hash(&proxy_config_yaml(&a).expect("yaml"));
+        let hb = config_hash(&proxy_config_yaml(&b).expect("yaml"));
+        assert_ne!(ha, hb);
+        assert_eq!(ha, config_hash(&proxy_config_yaml(&a).expect("yaml")));
+    }
+
+    #[test]
+    fn the_selector_string_is_sorted_and_selects_only_nodes() {
+        let cluster = ClusterRef::of(&WsCluster::test()).expect("ref");
+        assert_eq!(
+            cluster.node_selector_string(),
+            "app.kubernetes.io/component=node,app.kubernetes.io/instance=chat,app.kubernetes.io/name=wscluster"
+        );
+    }
+
+    #[test]
+    fn an_object_without_uid_is_refused() {
+        let mut c = WsCluster::test();
+        c.metadata.uid = None;
+        assert!(matches!(
+            node_service(&c),
+            Err(Error::MissingField("metadata.uid"))
+        ));
+    }
+}

@@ -1,0 +1,335 @@
+//! The ordered scale-down state machine. Pure: time is an argument.
+//!
+//! Scale-up raises the StatefulSet at once; new pods join the ring when Ready (membership does
+//! that). Scale-down goes through a drain recorded in status (`status.drain`), so an operator
+//! restart continues it:
+//!
+//! ```text
+//!   spec.replicas < sts.replicas ──▶ StartDrain: ordinals ≥ target become `draining` in a new
+//!        │                           ring version; the StatefulSet keeps its pods
+//!        ▼
+//!   WaitForProxies ── every connected proxy acked the drain's ring version ──▶
+//!   WaitForDrainTimeout ── drainTimeoutSeconds since the start, or the leaving members are
+//!        │                  empty ──▶
+//!        ▼
+//!   FinishDrain: the StatefulSet goes down to the target; the drain record is cleared
+//! ```
+//!
+//! A change of `spec.replicas` during a drain restarts it with the new target, or cancels it
+//! when the target is at or above the StatefulSet's size (the members become active again).
+
+use k8s_openapi::jiff::Timestamp;
+
+/// A drain in progress, as recorded in status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// Replicas the StatefulSet goes down to.
+    pub target: i32,
+    /// When the drain started.
+    pub since: Timestamp,
+    /// First ring version with the leaving members draining (0 until published).
+    pub ring_version: u64,
+}
+
+/// Everything the decision depends on.
+#[derive(Debug, Clone)]
+pub struct ScaleInput {
+    /// `spec.replicas`.
+    pub desired: i32,
+    /// The StatefulSet's `spec.replicas`, or `None` if it does not exist yet.
+    pub current: Option<i32>,
+    /// The drain recorded in status.
+    pub drain: Option<Drain>,
+    /// Connected proxies.
+    pub proxies_total: usize,
+    /// Connected proxies whose applied version is at least the drain's ring version.
+    pub proxies_acked: usize,
+    /// Whether the leaving members are known to hold no connections (lets a drain end before
+    /// its timeout).
+    pub leaving_empty: bool,
+    /// `spec.drainTimeoutSeconds`.
+    pub drain_timeout_seconds: i64,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// What happens this reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to change.
+    Steady,
+    /// The StatefulSet is created with the desired replicas.
+    Create,
+    /// The StatefulSet grows.
+    ScaleUp {
+        /// Replicas before.
+        from: i32,
+    },
+    /// A drain starts: leaving members become draining.
+    StartDrain,
+    /// Waiting for proxies to apply the drain's ring.
+    WaitForProxies {
+        /// Proxies that applied it.
+        acked: usize,
+        /// Connected proxies.
+        total: usize,
+    },
+    /// Waiting for the drain timeout.
+    WaitForDrainTimeout {
+        /// Seconds left.
+        remaining_seconds: i64,
+    },
+    /// The drain is done: the StatefulSet shrinks.
+    FinishDrain {
+        /// Replicas before.
+        from: i32,
+    },
+    /// The drain is abandoned because `spec.replicas` went back up.
+    CancelDrain,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePlan {
+    /// What happens.
+    pub step: Step,
+    /// The StatefulSet's replicas to apply.
+    pub statefulset_replicas: i32,
+    /// Members with an ordinal below this are active; the rest draining.
+    pub active_below: i32,
+    /// The drain to record in status afterwards (`None` clears it). A new drain has
+    /// `ring_version` 0: the controller fills in the version it publishes.
+    pub drain: Option<Drain>,
+}
+
+/// Decides the next step of scaling.
+pub fn plan_scale(input: &ScaleInput) -> ScalePlan {
+    let desired = input.desired.max(0);
+    let Some(current) = input.current else {
+        return ScalePlan {
+            step: Step::Create,
+            statefulset_replicas: desired,
+            active_below: desired,
+            drain: None,
+        };
+    };
+    if desired >= current {
+        let step = if input.drain.is_some() {
+            Step::CancelDrain
+        } else if desired > current {
+            Step::ScaleUp { from: current }
+        } else {
+            Step::Steady
+        };
+        return ScalePlan {
+            step,
+            statefulset_replicas: desired,
+            active_below: desired,
+            drain: None,
+        };
+    }
+    // desired < current: drain first.
+    let drain = match &input.drain {
+        Some(d) if d.target == desired => d.clone(),
+        _ => {
+            return ScalePlan {
+                step: Step::StartDrain,
+                statefulset_replicas: current,
+                active_below: desired,
+                drain: Some(Drain {
+                    target: desired,
+                    since: input.now,
+                    ring_version: 0,
+                }),
+            };
+        }
+    };
+    let hold = |step| ScalePlan {
+        step,
+        statefulset_replicas: current,
+        active_below: desired,
+        drain: Some(drain.clone()),
+    };
+    if drain.ring_version == 0 || input.proxies_acked < input.proxies_total {
+        return hold(Step::WaitForProxies {
+            acked: input.proxies_acked,
+            total: input.proxies_total,
+        });
+    }
+    let elapsed = input.now.as_second() - drain.since.as_second();
+    let remaining = input.drain_timeout_seconds - elapsed;
+    if remaining > 0 && !input.leaving_empty {
+        return hold(Step::WaitForDrainTimeout {
+            remaining_seconds: remaining,
+        });
+    }
+    ScalePlan {
+        step: Step::FinishDrain { from: current },
+        statefulset_replicas: desired,
+        active_below: desired,
+        drain: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("valid")
+    }
+
+    fn input(desired: i32, current: Option<i32>) -> ScaleInput {
+        ScaleInput {
+            desired,
+            current,
+            drain: None,
+            proxies_total: 2,
+            proxies_acked: 0,
+            leaving_empty: false,
+            drain_timeout_seconds: 30,
+            now: t(0),
+        }
+    }
+
+    fn drain(target: i32, since: i64, version: u64) -> Option<Drain> {
+        Some(Drain {
+            target,
+            since: t(since),
+            ring_version: version,
+        })
+    }
+
+    #[test]
+    fn a_missing_statefulset_is_created_with_the_desired_replicas() {
+        let p = plan_scale(&input(3, None));
+        assert_eq!(
+            (p.step, p.statefulset_replicas, p.active_below),
+            (Step::Create, 3, 3)
+        );
+    }
+
+    #[test]
+    fn scale_up_raises_the_statefulset_at_once() {
+        let p = plan_scale(&input(5, Some(3)));
+        assert_eq!(p.step, Step::ScaleUp { from: 3 });
+        assert_eq!(
+            (p.statefulset_replicas, p.active_below, p.drain),
+            (5, 5, None)
+        );
+    }
+
+    #[test]
+    fn equal_replicas_are_steady() {
+        assert_eq!(plan_scale(&input(3, Some(3))).step, Step::Steady);
+    }
+
+    #[test]
+    fn scale_down_starts_a_drain_and_keeps_the_pods() {
+        let p = plan_scale(&input(2, Some(4)));
+        assert_eq!(p.step, Step::StartDrain);
+        assert_eq!((p.statefulset_replicas, p.active_below), (4, 2));
+        assert_eq!(p.drain, drain(2, 0, 0));
+    }
+
+    #[test]
+    fn scale_down_drains_before_deleting_pods_until_every_proxy_acked() {
+        let mut i = input(2, Some(4));
+        i.drain = drain(2, 0, 7);
+        i.proxies_acked = 1;
+        i.now = t(100);
+        let p = plan_scale(&i);
+        assert_eq!(p.step, Step::WaitForProxies { acked: 1, total: 2 });
+        assert_eq!(p.statefulset_replicas, 4);
+        assert_eq!(p.drain, drain(2, 0, 7));
+    }
+
+    #[test]
+    fn a_drain_whose_ring_was_never_published_waits() {
+        let mut i = input(2, Some(4));
+        i.drain = drain(2, 0, 0);
+        i.proxies_acked = 2;
+        i.now = t(100);
+        assert!(matches!(plan_scale(&i).step, Step::WaitForProxies { .. }));
+    }
+
+    #[test]
+    fn acked_proxies_still_wait_for_the_drain_timeout() {
+        let mut i = input(2, Some(4));
+        i.drain = drain(2, 0, 7);
+        i.proxies_acked = 2;
+        i.now = t(10);
+        let p = plan_scale(&i);
+        assert_eq!(
+            p.step,
+            Step::WaitForDrainTimeout {
+                remaining_seconds: 20
+            }
+        );
+        assert_eq!(p.statefulset_replicas, 4);
+    }
+
+    #[test]
+    fn the_statefulset_shrinks_after_acks_and_timeout() {
+        let mut i = input(2, Some(4));
+        i.drain = drain(2, 0, 7);
+        i.proxies_acked = 2;
+        i.now = t(30);
+        let p = plan_scale(&i);
+        assert_eq!(p.step, Step::FinishDrain { from: 4 });
+        assert_eq!((p.statefulset_replicas, p.drain), (2, None));
+    }
+
+    #[test]
+    fn empty_leaving_members_end_the_drain_before_the_timeout() {
+        let mut i = input(2, Some(4));
+        i.drain = drain(2, 0, 7);
+        i.proxies_acked = 2;
+        i.leaving_empty = true;
+        i.now = t(1);
+        assert_eq!(plan_scale(&i).step, Step::FinishDrain { from: 4 });
+    }
+
+    #[test]
+    fn with_no_proxies_connected_only_the_timeout_counts() {
+        let mut i = input(2, Some(4));
+        i.drain = drain(2, 0, 7);
+        i.proxies_total = 0;
+        i.proxies_acked = 0;
+        i.now = t(29);
+        assert!(matches!(
+            plan_scale(&i).step,
+            Step::WaitForDrainTimeout { .. }
+        ));
+        i.now = t(31);
+        assert!(matches!(plan_scale(&i).step, Step::FinishDrain { .. }));
+    }
+
+    #[test]
+    fn a_new_target_during_a_drain_restarts_it() {
+        let mut i = input(1, Some(4));
+        i.drain = drain(2, 0, 7);
+        i.now = t(50);
+        let p = plan_scale(&i);
+        assert_eq!(p.step, Step::StartDrain);
+        assert_eq!((p.active_below, p.drain), (1, drain(1, 50, 0)));
+    }
+
+    #[test]
+    fn scaling_back_up_during_a_drain_cancels_it() {
+        let mut i = input(4, Some(4));
+        i.drain = drain(2, 0, 7);
+        let p = plan_scale(&i);
+        assert_eq!(p.step, Step::CancelDrain);
+        assert_eq!(
+            (p.statefulset_replicas, p.active_below, p.drain),
+            (4, 4, None)
+        );
+    }
+
+    #[test]
+    fn negative_replicas_are_treated_as_zero() {
+        let p = plan_scale(&input(-1, None));
+        assert_eq!(p.statefulset_replicas, 0);
+    }
+}

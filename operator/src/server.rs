@@ -1,0 +1,354 @@
+//! The running operator: ring stream server, admin server, leader election and the controller,
+//! under one shutdown token.
+//!
+//! * Ring stream on `--ring-listen` (`wscluster_ring_stream::serve`): served by every replica,
+//!   but only the leader's hub holds rings, and `/readyz` is 200 only on the leader, so the
+//!   operator's Service sends subscribers to the leader.
+//! * Admin on `--admin-listen`: `/healthz` (the process runs), `/readyz` (leader and
+//!   reconciling), `/metrics`.
+//! * The controller starts once this replica holds the Lease and stops if it loses it; `run`
+//!   then returns [`Error::LeadershipLost`] so the process exits and restarts as a candidate.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use wscluster_ring_stream::RingHub;
+
+use crate::controller::{Context, error_policy, random_token, reconcile};
+use crate::crd::WsCluster;
+use crate::error::{Error, Result};
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::resources::{FIELD_MANAGER, Settings, labels};
+
+/// How long shutdown waits for servers and the Lease release before giving up.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Settings of `wscluster-operator run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// URL nodes and proxies are told to subscribe to (`--ring-public-url`).
+    pub ring_public_url: String,
+    /// Lease name (`--lease-name`).
+    pub lease_name: String,
+    /// Lease namespace (`--lease-namespace`); without it (or a pod name) there is no election
+    /// and this replica leads alone.
+    pub lease_namespace: Option<String>,
+    /// This replica's identity (`--pod-name`).
+    pub pod_name: Option<String>,
+    /// Only this namespace (`--watch-namespace`); all by default.
+    pub watch_namespace: Option<String>,
+}
+
+/// State the admin endpoints read.
+#[derive(Clone)]
+struct Admin {
+    /// Metrics to encode.
+    metrics: Arc<Metrics>,
+    /// Whether this replica leads (readiness).
+    leader: watch::Receiver<bool>,
+}
+
+async fn admin_response(
+    admin: Admin,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body, content_type) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
+        (&Method::GET, "/readyz") if *admin.leader.borrow() => {
+            (StatusCode::OK, "leader\n".to_string(), "text/plain")
+        }
+        (&Method::GET, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standby: not the leader\n".to_string(),
+            "text/plain",
+        ),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            admin.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_string(),
+            "text/plain",
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    Ok(response)
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`.
+async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(
+            async move {
+                let service = service_fn(move |req| admin_response(admin.clone(), req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "admin connection ended");
+                        }
+                    }
+                    () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+                }
+            }
+            .instrument(info_span!("admin", %peer)),
+        );
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Maps an EndpointSlice of a node Service to its `WsCluster` (slices copy the Service's
+/// labels, so `app.kubernetes.io/instance` names the cluster).
+fn slice_owner(slice: EndpointSlice) -> Option<ObjectRef<WsCluster>> {
+    let labels = slice.metadata.labels.as_ref()?;
+    let name = labels.get(labels::INSTANCE)?;
+    let service = labels.get(labels::SERVICE_NAME)?;
+    if service != &format!("{name}-node") {
+        return None;
+    }
+    Some(ObjectRef::new(name).within(&slice.namespace()?))
+}
+
+/// Runs the operator until `shutdown` (or until leadership is lost).
+pub async fn run(
+    config: Config,
+    client: Client,
+    ring_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let hub = RingHub::new();
+    let metrics = Arc::new(Metrics::default());
+    let tracker = TaskTracker::new();
+    let (leader_tx, leader_rx) = watch::channel(false);
+
+    tracker.spawn(
+        {
+            let hub = hub.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                if let Err(e) = wscluster_ring_stream::serve(ring_listener, hub, shutdown).await {
+                    warn!(error = %e, "ring stream server failed");
+                }
+            }
+        }
+        .instrument(info_span!("ring_stream")),
+    );
+    tracker.spawn(serve_admin(
+        admin_listener,
+        Admin {
+            metrics: metrics.clone(),
+            leader: leader_rx.clone(),
+        },
+        shutdown.clone(),
+    ));
+
+    let election = shutdown.child_token();
+    match (&config.lease_namespace, &config.pod_name) {
+        (Some(namespace), Some(identity)) => {
+            let elector = LeaderElector {
+                api: Api::namespaced(client.clone(), namespace),
+                config: LeaseConfig {
+                    name: config.lease_name.clone(),
+                    identity: identity.clone(),
+                },
+            };
+            tracker.spawn(
+                elector
+                    .run(leader_tx, election.clone())
+                    .instrument(info_span!("leader_election")),
+            );
+        }
+        _ => {
+            warn!("no --lease-namespace/--pod-name: running without leader election");
+            leader_tx.send_replace(true);
+        }
+    }
+
+    let mut leader = leader_rx.clone();
+    let elected = tokio::select! {
+        () = shutdown.cancelled() => false,
+        changed = leader.wait_for(|l| *l) => changed.is_ok(),
+    };
+    let mut lost = false;
+    if elected {
+        metrics.leader.set(1);
+        let ctx = Arc::new(Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: config.pod_name.clone(),
+                },
+            ),
+            client: client.clone(),
+            ring: hub.clone(),
+            settings: Settings {
+                ring_url: config.ring_public_url.clone(),
+            },
+            metrics: metrics.clone(),
+            clock: Arc::new(Timestamp::now),
+            new_token: random_token,
+        });
+        let (clusters, owned) = match &config.watch_namespace {
+            Some(ns) => (
+                Api::<WsCluster>::namespaced(client.clone(), ns),
+                Some(ns.clone()),
+            ),
+            None => (Api::<WsCluster>::all(client.clone()), None),
+        };
+        let api = |c: &Client| -> ApiFactory { ApiFactory(c.clone(), owned.clone()) };
+        let f = api(&client);
+        let ours =
+            watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", labels::MANAGED_BY));
+        let node_slices = watcher::Config::default().labels(&format!(
+            "{}={FIELD_MANAGER},{}=node",
+            labels::MANAGED_BY,
+            labels::COMPONENT
+        ));
+        let stop = {
+            let shutdown = shutdown.clone();
+            let mut leader = leader_rx.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    _ = leader.wait_for(|l| !*l) => {}
+                }
+            }
+        };
+        info!("controller starting");
+        Controller::new(clusters, watcher::Config::default())
+            .owns(f.api::<StatefulSet>(), ours.clone())
+            .owns(f.api::<Deployment>(), ours.clone())
+            .owns(f.api::<Service>(), ours.clone())
+            .owns(f.api::<ConfigMap>(), ours.clone())
+            .owns(f.api::<PodDisruptionBudget>(), ours)
+            .watches(f.api::<EndpointSlice>(), node_slices, slice_owner)
+            .graceful_shutdown_on(stop)
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "controller event");
+                }
+            })
+            .await;
+        lost = !shutdown.is_cancelled() && !*leader_rx.borrow();
+        metrics.leader.set(0);
+    }
+
+    election.cancel();
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("shutdown deadline passed with tasks still running");
+    }
+    if lost {
+        return Err(Error::LeadershipLost);
+    }
+    Ok(())
+}
+
+/// Builds `Api`s for the watched namespace or all namespaces.
+struct ApiFactory(Client, Option<String>);
+
+impl ApiFactory {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.1 {
+            Some(ns) => Api::namespaced(self.0.clone(), ns),
+            None => Api::all(self.0.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn slice_with(labels: &[(&str, &str)]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("prod".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![],
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn a_node_slice_maps_to_its_cluster() {
+        let s = slice_with(&[
+            (labels::INSTANCE, "chat"),
+            (labels::SERVICE_NAME, "chat-node"),
+        ]);
+        assert_eq!(slice_owner(s), Some(ObjectRef::new("chat").within("prod")));
+        let proxy = slice_with(&[
+            (labels::INSTANCE, "chat"),
+            (labels::SERVICE_NAME, "chat-proxy"),
+        ]);
+        assert_eq!(slice_owner(proxy), None);
+    }
+}

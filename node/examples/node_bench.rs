@@ -145,10 +145,10 @@ async fn open_reader(addr: String, user: String, received: Arc<AtomicU64>) -> an
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/connect/{user}")).await?;
     while let Some(msg) = ws.next().await {
-        if let Message::Text(t) = msg? {
-            if t.contains("\"ready\"") {
-                break;
-            }
+        if let Message::Text(t) = msg?
+            && t.contains("\"ready\"")
+        {
+            break;
         }
     }
     received.fetch_add(1, Ordering::Relaxed); // counts "ready" while opening

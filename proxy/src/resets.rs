@@ -1,0 +1,342 @@
+//! Ring changes and what follows them: apply a new ring, find the moved connections, and reset
+//! them at a paced rate; plus the idle sweep and the drain on shutdown.
+//!
+//! Pacing is a token bucket without burst: resets start `1 / ratePerSecond` apart, and each
+//! client is told to wait a `retryAfterMs` drawn uniformly from `[0, jitterMs]`, so both the
+//! closes and the reconnects are spread. Before each reset the pacer checks the key's owner
+//! under the newest ring again: a connection whose owner came back (two quick ring changes) is
+//! left alone.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use wscluster_ring::Ring;
+use wscluster_ring::contract::ResetReason;
+
+use crate::registry::{Command, ConnControl, ConnView, Decision, decide, reason_leaving};
+use crate::state::{Routing, Shared};
+
+/// A connection waiting to be reset.
+#[derive(Debug)]
+pub struct Queued {
+    /// The connection (gone if it closed meanwhile).
+    pub control: Weak<ConnControl>,
+    /// The member it is connected to (the old owner).
+    pub member: Arc<str>,
+    /// Why.
+    pub reason: ResetReason,
+    /// The ring version that moved it.
+    pub ring_version: u64,
+}
+
+/// The pacer's queue. Bounded by the number of live connections (each is queued at most once
+/// per ring change and only while registered).
+#[derive(Debug, Default)]
+pub struct ResetQueue {
+    items: Mutex<VecDeque<Queued>>,
+    notify: Notify,
+}
+
+impl ResetQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
+        self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds resets at the back.
+    pub fn push_many(&self, items: Vec<Queued>) {
+        if items.is_empty() {
+            return;
+        }
+        self.lock().extend(items);
+        self.notify.notify_one();
+    }
+
+    fn pop(&self) -> Option<Queued> {
+        self.lock().pop_front()
+    }
+
+    /// Resets waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One reset, reported to the old owner over RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct ResetNote {
+    /// The old owner.
+    pub member: Arc<str>,
+    /// The key.
+    pub key: Box<str>,
+    /// Why.
+    pub reason: ResetReason,
+    /// The ring version.
+    pub ring_version: u64,
+    /// What the client was told.
+    pub retry_after_ms: u64,
+}
+
+/// Where reset notes go; a bounded channel to the bus publisher (a full channel drops the note
+/// and counts an error rather than slowing resets).
+#[derive(Debug, Clone)]
+pub struct ResetSink(pub mpsc::Sender<ResetNote>);
+
+/// What applying a ring did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The ring is in use; `queued` connections wait for a reset.
+    Applied {
+        /// The version now in use.
+        version: u64,
+        /// Connections queued for reset.
+        queued: usize,
+    },
+    /// The ring was refused (older, same version, or another cluster).
+    Ignored(String),
+}
+
+/// Makes `ring` current if it is newer, and queues the connections whose owner changed.
+pub fn apply_ring(shared: &Shared, ring: Arc<Ring>) -> Applied {
+    let old = shared.routing.load_full();
+    if ring.snapshot().cluster_id != shared.cluster_id {
+        shared.metrics.error("ring-wrong-cluster");
+        return Applied::Ignored(format!(
+            "ring is for cluster {:?}, this proxy serves {:?}",
+            ring.snapshot().cluster_id,
+            shared.cluster_id
+        ));
+    }
+    if old.known && ring.version() <= old.ring.version() {
+        shared.metrics.error("ring-not-newer");
+        return Applied::Ignored(format!(
+            "ring version {} is not newer than {}",
+            ring.version(),
+            old.ring.version()
+        ));
+    }
+    let version = ring.version();
+    shared
+        .routing
+        .store(Arc::new(Routing::new(Arc::clone(&ring), &shared.metrics)));
+    shared.metrics.ring_version.set(version as i64);
+    if !old.known {
+        return Applied::Applied { version, queued: 0 };
+    }
+    let started = Instant::now();
+    let (old_ring, new_ring) = (&*old.ring, &*ring);
+    let diff = old_ring.diff(new_ring);
+    let mut queued = Vec::new();
+    shared.registry.for_each(|entry| {
+        if entry.queued {
+            return;
+        }
+        let view = ConnView {
+            hash: entry.control.hash,
+            member: &entry.member,
+            version: entry.version,
+        };
+        match decide(old_ring, new_ring, &diff, view) {
+            Decision::Keep => entry.version = version,
+            Decision::Reset(reason) => {
+                entry.queued = true;
+                queued.push(Queued {
+                    control: Arc::downgrade(&entry.control),
+                    member: Arc::clone(&entry.member),
+                    reason,
+                    ring_version: version,
+                });
+            }
+        }
+    });
+    let scan = started.elapsed();
+    shared
+        .metrics
+        .reset_scan_seconds
+        .observe(scan.as_secs_f64());
+    let count = queued.len();
+    shared.resets.push_many(queued);
+    shared.metrics.reset_queue.set(shared.resets.len() as i64);
+    info!(
+        version,
+        moved = count,
+        live = shared.registry.len(),
+        scan_us = scan.as_micros() as u64,
+        "ring applied"
+    );
+    Applied::Applied {
+        version,
+        queued: count,
+    }
+}
+
+/// For a connection just registered under `version`: if a newer ring was applied meanwhile and
+/// moved its key, queue it now (the scan of that ring may have run before it registered).
+pub fn check_late_registration(
+    shared: &Shared,
+    control: &Arc<ConnControl>,
+    member: &Arc<str>,
+    version: u64,
+) {
+    let routing = shared.routing.load();
+    if routing.ring.version() == version {
+        return;
+    }
+    let same = routing
+        .ring
+        .owner_of_hash(control.hash)
+        .is_ok_and(|m| *m.id == **member);
+    if !same {
+        shared.resets.push_many(vec![Queued {
+            control: Arc::downgrade(control),
+            member: Arc::clone(member),
+            reason: reason_leaving(&routing.ring, member),
+            ring_version: routing.ring.version(),
+        }]);
+    }
+}
+
+/// The pacer: starts queued resets `1 / ratePerSecond` apart until shutdown.
+pub async fn run_pacer(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let rate = f64::from(shared.config.resets.rate_per_second.max(1));
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let jitter = shared.config.resets.jitter_ms;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        let item = loop {
+            if let Some(item) = shared.resets.pop() {
+                break item;
+            }
+            shared.metrics.reset_queue.set(0);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = shared.resets.notify.notified() => {}
+            }
+        };
+        let Some(control) = item.control.upgrade() else {
+            continue;
+        };
+        // Owner back to where the connection is (a quick second ring change)? Leave it.
+        let still_moved = {
+            let routing = shared.routing.load();
+            !routing
+                .ring
+                .owner_of_hash(control.hash)
+                .is_ok_and(|m| *m.id == *item.member)
+        };
+        if !still_moved {
+            debug!(key = %control.key, "owner came back; reset skipped");
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        if next > now {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(next) => {}
+            }
+        } else {
+            next = now;
+        }
+        next += interval;
+        let retry_after_ms = if jitter == 0 {
+            0
+        } else {
+            rand::random_range(0..=jitter)
+        };
+        let sent = control.send(Command::Reset {
+            reason: item.reason,
+            retry_after_ms,
+            ring_version: Some(item.ring_version),
+        });
+        if sent {
+            shared.metrics.reset(item.reason.as_str());
+            if let Some(sink) = &shared.reset_sink {
+                let note = ResetNote {
+                    member: item.member,
+                    key: control.key.clone(),
+                    reason: item.reason,
+                    ring_version: item.ring_version,
+                    retry_after_ms,
+                };
+                if sink.0.try_send(note).is_err() {
+                    shared.metrics.error("reset-event-dropped");
+                }
+            }
+        }
+        shared.metrics.reset_queue.set(shared.resets.len() as i64);
+    }
+}
+
+/// Advances the registry's clock every second and closes connections idle for longer than
+/// `idleTimeoutSeconds` (checked every quarter of that, at least every second).
+pub async fn run_sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let idle = u32::try_from(shared.config.limits.idle_timeout_seconds).unwrap_or(u32::MAX);
+    let every = (idle / 4).max(1);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = shared.registry.tick();
+        if !now.is_multiple_of(every) {
+            continue;
+        }
+        let mut closed = 0;
+        shared.registry.for_each(|entry| {
+            let last = entry
+                .control
+                .last_active
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= idle && entry.control.send(Command::Idle) {
+                closed += 1;
+            }
+        });
+        if closed > 0 {
+            debug!(closed, "idle connections closed");
+        }
+    }
+}
+
+/// Resets every live connection with reason "drain" at once (shutdown after the grace period);
+/// `retryAfterMs` is still spread over the jitter.
+pub fn drain_all(shared: &Shared) -> usize {
+    let jitter = shared.config.resets.jitter_ms;
+    let version = shared.routing.load().ring.version();
+    let mut count = 0;
+    shared.registry.for_each(|entry| {
+        let retry_after_ms = if jitter == 0 {
+            0
+        } else {
+            rand::random_range(0..=jitter)
+        };
+        if entry.control.send(Command::Reset {
+            reason: ResetReason::Drain,
+            retry_after_ms,
+            ring_version: Some(version),
+        }) {
+            count += 1;
+        }
+    });
+    for _ in 0..count {
+        shared.metrics.reset(ResetReason::Drain.as_str());
+    }
+    if count > 0 {
+        warn!(
+            count,
+            "grace period over; remaining connections reset with reason drain"
+        );
+    }
+    count
+}

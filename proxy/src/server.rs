@@ -1,0 +1,487 @@
+//! The client-facing listener: accept loop, per-request routing, WebSocket upgrades handed to
+//! the [`crate::splice`], plain HTTP forwarded to the same owner, and every failure before the
+//! upgrade mapped to one JSON response here.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use crate::key::extract_key;
+use crate::resets::check_late_registration;
+use crate::splice::{End, Splice};
+use crate::state::{Routing, Shared};
+
+/// Response body: our own JSON or a forwarded upstream body.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The pooled client for plain HTTP forwarding.
+pub type HttpClient = Client<HttpConnector, Incoming>;
+
+/// Pause after an accept error (such as running out of file descriptors) so the loop does not
+/// spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A failure before the upgrade, tagged with its side; the one place errors become responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No ring yet.
+    NoRing,
+    /// The ring has no active member.
+    NoOwner,
+    /// The owner did not accept a TCP connection.
+    UpstreamUnreachable,
+    /// The owner did not accept a TCP connection within the connect timeout.
+    UpstreamConnectTimeout,
+    /// The owner accepted but the HTTP exchange failed.
+    UpstreamError,
+    /// The owner did not answer the upgrade in time.
+    UpstreamTimeout,
+}
+
+impl Failure {
+    fn label(self) -> &'static str {
+        match self {
+            Failure::NoRing => "no-ring",
+            Failure::NoOwner => "no-owner",
+            Failure::UpstreamUnreachable => "upstream-unreachable",
+            Failure::UpstreamConnectTimeout => "upstream-connect-timeout",
+            Failure::UpstreamError => "upstream-error",
+            Failure::UpstreamTimeout => "upstream-timeout",
+        }
+    }
+
+    fn response(self, shared: &Shared, member: Option<&str>) -> Response<Body> {
+        shared.metrics.error(self.label());
+        let (status, message) = match self {
+            Failure::NoRing => (StatusCode::SERVICE_UNAVAILABLE, "the proxy has no ring yet"),
+            Failure::NoOwner => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no active member owns keys right now",
+            ),
+            Failure::UpstreamUnreachable => {
+                (StatusCode::BAD_GATEWAY, "the key's owner is unreachable")
+            }
+            Failure::UpstreamConnectTimeout => (
+                StatusCode::BAD_GATEWAY,
+                "the key's owner did not accept a connection in time",
+            ),
+            Failure::UpstreamError => (
+                StatusCode::BAD_GATEWAY,
+                "the key's owner failed the request",
+            ),
+            Failure::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the key's owner did not answer in time",
+            ),
+        };
+        let mut body = serde_json::json!({"error": self.label(), "message": message});
+        if let Some(m) = member {
+            body["member"] = m.into();
+        }
+        let mut resp = json_response(status, &body);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// The client for forwarded HTTP: pooled per owner, with the configured connect timeout.
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(32)
+        .build(connector)
+}
+
+/// Accepts client connections until `shutdown`, each served on its own task in `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limits = shared.config.limits;
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let client = http_client(limits.connect_timeout());
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout())
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    shared.metrics.error("accept");
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            shared.metrics.error("connection-limit");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = Arc::new(permit);
+        let conn_shared = Arc::clone(&shared);
+        let conn_tracker = tracker.clone();
+        let svc_client = client.clone();
+        let service = service_fn(move |req| {
+            let shared = Arc::clone(&conn_shared);
+            let permit = Arc::clone(&permit);
+            let tracker = conn_tracker.clone();
+            let client = svc_client.clone();
+            async move { Ok::<_, Infallible>(handle(req, peer, shared, client, permit, tracker).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let conn_shutdown = shutdown.clone();
+        tracker.spawn(
+            async move {
+                let mut conn = pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "client connection ended with an error") },
+                    () = conn_shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            }
+            .instrument(debug_span!("conn", %peer)),
+        );
+    }
+}
+
+/// Whether a request asks for a WebSocket upgrade (RFC 6455 §4.1).
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let has_token = |name: HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    client: HttpClient,
+    permit: Arc<OwnedSemaphorePermit>,
+    tracker: TaskTracker,
+) -> Response<Body> {
+    let key = match extract_key(&req, &shared.keys) {
+        Ok(k) => k,
+        Err(e) => {
+            shared.metrics.error(e.metric_label());
+            return json_response(e.status(), &e.body());
+        }
+    };
+    let routing = shared.routing.load_full();
+    if !routing.known {
+        return Failure::NoRing.response(&shared, None);
+    }
+    let Ok(index) = routing.ring.owner_index(key.hash) else {
+        return Failure::NoOwner.response(&shared, None);
+    };
+    if is_websocket_upgrade(req.headers()) {
+        upgrade(req, peer, key, routing, index, shared, permit, tracker).await
+    } else {
+        forward(req, peer, &routing, index, &shared, &client).await
+    }
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    routing: &Routing,
+    index: usize,
+    shared: &Shared,
+    client: &HttpClient,
+) -> Response<Body> {
+    let Some(member) = routing.members.get(index) else {
+        return Failure::NoOwner.response(shared, None);
+    };
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Ok(uri) = format!("http://{}{}", member.address, path).parse::<http::Uri>() else {
+        return Failure::UpstreamUnreachable.response(shared, Some(&member.id));
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarded_for(&mut parts.headers, peer);
+    shared.metrics.http_requests.inc();
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed_unsync())
+        }
+        Err(e) if e.is_connect() => {
+            debug!(error = %e, member = %member.id, "owner unreachable");
+            Failure::UpstreamUnreachable.response(shared, Some(&member.id))
+        }
+        Err(e) => {
+            debug!(error = %e, member = %member.id, "forwarding failed");
+            Failure::UpstreamError.response(shared, Some(&member.id))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upgrade(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    key: crate::key::Key,
+    routing: Arc<Routing>,
+    index: usize,
+    shared: Arc<Shared>,
+    permit: Arc<OwnedSemaphorePermit>,
+    tracker: TaskTracker,
+) -> Response<Body> {
+    let Some(member) = routing.members.get(index) else {
+        return Failure::NoOwner.response(&shared, None);
+    };
+    let limits = shared.config.limits;
+    let tcp = match tokio::time::timeout(
+        limits.connect_timeout(),
+        TcpStream::connect(member.address.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            debug!(error = %e, member = %member.id, "owner unreachable");
+            return Failure::UpstreamUnreachable.response(&shared, Some(&member.id));
+        }
+        Err(_) => return Failure::UpstreamConnectTimeout.response(&shared, Some(&member.id)),
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+        Ok(pair) => pair,
+        Err(_) => return Failure::UpstreamError.response(&shared, Some(&member.id)),
+    };
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let mut upstream_req = Request::builder()
+        .method(req.method())
+        .uri(req.uri().path_and_query().map_or("/", |p| p.as_str()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap_or_default();
+    *upstream_req.headers_mut() = req.headers().clone();
+    add_forwarded_for(upstream_req.headers_mut(), peer);
+    let resp = match tokio::time::timeout(
+        limits.header_read_timeout(),
+        sender.send_request(upstream_req),
+    )
+    .await
+    {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            debug!(error = %e, member = %member.id, "upgrade request failed");
+            return Failure::UpstreamError.response(&shared, Some(&member.id));
+        }
+        Err(_) => return Failure::UpstreamTimeout.response(&shared, Some(&member.id)),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The owner refused the upgrade: pass its answer on.
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return Response::from_parts(parts, body.boxed_unsync());
+    }
+    let mut upstream_resp = resp;
+    let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
+    let headers = std::mem::take(upstream_resp.headers_mut());
+    let mut client_resp = Response::new(
+        http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *client_resp.headers_mut() = headers;
+    let member_id = Arc::clone(&member.id);
+    let gauge = member.connections.clone();
+    let version = routing.ring.version();
+    let span = debug_span!("ws", key = %key.key, member = %member_id);
+    tracker.spawn(
+        async move {
+            let _permit = permit;
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    shared.metrics.error("upgrade");
+                    debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let (Ok(client), Ok(upstream)) = (
+                client.downcast::<TokioIo<TcpStream>>(),
+                upstream.downcast::<TokioIo<TcpStream>>(),
+            ) else {
+                shared.metrics.error("upgrade");
+                return;
+            };
+            let registration =
+                shared
+                    .registry
+                    .register(&key.key, key.hash, Arc::clone(&member_id), version);
+            check_late_registration(&shared, &registration.control, &member_id, version);
+            shared.metrics.upgrades.inc();
+            gauge.inc();
+            let end = Splice::new(
+                client.io.into_inner(),
+                upstream.io.into_inner(),
+                limits.max_frame_bytes,
+                &registration.control,
+                &shared.registry,
+            )
+            .run(client.read_buf, upstream.read_buf)
+            .await;
+            gauge.dec();
+            if let End::FrameTooBig { .. } = end {
+                shared.metrics.error("frame-too-big");
+            }
+            debug!(end = end.label(), "connection ended");
+        }
+        .instrument(span),
+    );
+    client_resp
+}
+
+/// The body type's empty value, for tests and the admin server.
+pub fn empty_body() -> Body {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_detection_needs_both_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(is_websocket_upgrade(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_upgrade(&h));
+        h.remove(header::CONNECTION);
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!is_websocket_upgrade(&h));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+        add_forwarded_for(&mut h, "10.1.2.3:5".parse().expect("addr"));
+        add_forwarded_for(&mut h, "10.9.9.9:5".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3, 10.9.9.9");
+    }
+}

@@ -1,0 +1,534 @@
+//! The WebSocket splice: bytes copied both ways between two plain `TcpStream`s after the 101,
+//! with the proxy's own frames injected only when it must end the connection.
+//!
+//! Memory is the point of this module's shape. An idle connection holds no copy buffer: the
+//! task waits for readiness (`poll_read_ready`, which uses the socket's own waker slot, no
+//! allocation), then borrows a buffer from a small per-thread pool, reads and writes until the
+//! socket would block, and gives the buffer back. A buffer stays with a connection only while
+//! the other side cannot take the bytes yet (backpressure). So an idle connection costs its two
+//! sockets, this task and its registry entry.
+//!
+//! Each direction runs a [`FrameTracker`] so the proxy knows where frames and messages end:
+//! to reset a client it waits (briefly) for a message boundary on the upstream→client
+//! direction, then writes the reset text frame and a close frame (RFC 6455 §5.5.1) with the
+//! reason's application code, and sends the upstream a masked close frame (§5.3) with 1001.
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wscluster_ring::contract::{ResetFrame, ResetReason};
+
+use crate::frame::{FrameTooBig, FrameTracker, client_close, server_close, server_text};
+use crate::registry::{Command, ConnControl, Registry};
+
+/// Size of a pooled copy buffer. 16 KiB covers a typical TCP read on loopback and a full TLS
+/// record's worth of data; larger frames simply take several reads.
+const BUF_BYTES: usize = 16 * 1024;
+/// Buffers kept per worker thread. Only connections with bytes in flight hold one, so a few
+/// dozen per thread cover bursts without keeping memory for idle connections.
+const POOL_PER_THREAD: usize = 64;
+/// Reads per readiness event before yielding to the other direction (fairness).
+const READS_PER_WAKE: usize = 4;
+/// How long a reset waits for the current upstream message to end before giving up on the
+/// reset text (a close frame alone may still go at a frame boundary).
+const BOUNDARY_WAIT: Duration = Duration::from_millis(1000);
+/// How long the proxy's final frames may take to write.
+const WRITE_WAIT: Duration = Duration::from_millis(1000);
+/// How long the proxy waits for both peers to close after its close frames, so the sockets
+/// end with FIN rather than RST (§7.1.1: the server closes TCP after the close handshake).
+const LINGER: Duration = Duration::from_millis(1000);
+/// Close code "going away" (§7.4.1), sent to the upstream on a reset, and to both on idle.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code "message too big" (§7.4.1), sent to the side that exceeded `maxFrameBytes`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> Box<[u8]> {
+    POOL.try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0u8; BUF_BYTES].into_boxed_slice())
+}
+
+fn give_buf(buf: Box<[u8]>) {
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_PER_THREAD {
+            p.push(buf);
+        }
+    });
+}
+
+/// How a splice ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both peers closed.
+    Closed,
+    /// The proxy reset the client (a ring change or a drain).
+    Reset(ResetReason),
+    /// Nothing passed for the idle timeout.
+    Idle,
+    /// A frame over `maxFrameBytes`; `from_client` says who sent it.
+    FrameTooBig {
+        /// Whether the client (rather than the upstream) sent it.
+        from_client: bool,
+    },
+    /// A socket failed.
+    Error(io::Error),
+}
+
+impl End {
+    /// A label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Reset(_) => "reset",
+            End::Idle => "idle",
+            End::FrameTooBig { .. } => "frame-too-big",
+            End::Error(_) => "io",
+        }
+    }
+}
+
+/// Bytes read but not yet written.
+struct Pending {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+/// One direction of the splice.
+struct Dir {
+    tracker: FrameTracker,
+    pending: Option<Pending>,
+    /// The source sent FIN.
+    eof: bool,
+    /// The destination's write side is shut down.
+    shut: bool,
+    /// The stream was cut mid-frame: no frame of ours may follow.
+    broken: bool,
+}
+
+impl Dir {
+    fn new(max_frame_bytes: u64) -> Self {
+        Dir {
+            tracker: FrameTracker::new(max_frame_bytes),
+            pending: None,
+            eof: false,
+            shut: false,
+            broken: false,
+        }
+    }
+
+    fn wants_read(&self) -> bool {
+        !self.eof && self.pending.is_none()
+    }
+
+    fn done(&self) -> bool {
+        self.eof && self.pending.is_none()
+    }
+
+    /// Whether a frame of ours may be written to this direction's destination now.
+    fn can_inject(&self) -> bool {
+        !self.broken
+            && self.pending.is_none()
+            && self.tracker.at_frame_boundary()
+            && !self.tracker.closed()
+    }
+}
+
+/// What one readiness event produced.
+#[derive(Default)]
+struct Events {
+    control: bool,
+    client_read: bool,
+    upstream_read: bool,
+    client_write: bool,
+    upstream_write: bool,
+}
+
+/// Why the copy loop stopped.
+enum Stop {
+    Closed,
+    Command(Command),
+    TooBig { from_client: bool },
+    Error(io::Error),
+}
+
+/// A spliced connection: the client and upstream sockets and each direction's state.
+pub struct Splice<'a> {
+    client: TcpStream,
+    upstream: TcpStream,
+    c2u: Dir,
+    u2c: Dir,
+    control: &'a ConnControl,
+    registry: &'a Registry,
+}
+
+impl<'a> Splice<'a> {
+    /// A splice of two upgraded sockets; `control` is how the registry reaches it.
+    pub fn new(
+        client: TcpStream,
+        upstream: TcpStream,
+        max_frame_bytes: u64,
+        control: &'a ConnControl,
+        registry: &'a Registry,
+    ) -> Self {
+        Splice {
+            client,
+            upstream,
+            c2u: Dir::new(max_frame_bytes),
+            u2c: Dir::new(max_frame_bytes),
+            control,
+            registry,
+        }
+    }
+
+    /// Copies until both sides close, a command arrives, or something breaks; then ends the
+    /// connection as the cause requires. `client_pre` and `upstream_pre` are bytes each side
+    /// sent right after the handshake that the HTTP layer had already read.
+    pub async fn run(mut self, client_pre: Bytes, upstream_pre: Bytes) -> End {
+        let early = if client_pre.is_empty() && upstream_pre.is_empty() {
+            None
+        } else {
+            Box::pin(self.forward_pre(client_pre, upstream_pre)).await
+        };
+        let stop = match early {
+            Some(stop) => stop,
+            None => self.copy().await,
+        };
+        match stop {
+            Stop::Closed => End::Closed,
+            Stop::Error(e) => End::Error(e),
+            Stop::Command(Command::Reset {
+                reason,
+                retry_after_ms,
+                ring_version,
+            }) => {
+                let text = ResetFrame::new(reason, retry_after_ms, ring_version).to_json();
+                Box::pin(self.finish(
+                    Some(text),
+                    (reason.close_code(), reason.as_str()),
+                    (CLOSE_GOING_AWAY, "going away"),
+                ))
+                .await;
+                End::Reset(reason)
+            }
+            Stop::Command(Command::Idle) => {
+                Box::pin(self.finish(
+                    None,
+                    (CLOSE_GOING_AWAY, "idle timeout"),
+                    (CLOSE_GOING_AWAY, "idle timeout"),
+                ))
+                .await;
+                End::Idle
+            }
+            Stop::TooBig { from_client } => {
+                let (to_client, to_upstream) = if from_client {
+                    (
+                        (CLOSE_TOO_BIG, "message too big"),
+                        (CLOSE_GOING_AWAY, "going away"),
+                    )
+                } else {
+                    (
+                        (CLOSE_GOING_AWAY, "going away"),
+                        (CLOSE_TOO_BIG, "message too big"),
+                    )
+                };
+                Box::pin(self.finish(None, to_client, to_upstream)).await;
+                End::FrameTooBig { from_client }
+            }
+        }
+    }
+
+    async fn forward_pre(&mut self, client_pre: Bytes, upstream_pre: Bytes) -> Option<Stop> {
+        for (from_client, bytes) in [(true, client_pre), (false, upstream_pre)] {
+            if bytes.is_empty() {
+                continue;
+            }
+            let (dir, dst) = if from_client {
+                (&mut self.c2u, &mut self.upstream)
+            } else {
+                (&mut self.u2c, &mut self.client)
+            };
+            if dir.tracker.feed(&bytes, false).is_err() {
+                dir.broken = true;
+                return Some(Stop::TooBig { from_client });
+            }
+            if let Err(e) = dst.write_all(&bytes).await {
+                return Some(Stop::Error(e));
+            }
+        }
+        None
+    }
+
+    /// The copy loop.
+    async fn copy(&mut self) -> Stop {
+        let mut notified = pin!(self.control.notify.notified());
+        loop {
+            let ev = {
+                let (client, upstream, c2u, u2c) =
+                    (&self.client, &self.upstream, &self.c2u, &self.u2c);
+                let mut notified = notified.as_mut();
+                poll_fn(|cx| {
+                    let mut ev = Events {
+                        control: notified.as_mut().poll(cx).is_ready(),
+                        ..Events::default()
+                    };
+                    if c2u.wants_read() {
+                        ev.client_read = client.poll_read_ready(cx).is_ready();
+                    }
+                    if u2c.wants_read() {
+                        ev.upstream_read = upstream.poll_read_ready(cx).is_ready();
+                    }
+                    if c2u.pending.is_some() {
+                        ev.upstream_write = upstream.poll_write_ready(cx).is_ready();
+                    }
+                    if u2c.pending.is_some() {
+                        ev.client_write = client.poll_write_ready(cx).is_ready();
+                    }
+                    if ev.control
+                        || ev.client_read
+                        || ev.upstream_read
+                        || ev.client_write
+                        || ev.upstream_write
+                    {
+                        Poll::Ready(ev)
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await
+            };
+            if ev.control {
+                if let Some(cmd) = self.control.take() {
+                    return Stop::Command(cmd);
+                }
+                notified.set(self.control.notify.notified());
+            }
+            let now = self.registry.now_secs();
+            if ev.client_write
+                && let Err(e) = flush(&self.client, &mut self.u2c)
+            {
+                return Stop::Error(e);
+            }
+            if ev.upstream_write
+                && let Err(e) = flush(&self.upstream, &mut self.c2u)
+            {
+                return Stop::Error(e);
+            }
+            if ev.client_read {
+                match pump(&self.client, &self.upstream, &mut self.c2u) {
+                    Ok(()) => self.control.last_active.store(now, Ordering::Relaxed),
+                    Err(PumpError::Io(e)) => return Stop::Error(e),
+                    Err(PumpError::TooBig(e)) => {
+                        tracing::debug!(len = e.len, "client frame over maxFrameBytes");
+                        return Stop::TooBig { from_client: true };
+                    }
+                }
+            }
+            if ev.upstream_read {
+                match pump(&self.upstream, &self.client, &mut self.u2c) {
+                    Ok(()) => self.control.last_active.store(now, Ordering::Relaxed),
+                    Err(PumpError::Io(e)) => return Stop::Error(e),
+                    Err(PumpError::TooBig(e)) => {
+                        tracing::debug!(len = e.len, "upstream frame over maxFrameBytes");
+                        return Stop::TooBig { from_client: false };
+                    }
+                }
+            }
+            if self.c2u.done() && !self.c2u.shut {
+                self.c2u.shut = true;
+                let _ = self.upstream.shutdown().await;
+            }
+            if self.u2c.done() && !self.u2c.shut {
+                self.u2c.shut = true;
+                let _ = self.client.shutdown().await;
+            }
+            if self.c2u.shut && self.u2c.shut {
+                return Stop::Closed;
+            }
+        }
+    }
+
+    /// Ends the connection with the proxy's own frames: waits briefly for the upstream's current
+    /// message to end, writes `text` (if any) and a close frame to the client, a masked close to
+    /// the upstream, shuts both down and lingers for their FINs.
+    async fn finish(
+        &mut self,
+        text: Option<String>,
+        to_client: (u16, &str),
+        to_upstream: (u16, &str),
+    ) {
+        let at_message = tokio::time::timeout(BOUNDARY_WAIT, self.reach_message_boundary())
+            .await
+            .unwrap_or(false);
+        // Bytes the client already sent go to the upstream first, so its stream stays whole.
+        if let Some(p) = self.c2u.pending.take() {
+            let ok =
+                tokio::time::timeout(WRITE_WAIT, self.upstream.write_all(&p.buf[p.start..p.end]))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            self.c2u.broken |= !ok;
+            give_buf(p.buf);
+        }
+        let mut out = Vec::new();
+        if self.u2c.can_inject() {
+            if let Some(text) = text.as_deref().filter(|_| at_message) {
+                server_text(&mut out, text);
+            }
+            server_close(&mut out, to_client.0, to_client.1);
+        }
+        let _ = tokio::time::timeout(WRITE_WAIT, async {
+            self.client.write_all(&out).await?;
+            self.client.shutdown().await
+        })
+        .await;
+        let mut up = Vec::new();
+        if self.c2u.can_inject() {
+            client_close(&mut up, to_upstream.0, to_upstream.1, rand::random());
+        }
+        let _ = tokio::time::timeout(WRITE_WAIT, async {
+            self.upstream.write_all(&up).await?;
+            self.upstream.shutdown().await
+        })
+        .await;
+        if let Some(p) = self.u2c.pending.take() {
+            give_buf(p.buf);
+        }
+        let _ = tokio::time::timeout(LINGER, async {
+            let (mut a, mut b) = ([0u8; 256], [0u8; 256]);
+            let (mut client_eof, mut upstream_eof) = (false, false);
+            while !(client_eof && upstream_eof) {
+                tokio::select! {
+                    r = self.client.read(&mut a), if !client_eof => client_eof = !matches!(r, Ok(n) if n > 0),
+                    r = self.upstream.read(&mut b), if !upstream_eof => upstream_eof = !matches!(r, Ok(n) if n > 0),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Forwards upstream bytes up to the end of the current message; anything after it is
+    /// dropped (the connection is ending). False if the upstream closed or broke first.
+    async fn reach_message_boundary(&mut self) -> bool {
+        loop {
+            if let Some(p) = self.u2c.pending.take() {
+                if self.client.write_all(&p.buf[p.start..p.end]).await.is_err() {
+                    give_buf(p.buf);
+                    self.u2c.broken = true;
+                    return false;
+                }
+                give_buf(p.buf);
+            }
+            if self.u2c.tracker.at_message_boundary() {
+                return !self.u2c.broken;
+            }
+            if self.u2c.eof || self.u2c.broken {
+                return false;
+            }
+            let mut buf = take_buf();
+            let n = match self.upstream.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    self.u2c.eof = true;
+                    give_buf(buf);
+                    return false;
+                }
+                Ok(n) => n,
+            };
+            match self.u2c.tracker.feed(&buf[..n], true) {
+                Ok(upto) => {
+                    self.u2c.pending = Some(Pending {
+                        buf,
+                        start: 0,
+                        end: upto,
+                    })
+                }
+                Err(_) => {
+                    self.u2c.broken = true;
+                    give_buf(buf);
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+enum PumpError {
+    Io(io::Error),
+    TooBig(FrameTooBig),
+}
+
+/// Moves what `src` has to `dst` without blocking, for one readiness event. Leaves bytes that
+/// `dst` cannot take yet in `dir.pending` (and stops reading `src` until they are written).
+fn pump(src: &TcpStream, dst: &TcpStream, dir: &mut Dir) -> Result<(), PumpError> {
+    let mut buf = take_buf();
+    let mut result = Ok(());
+    for _ in 0..READS_PER_WAKE {
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => {
+                dir.eof = true;
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                result = Err(PumpError::Io(e));
+                break;
+            }
+        };
+        if let Err(e) = dir.tracker.feed(&buf[..n], false) {
+            dir.broken = true;
+            result = Err(PumpError::TooBig(e));
+            break;
+        }
+        let written = match dst.try_write(&buf[..n]) {
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                result = Err(PumpError::Io(e));
+                break;
+            }
+        };
+        if written < n {
+            dir.pending = Some(Pending {
+                buf,
+                start: written,
+                end: n,
+            });
+            return Ok(());
+        }
+    }
+    give_buf(buf);
+    result
+}
+
+/// Writes pending bytes as far as `dst` takes them now.
+fn flush(dst: &TcpStream, dir: &mut Dir) -> io::Result<()> {
+    let Some(p) = dir.pending.as_mut() else {
+        return Ok(());
+    };
+    while p.start < p.end {
+        match dst.try_write(&p.buf[p.start..p.end]) {
+            Ok(w) => p.start += w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(p) = dir.pending.take() {
+        give_buf(p.buf);
+    }
+    Ok(())
+}

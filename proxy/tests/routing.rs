@@ -1,0 +1,367 @@
+//! Routing through the real proxy binary: same key → same backend over WebSocket and HTTP,
+//! distribution, and every bad input answered without disturbing anything else.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use wscluster_ring::{Member, Ring, RingSnapshot};
+
+async fn three_backends() -> Vec<Backend> {
+    vec![
+        Backend::start("node-a").await,
+        Backend::start("node-b").await,
+        Backend::start("node-c").await,
+    ]
+}
+
+#[tokio::test]
+async fn the_same_key_always_reaches_the_same_backend_over_websocket_and_http() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backends = three_backends().await;
+        let dir = temp_dir("same-key");
+        let ring_path = dir.join("ring.json");
+        let snap = write_ring(
+            &ring_path,
+            1,
+            backends.iter().map(Backend::member).collect(),
+        );
+        let ring = Ring::build(snap).expect("ring");
+        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
+        proxy.wait_ring_version(1).await;
+
+        let mut per_backend: HashMap<String, usize> = HashMap::new();
+        for i in 0..60 {
+            let key = format!("user-{i}");
+            let expected = ring.owner(&key).expect("owner").id.clone();
+            let (mut ws, first) = connect(&proxy.ws_url(&format!("/connect/{key}"))).await;
+            assert_eq!(first, expected, "{key} over the path");
+            echo(&mut ws, "ping").await;
+            let (_ws2, second) = connect(&proxy.ws_url(&format!("/ws?userId={key}"))).await;
+            assert_eq!(second, expected, "{key} over the query");
+            let (status, body) =
+                http_get(proxy.addr, &format!("/send?userId={key}&message=hi"), &[]).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, expected, "{key} over HTTP");
+            *per_backend.entry(first).or_default() += 1;
+        }
+        // Distribution: every backend gets a fair share of 60 keys.
+        assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+        assert!(per_backend.values().all(|&n| n >= 8), "{per_backend:?}");
+        let upgrades = proxy.metric("wscluster_proxy_upgrades_total").await;
+        assert_eq!(upgrades, Some(120.0));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_a_ring_and_requests_before_it_get_503_with_retry_after() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backend = Backend::start("node-a").await;
+        let dir = temp_dir("no-ring");
+        let ring_path = dir.join("ring.json");
+        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
+        let (status, _) = proxy.admin_get("/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = proxy.admin_get("/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, headers, body) = http_get_full(proxy.addr, "/send?userId=alice", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "1");
+        assert!(body.contains("no-ring"), "{body}");
+
+        // A ring with only a draining member: known, but nobody owns keys.
+        write_ring(&ring_path, 1, vec![backend.member().draining()]);
+        proxy.wait_ring_version(1).await;
+        let (status, headers, body) = http_get_full(proxy.addr, "/send?userId=alice", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "1");
+        assert!(body.contains("no-owner"), "{body}");
+
+        write_ring(&ring_path, 2, vec![backend.member()]);
+        proxy.wait_ring_version(2).await;
+        let (status, body) = http_get(proxy.addr, "/send?userId=alice", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "node-a"));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backend = Backend::start("node-a").await;
+        let dir = temp_dir("bad-key");
+        let ring_path = dir.join("ring.json");
+        write_ring(&ring_path, 1, vec![backend.member()]);
+        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
+        proxy.wait_ring_version(1).await;
+        let (status, body) = http_get(proxy.addr, "/send?message=hi", &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["error"], "missing-key");
+        assert_eq!(
+            v["expected"],
+            serde_json::json!(["path /connect/{key}", "query parameter userId"])
+        );
+        let long = "x".repeat(200);
+        for path in ["/connect/a%00b", &format!("/connect/{long}"), "/x?userId="] {
+            let (status, body) = http_get(proxy.addr, path, &[]).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+            assert!(body.contains("invalid-key"), "{path}: {body}");
+        }
+        // A WebSocket upgrade without a key is refused the same way.
+        let err = tokio_tungstenite::connect_async(proxy.ws_url("/elsewhere"))
+            .await
+            .expect_err("refused");
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status(), StatusCode::BAD_REQUEST)
+            }
+            other => panic!("expected an HTTP refusal, got {other}"),
+        }
+        // Nothing else was disturbed.
+        let (_ws, id) = connect(&proxy.ws_url("/connect/alice")).await;
+        assert_eq!(id, "node-a");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn jwt_keys_are_verified_and_a_client_cannot_claim_someone_else_s_key() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let backend = Backend::start("node-a").await;
+        let dir = temp_dir("jwt");
+        let ring_path = dir.join("ring.json");
+        write_ring(&ring_path, 1, vec![backend.member()]);
+        let secret = b"a-test-secret-of-at-least-32-bytes!!";
+        std::fs::write(dir.join("jwt.key"), secret).expect("write key");
+        let config = format!(
+            "keySources:\n  - path: \"/connect/{{key}}\"\n  - jwt: {{claim: sub, algorithm: HS256, keyFile: {}, from: query, queryParam: token}}\n",
+            dir.join("jwt.key").display()
+        );
+        let proxy = Proxy::spawn(&dir, &config, support::Ring::File(&ring_path)).await;
+        proxy.wait_ring_version(1).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let sign = |claims: serde_json::Value, key: &[u8]| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key))
+                .expect("sign")
+        };
+        let alice = sign(serde_json::json!({"sub": "alice", "exp": now + 300}), secret);
+        let (_ws, id) = connect(&proxy.ws_url(&format!("/connect/alice?token={alice}"))).await;
+        assert_eq!(id, "node-a");
+        let (status, _) = http_get(proxy.addr, &format!("/send?token={alice}"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = http_get(proxy.addr, &format!("/connect/bob?token={alice}"), &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let forged = sign(serde_json::json!({"sub": "alice", "exp": now + 300}), b"another-secret-another-secret-xx");
+        let expired = sign(serde_json::json!({"sub": "alice", "exp": now - 300}), secret);
+        for token in [None, Some(forged), Some(expired), Some("garbage".to_string())] {
+            let path = match &token {
+                Some(t) => format!("/connect/alice?token={t}"),
+                None => "/connect/alice".to_string(),
+            };
+            let (status, body) = http_get(proxy.addr, &path, &[]).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+            assert!(body.contains("unauthorized"), "{body}");
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn an_unreachable_owner_is_a_quick_502_never_a_hang() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // A port with nothing listening: bind, note it, close.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let dir = temp_dir("unreachable");
+        let ring_path = dir.join("ring.json");
+        write_ring(
+            &ring_path,
+            1,
+            vec![Member::active("gone", closed.to_string())],
+        );
+        let proxy = Proxy::spawn(
+            &dir,
+            "limits: {connectTimeoutMs: 500}",
+            support::Ring::File(&ring_path),
+        )
+        .await;
+        proxy.wait_ring_version(1).await;
+        let started = Instant::now();
+        let (status, body) = http_get(proxy.addr, "/send?userId=alice", &[]).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert!(body.contains("upstream-unreachable"), "{body}");
+        let err = tokio_tungstenite::connect_async(proxy.ws_url("/connect/alice"))
+            .await
+            .expect_err("refused");
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status(), StatusCode::BAD_GATEWAY)
+            }
+            other => panic!("expected an HTTP refusal, got {other}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_a_slow_client_is_cut_off() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backend = Backend::start("node-a").await;
+        let dir = temp_dir("limits");
+        let ring_path = dir.join("ring.json");
+        write_ring(&ring_path, 1, vec![backend.member()]);
+        let proxy = Proxy::spawn(
+            &dir,
+            "limits: {maxHeaderBytes: 8192, headerReadTimeoutMs: 500}",
+            support::Ring::File(&ring_path),
+        )
+        .await;
+        proxy.wait_ring_version(1).await;
+        let big = "y".repeat(20_000);
+        let mut s = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        s.write_all(
+            format!("GET /send?userId=a HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+        // Slowloris: half a request line, then silence. The proxy closes within the timeout.
+        let mut slow = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        slow.write_all(b"GET /send?user").await.expect("write");
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest))
+            .await
+            .expect("proxy closed the slow connection");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // Others are served meanwhile.
+        let (status, _) = http_get(proxy.addr, "/send?userId=a", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_and_frames_over_the_limit_close_with_1009() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backend = Backend::start("node-a").await;
+        let dir = temp_dir("conn-limit");
+        let ring_path = dir.join("ring.json");
+        write_ring(&ring_path, 1, vec![backend.member()]);
+        let proxy = Proxy::spawn(
+            &dir,
+            "limits: {maxConnections: 2, maxFrameBytes: 1000}",
+            support::Ring::File(&ring_path),
+        )
+        .await;
+        proxy.wait_ring_version(1).await;
+        let (mut a, _) = connect(&proxy.ws_url("/connect/a")).await;
+        let (_b, _) = connect(&proxy.ws_url("/connect/b")).await;
+        assert!(
+            tokio_tungstenite::connect_async(proxy.ws_url("/connect/c"))
+                .await
+                .is_err()
+        );
+        let refused = proxy
+            .metric("wscluster_proxy_errors_total{kind=\"connection-limit\"}")
+            .await;
+        assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
+        // A frame over maxFrameBytes from the client: closed with 1009.
+        echo(&mut a, "small is fine").await;
+        a.send(Message::text("z".repeat(5_000)))
+            .await
+            .expect("send");
+        let ending = read_ending(&mut a, Duration::from_secs(5)).await;
+        assert_eq!(ending.code, Some(1009));
+        assert!(ending.reset.is_none());
+        // Its slot is free again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok((mut ws, _)) =
+                tokio_tungstenite::connect_async(proxy.ws_url("/connect/c")).await
+            {
+                let _ = next_text(&mut ws).await;
+                break;
+            }
+            assert!(Instant::now() < deadline, "slot never freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn a_stale_or_foreign_ring_is_ignored_and_routing_continues() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backends = three_backends().await;
+        let dir = temp_dir("stale");
+        let ring_path = dir.join("ring.json");
+        write_ring(
+            &ring_path,
+            5,
+            backends.iter().map(Backend::member).collect(),
+        );
+        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
+        proxy.wait_ring_version(5).await;
+        let (mut ws, _) = connect(&proxy.ws_url("/connect/alice")).await;
+        // An older ring with a single member would move most keys: it must be ignored.
+        write_ring(&ring_path, 3, vec![backends[0].member()]);
+        // Another cluster's ring, newer: ignored too.
+        let foreign = RingSnapshot::new("other/cluster", 9, vec![backends[1].member()]);
+        std::fs::write(dir.join("foreign.tmp"), foreign.to_json()).expect("write");
+        // Then a newer valid ring with the same members, which proves the watcher read past
+        // the ignored ones.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        std::fs::rename(dir.join("foreign.tmp"), &ring_path).expect("rename");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        write_ring(
+            &ring_path,
+            6,
+            backends.iter().map(Backend::member).collect(),
+        );
+        proxy.wait_ring_version(6).await;
+        echo(&mut ws, "still here").await;
+        let resets = proxy.metric("wscluster_proxy_resets_total").await;
+        assert_eq!(resets, None, "no reset happened");
+    })
+    .await
+    .expect("test finished in time");
+}

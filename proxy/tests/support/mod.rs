@@ -1,0 +1,427 @@
+//! Test harness: small WebSocket + HTTP backends that report their id, ring files, and the real
+//! proxy binary spawned on 127.0.0.1 port 0.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wscluster_ring::{Member, RingSnapshot};
+
+/// Every test bounds its own time with this.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const CLUSTER: &str = "test/chat";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique temp directory for this test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "wscluster-proxy-test-{}-{n}-{name}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// What a backend saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// A WebSocket session opened for this path.
+    Opened(String),
+    /// A session ended; the close code the client (the proxy) sent, if any.
+    Closed { path: String, code: Option<u16> },
+}
+
+/// A test backend: WebSocket sessions send `{"server":"<id>"}` first and echo every text
+/// message; any plain HTTP request answers the id as text.
+pub struct Backend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub events: mpsc::UnboundedReceiver<BackendEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(id: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, events) = mpsc::unbounded_channel();
+        let id_owned: Arc<str> = Arc::from(id);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let id = Arc::clone(&id_owned);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let id = Arc::clone(&id);
+                        let tx = tx.clone();
+                        async move { Ok::<_, Infallible>(backend_answer(req, id, tx)) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Backend {
+            id: id.to_owned(),
+            addr,
+            events,
+            task,
+        }
+    }
+
+    pub fn member(&self) -> Member {
+        Member::active(self.id.clone(), self.addr.to_string())
+    }
+
+    /// The next event, within a deadline.
+    pub async fn next_event(&mut self) -> BackendEvent {
+        tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+            .await
+            .expect("backend event in time")
+            .expect("backend running")
+    }
+}
+
+fn backend_answer(
+    mut req: Request<Incoming>,
+    id: Arc<str>,
+    tx: mpsc::UnboundedSender<BackendEvent>,
+) -> Response<Full<Bytes>> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::new(Full::new(Bytes::from(id.to_string())));
+    };
+    let path = req.uri().to_string();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let _ = tx.send(BackendEvent::Opened(path.clone()));
+        let hello = serde_json::json!({"server": &*id}).to_string();
+        if ws.send(Message::text(hello)).await.is_err() {
+            return;
+        }
+        let mut code = None;
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Text(t)) => {
+                    if ws.send(Message::Text(t)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Message::Binary(b)) => {
+                    if ws.send(Message::Binary(b)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    code = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(BackendEvent::Closed { path, code });
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("connection", "upgrade".parse().expect("header"));
+    h.insert("upgrade", "websocket".parse().expect("header"));
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().expect("header"),
+    );
+    resp
+}
+
+/// Writes a ring file atomically (write then rename), so the watcher never reads half a file.
+pub fn write_ring(path: &Path, version: u64, members: Vec<Member>) -> RingSnapshot {
+    let snapshot = RingSnapshot::new(CLUSTER, version, members);
+    let tmp = path.with_extension(format!("tmp{version}"));
+    std::fs::write(&tmp, snapshot.to_json()).expect("write ring");
+    std::fs::rename(&tmp, path).expect("rename ring");
+    snapshot
+}
+
+/// The proxy binary, running.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+}
+
+pub enum Ring<'a> {
+    File(&'a Path),
+    Url(&'a str, &'a str),
+}
+
+impl Proxy {
+    /// Spawns the proxy with this config YAML and ring source; waits for its bound addresses.
+    pub async fn spawn(dir: &Path, config_yaml: &str, ring: Ring<'_>) -> Proxy {
+        let config = dir.join("proxy.yaml");
+        std::fs::write(&config, config_yaml).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wscluster-proxy"));
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .arg("--id")
+            .arg("test-proxy")
+            .arg("--cluster-id")
+            .arg(CLUSTER)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("WSCLUSTER_RING_URL")
+            .env_remove("WSCLUSTER_RING_FILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        match ring {
+            Ring::File(p) => {
+                cmd.arg("--ring-file").arg(p);
+            }
+            Ring::Url(url, token) => {
+                cmd.arg("--ring-url")
+                    .arg(url)
+                    .arg("--ring-token")
+                    .arg(token);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn proxy");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (addr, admin) = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.expect("read proxy output") {
+                if line.contains(" bound") {
+                    let field = |name: &str| -> SocketAddr {
+                        let start = line.find(&format!("{name}=")).expect("field") + name.len() + 1;
+                        line[start..]
+                            .split_whitespace()
+                            .next()
+                            .expect("value")
+                            .parse()
+                            .expect("socket address")
+                    };
+                    return (field("listen"), field("admin"));
+                }
+            }
+            panic!("proxy exited before binding");
+        })
+        .await
+        .expect("proxy bound in time");
+        // Keep draining its output so it never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if std::env::var_os("PROXY_TEST_LOG").is_some() {
+                    eprintln!("proxy: {line}");
+                }
+            }
+        });
+        Proxy {
+            child,
+            addr,
+            admin,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// GET on the admin port: status and body.
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        http_get(self.admin, path, &[]).await
+    }
+
+    /// Waits until `/readyz` reports this ring version.
+    pub async fn wait_ring_version(&self, version: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = self.admin_get("/readyz").await;
+            if status == StatusCode::OK
+                && serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["ringVersion"].as_u64())
+                    == Some(version)
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "proxy never applied ring {version}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A metric's value from `/metrics` (the first line starting with `name`).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+/// One HTTP/1.1 GET with extra headers: status and body.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let (status, _, body) = http_get_full(addr, path, headers).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 GET: status, headers and body.
+pub async fn http_get_full(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(
+            req.body(http_body_util::Empty::<Bytes>::new())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects through the proxy and returns the socket and the backend id it reports.
+pub async fn connect(url: &str) -> (Ws, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let first = next_text(&mut ws).await;
+    let v: serde_json::Value = serde_json::from_str(&first).expect("hello json");
+    let id = v["server"].as_str().expect("server id").to_owned();
+    (ws, id)
+}
+
+/// The next text message, within a deadline.
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("message in time")
+            .expect("stream open")
+            .expect("valid frame");
+        match msg {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Echo round trip: proves the connection is alive and still spliced.
+pub async fn echo(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+    assert_eq!(next_text(ws).await, text);
+}
+
+/// What the proxy sent when it ended a connection: the reset frame (if any) and the close code.
+#[derive(Debug)]
+pub struct Ending {
+    pub reset: Option<serde_json::Value>,
+    pub code: Option<u16>,
+    pub at: tokio::time::Instant,
+}
+
+/// Reads until the connection ends; collects the reset frame and close code.
+pub async fn read_ending(ws: &mut Ws, within: Duration) -> Ending {
+    let mut reset = None;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("connection ended in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                if v["type"] == "reset" {
+                    reset = Some(v);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Ending {
+                    reset,
+                    code: frame.map(|f| u16::from(f.code)),
+                    at: tokio::time::Instant::now(),
+                };
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                return Ending {
+                    reset,
+                    code: None,
+                    at: tokio::time::Instant::now(),
+                };
+            }
+        }
+    }
+}

@@ -236,3 +236,35 @@ async fn bad_requests_get_clear_errors_and_disturb_no_other_session() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test]
+async fn without_rabbitmq_a_broadcast_reaches_the_users_of_a_standalone_node_through_the_in_memory_bus()
+ {
+    tokio::time::timeout(STEP * 3, async {
+        let node = Node::spawn("n-0", &[]).await;
+        let (mut a, _) = node.connect("/connect/ann").await;
+        let (mut b, _) = node.connect("/connect/ben").await;
+        let (status, body) = node.http("POST", "/broadcast?message=hi%20all", None).await;
+        assert_eq!(status, 202, "{body}");
+        for ws in [&mut a, &mut b] {
+            let v = next_json(ws).await;
+            assert_eq!(
+                (v["type"].as_str(), v["content"].as_str()),
+                (Some("broadcast"), Some("hi all"))
+            );
+        }
+        let (status, body) = node
+            .http(
+                "POST",
+                "/broadcast",
+                Some(r#"{"userId":"ann","message":"x"}"#),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("unexpected-user-id"))
+        );
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -27,20 +27,20 @@ trait Lookup {
     fn memory_bytes(&self) -> usize;
 }
 
-struct TableAlgo;
+struct TableAlgo(u32, &'static str);
 struct TableLookup(Ring);
 impl Algo for TableAlgo {
     fn name(&self) -> &'static str {
-        "rendezvous-table (wscluster)"
+        self.1
     }
     fn build(&self, ids: &[String]) -> Box<dyn Lookup> {
         let members = ids
             .iter()
             .map(|id| Member::active(id.clone(), "h:1"))
             .collect();
-        Box::new(TableLookup(
-            Ring::build(RingSnapshot::new("cmp/ring", 1, members)).expect("valid"),
-        ))
+        let mut snapshot = RingSnapshot::new("cmp/ring", 1, members);
+        snapshot.params.slots = self.0;
+        Box::new(TableLookup(Ring::build(snapshot).expect("valid")))
     }
 }
 impl Lookup for TableLookup {
@@ -121,7 +121,11 @@ fn ids(n: usize) -> Vec<String> {
 fn main() {
     let keys: Vec<KeyHash> = (0..KEYS).map(|i| KeyHash::of(format!("u{i}"))).collect();
     let algos: Vec<Box<dyn Algo>> = vec![
-        Box::new(TableAlgo),
+        Box::new(TableAlgo(
+            1 << 16,
+            "rendezvous-table 2^16 (wscluster default)",
+        )),
+        Box::new(TableAlgo(1 << 20, "rendezvous-table 2^20 (wscluster)")),
         Box::new(KetamaAlgo(160, "ketama-160")),
         Box::new(KetamaAlgo(1_000, "ketama-1000")),
         Box::new(MaglevAlgo),

@@ -268,3 +268,47 @@ def test_an_existing_service_account_must_be_named(chart: Any) -> None:
     objs = lib.objects(lib.render(chart, {"serviceAccount": {"create": False, "name": "mine"}}))
     assert by_kind(objs, "ServiceAccount") == []
     assert one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+
+KEY_SOURCE_SAMPLES = [
+    [{"path": "/connect/{key}"}, {"query": "userId"}],
+    [{"path": "/ws/{key}/events"}],
+    [{"header": "X_User-Id"}],
+    [{"cookie": "uid"}],
+    [{"jwt": {"secretRef": {"name": "jwt"}}}],
+    [{"jwt": {"claim": "uid", "algorithm": "ES256", "from": "query", "queryParam": "t", "secretRef": {"name": "jwt", "key": "pub.pem"}}}, {"path": "/c/{key}"}],
+    # refused:
+    [{"path": "/connect"}],
+    [{"path": "connect/{key}"}],
+    [{"path": "/a/{key}/{key}"}],
+    [{"header": "X User"}],
+    [{"query": ""}],
+    [{"query": "a", "cookie": "b"}],
+    [{"jwt": {"algorithm": "HS512", "secretRef": {"name": "jwt"}}}],
+    [{"jwt": {"secretRef": {"name": "Not_A_Name"}}}],
+    [{"jwt": {"secretRef": {"name": "a"}}}, {"jwt": {"secretRef": {"name": "b"}}}],
+    [],
+    [{"query": f"q{i}"} for i in range(9)],
+]
+
+
+@pytest.mark.parametrize("key_sources", KEY_SOURCE_SAMPLES, ids=[str(i) for i in range(len(KEY_SOURCE_SAMPLES))])
+def test_the_chart_accepts_exactly_the_key_sources_the_crd_accepts(chart: Any, crd: dict[str, Any], key_sources: list[Any]) -> None:
+    # Whatever passes `helm install` must also pass the API server when the sample WsCluster is
+    # applied, and whatever the API server would refuse must already stop `helm install`.
+    from helm_python import HelmError
+
+    sample = {
+        "apiVersion": "wscluster.io/v1alpha1",
+        "kind": "WsCluster",
+        "metadata": {"name": "chat"},
+        "spec": {"keySources": key_sources},
+    }
+    crd_problems = lib.custom_resource_problems(crd, sample)
+    values = {"examples": {"wscluster": {"enabled": True, "keySources": key_sources}}}
+    try:
+        lib.render(chart, values)
+        chart_refusal = None
+    except HelmError as err:
+        chart_refusal = str(err)
+    assert (chart_refusal is None) == (crd_problems == []), f"chart: {chart_refusal}; CRD: {crd_problems}"

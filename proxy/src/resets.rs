@@ -340,3 +340,107 @@ pub fn drain_all(shared: &Shared) -> usize {
     }
     count
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+    use crate::key::KeySources;
+    use crate::metrics::Metrics;
+    use crate::registry::{Registration, Registry};
+    use arc_swap::ArcSwap;
+    use wscluster_ring::{KeyHash, Member, RingSnapshot};
+
+    fn shared() -> Shared {
+        let config = ProxyConfig::default();
+        Shared {
+            cluster_id: "t/c".into(),
+            keys: KeySources::from_specs(&config.key_sources).expect("keys"),
+            config,
+            routing: ArcSwap::from_pointee(Routing::unknown("t/c")),
+            registry: Arc::new(Registry::new()),
+            resets: ResetQueue::default(),
+            reset_sink: None,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    fn ring(cluster: &str, version: u64, n: usize) -> Arc<Ring> {
+        let members = (0..n)
+            .map(|i| Member::active(format!("n-{i}"), format!("127.0.0.1:{}", 1000 + i)))
+            .collect();
+        Arc::new(Ring::build(RingSnapshot::new(cluster, version, members)).expect("ring"))
+    }
+
+    fn register_all(s: &Shared, ring: &Ring, n: usize) -> Vec<Registration> {
+        (0..n)
+            .map(|i| {
+                let key = format!("user-{i}");
+                let hash = KeyHash::of(&key);
+                let owner: Arc<str> =
+                    Arc::from(ring.owner_of_hash(hash).expect("owner").id.as_str());
+                s.registry.register(&key, hash, owner, ring.version())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn older_equal_and_foreign_rings_are_ignored_and_change_nothing() {
+        let s = shared();
+        assert_eq!(
+            apply_ring(&s, ring("t/c", 5, 3)),
+            Applied::Applied {
+                version: 5,
+                queued: 0
+            }
+        );
+        let _live = register_all(&s, &s.routing.load().ring, 100);
+        for stale in [ring("t/c", 5, 1), ring("t/c", 4, 1), ring("other/c", 9, 1)] {
+            assert!(matches!(apply_ring(&s, stale), Applied::Ignored(_)));
+            assert_eq!(s.routing.load().ring.version(), 5);
+            assert!(s.resets.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_scan_of_100k_connections_queues_exactly_the_moved_ones_once() {
+        let s = shared();
+        let v1 = ring("t/c", 1, 3);
+        apply_ring(&s, Arc::clone(&v1));
+        let live = register_all(&s, &v1, 100_000);
+        let v2 = ring("t/c", 2, 4);
+        let expected = live
+            .iter()
+            .filter(|r| {
+                v1.owner_of_hash(r.control.hash).expect("o").id
+                    != v2.owner_of_hash(r.control.hash).expect("o").id
+            })
+            .count();
+        let started = std::time::Instant::now();
+        let applied = apply_ring(&s, Arc::clone(&v2));
+        eprintln!(
+            "scan of 100k connections (debug build): {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            applied,
+            Applied::Applied {
+                version: 2,
+                queued: expected
+            }
+        );
+        assert_eq!(s.resets.len(), expected);
+        // A third ring that moves nothing new queues nothing again (already queued or kept).
+        let mut v3 = v2.snapshot().clone();
+        v3.version = 3;
+        let v3 = Arc::new(Ring::build(v3).expect("v3"));
+        assert_eq!(
+            apply_ring(&s, v3),
+            Applied::Applied {
+                version: 3,
+                queued: 0
+            }
+        );
+        assert_eq!(s.resets.len(), expected);
+    }
+}

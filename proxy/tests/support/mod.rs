@@ -175,7 +175,17 @@ fn backend_answer(
 
 /// Writes a ring file atomically (write then rename), so the watcher never reads half a file.
 pub fn write_ring(path: &Path, version: u64, members: Vec<Member>) -> RingSnapshot {
-    let snapshot = RingSnapshot::new(CLUSTER, version, members);
+    write_ring_for(CLUSTER, path, version, members)
+}
+
+/// [`write_ring`] for another cluster id.
+pub fn write_ring_for(
+    cluster: &str,
+    path: &Path,
+    version: u64,
+    members: Vec<Member>,
+) -> RingSnapshot {
+    let snapshot = RingSnapshot::new(cluster, version, members);
     let tmp = path.with_extension(format!("tmp{version}"));
     std::fs::write(&tmp, snapshot.to_json()).expect("write ring");
     std::fs::rename(&tmp, path).expect("rename ring");
@@ -198,6 +208,17 @@ pub enum Ring<'a> {
 impl Proxy {
     /// Spawns the proxy with this config YAML and ring source; waits for its bound addresses.
     pub async fn spawn(dir: &Path, config_yaml: &str, ring: Ring<'_>) -> Proxy {
+        Proxy::spawn_with(dir, config_yaml, ring, CLUSTER, &[]).await
+    }
+
+    /// [`Proxy::spawn`] for another cluster id and with extra flags.
+    pub async fn spawn_with(
+        dir: &Path,
+        config_yaml: &str,
+        ring: Ring<'_>,
+        cluster: &str,
+        extra: &[&str],
+    ) -> Proxy {
         let config = dir.join("proxy.yaml");
         std::fs::write(&config, config_yaml).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wscluster-proxy"));
@@ -208,13 +229,15 @@ impl Proxy {
             .arg("--id")
             .arg("test-proxy")
             .arg("--cluster-id")
-            .arg(CLUSTER)
+            .arg(cluster)
+            .args(extra)
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("WSCLUSTER_RING_URL")
             .env_remove("WSCLUSTER_RING_FILE")
+            .env_remove("WSCLUSTER_AMQP_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

@@ -67,6 +67,8 @@ pub trait RingAuthority: Send + Sync {
     fn publish(&self, snapshot: RingSnapshot) -> Result<(), RingError>;
     /// The subscribers of a cluster.
     fn subscribers(&self, cluster_id: &str) -> Vec<SubscriberInfo>;
+    /// Forgets a deleted cluster and ends its streams.
+    fn remove_cluster(&self, cluster_id: &str);
 }
 
 impl RingAuthority for RingHub {
@@ -81,6 +83,9 @@ impl RingAuthority for RingHub {
     }
     fn subscribers(&self, cluster_id: &str) -> Vec<SubscriberInfo> {
         RingHub::subscribers(self, cluster_id)
+    }
+    fn remove_cluster(&self, cluster_id: &str) {
+        RingHub::remove_cluster(self, cluster_id);
     }
 }
 
@@ -100,6 +105,31 @@ pub struct Context {
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// Makes a new ring token; tests fix it so request bodies are predictable.
     pub new_token: fn() -> String,
+    /// Cluster ids this process handed to the hub, so those of deleted clusters can be
+    /// removed (without a finalizer, reconcile never sees a deletion).
+    pub known: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Context {
+    /// Removes from the hub and the metrics every known cluster not in `present` (the
+    /// controller's store), returning their ids.
+    pub fn forget_departed(&self, present: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let departed: Vec<String> = known.difference(present).cloned().collect();
+        for id in &departed {
+            known.remove(id);
+        }
+        drop(known);
+        for id in &departed {
+            self.ring.remove_cluster(id);
+            self.metrics.forget_cluster(id);
+            info!(cluster = %id, "cluster deleted; ring removed");
+        }
+        departed
+    }
 }
 
 /// A random 256-bit token, hex.
@@ -294,6 +324,10 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     // 2. The ring token.
     let token = ring_token(ctx, &secrets, obj, &cluster).await?;
     ctx.ring.set_token(&cluster_id, token);
+    ctx.known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(cluster_id.clone());
 
     // 3. Configuration and Services.
     let config = resources::config_map(obj)?;
@@ -480,5 +514,7 @@ pub fn error_policy(obj: Arc<WsCluster>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(ERROR_REQUEUE)
 }
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

@@ -41,7 +41,6 @@ pub const MAX_REPLICAS: i32 = 1000;
     kind = "WsCluster",
     plural = "wsclusters",
     shortname = "wsc",
-    category = "all",
     namespaced,
     status = "WsClusterStatus",
     derive = "PartialEq",

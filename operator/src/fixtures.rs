@@ -186,6 +186,9 @@ impl RingAuthority for FakeHub {
     fn publish(&self, snapshot: RingSnapshot) -> Result<(), RingError> {
         self.hub.publish(snapshot)
     }
+    fn remove_cluster(&self, cluster_id: &str) {
+        self.hub.remove_cluster(cluster_id);
+    }
     fn subscribers(&self, _cluster_id: &str) -> Vec<SubscriberInfo> {
         self.proxies
             .lock()
@@ -224,6 +227,15 @@ pub struct ApiServer {
 
 /// A context over a mock client, plus the mock's server side.
 pub fn mock_context(hub: Arc<FakeHub>, clock: TestClock) -> (Arc<Context>, ApiServer) {
+    mock_context_with(hub, clock)
+}
+
+/// A context over a mock client with any ring authority (a real `RingHub` in the ring stream
+/// tests).
+pub fn mock_context_with(
+    hub: Arc<dyn RingAuthority>,
+    clock: TestClock,
+) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Context {
@@ -242,6 +254,7 @@ pub fn mock_context(hub: Arc<FakeHub>, clock: TestClock) -> (Arc<Context>, ApiSe
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || clock.now()),
         new_token: || TEST_TOKEN.to_string(),
+        known: Mutex::default(),
     };
     (Arc::new(ctx), ApiServer { handle })
 }

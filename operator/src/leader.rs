@@ -301,3 +301,93 @@ mod tests {
         assert_eq!(taken.lease_transitions, Some(2));
     }
 }
+
+#[cfg(test)]
+mod api_tests {
+    //! The election's API requests against the mock server.
+
+    use http::{Method, StatusCode};
+    use kube::Api;
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures::{FakeHub, TestClock, mock_context};
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/leader";
+
+    fn config() -> LeaseConfig {
+        LeaseConfig {
+            name: "leader".into(),
+            identity: "op-a".into(),
+        }
+    }
+
+    fn lease_json(holder: &str, renewed: &str) -> serde_json::Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "leader", "namespace": "ops", "resourceVersion": "41"},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                        "renewTime": renewed, "leaseTransitions": 3}})
+    }
+
+    fn now() -> Timestamp {
+        "2027-01-15T08:00:00Z".parse().expect("time")
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_with_us_as_holder() {
+        let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+        let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "ops");
+        let config = config();
+        let (won, ()) = tokio::join!(try_acquire(&api, &config, now()), async {
+            server.expect(Method::GET, LEASE).await.not_found();
+            let create = server
+                .expect(
+                    Method::POST,
+                    "/apis/coordination.k8s.io/v1/namespaces/ops/leases",
+                )
+                .await;
+            assert_eq!(create.body["spec"]["holderIdentity"], "op-a");
+            assert_eq!(create.body["spec"]["leaseDurationSeconds"], 15);
+            let body = create.body.clone();
+            create.respond(StatusCode::CREATED, &body);
+        });
+        assert!(won.expect("no error"));
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lease_of_another_replica_is_left_alone() {
+        let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+        let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "ops");
+        let config = config();
+        let (won, ()) = tokio::join!(try_acquire(&api, &config, now()), async {
+            server.expect(Method::GET, LEASE).await.respond(
+                StatusCode::OK,
+                &lease_json("op-b", "2027-01-15T07:59:55.000000Z"),
+            );
+        });
+        assert!(!won.expect("no error"));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_with_its_resource_version_and_a_lost_race_is_no_error() {
+        let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+        let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "ops");
+        let config = config();
+        let (won, ()) = tokio::join!(try_acquire(&api, &config, now()), async {
+            server.expect(Method::GET, LEASE).await.respond(
+                StatusCode::OK,
+                &lease_json("op-b", "2027-01-15T07:59:00.000000Z"),
+            );
+            let put = server.expect(Method::PUT, LEASE).await;
+            assert_eq!(put.body["metadata"]["resourceVersion"], "41");
+            assert_eq!(put.body["spec"]["holderIdentity"], "op-a");
+            assert_eq!(put.body["spec"]["leaseTransitions"], 4);
+            put.respond(
+                StatusCode::CONFLICT,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+            );
+        });
+        assert!(!won.expect("a conflict is a lost race, not an error"));
+    }
+}

@@ -158,6 +158,34 @@ fn slice_owner(slice: EndpointSlice) -> Option<ObjectRef<WsCluster>> {
     Some(ObjectRef::new(name).within(&slice.namespace()?))
 }
 
+/// How often rings of deleted clusters are looked for.
+const PRUNE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Removes the rings of clusters that left the controller's store (deleted), every
+/// [`PRUNE_PERIOD`], once the store has its first full list.
+async fn prune_departed(
+    store: kube::runtime::reflector::Store<WsCluster>,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        ready = store.wait_until_ready() => if ready.is_err() { return },
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_PERIOD) => {}
+        }
+        let present = store
+            .state()
+            .iter()
+            .filter_map(|c| Some(format!("{}/{}", c.namespace()?, c.name_any())))
+            .collect();
+        ctx.forget_departed(&present);
+    }
+}
+
 /// Runs the operator until `shutdown` (or until leadership is lost).
 pub async fn run(
     config: Config,
@@ -238,6 +266,7 @@ pub async fn run(
             metrics: metrics.clone(),
             clock: Arc::new(Timestamp::now),
             new_token: random_token,
+            known: std::sync::Mutex::default(),
         });
         let (clusters, owned) = match &config.watch_namespace {
             Some(ns) => (
@@ -266,7 +295,12 @@ pub async fn run(
             }
         };
         info!("controller starting");
-        Controller::new(clusters, watcher::Config::default())
+        let controller = Controller::new(clusters, watcher::Config::default());
+        tracker.spawn(
+            prune_departed(controller.store(), ctx.clone(), shutdown.clone())
+                .instrument(info_span!("prune")),
+        );
+        controller
             .owns(f.api::<StatefulSet>(), ours.clone())
             .owns(f.api::<Deployment>(), ours.clone())
             .owns(f.api::<Service>(), ours.clone())
@@ -336,6 +370,51 @@ mod tests {
             endpoints: vec![],
             ports: None,
         }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn admin_serves_health_leader_readiness_and_metrics() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        metrics.reconciles.inc();
+        let (leader_tx, leader) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_admin(
+            listener,
+            Admin { metrics, leader },
+            shutdown.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+            assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+            leader_tx.send_replace(true);
+            assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+            let metrics = get(addr, "/metrics").await;
+            assert!(
+                metrics.contains("wscluster_operator_reconciles_total 1"),
+                "{metrics}"
+            );
+            assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+            shutdown.cancel();
+            server.await.expect("admin server stops");
+        })
+        .await
+        .expect("in time");
     }
 
     #[test]

@@ -20,23 +20,23 @@ const APPS: &str = "/apis/apps/v1/namespaces/default";
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the fake API server holds before a reconcile.
-struct Observed {
+pub(super) struct Observed {
     /// The ring token Secret exists.
-    token_exists: bool,
+    pub(super) token_exists: bool,
     /// The StatefulSet's `spec.replicas`, or absent.
-    sts: Option<i32>,
+    pub(super) sts: Option<i32>,
     /// `(status.replicas, status.readyReplicas)` returned by the StatefulSet apply.
-    sts_status: (i32, i32),
+    pub(super) sts_status: (i32, i32),
     /// The node Service's EndpointSlices.
-    slices: Vec<EndpointSlice>,
+    pub(super) slices: Vec<EndpointSlice>,
 }
 
 /// What reconcile applied.
-struct Applied {
-    secret: Option<Value>,
-    statefulset: Value,
-    deployment: Value,
-    status: Value,
+pub(super) struct Applied {
+    pub(super) secret: Option<Value>,
+    pub(super) statefulset: Value,
+    pub(super) deployment: Value,
+    pub(super) status: Value,
 }
 
 fn secret_with_token() -> Value {
@@ -46,7 +46,7 @@ fn secret_with_token() -> Value {
 }
 
 /// The requests of a reconcile that gets past validation, in order.
-async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
+pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
     let get_token = server
         .expect(Method::GET, &format!("{NS}/secrets/chat-ring-token"))
         .await;
@@ -120,7 +120,7 @@ async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
 }
 
 /// Runs reconcile and the scenario side by side under a timeout.
-async fn run<F, T>(obj: WsCluster, ctx: Arc<Context>, scenario: F) -> (Result<Action>, T)
+pub(super) async fn run<F, T>(obj: WsCluster, ctx: Arc<Context>, scenario: F) -> (Result<Action>, T)
 where
     F: std::future::Future<Output = T>,
 {
@@ -132,7 +132,7 @@ where
 }
 
 /// The status a reconcile wrote, as the next reconcile will see it.
-fn status_of(applied: &Applied) -> WsClusterStatus {
+pub(super) fn status_of(applied: &Applied) -> WsClusterStatus {
     serde_json::from_value(applied.status["status"].clone()).expect("status parses")
 }
 
@@ -562,4 +562,30 @@ fn slices_of_another_service_never_count() {
         crate::membership::members(&[s], "other-node", "ws", 8080, 3).len(),
         0
     );
+}
+
+#[tokio::test]
+async fn the_ring_of_a_deleted_cluster_is_removed_from_the_hub() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub.clone(), TestClock::new());
+    let (result, ()) = run(WsCluster::test(), ctx.clone(), async move {
+        standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(3),
+                sts_status: (3, 3),
+                slices: vec![ready_slice(3)],
+            },
+        )
+        .await;
+        server.event().await;
+    })
+    .await;
+    result.expect("reconciled");
+    assert!(hub.current("default/chat").is_some());
+    let still_there = ["default/chat".to_string()].into();
+    assert!(ctx.forget_departed(&still_there).is_empty());
+    assert_eq!(ctx.forget_departed(&Default::default()), ["default/chat"]);
+    assert!(hub.current("default/chat").is_none());
 }

@@ -1,0 +1,353 @@
+//! The control API and the demo page, on the control port.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /` | the demo page (`/app.js`, `/style.css` beside it) |
+//! | `GET /api/state` | ring version, nodes, proxies, drain, ring snapshot and arcs |
+//! | `POST /api/scale` `{"replicas":N}` | desired node count, 1 to `--max-replicas` |
+//! | `POST /api/nodes/{ordinal}/kill` | SIGKILL a node |
+//! | `POST /api/nodes/{ordinal}/restart` | start it again (a live one is stopped first) |
+//! | `POST /api/proxies/{index}/kill`, `/restart` | the same for proxies |
+//! | `POST /api/authority/stop`, `/start` | stop or resume serving the ring stream |
+//! | `POST /api/send` `{"userId","message"}` | `GET /send` through the first live proxy |
+//! | `POST /api/broadcast` `{"message"}` | `POST /broadcast` through the first live proxy |
+//!
+//! Errors are JSON `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use wscluster_ring::contract::{MAX_KEY_LEN, validate_key};
+
+use super::process::{HttpClient, http_call};
+use super::supervisor::{ApiError, Command, Request as SupervisorRequest, StateView};
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const STYLE_CSS: &str = include_str!("../../assets/style.css");
+
+/// Largest request body the control API reads.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest message the API forwards (it travels in a query string).
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// What the control handlers share.
+#[derive(Clone)]
+pub struct Control {
+    /// Commands to the supervisor.
+    pub commands: mpsc::Sender<SupervisorRequest>,
+    /// The latest rendered state.
+    pub view: watch::Receiver<Arc<StateView>>,
+    /// For forwarding `/api/send` and `/api/broadcast` to a proxy.
+    pub client: HttpClient,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves the control API until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Control,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let control = control.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(handle(&control, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn error_response(e: &ApiError) -> Resp {
+    json_response(e.status, &json!({"error": e.code, "message": e.message}))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Routes one request.
+pub async fn handle(control: &Control, req: Request<Incoming>) -> Resp {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::GET, [""] | ["index.html"]) => Ok(asset("text/html; charset=utf-8", INDEX_HTML)),
+        (&Method::GET, ["app.js"]) => Ok(asset("text/javascript; charset=utf-8", APP_JS)),
+        (&Method::GET, ["style.css"]) => Ok(asset("text/css; charset=utf-8", STYLE_CSS)),
+        (&Method::GET, ["api", "state"]) => {
+            let view = Arc::clone(&control.view.borrow());
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::to_value(&*view).unwrap_or(Value::Null),
+            ))
+        }
+        (&Method::POST, ["api", "scale"]) => scale(control, req).await,
+        (&Method::POST, ["api", "nodes", n, action]) => {
+            let n = number(n, "node ordinal");
+            match (n, *action) {
+                (Ok(n), "kill") => command(control, Command::KillNode(n)).await,
+                (Ok(n), "restart") => command(control, Command::RestartNode(n)).await,
+                (Err(e), _) => Err(e),
+                _ => Err(not_found()),
+            }
+        }
+        (&Method::POST, ["api", "proxies", n, action]) => {
+            let n = number(n, "proxy index");
+            match (n, *action) {
+                (Ok(n), "kill") => command(control, Command::KillProxy(n)).await,
+                (Ok(n), "restart") => command(control, Command::RestartProxy(n)).await,
+                (Err(e), _) => Err(e),
+                _ => Err(not_found()),
+            }
+        }
+        (&Method::POST, ["api", "authority", "stop"]) => {
+            command(control, Command::StopAuthority).await
+        }
+        (&Method::POST, ["api", "authority", "start"]) => {
+            command(control, Command::StartAuthority).await
+        }
+        (&Method::POST, ["api", "send"]) => send(control, req).await,
+        (&Method::POST, ["api", "broadcast"]) => broadcast(control, req).await,
+        (_, ["api", ..]) | (_, [""] | ["app.js"] | ["style.css"] | ["index.html"]) => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{method} is not allowed on {path}"),
+            ))
+        }
+        _ => Err(not_found()),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "no such route; see docs/local.md",
+    )
+}
+
+fn number(raw: &str, what: &str) -> Result<u32, ApiError> {
+    raw.parse::<u32>().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-number",
+            format!("{what} must be a non-negative integer, not {raw:?}"),
+        )
+    })
+}
+
+async fn body_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-json",
+            format!("the body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+async fn command(control: &Control, command: Command) -> Result<Resp, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "local mode is shutting down",
+        )
+    };
+    control
+        .commands
+        .send((command, tx))
+        .await
+        .map_err(|_| unavailable())?;
+    rx.await.map_err(|_| unavailable())??;
+    Ok(json_response(StatusCode::OK, &json!({"ok": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    replicas: u32,
+}
+
+async fn scale(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let body: ScaleBody = body_json(req).await?;
+    command(control, Command::Scale(body.replicas)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SendBody {
+    user_id: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    message: String,
+}
+
+fn check_message(message: &str) -> Result<(), ApiError> {
+    if message.len() > MAX_MESSAGE_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "message-too-long",
+            format!("the message must be at most {MAX_MESSAGE_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986 §2.3).
+fn encode(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn proxy_url(control: &Control) -> Result<String, ApiError> {
+    let view = control.view.borrow();
+    view.proxies
+        .iter()
+        .find(|p| p.process == "running")
+        .map(|p| p.url.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-proxy",
+                "no proxy is running; restart one",
+            )
+        })
+}
+
+async fn forward(control: &Control, method: Method, url: &str) -> Result<Resp, ApiError> {
+    let (status, body) = http_call(&control.client, method, url, None)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "proxy-unreachable", e))?;
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+async fn send(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let body: SendBody = body_json(req).await?;
+    validate_key(&body.user_id).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-user-id",
+            format!("userId is invalid: {e} (1 to {MAX_KEY_LEN} bytes, no control characters)"),
+        )
+    })?;
+    check_message(&body.message)?;
+    let url = format!(
+        "{}/send?userId={}&message={}",
+        proxy_url(control)?,
+        encode(&body.user_id),
+        encode(&body.message)
+    );
+    forward(control, Method::GET, &url).await
+}
+
+async fn broadcast(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let body: BroadcastBody = body_json(req).await?;
+    check_message(&body.message)?;
+    // The proxy routes every request by a key; any key will do for a broadcast.
+    let url = format!(
+        "{}/broadcast?userId=local-control&message={}",
+        proxy_url(control)?,
+        encode(&body.message)
+    );
+    forward(control, Method::POST, &url).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_keeps_unreserved_characters_and_escapes_the_rest() {
+        assert_eq!(encode("alice-1_2.3~"), "alice-1_2.3~");
+        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn numbers_must_be_plain_non_negative_integers() {
+        assert_eq!(number("3", "x").ok(), Some(3));
+        assert!(number("-1", "x").is_err());
+        assert!(number("1e3", "x").is_err());
+        assert!(number("", "x").is_err());
+    }
+}

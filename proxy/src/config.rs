@@ -155,9 +155,12 @@ pub struct JwtSpec {
     /// The claim holding the key (a string), e.g. `sub`.
     #[serde(default = "default_claim")]
     pub claim: String,
-    /// The signature algorithm; tokens signed otherwise are refused.
+    /// The signature algorithm (default HS256); tokens signed otherwise are refused.
+    #[serde(default = "default_algorithm")]
     pub algorithm: JwtAlgorithm,
-    /// The HS256 secret or the PEM public key.
+    /// The HS256 secret or the PEM public key (default `/etc/wscluster/jwt/key`, where the
+    /// operator mounts it).
+    #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
     /// Where the token is read from.
     #[serde(default)]
@@ -165,6 +168,14 @@ pub struct JwtSpec {
     /// The query parameter holding the token when `from: query`.
     #[serde(default = "default_query_param")]
     pub query_param: String,
+}
+
+fn default_algorithm() -> JwtAlgorithm {
+    JwtAlgorithm::HS256
+}
+
+fn default_key_file() -> PathBuf {
+    PathBuf::from("/etc/wscluster/jwt/key")
 }
 
 fn default_claim() -> String {
@@ -363,6 +374,18 @@ resets: {ratePerSecond: 10, jitterMs: 0}
             }
             other => panic!("expected jwt, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_jwt_source_defaults_to_hs256_sub_bearer_and_the_operator_s_key_path() {
+        let c = ProxyConfig::from_yaml("keySources: [{jwt: {}}]").expect("valid");
+        let KeySourceSpec::Jwt(j) = &c.key_sources[0] else {
+            panic!("expected jwt");
+        };
+        assert_eq!(j.algorithm, JwtAlgorithm::HS256);
+        assert_eq!(j.claim, "sub");
+        assert_eq!(j.from, TokenFrom::Header);
+        assert_eq!(j.key_file, PathBuf::from("/etc/wscluster/jwt/key"));
     }
 
     #[test]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the browser test of the local demo page. Installs Debian's Chromium and the npm
+# dependencies (playwright-core only; no browser download) when missing.
+#
+# Env: WSCLUSTER_OPERATOR_BIN (default target/debug/wscluster-operator), and optionally
+# WSCLUSTER_NODE_BIN / WSCLUSTER_PROXY_BIN (default: next to the operator binary).
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium from Debian" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d node_modules/playwright-core ]; then
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent
+fi
+exec node demo.test.js

@@ -35,10 +35,11 @@ use wscluster_ring::contract::stream::SubscriberKind;
 use wscluster_ring::{RingError, RingParams, RingSnapshot};
 use wscluster_ring_stream::{RingHub, SubscriberInfo};
 
-use crate::crd::WsCluster;
+use crate::crd::{MemberStateStatus, WsCluster};
 use crate::error::{Error, Result};
 use crate::membership::{members, plan_ring, snapshot_from_status};
 use crate::metrics::Metrics;
+use crate::probe::{ConnectionProbe, all_empty};
 use crate::resources::{self, ClusterRef, FIELD_MANAGER, RING_TOKEN_KEY, Settings, labels};
 use crate::scaling::{Drain, ScaleInput, ScalePlan, Step, plan_scale};
 use crate::status::{ProxySync, StatusInput, compute_status, degraded_status};
@@ -105,6 +106,8 @@ pub struct Context {
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// Makes a new ring token; tests fix it so request bodies are predictable.
     pub new_token: fn() -> String,
+    /// Asks draining nodes for their session count, so a drain ends early once they are empty.
+    pub probe: Arc<dyn ConnectionProbe>,
     /// Cluster ids this process handed to the hub, so those of deleted clusters can be
     /// removed (without a finalizer, reconcile never sees a deletion).
     pub known: std::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -209,13 +212,17 @@ async fn degrade(obj: &WsCluster, ctx: &Context, error: &Error) -> Result<Action
         .get_or_create(&[("error", reason)])
         .inc();
     warn!(cluster = %obj.name_any(), %error, "spec cannot be reconciled");
-    let status = degraded_status(
+    let mut status = degraded_status(
         obj.status.as_ref(),
         obj.metadata.generation,
         reason,
         error.to_string(),
         (ctx.clock)(),
     );
+    if status.selector.is_empty() {
+        // The scale subresource (and an HPA) needs the selector even before the first success.
+        status.selector = ClusterRef::of(obj)?.node_selector_string();
+    }
     patch_status(ctx, obj, &status).await?;
     publish_event(ctx, obj, EventType::Warning, reason, error.to_string()).await;
     Ok(Action::requeue(DEGRADED_REQUEUE))
@@ -350,7 +357,7 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
         drain.as_ref().map_or(0, |d| d.ring_version),
     );
     let now = (ctx.clock)();
-    let mut scale: ScalePlan = plan_scale(&ScaleInput {
+    let scale_input = ScaleInput {
         desired: obj.spec.replicas,
         current,
         drain,
@@ -359,7 +366,25 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
         leaving_empty: false,
         drain_timeout_seconds: i64::from(obj.spec.drain_timeout_seconds),
         now,
-    });
+    };
+    let mut scale: ScalePlan = plan_scale(&scale_input);
+    if matches!(scale.step, Step::WaitForDrainTimeout { .. }) {
+        // The leaving members as the proxies know them: the draining members of the ring
+        // recorded in status.
+        let leaving: Vec<String> = obj
+            .status
+            .iter()
+            .flat_map(|s| s.members.iter())
+            .filter(|m| m.state == MemberStateStatus::Draining)
+            .map(|m| m.address.clone())
+            .collect();
+        if all_empty(ctx.probe.as_ref(), &leaving).await {
+            scale = plan_scale(&ScaleInput {
+                leaving_empty: true,
+                ..scale_input
+            });
+        }
+    }
     let sts = apply(
         client,
         ns,
@@ -476,7 +501,17 @@ fn ring_note(snapshot: &RingSnapshot) -> String {
 
 async fn scale_events(ctx: &Context, obj: &WsCluster, scale: &ScalePlan, current: Option<i32>) {
     let desired = obj.spec.replicas;
+    let mut type_ = EventType::Normal;
     let (reason, note) = match scale.step {
+        Step::ForceDrain { from, acked, total } => {
+            type_ = EventType::Warning;
+            (
+                "DrainForced",
+                format!(
+                    "only {acked}/{total} proxies applied the drain ring within the limit; scaling nodes from {from} to {desired} anyway"
+                ),
+            )
+        }
         Step::ScaleUp { from } => (
             "ScalingUp",
             format!("scaling nodes from {from} to {desired}"),
@@ -499,7 +534,7 @@ async fn scale_events(ctx: &Context, obj: &WsCluster, scale: &ScalePlan, current
         ),
         _ => return,
     };
-    publish_event(ctx, obj, EventType::Normal, reason, note).await;
+    publish_event(ctx, obj, type_, reason, note).await;
 }
 
 /// What to do after a failed reconcile: count it and retry soon. User errors never reach

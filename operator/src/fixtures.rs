@@ -137,7 +137,10 @@ use wscluster_ring::{RingError, RingSnapshot};
 use wscluster_ring_stream::{RingHub, SubscriberInfo};
 
 use crate::controller::{Context, RingAuthority};
+use std::collections::BTreeMap;
+
 use crate::metrics::Metrics;
+use crate::probe::{ConnectionProbe, CountFuture};
 use crate::rbac;
 use crate::resources::Settings;
 
@@ -227,7 +230,33 @@ pub struct ApiServer {
 
 /// A context over a mock client, plus the mock's server side.
 pub fn mock_context(hub: Arc<FakeHub>, clock: TestClock) -> (Arc<Context>, ApiServer) {
-    mock_context_with(hub, clock)
+    mock_context_with(hub, clock, Arc::new(FakeProbe::default()))
+}
+
+/// Session counts by member address, as the test sets them; unknown addresses are unknown.
+#[derive(Default)]
+pub struct FakeProbe(Mutex<BTreeMap<String, u64>>);
+
+impl FakeProbe {
+    /// Sets the count of an address.
+    pub fn set(&self, address: &str, sessions: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(address.into(), sessions);
+    }
+}
+
+impl ConnectionProbe for FakeProbe {
+    fn sessions<'a>(&'a self, address: &'a str) -> CountFuture<'a> {
+        let count = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(address)
+            .copied();
+        Box::pin(async move { count })
+    }
 }
 
 /// A context over a mock client with any ring authority (a real `RingHub` in the ring stream
@@ -235,6 +264,7 @@ pub fn mock_context(hub: Arc<FakeHub>, clock: TestClock) -> (Arc<Context>, ApiSe
 pub fn mock_context_with(
     hub: Arc<dyn RingAuthority>,
     clock: TestClock,
+    probe: Arc<dyn ConnectionProbe>,
 ) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -254,6 +284,7 @@ pub fn mock_context_with(
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || clock.now()),
         new_token: || TEST_TOKEN.to_string(),
+        probe: probe.clone(),
         known: Mutex::default(),
     };
     (Arc::new(ctx), ApiServer { handle })

@@ -18,6 +18,7 @@
 //! * [`status`] — status and conditions.
 //! * [`controller`] — `reconcile` and `error_policy`.
 //! * [`server`] — `run`: ring stream, admin endpoints, election and controller.
+//! * [`probe`] — asks draining nodes whether they are empty.
 //! * [`leader`], [`metrics`] — leader election through a Lease, Prometheus metrics.
 //!
 //! Processes flags are fixed by the project's contract: `run --ring-listen 0.0.0.0:7400
@@ -38,6 +39,7 @@ mod fixtures;
 pub mod leader;
 pub mod membership;
 pub mod metrics;
+pub mod probe;
 pub mod rbac;
 pub mod resources;
 pub mod scaling;

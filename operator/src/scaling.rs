@@ -15,10 +15,20 @@
 //!   FinishDrain: the StatefulSet goes down to the target; the drain record is cleared
 //! ```
 //!
+//! A proxy that stays connected but never acknowledges would hold a drain forever (and block an
+//! HPA's scale-down); [`ACK_WAIT_LIMIT_SECONDS`] after the drain timeout the drain finishes
+//! anyway ([`Step::ForceDrain`], reported as a Warning Event).
+//!
 //! A change of `spec.replicas` during a drain restarts it with the new target, or cancels it
 //! when the target is at or above the StatefulSet's size (the members become active again).
 
 use k8s_openapi::jiff::Timestamp;
+
+/// How long past the drain timeout a drain waits for lagging proxies before it finishes
+/// anyway. Five minutes: far longer than a healthy proxy takes to apply a ring (milliseconds)
+/// or to reconnect after an operator restart (seconds), short enough that a stuck proxy does
+/// not block scale-down for good.
+pub const ACK_WAIT_LIMIT_SECONDS: i64 = 300;
 
 /// A drain in progress, as recorded in status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +93,15 @@ pub enum Step {
     FinishDrain {
         /// Replicas before.
         from: i32,
+    },
+    /// The drain is done although some proxies never acknowledged its ring.
+    ForceDrain {
+        /// Replicas before.
+        from: i32,
+        /// Proxies that applied it.
+        acked: usize,
+        /// Connected proxies.
+        total: usize,
     },
     /// The drain is abandoned because `spec.replicas` went back up.
     CancelDrain,
@@ -150,13 +169,27 @@ pub fn plan_scale(input: &ScaleInput) -> ScalePlan {
         active_below: desired,
         drain: Some(drain.clone()),
     };
+    let elapsed = input.now.as_second() - drain.since.as_second();
     if drain.ring_version == 0 || input.proxies_acked < input.proxies_total {
+        if drain.ring_version != 0
+            && elapsed >= input.drain_timeout_seconds + ACK_WAIT_LIMIT_SECONDS
+        {
+            return ScalePlan {
+                step: Step::ForceDrain {
+                    from: current,
+                    acked: input.proxies_acked,
+                    total: input.proxies_total,
+                },
+                statefulset_replicas: desired,
+                active_below: desired,
+                drain: None,
+            };
+        }
         return hold(Step::WaitForProxies {
             acked: input.proxies_acked,
             total: input.proxies_total,
         });
     }
-    let elapsed = input.now.as_second() - drain.since.as_second();
     let remaining = input.drain_timeout_seconds - elapsed;
     if remaining > 0 && !input.leaving_empty {
         return hold(Step::WaitForDrainTimeout {
@@ -237,11 +270,31 @@ mod tests {
         let mut i = input(2, Some(4));
         i.drain = drain(2, 0, 7);
         i.proxies_acked = 1;
-        i.now = t(100);
+        i.now = t(300);
         let p = plan_scale(&i);
         assert_eq!(p.step, Step::WaitForProxies { acked: 1, total: 2 });
         assert_eq!(p.statefulset_replicas, 4);
         assert_eq!(p.drain, drain(2, 0, 7));
+    }
+
+    #[test]
+    fn a_proxy_that_never_acks_holds_the_drain_only_up_to_the_limit() {
+        let mut i = input(2, Some(4));
+        i.drain = drain(2, 0, 7);
+        i.proxies_acked = 1;
+        i.now = t(30 + ACK_WAIT_LIMIT_SECONDS - 1);
+        assert!(matches!(plan_scale(&i).step, Step::WaitForProxies { .. }));
+        i.now = t(30 + ACK_WAIT_LIMIT_SECONDS);
+        let p = plan_scale(&i);
+        assert_eq!(
+            p.step,
+            Step::ForceDrain {
+                from: 4,
+                acked: 1,
+                total: 2
+            }
+        );
+        assert_eq!((p.statefulset_replicas, p.drain), (2, None));
     }
 
     #[test]

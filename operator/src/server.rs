@@ -266,6 +266,7 @@ pub async fn run(
             metrics: metrics.clone(),
             clock: Arc::new(Timestamp::now),
             new_token: random_token,
+            probe: Arc::new(crate::probe::HttpProbe::default()),
             known: std::sync::Mutex::default(),
         });
         let (clusters, owned) = match &config.watch_namespace {

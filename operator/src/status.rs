@@ -194,6 +194,14 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
             "ScalingDown",
             format!("scaling nodes from {from} to {}", input.desired),
         ),
+        Step::ForceDrain { from, acked, total } => (
+            true,
+            "ScalingDown",
+            format!(
+                "drain forced after waiting for proxies ({acked}/{total} acked); scaling nodes from {from} to {}",
+                input.desired
+            ),
+        ),
         Step::CancelDrain => (
             true,
             "DrainCancelled",

@@ -59,7 +59,11 @@ async fn a_published_ring_reaches_a_real_subscriber_and_its_ack_counts_in_status
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = serve_hub(listener, hub.clone()).await;
-    let (ctx, mut server) = mock_context_with(hub.clone(), TestClock::new());
+    let (ctx, mut server) = mock_context_with(
+        hub.clone(),
+        TestClock::new(),
+        Arc::new(crate::probe::NoProbe),
+    );
     let observed = || Observed {
         token_exists: true,
         sts: Some(3),

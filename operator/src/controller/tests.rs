@@ -589,3 +589,93 @@ async fn the_ring_of_a_deleted_cluster_is_removed_from_the_hub() {
     assert_eq!(ctx.forget_departed(&Default::default()), ["default/chat"]);
     assert!(hub.current("default/chat").is_none());
 }
+
+/// The status after a drain to 2 started in ring 4 at the test clock's start.
+fn draining_status() -> WsClusterStatus {
+    let mut status = steady_status(4, 3);
+    status.members[2].state = crate::crd::MemberStateStatus::Draining;
+    status.drain = Some(crate::crd::DrainStatus {
+        target_replicas: 2,
+        since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(TestClock::new().now()),
+        ring_version: 4,
+    });
+    status
+}
+
+#[tokio::test]
+async fn a_drain_ends_before_its_timeout_once_the_leaving_node_is_empty() {
+    let hub = FakeHub::new();
+    hub.set_proxies(&[Some(4), Some(4)]);
+    let clock = TestClock::new();
+    clock.advance(5);
+    let probe = Arc::new(crate::fixtures::FakeProbe::default());
+    let (ctx, mut server) =
+        crate::fixtures::mock_context_with(hub.clone(), clock.clone(), probe.clone());
+    let obj = WsCluster::test()
+        .with_replicas(2)
+        .with_status(draining_status());
+    let observed = || Observed {
+        token_exists: true,
+        sts: Some(3),
+        sts_status: (3, 3),
+        slices: vec![ready_slice(3)],
+    };
+
+    // chat-node-2 still holds sessions: wait for the rest of the 30 s timeout.
+    probe.set("10.0.0.12:8080", 3);
+    let (result, (applied, server2)) = run(obj.clone(), ctx.clone(), async move {
+        let applied = standard(&mut server, observed()).await;
+        (applied, server)
+    })
+    .await;
+    server = server2;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(25))
+    );
+    assert_eq!(sts_replicas(&applied), 3);
+
+    // It is empty now: the StatefulSet shrinks at once.
+    probe.set("10.0.0.12:8080", 0);
+    let (result, applied) = run(obj, ctx, async move {
+        let applied = standard(&mut server, observed()).await;
+        assert_eq!(server.event().await.1, "ScaledDown");
+        applied
+    })
+    .await;
+    result.expect("reconciled");
+    assert_eq!(sts_replicas(&applied), 2);
+    assert!(status_of(&applied).drain.is_none());
+}
+
+#[tokio::test]
+async fn a_proxy_that_never_acks_cannot_hold_a_drain_forever() {
+    let hub = FakeHub::new();
+    hub.set_proxies(&[Some(4), Some(3)]);
+    let clock = TestClock::new();
+    clock.advance(30 + crate::scaling::ACK_WAIT_LIMIT_SECONDS);
+    let (ctx, mut server) = mock_context(hub, clock);
+    let obj = WsCluster::test()
+        .with_replicas(2)
+        .with_status(draining_status());
+    let (result, applied) = run(obj, ctx, async move {
+        let applied = standard(
+            &mut server,
+            Observed {
+                token_exists: true,
+                sts: Some(3),
+                sts_status: (3, 3),
+                slices: vec![ready_slice(3)],
+            },
+        )
+        .await;
+        assert_eq!(
+            server.event().await,
+            ("Warning".into(), "DrainForced".into())
+        );
+        applied
+    })
+    .await;
+    result.expect("reconciled");
+    assert_eq!(sts_replicas(&applied), 2);
+}

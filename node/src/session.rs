@@ -96,7 +96,6 @@ where
             code: CLOSE_REPLACED,
             reason: "replaced",
         });
-        state.metrics.reset("replaced");
     }
     state.metrics.connections.inc();
     state.metrics.connections_opened.inc();

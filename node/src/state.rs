@@ -213,9 +213,6 @@ impl NodeState {
                     kind: "message",
                 },
             );
-            if delivered == Delivery::Overflow {
-                state.metrics.reset("slow-consumer");
-            }
             Ok(SendOutcome {
                 offset,
                 delivered: delivered == Delivery::Queued,
@@ -260,7 +257,8 @@ impl NodeState {
         let text =
             self.client_message(MessageKind::Broadcast, event.content, event.timestamp, None);
         for (_, handle) in self.registry.snapshot() {
-            let outcome = deliver_to(
+            // A full queue closes that session (counted when it closes); the others go on.
+            let _ = deliver_to(
                 &handle,
                 Outbound {
                     offset: None,
@@ -268,9 +266,6 @@ impl NodeState {
                     kind: "broadcast",
                 },
             );
-            if outcome == Delivery::Overflow {
-                self.metrics.reset("slow-consumer");
-            }
         }
     }
 

@@ -432,3 +432,6 @@ mod tests {
         assert_eq!(slice_owner(proxy), None);
     }
 }
+
+#[cfg(test)]
+mod run_tests;

@@ -183,3 +183,56 @@ pub fn deliver_to(handle: &Handle, message: Outbound) -> Delivery {
         Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NotConnected,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(queue: usize) -> (Handle, mpsc::Receiver<Outbound>, mpsc::Receiver<Close>) {
+        let (data, data_rx) = mpsc::channel(queue);
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let h = Handle {
+            conn: 1,
+            conn_tag: Arc::from("n:1:1"),
+            data,
+            control,
+        };
+        (h, data_rx, control_rx)
+    }
+
+    fn msg() -> Outbound {
+        Outbound {
+            offset: None,
+            text: Utf8Bytes::from_static("{}"),
+            kind: "broadcast",
+        }
+    }
+
+    #[test]
+    fn a_client_whose_queue_is_full_is_closed_as_a_slow_consumer_instead_of_buffering_more() {
+        let registry = Registry::new();
+        let (h, _data_rx, mut control_rx) = handle(1);
+        registry.insert(Arc::from("alice"), h);
+        assert_eq!(registry.deliver("alice", msg()), Delivery::Queued);
+        assert_eq!(registry.deliver("alice", msg()), Delivery::Overflow);
+        let close = control_rx.try_recv().expect("a close command");
+        assert_eq!((close.code, close.reason), (1013, "slow-consumer"));
+        assert_eq!(registry.deliver("bob", msg()), Delivery::NotConnected);
+    }
+
+    #[test]
+    fn only_the_current_connection_of_a_key_can_remove_it() {
+        let registry = Registry::new();
+        let (mut first, _a, _b) = handle(1);
+        first.conn = 1;
+        let (mut second, _c, _d) = handle(1);
+        second.conn = 2;
+        assert!(registry.insert(Arc::from("k"), first).is_none());
+        assert!(registry.insert(Arc::from("k"), second).is_some());
+        assert_eq!(registry.count(), 1);
+        assert!(!registry.remove("k", 1));
+        assert!(registry.contains("k"));
+        assert!(registry.remove("k", 2));
+        assert_eq!(registry.count(), 0);
+    }
+}

@@ -268,3 +268,76 @@ async fn without_rabbitmq_a_broadcast_reaches_the_users_of_a_standalone_node_thr
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test]
+async fn presence_is_refreshed_in_redis_while_the_socket_lives_and_deleted_when_it_closes() {
+    tokio::time::timeout(STEP * 3, async {
+        let prefix = unique("wsc-test");
+        let node = redis_node(
+            "n-0",
+            &prefix,
+            &["--presence-ttl-seconds", "3", "--cluster-id", "t/p"],
+        )
+        .await;
+        let (ws, _) = node.connect("/connect/henry").await;
+        let key = format!("{prefix}:t/p:presence:henry");
+        let mut con = redis().await;
+        let raw: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .expect("GET");
+        let entry: Value = serde_json::from_str(&raw).expect("presence json");
+        assert_eq!(entry["node"], "n-0");
+        // The TTL (3 s) is refreshed every second: it must go down and then back up.
+        let lowest = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+        eventually("the presence TTL is refreshed", || {
+            let key = key.clone();
+            let mut con = con.clone();
+            let lowest = lowest.clone();
+            async move {
+                let pttl: i64 = redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await
+                    .expect("PTTL");
+                assert!(pttl > 0, "presence expired while the socket was open");
+                let min = lowest.fetch_min(pttl, std::sync::atomic::Ordering::Relaxed);
+                (min != i64::MAX && pttl > min + 300).then_some(())
+            }
+        })
+        .await;
+        drop(ws);
+        eventually("presence deleted after close", || {
+            let key = key.clone();
+            let mut con = con.clone();
+            async move {
+                let exists: i64 = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await
+                    .expect("EXISTS");
+                (exists == 0).then_some(())
+            }
+        })
+        .await;
+        redis_cleanup(&prefix).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_refused_with_503() {
+    tokio::time::timeout(STEP * 3, async {
+        let node = Node::spawn("n-0", &["--max-connections", "1"]).await;
+        let (_first, _) = node.connect("/connect/ivy").await;
+        let (status, body) = node.refused("/connect/jack").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("too-many-connections"))
+        );
+    })
+    .await
+    .expect("test finished in time");
+}

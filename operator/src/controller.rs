@@ -219,13 +219,57 @@ async fn degrade(obj: &WsCluster, ctx: &Context, error: &Error) -> Result<Action
         error.to_string(),
         (ctx.clock)(),
     );
+    let cluster = ClusterRef::of(obj)?;
     if status.selector.is_empty() {
         // The scale subresource (and an HPA) needs the selector even before the first success.
-        status.selector = ClusterRef::of(obj)?.node_selector_string();
+        status.selector = cluster.node_selector_string();
     }
+    serve_recorded_ring(obj, ctx, &cluster).await?;
     patch_status(ctx, obj, &status).await?;
     publish_event(ctx, obj, EventType::Warning, reason, error.to_string()).await;
     Ok(Action::requeue(DEGRADED_REQUEUE))
+}
+
+/// While degraded nothing is applied, but the ring the status recorded stays served: after an
+/// operator restart the hub is empty, and proxies or nodes starting meanwhile would otherwise
+/// get no ring at all. Needs the ring token Secret; without it there is nothing to serve.
+async fn serve_recorded_ring(obj: &WsCluster, ctx: &Context, cluster: &ClusterRef) -> Result<()> {
+    let cluster_id = cluster.cluster_id();
+    if ctx.ring.current(&cluster_id).is_some() {
+        return Ok(());
+    }
+    let Some(recorded) = snapshot_from_status(&cluster_id, obj.status.as_ref()) else {
+        return Ok(());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &cluster.namespace);
+    let Some(token) = read_token(&secrets, cluster).await? else {
+        return Ok(());
+    };
+    ctx.ring.set_token(&cluster_id, token);
+    remember(ctx, &cluster_id);
+    let version = recorded.version;
+    ctx.ring.publish(recorded)?;
+    info!(version, "serving the recorded ring while degraded");
+    Ok(())
+}
+
+fn remember(ctx: &Context, cluster_id: &str) {
+    ctx.known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(cluster_id.to_string());
+}
+
+/// The token of the ring token Secret, if it exists and holds a non-empty one.
+async fn read_token(secrets: &Api<Secret>, cluster: &ClusterRef) -> Result<Option<String>> {
+    Ok(secrets
+        .get_opt(&cluster.token_secret_name())
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(RING_TOKEN_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }
 
 /// Checks the Secrets the spec references: they must exist and hold the key.
@@ -260,15 +304,8 @@ async fn ring_token(
     obj: &WsCluster,
     cluster: &ClusterRef,
 ) -> Result<String> {
-    let existing = secrets
-        .get_opt(&cluster.token_secret_name())
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(RING_TOKEN_KEY).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok())
-        .filter(|t| !t.trim().is_empty());
-    if let Some(token) = existing {
-        return Ok(token.trim().to_string());
+    if let Some(token) = read_token(secrets, cluster).await? {
+        return Ok(token);
     }
     let token = (ctx.new_token)();
     apply(
@@ -331,10 +368,7 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     // 2. The ring token.
     let token = ring_token(ctx, &secrets, obj, &cluster).await?;
     ctx.ring.set_token(&cluster_id, token);
-    ctx.known
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(cluster_id.clone());
+    remember(ctx, &cluster_id);
 
     // 3. Configuration and Services.
     let config = resources::config_map(obj)?;
@@ -546,6 +580,12 @@ pub fn error_policy(obj: Arc<WsCluster>, error: &Error, ctx: Arc<Context>) -> Ac
         .reconcile_errors
         .get_or_create(&[("error", error.metric_label())])
         .inc();
+    // A Warning Event so `kubectl describe wsc` shows the failure. Published in the
+    // background (this function is synchronous); the recorder folds repeats into one series.
+    let note = error.to_string();
+    tokio::spawn(async move {
+        publish_event(&ctx, &obj, EventType::Warning, "ReconcileFailed", note).await;
+    });
     Action::requeue(ERROR_REQUEUE)
 }
 

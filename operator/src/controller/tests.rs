@@ -679,3 +679,32 @@ async fn a_proxy_that_never_acks_cannot_hold_a_drain_forever() {
     result.expect("reconciled");
     assert_eq!(sts_replicas(&applied), 2);
 }
+
+#[tokio::test]
+async fn a_degraded_cluster_keeps_serving_its_recorded_ring_after_a_restart() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub.clone(), TestClock::new());
+    let obj = WsCluster::test()
+        .with_redis_secret("redis-auth", "url")
+        .with_status(steady_status(5, 3));
+    let (result, status) = run(obj, ctx, async move {
+        server
+            .expect(Method::GET, &format!("{NS}/secrets/redis-auth"))
+            .await
+            .not_found();
+        server
+            .expect(Method::GET, &format!("{NS}/secrets/chat-ring-token"))
+            .await
+            .respond(StatusCode::OK, &secret_with_token());
+        let status = server.apply_status().await;
+        assert_eq!(server.event().await.1, "SecretNotFound");
+        status
+    })
+    .await;
+    assert_eq!(result.expect("handled"), Action::requeue(DEGRADED_REQUEUE));
+    assert_eq!(status["status"]["ringVersion"], 5);
+    let served = hub
+        .current("default/chat")
+        .expect("the recorded ring is served");
+    assert_eq!((served.version, served.members.len()), (5, 3));
+}

@@ -425,12 +425,16 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
         &resources::node_statefulset(obj, &ctx.settings, scale.statefulset_replicas)?,
     )
     .await?;
-    apply(
+    let deployment = apply(
         client,
         ns,
         &resources::proxy_deployment(obj, &ctx.settings, &config_hash)?,
     )
     .await?;
+    let proxies_available = deployment
+        .status
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
 
     // 5. Membership and ring.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
@@ -476,6 +480,8 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
         selector: cluster.node_selector_string(),
         ring: &ring.snapshot,
         proxies: sync,
+        proxies_desired: obj.spec.proxy.replicas,
+        proxies_available,
         scale: &scale,
         previous: obj.status.as_ref(),
         now,

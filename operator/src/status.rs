@@ -55,6 +55,10 @@ pub struct StatusInput<'a> {
     pub ring: &'a RingSnapshot,
     /// Proxies in sync with `ring.version`.
     pub proxies: ProxySync,
+    /// `spec.proxy.replicas`.
+    pub proxies_desired: i32,
+    /// The proxy Deployment's `status.availableReplicas`.
+    pub proxies_available: i32,
     /// The scaling decision.
     pub scale: &'a ScalePlan,
     /// The previous status (for condition transition times).
@@ -130,6 +134,15 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
             false,
             "RingEmpty",
             format!("ring {version} has no active member"),
+        )
+    } else if input.proxies_available < input.proxies_desired {
+        (
+            false,
+            "ProxiesNotAvailable",
+            format!(
+                "{}/{} proxies available",
+                input.proxies_available, input.proxies_desired
+            ),
         )
     } else if !proxies_ready {
         (
@@ -360,6 +373,8 @@ mod tests {
             selector: "a=b".into(),
             ring,
             proxies,
+            proxies_desired: 2,
+            proxies_available: 2,
             scale,
             previous: None,
             now: t(0),
@@ -438,6 +453,17 @@ mod tests {
         ));
         assert_eq!(cond(&s, "Ready").reason, "ProxiesNotInSync");
         assert_eq!(cond(&s, "Ready").message, "1/2 proxies run ring 5");
+    }
+
+    #[test]
+    fn unavailable_proxies_make_it_not_ready() {
+        let r = ring(3, 0);
+        let p = plan(Step::Steady);
+        let mut i = input(&r, &p, 3, ProxySync::default());
+        i.proxies_available = 1;
+        let s = compute_status(&i);
+        assert_eq!(cond(&s, "Ready").reason, "ProxiesNotAvailable");
+        assert_eq!(cond(&s, "Ready").message, "1/2 proxies available");
     }
 
     #[test]

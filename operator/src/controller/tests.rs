@@ -90,9 +90,13 @@ pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
     answer["status"] = json!({"replicas": o.sts_status.0, "readyReplicas": o.sts_status.1});
     apply_sts.respond(StatusCode::OK, &answer);
     statefulset["status"] = Value::Null;
-    let deployment = server
-        .apply(&format!("{APPS}/deployments/chat-proxy"))
+    let apply_deployment = server
+        .expect(Method::PATCH, &format!("{APPS}/deployments/chat-proxy"))
         .await;
+    let deployment = apply_deployment.body.clone();
+    let mut answer = deployment.clone();
+    answer["status"] = json!({"availableReplicas": deployment["spec"]["replicas"]});
+    apply_deployment.respond(StatusCode::OK, &answer);
     let list = server
         .expect(
             Method::GET,

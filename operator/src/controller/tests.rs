@@ -712,3 +712,48 @@ async fn a_degraded_cluster_keeps_serving_its_recorded_ring_after_a_restart() {
         .expect("the recorded ring is served");
     assert_eq!((served.version, served.members.len()), (5, 3));
 }
+
+#[tokio::test]
+async fn reconcile_is_idempotent_and_applies_complete_typed_objects() {
+    let hub = FakeHub::new();
+    let (ctx, mut server) = mock_context(hub, TestClock::new());
+    let observed = || Observed {
+        token_exists: true,
+        sts: Some(3),
+        sts_status: (3, 3),
+        slices: vec![ready_slice(3)],
+    };
+    let obj = WsCluster::test().with_status(steady_status(2, 3));
+    let (result, (first, server2)) = run(obj.clone(), ctx.clone(), async move {
+        let applied = standard(&mut server, observed()).await;
+        (applied, server)
+    })
+    .await;
+    server = server2;
+    result.expect("reconciled");
+    let obj = obj.with_status(status_of(&first));
+    let (result, second) = run(
+        obj,
+        ctx,
+        async move { standard(&mut server, observed()).await },
+    )
+    .await;
+    result.expect("reconciled");
+    assert_eq!(first.statefulset, second.statefulset);
+    assert_eq!(first.deployment, second.deployment);
+    assert_eq!(
+        first.status, second.status,
+        "a settled cluster's status does not churn"
+    );
+    for (object, kind) in [
+        (&first.statefulset, "StatefulSet"),
+        (&first.deployment, "Deployment"),
+    ] {
+        assert_eq!(object["apiVersion"], "apps/v1");
+        assert_eq!(object["kind"], kind);
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "wscluster"
+        );
+    }
+}

@@ -688,6 +688,34 @@ impl Fleet {
         results.into_iter().collect()
     }
 
+    /// Waits until every client is connected to the owner `ring` names for it; answers how
+    /// long that took.
+    pub async fn wait_on_owners(&self, ring: &Ring, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        wait_for("every client on its owner", timeout, || async {
+            let misplaced: Vec<String> = self
+                .clients
+                .iter()
+                .filter(|c| {
+                    let r = c.snapshot();
+                    let owner = ring.owner(&c.user).map(|m| m.id.as_str()).ok();
+                    !r.connected || r.node.as_deref() != owner
+                })
+                .map(|c| c.user.clone())
+                .collect();
+            if misplaced.is_empty() {
+                Ok(Some(started.elapsed()))
+            } else {
+                Err(anyhow::anyhow!(
+                    "{} not on their owner, e.g. {:?}",
+                    misplaced.len(),
+                    &misplaced[..misplaced.len().min(3)]
+                ))
+            }
+        })
+        .await
+    }
+
     /// Stops every client.
     pub fn close(&self) {
         self.stop.stop();

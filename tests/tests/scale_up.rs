@@ -98,6 +98,13 @@ async fn scenario() -> anyhow::Result<()> {
     rounds += 1;
     fleet.send_round(&proxies, rounds, 64).await?;
     fleet.wait_messages(rounds, Duration::from_secs(60)).await?;
+    let propagation = local.state().await?["propagation"]
+        .as_array()
+        .and_then(|p| {
+            p.iter()
+                .find(|v| v["version"].as_u64() == Some(new_ring.version()))
+        })
+        .and_then(|v| v["allProxiesAppliedMs"].as_f64());
 
     let records = fleet.records();
     let reset: BTreeSet<String> = records
@@ -109,7 +116,7 @@ async fn scenario() -> anyhow::Result<()> {
     let duplicates: u64 = records.values().map(|r| r.duplicates).sum();
     let fraction = predicted.len() as f64 / clients as f64;
     println!(
-        "clients {clients}, predicted moved {} ({:.1} %), reset {}, back on new owners after {back:?}, rounds {rounds}, duplicates {duplicates}, unexpected drops {drops}",
+        "clients {clients}, predicted moved {} ({:.1} %), reset {}, back on new owners after {back:?}, rounds {rounds}, duplicates {duplicates}, unexpected drops {drops}, ring change to all proxies applied {propagation:?} ms",
         predicted.len(),
         fraction * 100.0,
         reset.len()

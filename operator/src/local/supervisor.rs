@@ -142,7 +142,23 @@ pub struct StateView {
     pub ring: Option<RingSnapshot>,
     /// Who owns which part of the slot circle, in degrees.
     pub arcs: Vec<ArcView>,
+    /// For recent ring versions: how long until every running proxy applied it.
+    pub propagation: Vec<PropagationView>,
 }
+
+/// How fast one ring version reached the proxies.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PropagationView {
+    /// The version.
+    pub version: u64,
+    /// Milliseconds from publishing it to the last running proxy acknowledging it (or a newer
+    /// one); `None` while some proxy has not.
+    pub all_proxies_applied_ms: Option<f64>,
+}
+
+/// Ring versions whose propagation is remembered.
+const PROPAGATION_KEPT: usize = 32;
 
 /// The ring authority.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -289,6 +305,8 @@ pub struct Supervisor {
     authority: Option<CancellationToken>,
     authority_listener: Option<tokio::net::TcpListener>,
     pending: Vec<Effect>,
+    /// Recent versions: when published, and when every running proxy had applied them.
+    propagation: std::collections::VecDeque<(u64, Instant, Option<Duration>)>,
 }
 
 impl Supervisor {
@@ -325,6 +343,7 @@ impl Supervisor {
             authority: None,
             authority_listener: Some(ring_listener),
             pending: effects,
+            propagation: std::collections::VecDeque::new(),
         };
         (supervisor, view_rx)
     }
@@ -344,6 +363,12 @@ impl Supervisor {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // While a version is on its way to the proxies (for at most 10 s), look at the acks
+            // every 2 ms so the measured propagation time is not the tick's.
+            let awaiting_acks = self
+                .propagation
+                .back()
+                .is_some_and(|p| p.2.is_none() && p.1.elapsed() < Duration::from_secs(10));
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 Some(event) = self.events_rx.recv() => self.on_event(event),
@@ -352,7 +377,12 @@ impl Supervisor {
                     let _ = reply.send(result);
                 }
                 _ = tick.tick() => self.on_tick(),
+                () = tokio::time::sleep(Duration::from_millis(2)), if awaiting_acks => {
+                    self.check_propagation();
+                    continue;
+                }
             }
+            self.check_propagation();
             self.render();
         }
         tracing::info!("stopping children");
@@ -413,7 +443,13 @@ impl Supervisor {
                         .map(|m| format!("{}({:?})", m.id, m.state))
                         .collect();
                     match self.hub.publish(snapshot) {
-                        Ok(()) => tracing::info!(version, ?members, "ring published"),
+                        Ok(()) => {
+                            tracing::info!(version, ?members, "ring published");
+                            self.propagation.push_back((version, Instant::now(), None));
+                            if self.propagation.len() > PROPAGATION_KEPT {
+                                self.propagation.pop_front();
+                            }
+                        }
                         Err(e) => tracing::error!(version, error = %e, "ring refused"),
                     }
                 }
@@ -731,6 +767,39 @@ impl Supervisor {
         self.apply(effects);
     }
 
+    /// Records when every running proxy applied each pending version.
+    fn check_propagation(&mut self) {
+        if !self.propagation.iter().any(|p| p.2.is_none()) {
+            return;
+        }
+        let running: Vec<String> = self
+            .proxies
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(&i, _)| ChildKind::Proxy(i).id())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let subscribers = self.hub.subscribers(&self.settings.cluster_id);
+        let slowest = running
+            .iter()
+            .map(|id| {
+                subscribers
+                    .iter()
+                    .find(|s| &s.id == id && s.kind == SubscriberKind::Proxy)
+                    .and_then(|s| s.applied_version)
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0);
+        for p in self.propagation.iter_mut().filter(|p| p.2.is_none()) {
+            if slowest >= p.0 {
+                p.2 = Some(p.1.elapsed());
+            }
+        }
+    }
+
     fn render(&mut self) {
         let s = &self.settings;
         let snapshot = self.membership.snapshot();
@@ -820,6 +889,14 @@ impl Supervisor {
             }),
             ring: Some(snapshot),
             arcs: self.arcs_cache.1.as_ref().clone(),
+            propagation: self
+                .propagation
+                .iter()
+                .map(|&(version, _, applied)| PropagationView {
+                    version,
+                    all_proxies_applied_ms: applied.map(|d| d.as_secs_f64() * 1000.0),
+                })
+                .collect(),
         };
         self.view.send_replace(Arc::new(view));
     }

@@ -80,6 +80,33 @@ impl Config {
         config
     }
 
+    /// Checks what clap cannot: the cluster id, the Redis prefix and the member id are
+    /// non-empty printable text without whitespace (they end up in Redis keys, AMQP names and
+    /// URLs).
+    pub fn validate(&self) -> crate::Result<()> {
+        let checks = [
+            ("--cluster-id", self.cluster_id.clone()),
+            ("--redis-prefix", self.redis_prefix.clone()),
+            ("--id", self.member_id()),
+        ];
+        for (flag, value) in checks {
+            if value.is_empty()
+                || value.len() > 253
+                || value.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(crate::Error::Config(format!(
+                    "{flag} must be 1 to 253 printable characters without whitespace, got {value:?}"
+                )));
+            }
+        }
+        if self.ring_url.is_some() && self.ring_token.is_none() && self.ring_token_file.is_none() {
+            return Err(crate::Error::Config(
+                "--ring-url needs --ring-token-file or --ring-token".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The member id: `--id`, else env `POD_NAME`, else the hostname.
     pub fn member_id(&self) -> String {
         if let Some(id) = self.id.as_deref().filter(|s| !s.trim().is_empty()) {

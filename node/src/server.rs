@@ -53,6 +53,7 @@ impl Backends {
     /// The backends the configuration asks for: Redis and RabbitMQ when their URLs are given,
     /// in-memory otherwise; the ring from `--ring-url`, `--ring-file`, or standalone.
     pub async fn from_config(config: &Config, shutdown: CancellationToken) -> Result<Backends> {
+        config.validate()?;
         let member = config.member_id();
         let (ring, ack) = ring_source(config, &member, shutdown.clone())?;
         let (mailbox, presence): (Arc<dyn Mailbox>, Arc<dyn Presence>) = match &config.redis_url {

@@ -143,3 +143,34 @@ async fn sigterm_sends_every_client_a_drain_reset_and_the_node_exits_within_the_
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test]
+async fn until_its_ring_arrives_a_node_is_not_ready_and_refuses_upgrades_with_ring_unknown() {
+    tokio::time::timeout(STEP * 3, async {
+        let dir = std::env::temp_dir().join(unique("wsc-ring"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("ring.json");
+        let path = file.to_string_lossy().into_owned();
+        let node = Node::spawn("n-0", &["--cluster-id", "test/own", "--ring-file", &path]).await;
+        let (status, body) = node.http("GET", "/readyz", None).await;
+        assert_eq!((status, body["ringKnown"].as_bool()), (503, Some(false)));
+        let (status, body) = node.refused("/connect/alice").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("ring-unknown"))
+        );
+
+        let v1 = snapshot(1, false);
+        std::fs::write(&file, v1.to_json()).expect("write ring");
+        eventually("the node becomes ready", || async {
+            let (status, _) = node.http("GET", "/readyz", None).await;
+            (status == 200).then_some(())
+        })
+        .await;
+        let mine = key_owned_by(&v1, "n-0");
+        let (_ws, _) = node.connect(&format!("/connect/{mine}")).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -341,3 +341,50 @@ async fn connections_beyond_max_connections_are_refused_with_503() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_closed_with_1001_after_two_intervals() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(STEP * 3, async {
+        let node = Node::spawn("n-0", &["--ping-interval-seconds", "1"]).await;
+        // A raw client: handshake by hand, then read without ever answering a ping.
+        let mut tcp = tokio::net::TcpStream::connect(&node.addr).await.expect("connect");
+        let req = format!(
+            "GET /connect/mute HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            node.addr
+        );
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let code = loop {
+            let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+                .await
+                .expect("bytes in time")
+                .expect("read");
+            assert!(n > 0, "connection ended without a close frame");
+            seen.extend_from_slice(&buf[..n]);
+            // Skip the HTTP response head, then walk the (unmasked, short) server frames.
+            let Some(head_end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let mut frames = &seen[head_end + 4..];
+            let mut close = None;
+            while frames.len() >= 2 {
+                let opcode = frames[0] & 0x0f;
+                let len = usize::from(frames[1] & 0x7f);
+                if len > 125 || frames.len() < 2 + len {
+                    break;
+                }
+                if opcode == 0x8 && len >= 2 {
+                    close = Some(u16::from_be_bytes([frames[2], frames[3]]));
+                }
+                frames = &frames[2 + len..];
+            }
+            if let Some(code) = close {
+                break code;
+            }
+        };
+        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 101"));
+        assert_eq!(code, 1001);
+    })
+    .await
+    .expect("test finished in time");
+}

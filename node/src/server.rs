@@ -263,6 +263,10 @@ pub async fn run_with(
             loop {
                 if let Some(ring) = rx.borrow_and_update().clone() {
                     let v = ring.version();
+                    if ring.snapshot().cluster_id != state.config.cluster_id {
+                        tracing::warn!(ring_cluster = %ring.snapshot().cluster_id, cluster = %state.config.cluster_id, "the ring names another cluster than --cluster-id");
+                        state.metrics.error("ring-cluster-mismatch");
+                    }
                     state.metrics.ring_version.set(v as i64);
                     if let Some(ack) = &ack {
                         ack(v);

@@ -51,6 +51,9 @@ pub const DEGRADED_REQUEUE: Duration = Duration::from_secs(30);
 /// Requeue interval while waiting for proxies to apply a ring: acks are not events the
 /// controller watches, so it looks again soon.
 pub const WAIT_REQUEUE: Duration = Duration::from_secs(2);
+/// Requeue interval while a drain waits for its timeout: how often the leaving nodes are asked
+/// whether they are empty.
+pub const DRAIN_POLL: Duration = Duration::from_secs(5);
 /// Requeue interval of a settled cluster: refreshes "proxies in sync" and catches proxies that
 /// connected since.
 pub const STEADY_REQUEUE: Duration = Duration::from_secs(60);
@@ -522,9 +525,12 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
 
     Ok(match &scale.step {
         Step::StartDrain | Step::WaitForProxies { .. } => Action::requeue(WAIT_REQUEUE),
-        Step::WaitForDrainTimeout { remaining_seconds } => Action::requeue(Duration::from_secs(
-            u64::try_from(*remaining_seconds).unwrap_or(1).max(1),
-        )),
+        // Look again when the timeout ends, or sooner to see whether the leaving nodes are
+        // empty already.
+        Step::WaitForDrainTimeout { remaining_seconds } => Action::requeue(
+            Duration::from_secs(u64::try_from(*remaining_seconds).unwrap_or(1).max(1))
+                .min(DRAIN_POLL),
+        ),
         _ if sync.in_sync < sync.total => Action::requeue(WAIT_REQUEUE),
         _ => Action::requeue(STEADY_REQUEUE),
     })

@@ -633,10 +633,7 @@ async fn a_drain_ends_before_its_timeout_once_the_leaving_node_is_empty() {
     })
     .await;
     server = server2;
-    assert_eq!(
-        result.expect("reconciled"),
-        Action::requeue(Duration::from_secs(25))
-    );
+    assert_eq!(result.expect("reconciled"), Action::requeue(DRAIN_POLL));
     assert_eq!(sts_replicas(&applied), 3);
 
     // It is empty now: the StatefulSet shrinks at once.

@@ -133,7 +133,9 @@ pub fn plan_scale(input: &ScaleInput) -> ScalePlan {
         };
     };
     if desired >= current {
-        let step = if input.drain.is_some() {
+        // A recorded drain to exactly `desired` with the StatefulSet already there is a finished
+        // drain seen through a status that lags our own write, not a cancellation.
+        let step = if input.drain.as_ref().is_some_and(|d| d.target < desired) {
             Step::CancelDrain
         } else if desired > current {
             Step::ScaleUp { from: current }
@@ -378,6 +380,15 @@ mod tests {
             (p.statefulset_replicas, p.active_below, p.drain),
             (4, 4, None)
         );
+    }
+
+    #[test]
+    fn a_finished_drain_seen_in_a_stale_status_is_not_a_cancellation() {
+        let mut i = input(2, Some(2));
+        i.drain = drain(2, 0, 7);
+        let p = plan_scale(&i);
+        assert_eq!(p.step, Step::Steady);
+        assert_eq!((p.statefulset_replicas, p.drain), (2, None));
     }
 
     #[test]

@@ -72,8 +72,10 @@ fn endless_watch() -> Response<MockBody> {
 struct Seen {
     /// `(method, path)` of every request.
     requests: Vec<(Method, String, String)>,
-    /// The ring token the operator created.
+    /// The ring token the operator created for `chat`.
     token: Option<String>,
+    /// Status bodies applied, by cluster name.
+    statuses: std::collections::BTreeMap<String, Value>,
 }
 
 async fn answer(req: Request<Body>, seen: &Mutex<Seen>) -> Response<MockBody> {
@@ -96,8 +98,8 @@ async fn answer(req: Request<Body>, seen: &Mutex<Seen>) -> Response<MockBody> {
     let (_, resource, verb) = rbac_of(&method, &path, &query);
     match (verb.as_str(), resource.as_str()) {
         ("list", "wsclusters") => {
-            let c = serde_json::to_value(WsCluster::test()).expect("json");
-            list(vec![c])
+            let chat = serde_json::to_value(WsCluster::test()).expect("json");
+            list(vec![chat, broken_cluster()])
         }
         ("list", "endpointslices") => {
             list(vec![serde_json::to_value(ready_slice(3)).expect("json")])
@@ -111,17 +113,39 @@ async fn answer(req: Request<Body>, seen: &Mutex<Seen>) -> Response<MockBody> {
                 d.get("token")
                     .map(|b| String::from_utf8_lossy(&b.0).into_owned())
             });
-            seen.lock().expect("lock").token = token;
+            if path.ends_with("/chat-ring-token") {
+                seen.lock().expect("lock").token = token;
+            }
             json_body(StatusCode::OK, &body)
         }
         ("patch", "wsclusters/status") => {
-            let mut c = serde_json::to_value(WsCluster::test()).expect("json");
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut c = if name == "broken" {
+                broken_cluster()
+            } else {
+                serde_json::to_value(WsCluster::test()).expect("json")
+            };
             c["status"] = body["status"].clone();
+            seen.lock()
+                .expect("lock")
+                .statuses
+                .insert(name, body["status"].clone());
             json_body(StatusCode::OK, &c)
         }
         ("patch" | "update", _) => json_body(StatusCode::OK, &body),
         _ => panic!("unexpected {method} {path}"),
     }
+}
+
+/// A second cluster whose Redis Secret does not exist.
+fn broken_cluster() -> Value {
+    let mut c = WsCluster::test().with_redis_secret("no-such-secret", "url");
+    c.metadata.name = Some("broken".into());
+    c.metadata.uid = Some("8c1e4a9e-0000-4000-8000-000000000002".into());
+    serde_json::to_value(c).expect("json")
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -139,7 +163,8 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test]
-async fn run_elects_itself_reconciles_serves_the_ring_and_shuts_down() {
+async fn run_elects_itself_reconciles_serves_the_ring_and_shuts_down_while_a_broken_cluster_is_degraded()
+ {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<MockBody>>();
     let client = Client::new(service, "default");
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -211,6 +236,21 @@ async fn run_elects_itself_reconciles_serves_the_ring_and_shuts_down() {
             .expect("a ring");
         assert_eq!(ring.version(), 1);
         assert_eq!(ring.snapshot().members.len(), 3);
+        // The broken cluster beside it is Degraded, with the reason, and disturbed nothing.
+        let degraded = loop {
+            let status = seen.lock().expect("lock").statuses.get("broken").cloned();
+            if let Some(status) = status {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let condition = degraded["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+            .cloned()
+            .expect("a Degraded condition");
+        assert_eq!(condition["status"], "True");
+        assert_eq!(condition["reason"], "SecretNotFound");
         let metrics = http_get(admin_addr, "/metrics").await;
         assert!(metrics.contains("wscluster_operator_leader 1"), "{metrics}");
         assert!(

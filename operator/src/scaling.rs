@@ -391,6 +391,58 @@ mod tests {
         assert_eq!((p.statefulset_replicas, p.drain), (2, None));
     }
 
+    /// Over a small but complete domain: pods are only ever removed by a drain that was
+    /// published, and then only after every proxy acked and the timeout passed or the leaving
+    /// nodes were empty — or after the ack limit (forced). The ring always drains exactly the
+    /// ordinals at or above `spec.replicas`.
+    #[test]
+    fn pods_are_never_removed_before_their_drain_completed() {
+        let mut cases = 0;
+        for desired in 0..5 {
+            for current in std::iter::once(None).chain((0..5).map(Some)) {
+                for target in [None, Some(0), Some(1), Some(2), Some(3)] {
+                    for version in [0, 7] {
+                        for (acked, total) in [(0, 0), (0, 2), (1, 2), (2, 2)] {
+                            for elapsed in [0, 29, 30, 329, 330] {
+                                for empty in [false, true] {
+                                    let i = ScaleInput {
+                                        desired,
+                                        current,
+                                        drain: target.and_then(|t| drain(t, 0, version)),
+                                        proxies_total: total,
+                                        proxies_acked: acked,
+                                        leaving_empty: empty,
+                                        drain_timeout_seconds: 30,
+                                        now: t(elapsed),
+                                    };
+                                    let p = plan_scale(&i);
+                                    cases += 1;
+                                    assert_eq!(p.active_below, desired, "{i:?}");
+                                    let Some(cur) = current else { continue };
+                                    if p.statefulset_replicas < cur {
+                                        let d = i.drain.as_ref().expect("a recorded drain");
+                                        assert_eq!(d.target, desired, "{i:?}");
+                                        assert_ne!(d.ring_version, 0, "{i:?}");
+                                        let done = acked == total && (elapsed >= 30 || empty);
+                                        let forced = elapsed >= 30 + ACK_WAIT_LIMIT_SECONDS;
+                                        assert!(done || forced, "{i:?} -> {p:?}");
+                                        assert_eq!(p.statefulset_replicas, desired);
+                                    } else {
+                                        assert!(
+                                            p.statefulset_replicas == cur
+                                                || p.statefulset_replicas == desired
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 10_000);
+    }
+
     #[test]
     fn negative_replicas_are_treated_as_zero() {
         let p = plan_scale(&input(-1, None));

@@ -47,10 +47,10 @@ function startLocal() {
   ], { stdio: ["ignore", "pipe", "inherit"] });
   const address = new Promise((resolve, reject) => {
     const lines = readline.createInterface({ input: child.stdout });
-    lines.once("line", (line) => {
+    // The address line comes first; anything else (logs) is drained.
+    lines.on("line", (line) => {
       const m = /^listening on (\S+)$/.exec(line.trim());
-      if (m) resolve(m[1]); else reject(new Error(`unexpected first line: ${line}`));
-      lines.on("line", () => {}); // keep draining
+      if (m) resolve(m[1]);
     });
     child.once("exit", (code) => reject(new Error(`wscluster-operator local exited early (${code})`)));
   });

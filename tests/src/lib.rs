@@ -363,20 +363,24 @@ impl Local {
             .context("starting wscluster-operator local")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        // The address line comes first; skip anything a wrapper may log before it.
+        let find = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(address) = line.trim().strip_prefix("listening on ") {
+                    return anyhow::Ok(Some(address.to_string()));
+                }
+            }
+            anyhow::Ok(None)
+        };
+        let address = tokio::time::timeout(Duration::from_secs(30), find)
             .await
-            .context("wscluster-operator local printed nothing within 30 s")??
+            .context("wscluster-operator local printed no address within 30 s")??
             .with_context(|| {
                 format!(
                     "wscluster-operator local exited at once; see {}",
                     log_dir.join("operator.log").display()
                 )
             })?;
-        let address = first
-            .strip_prefix("listening on ")
-            .with_context(|| format!("unexpected first line {first:?}"))?
-            .trim()
-            .to_string();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let local = Local {
             child: Some(child),
@@ -453,8 +457,16 @@ impl Local {
         .await
     }
 
-    /// Stops local mode (SIGTERM) and waits for it to exit.
+    /// Stops local mode (SIGTERM), waits for it to exit, and deletes the run's Redis keys.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        let result = self.stop_process().await;
+        if let Some(url) = &self.options.redis_url {
+            delete_redis_keys(url, &self.options.redis_prefix).await?;
+        }
+        result
+    }
+
+    async fn stop_process(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             terminate(&child);
             match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
@@ -481,6 +493,43 @@ impl Drop for Local {
             terminate(child);
         }
     }
+}
+
+/// Deletes every Redis key starting with `prefix` (one `EVAL` over RESP; the prefix holds no
+/// glob characters). Test Redis only: `KEYS` walks the whole keyspace.
+pub async fn delete_redis_keys(url: &str, prefix: &str) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    anyhow::ensure!(
+        prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "unsafe key prefix {prefix:?}"
+    );
+    let rest = url.strip_prefix("redis://").unwrap_or(url);
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = host_port.split('/').next().unwrap_or(host_port);
+    let script = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+                  redis.call('DEL', k) n = n + 1 end return n";
+    let pattern = format!("{prefix}*");
+    let args = ["EVAL", script, "0", &pattern];
+    let mut command = format!("*{}\r\n", args.len());
+    for a in args {
+        command.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    let mut stream = tokio::net::TcpStream::connect(host_port)
+        .await
+        .with_context(|| format!("connecting to Redis at {host_port} to clean up"))?;
+    stream.write_all(command.as_bytes()).await?;
+    let mut reply = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut reply))
+        .await
+        .context("Redis cleanup: no answer")??;
+    let text = String::from_utf8_lossy(&reply[..n]);
+    let deleted = text
+        .strip_prefix(':')
+        .and_then(|t| t.trim().parse().ok())
+        .with_context(|| format!("Redis cleanup answered {text:?}"))?;
+    Ok(deleted)
 }
 
 fn terminate(child: &Child) {
@@ -522,8 +571,13 @@ pub struct Record {
     pub resets: Vec<(String, Option<u64>)>,
     /// Sessions opened (1 + reconnects).
     pub sessions: u64,
-    /// Unexpected closes (not after a reset frame).
+    /// Established sessions that ended without a reset frame (cut).
     pub drops: u64,
+    /// Connection attempts refused or failed before the WebSocket opened (for example a node
+    /// refusing a key it does not own yet under its ring, or a dead proxy).
+    pub failed_connects: u64,
+    /// The last such failure, for diagnostics.
+    pub last_connect_error: Option<String>,
     /// Message contents accepted, in order, after de-duplication by offset.
     pub messages: Vec<String>,
     /// The highest offset accepted.
@@ -794,12 +848,17 @@ async fn run_client(
                 retry
             }
             SessionEnd::DoNotReconnect => return,
-            SessionEnd::Unexpected => {
-                client
-                    .record
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .drops += 1;
+            SessionEnd::Unexpected | SessionEnd::ConnectFailed(_) => {
+                {
+                    let mut r = client.record.lock().unwrap_or_else(PoisonError::into_inner);
+                    match outcome {
+                        SessionEnd::ConnectFailed(e) => {
+                            r.failed_connects += 1;
+                            r.last_connect_error = Some(e);
+                        }
+                        _ => r.drops += 1,
+                    }
+                }
                 proxy += 1;
                 let d = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -818,18 +877,22 @@ enum SessionEnd {
     Planned(Duration),
     /// 4002 (replaced) or 4008 (policy).
     DoNotReconnect,
-    /// Anything else.
+    /// An open session ended any other way.
     Unexpected,
+    /// The WebSocket never opened.
+    ConnectFailed(String),
 }
 
 async fn session(client: &Client, url: &str) -> SessionEnd {
-    let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+    let mut ws = match tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::connect_async(url),
     )
     .await
-    else {
-        return SessionEnd::Unexpected;
+    {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return SessionEnd::ConnectFailed(e.to_string()),
+        Err(_) => return SessionEnd::ConnectFailed("no handshake within 10 s".into()),
     };
     let mut retry_after: Option<Duration> = None;
     while let Some(frame) = ws.next().await {

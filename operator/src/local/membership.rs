@@ -74,12 +74,19 @@ pub struct ProxyAck {
 /// Membership state: desired replicas, the node slots, the last published member list.
 #[derive(Debug, Clone)]
 pub struct Membership {
+    /// Put in every snapshot.
     cluster_id: String,
+    /// Desired node count: ordinals below it are wanted.
     replicas: u32,
+    /// What is known about each node process.
     nodes: BTreeMap<u32, NodeSlot>,
+    /// The last published version; the next change publishes `version + 1`.
     version: u64,
+    /// The last published members, to publish only real changes.
     members: Vec<Member>,
+    /// The scale-down in progress.
     drain: Option<Drain>,
+    /// How long a drain waits for the leaving nodes to empty.
     drain_timeout: Duration,
 }
 

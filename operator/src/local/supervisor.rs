@@ -272,38 +272,64 @@ pub fn arcs(ring: &Ring, samples: u32) -> Vec<ArcView> {
     out
 }
 
+/// The supervisor's view of one child process.
 #[derive(Debug)]
 struct Proc {
+    /// Which spawn this is; events from older spawns of the same child are ignored.
     generation: u64,
+    /// SIGTERM / SIGKILL requests to the child's task.
     signals: mpsc::Sender<Signal>,
     /// The process was spawned and has not exited.
     alive: bool,
+    /// It reported its address (so it is past "starting").
     started: bool,
+    /// The last readiness probe answered 200.
     ready: bool,
+    /// A SIGTERM was sent (drain finished, restart, or shutdown).
     stopping: bool,
+    /// Where it listens, for the state page.
     address: Option<String>,
+    /// Connections from the last `/count` (nodes); decides when a drain is empty.
     connections: Option<u64>,
+    /// Start it again once it exits (a restart of a running child).
     restart_pending: bool,
+    /// How the previous process ended, for the state page.
     last_exit: Option<String>,
 }
 
 /// The supervisor. Build with [`Supervisor::new`], then [`Supervisor::run`].
 pub struct Supervisor {
+    /// The resolved flags.
     settings: Arc<Settings>,
+    /// The ring authority: rings are published here, acks read from here.
     hub: Arc<RingHub>,
+    /// For the children's probes.
     client: HttpClient,
+    /// The pure membership state machine; its effects are carried out by [`Supervisor::apply`].
     membership: Membership,
+    /// Node processes by ordinal.
     nodes: BTreeMap<u32, Proc>,
+    /// Proxy processes by index.
     proxies: BTreeMap<u32, Proc>,
+    /// Source of spawn generations.
     next_generation: u64,
+    /// Handed to child tasks for their events.
     events_tx: mpsc::Sender<ChildEvent>,
+    /// Child events, read by the loop.
     events_rx: mpsc::Receiver<ChildEvent>,
+    /// The rendered state the control API reads.
     view: watch::Sender<Arc<StateView>>,
+    /// Arcs of the current ring version (building a ring per render would waste time).
     arcs_cache: (u64, Arc<Vec<ArcView>>),
+    /// Child tasks, awaited at shutdown.
     tracker: TaskTracker,
+    /// Cancelled at Ctrl-C / SIGTERM.
     shutdown: CancellationToken,
+    /// Stops the ring stream server; `None` while it is stopped on request.
     authority: Option<CancellationToken>,
+    /// The listener bound at startup, used by the first start of the ring stream.
     authority_listener: Option<tokio::net::TcpListener>,
+    /// The effects of [`Membership::new`], applied when the loop starts.
     pending: Vec<Effect>,
     /// Recent versions: when published, and when every running proxy had applied them.
     propagation: std::collections::VecDeque<(u64, Instant, Option<Duration>)>,

@@ -336,6 +336,206 @@ async fn broadcast(control: &Control, req: Request<Incoming>) -> Result<Resp, Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local::process::http_client;
+
+    /// A control server whose supervisor accepts every command and records it.
+    async fn server() -> (String, mpsc::Receiver<Command>, CancellationToken) {
+        let (commands, mut requests) = mpsc::channel::<SupervisorRequest>(8);
+        let (seen_tx, seen) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some((command, reply)) = requests.recv().await {
+                let _ = seen_tx.send(command).await;
+                let result = match command {
+                    Command::KillNode(7) => Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "no-such-child",
+                        "there is no node 7",
+                    )),
+                    _ => Ok(()),
+                };
+                let _ = reply.send(result);
+            }
+        });
+        let (_view_tx, view) = watch::channel(Arc::new(StateView::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let shutdown = CancellationToken::new();
+        let control = Control {
+            commands,
+            view,
+            client: http_client(),
+        };
+        tokio::spawn(serve(listener, control, shutdown.clone()));
+        (base, seen, shutdown)
+    }
+
+    async fn call(method: Method, url: &str, body: &str) -> (StatusCode, Value) {
+        let client = http_client();
+        let (status, bytes) = http_call(
+            &client,
+            method,
+            url,
+            Some(("application/json", Bytes::from(body.to_owned()))),
+        )
+        .await
+        .expect("the control server answers");
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    #[tokio::test]
+    async fn valid_commands_reach_the_supervisor_and_bad_input_gets_a_clear_error() {
+        let (base, mut seen, shutdown) = server().await;
+        let (status, _) = call(
+            Method::POST,
+            &format!("{base}/api/scale"),
+            r#"{"replicas":4}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(matches!(seen.recv().await, Some(Command::Scale(4))));
+        let (status, _) = call(Method::POST, &format!("{base}/api/nodes/2/kill"), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(matches!(seen.recv().await, Some(Command::KillNode(2))));
+        let (status, body) = call(Method::POST, &format!("{base}/api/nodes/7/kill"), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no-such-child");
+        assert!(matches!(seen.recv().await, Some(Command::KillNode(7))));
+
+        for (method, path, body, status, code) in [
+            (
+                Method::POST,
+                "/api/scale",
+                "{",
+                StatusCode::BAD_REQUEST,
+                "bad-json",
+            ),
+            (
+                Method::POST,
+                "/api/scale",
+                r#"{"replica":2}"#,
+                StatusCode::BAD_REQUEST,
+                "bad-json",
+            ),
+            (
+                Method::POST,
+                "/api/scale",
+                r#"{"replicas":-1}"#,
+                StatusCode::BAD_REQUEST,
+                "bad-json",
+            ),
+            (
+                Method::POST,
+                "/api/nodes/x/kill",
+                "",
+                StatusCode::BAD_REQUEST,
+                "bad-number",
+            ),
+            (
+                Method::POST,
+                "/api/nodes/1/explode",
+                "",
+                StatusCode::NOT_FOUND,
+                "not-found",
+            ),
+            (
+                Method::GET,
+                "/api/scale",
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+            ),
+            (
+                Method::GET,
+                "/nowhere",
+                "",
+                StatusCode::NOT_FOUND,
+                "not-found",
+            ),
+            (
+                Method::POST,
+                "/api/send",
+                r#"{"userId":"","message":"x"}"#,
+                StatusCode::BAD_REQUEST,
+                "invalid-user-id",
+            ),
+            (
+                Method::POST,
+                "/api/send",
+                r#"{"userId":"a\nb","message":"x"}"#,
+                StatusCode::BAD_REQUEST,
+                "invalid-user-id",
+            ),
+        ] {
+            let (got, value) = call(method.clone(), &format!("{base}{path}"), body).await;
+            assert_eq!(
+                (got, value["error"].as_str()),
+                (status, Some(code)),
+                "{method} {path} {body}"
+            );
+        }
+        let big = format!(
+            r#"{{"userId":"a","message":"{}"}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        let (status, value) = call(Method::POST, &format!("{base}/api/send"), &big).await;
+        assert_eq!(
+            (status, value["error"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("body-too-large"))
+        );
+        let long = format!(
+            r#"{{"userId":"a","message":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES + 1)
+        );
+        let (status, value) = call(Method::POST, &format!("{base}/api/send"), &long).await;
+        assert_eq!(
+            (status, value["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("message-too-long"))
+        );
+        // With no proxy running, a valid send says so instead of hanging.
+        let (status, value) = call(
+            Method::POST,
+            &format!("{base}/api/send"),
+            r#"{"userId":"a","message":"hi"}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, value["error"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("no-proxy"))
+        );
+        // Nothing invalid reached the supervisor.
+        assert!(seen.try_recv().is_err());
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_demo_page_and_its_assets_are_served_from_the_binary() {
+        let (base, _seen, shutdown) = server().await;
+        let client = http_client();
+        for (path, needle) in [
+            ("/", "<canvas id=\"ring\""),
+            ("/app.js", "function connectUser"),
+            ("/style.css", "#log"),
+        ] {
+            let (status, body) = http_call(&client, Method::GET, &format!("{base}{path}"), None)
+                .await
+                .expect("answers");
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(
+                String::from_utf8_lossy(&body).contains(needle),
+                "{path} contains {needle}"
+            );
+        }
+        let (status, body) = http_call(&client, Method::GET, &format!("{base}/api/state"), None)
+            .await
+            .expect("answers");
+        assert_eq!(status, StatusCode::OK);
+        let state: Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(state.get("ringVersion").is_some());
+        shutdown.cancel();
+    }
 
     #[test]
     fn encoding_keeps_unreserved_characters_and_escapes_the_rest() {

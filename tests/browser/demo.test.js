@@ -1,7 +1,8 @@
 // Browser test of the local demo page: starts `wscluster-operator local`, opens the page in
 // headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core), connects users,
 // scales 3 -> 4, and checks what the page shows: a newer ring version, four active nodes, and
-// resets for exactly the users whose node changed (all of them now on the new node). Saves a
+// resets for exactly the users whose node changed (all of them now on the new node), then that
+// a message to every user and a broadcast arrive. Saves a
 // screenshot to artifacts/demo.png. Exits non-zero on any failure; bounded in time.
 "use strict";
 
@@ -162,6 +163,14 @@ async function main() {
     await waitFor("a message at every user", 20_000, async () => {
       const rows = await usersInPage(page);
       return rows.every((r) => r.messages >= 1);
+    });
+
+    // A broadcast from the page reaches every user on every node.
+    await page.fill("#send-message", "to everyone");
+    await page.click("#broadcast");
+    await waitFor("the broadcast at every user", 20_000, async () => {
+      const rows = await usersInPage(page);
+      return rows.every((r) => r.messages >= 2);
     });
 
     if (pageErrors.length) fail(`page errors: ${pageErrors.join("; ")}`);

@@ -10,7 +10,7 @@
 //! | `POST /api/proxies/{index}/kill`, `/restart` | the same for proxies |
 //! | `POST /api/authority/stop`, `/start` | stop or resume serving the ring stream |
 //! | `POST /api/send` `{"userId","message"}` | `GET /send` through the first live proxy |
-//! | `POST /api/broadcast` `{"message"}` | `POST /broadcast` through the first live proxy |
+//! | `POST /api/broadcast` `{"message"}` | `POST /broadcast` through the first live proxy (with the in-memory bus: to every node) |
 //!
 //! Errors are JSON `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
 
@@ -324,6 +324,36 @@ async fn send(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiErro
 async fn broadcast(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let body: BroadcastBody = body_json(req).await?;
     check_message(&body.message)?;
+    let (in_memory, nodes): (bool, Vec<String>) = {
+        let view = control.view.borrow();
+        let nodes = view
+            .nodes
+            .iter()
+            .filter(|n| n.process == "running")
+            .filter_map(|n| n.address.clone())
+            .collect();
+        (view.bus == "memory", nodes)
+    };
+    if in_memory {
+        // Without RabbitMQ each node has its own in-process bus, so a broadcast accepted by one
+        // node reaches only its users: hand it to every running node instead.
+        let mut accepted = Vec::new();
+        for address in nodes {
+            let url = format!(
+                "http://{address}/broadcast?message={}",
+                encode(&body.message)
+            );
+            if let Ok((status, _)) = http_call(&control.client, Method::POST, &url, None).await
+                && status.is_success()
+            {
+                accepted.push(address);
+            }
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"deliveredVia": "every node (in-memory bus)", "nodes": accepted}),
+        ));
+    }
     // The proxy routes every request by a key; any key will do for a broadcast.
     let url = format!(
         "{}/broadcast?userId=local-control&message={}",

@@ -37,6 +37,7 @@ pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod leader;
+pub mod local;
 pub mod membership;
 pub mod metrics;
 pub mod probe;

@@ -28,7 +28,7 @@ enum Command {
     /// Print, as JSON, the API permissions the operator needs.
     Rbac,
     /// Run ring authority, proxy and nodes on 127.0.0.1 without Kubernetes.
-    Local,
+    Local(wscluster_operator::local::LocalArgs),
 }
 
 /// Flags of `run`.
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args),
-        Command::Local => run_local(),
+        Command::Local(args) => run_local(args),
     }
 }
 
@@ -88,18 +88,7 @@ fn main() -> anyhow::Result<()> {
 const HARD_DEADLINE: Duration = Duration::from_secs(20);
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signal(shutdown.clone()));
+    block_on_until_signal("operator", |shutdown| async move {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -116,6 +105,37 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             pod_name: args.pod_name,
             watch_namespace: args.watch_namespace,
         };
+        wscluster_operator::run(config, client, ring, admin, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// `local`: ring authority, proxy and nodes on 127.0.0.1 (see `docs/local.md`).
+fn run_local(args: wscluster_operator::local::LocalArgs) -> anyhow::Result<()> {
+    block_on_until_signal("local mode", |shutdown| {
+        wscluster_operator::local::run(args, shutdown)
+    })
+}
+
+/// Initialises tracing, starts the runtime, cancels the token given to `main_task` on SIGTERM
+/// or SIGINT, and gives up [`HARD_DEADLINE`] after the signal if the task has not finished.
+fn block_on_until_signal<F, Fut>(what: &'static str, main_task: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal(shutdown.clone()));
         let deadline = {
             let shutdown = shutdown.clone();
             async move {
@@ -124,10 +144,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            result = wscluster_operator::run(config, client, ring, admin, shutdown) => {
-                result.context("operator stopped")
-            }
-            () = deadline => anyhow::bail!("shutdown took longer than {HARD_DEADLINE:?}"),
+            result = main_task(shutdown) => result.with_context(|| format!("{what} stopped")),
+            () = deadline => anyhow::bail!("{what}: shutdown took longer than {HARD_DEADLINE:?}"),
         }
     })
 }
@@ -155,9 +173,4 @@ async fn signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown signal received");
     shutdown.cancel();
-}
-
-/// Local mode: replaced by the lead (`operator/src/local/`).
-fn run_local() -> anyhow::Result<()> {
-    anyhow::bail!("`wscluster-operator local` is not implemented yet")
 }

@@ -2,9 +2,10 @@
 # The whole wscluster test suite, from a fresh Debian machine with Rust.
 #
 # Installs and starts what is missing (Redis, RabbitMQ, a Python virtualenv with the packaging
-# tools), then runs, in order: rustfmt, clippy, the workspace build, every Rust test (unit,
-# property, golden, real Redis/RabbitMQ, cross-process), and the packaging checks (real Helm and
-# Kubernetes schemas). Exits non-zero on the first failure. `.ci/run` calls exactly this.
+# tools, Chromium and Node.js for the browser test), then runs, in order: rustfmt, clippy, the
+# workspace build, every Rust test (unit, property, golden, real Redis/RabbitMQ, cross-process),
+# the packaging checks (real Helm and Kubernetes schemas) and the browser test of the demo page.
+# Exits non-zero on the first failure. `.ci/run` calls exactly this.
 #
 # Environment:
 #   WSCLUSTER_TEST_REDIS_URL   Redis for tests      (default redis://127.0.0.1:6379)
@@ -43,8 +44,11 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   done
 }
 
+step "system packages: Redis, RabbitMQ, Python venv, Chromium, Node.js"
+apt_install redis-server rabbitmq-server python3-venv chromium
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+
 step "services: Redis and RabbitMQ"
-apt_install redis-server rabbitmq-server python3-venv
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "starting redis-server"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
@@ -82,6 +86,11 @@ cargo test --workspace --locked
 if [ -x scripts/check-packaging.sh ]; then
   step "packaging: Helm lint/render, kubernetes-validate, CRD and RBAC checks"
   scripts/check-packaging.sh
+fi
+
+if [ -x tests/browser/run.sh ]; then
+  step "browser test of the local demo page (headless Chromium, Playwright)"
+  tests/browser/run.sh
 fi
 
 step "all checks passed"

@@ -17,7 +17,7 @@ async fn scale_down_drains_first_and_cuts_no_client_before_its_new_owner_is_in_t
     tokio::time::timeout(TEST_TIMEOUT, scenario())
         .await
         .expect("the test finished within its time bound")
-        .expect("the scenario passed");
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 async fn scenario() -> anyhow::Result<()> {

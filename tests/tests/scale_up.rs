@@ -18,7 +18,7 @@ async fn scale_up_resets_exactly_the_moved_clients_and_loses_no_message() {
     tokio::time::timeout(TEST_TIMEOUT, scenario())
         .await
         .expect("the test finished within its time bound")
-        .expect("the scenario passed");
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 async fn scenario() -> anyhow::Result<()> {

@@ -420,6 +420,10 @@ async fn upgrade(
             check_late_registration(&shared, &registration.control, &member_id, version);
             shared.metrics.upgrades.inc();
             gauge.inc();
+            // Copy any read-ahead out of hyper's buffers so those buffers are freed now.
+            let client_pre = Bytes::copy_from_slice(&client.read_buf);
+            let upstream_pre = Bytes::copy_from_slice(&upstream.read_buf);
+            drop((client.read_buf, upstream.read_buf));
             let end = Splice::new(
                 client.io.into_inner(),
                 upstream.io.into_inner(),
@@ -427,7 +431,7 @@ async fn upgrade(
                 &registration.control,
                 &shared.registry,
             )
-            .run(client.read_buf, upstream.read_buf)
+            .run(client_pre, upstream_pre)
             .await;
             gauge.dec();
             if let End::FrameTooBig { .. } = end {

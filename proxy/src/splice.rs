@@ -184,7 +184,10 @@ impl<'a> Splice<'a> {
     /// connection as the cause requires. `client_pre` and `upstream_pre` are bytes each side
     /// sent right after the handshake that the HTTP layer had already read.
     pub async fn run(mut self, client_pre: Bytes, upstream_pre: Bytes) -> End {
+        // Both buffers are dropped here either way: an empty `Bytes` from hyper can still pin
+        // its whole read buffer, which an idle connection must not keep.
         let early = if client_pre.is_empty() && upstream_pre.is_empty() {
+            drop((client_pre, upstream_pre));
             None
         } else {
             Box::pin(self.forward_pre(client_pre, upstream_pre)).await

@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# Benchmarks wscluster-proxy against a direct connection, NGINX and HAProxy in one run, with the
+# workloads interleaved (each workload runs against every target before the next workload), so
+# the machine's state is the same for all of them. Loopback only; every step bounded in time.
+#
+#   scripts/bench-proxy.sh                 # build, install nginx/haproxy if missing, run, print
+#   ROUNDS=3 IDLE_CONNS=9000 scripts/bench-proxy.sh
+#   SKIP_BUILD=1 CARGO_TARGET_DIR=/path scripts/bench-proxy.sh   # use binaries already built
+#
+# Rows: closed-loop echo msgs/s at 100 and 1,000 connections with the proxy's CPU time per
+# message (utime+stime from /proc), round-trip p50/p99 at a fixed paced rate, upgrades/s
+# (connect + upgrade + close), and RSS growth per idle connection at IDLE_CONNS connections
+# (each proxy freshly started for that row). Every proxy runs one worker process/thread.
+# Results: $WORK/results.jsonl and the markdown table $WORK/table.md (printed at the end).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/release
+ROUNDS=${ROUNDS:-2}
+ECHO_SECONDS=${ECHO_SECONDS:-5}
+PACED_RATE=${PACED_RATE:-10000}
+PACED_CONNS=${PACED_CONNS:-100}
+PACED_SECONDS=${PACED_SECONDS:-5}
+UPGRADE_SECONDS=${UPGRADE_SECONDS:-3}
+UPGRADE_CONCURRENCY=${UPGRADE_CONCURRENCY:-16}
+IDLE_CONNS=${IDLE_CONNS:-9000}
+BASE_PORT=${BASE_PORT:-19000}
+
+BACKEND_PORT=$((BASE_PORT + 1))
+WSC_PORT=$((BASE_PORT + 101))
+WSC_ADMIN=$((BASE_PORT + 102))
+NGINX_PORT=$((BASE_PORT + 201))
+HAPROXY_PORT=$((BASE_PORT + 301))
+
+log() { echo "[bench $(date +%T)] $*" >&2; }
+
+# --- Tools ---------------------------------------------------------------------------------
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  log "installing nginx-light and haproxy from Debian"
+  created_policy=""
+  # Keep the packages' init scripts from starting daemons on public ports.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy >/dev/null
+  [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
+fi
+if [ -z "${SKIP_BUILD:-}" ]; then
+  log "building release binaries"
+  (cd "$ROOT" && cargo build --release -q -p wscluster-proxy -p wscluster-tests \
+    --bin wscluster-proxy --bin wscluster-load)
+fi
+for b in wscluster-proxy wscluster-load; do
+  [ -x "$BIN/$b" ] || { log "missing $BIN/$b"; exit 1; }
+done
+
+ulimit -n "$(ulimit -Hn)" || true
+log "open-file limit $(ulimit -n); idle connections $IDLE_CONNS"
+
+WORK=$(mktemp -d /tmp/wscluster-bench.XXXXXX)
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# --- Configs -------------------------------------------------------------------------------
+cat >"$WORK/ring.json" <<EOF
+{"clusterId":"bench/echo","version":1,"members":[{"id":"echo-0","address":"127.0.0.1:$BACKEND_PORT"}]}
+EOF
+cat >"$WORK/proxy.yaml" <<EOF
+keySources:
+  - query: userId
+limits:
+  maxConnections: 20000
+EOF
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream echo {
+    hash \$arg_userId consistent;
+    server 127.0.0.1:$BACKEND_PORT;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+EOF
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9600
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  balance url_param userId
+  hash-type consistent
+  server s0 127.0.0.1:$BACKEND_PORT id 1
+EOF
+
+# --- Processes -----------------------------------------------------------------------------
+wait_port() {
+  local port=$1
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  log "port $port never opened"; return 1
+}
+
+declare -A TARGET_PID
+start_backend() {
+  "$BIN/wscluster-load" --threads 1 serve --listen "127.0.0.1:$BACKEND_PORT" --seconds 3600 \
+    >"$WORK/backend.out" 2>"$WORK/backend.err" &
+  BACKEND_PID=$!; PIDS+=("$BACKEND_PID"); wait_port "$BACKEND_PORT"
+}
+start_wscluster() {
+  TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$BIN/wscluster-proxy" --listen "127.0.0.1:$WSC_PORT" \
+    --admin-listen "127.0.0.1:$WSC_ADMIN" --cluster-id bench/echo --id bench \
+    --config "$WORK/proxy.yaml" --ring-file "$WORK/ring.json" >"$WORK/wscluster.log" 2>&1 &
+  TARGET_PID[wscluster]=$!; PIDS+=("$!"); wait_port "$WSC_PORT"
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$WSC_ADMIN/readyz" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+}
+start_nginx() {
+  nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+  TARGET_PID[nginx]=$!; PIDS+=("$!"); wait_port "$NGINX_PORT"
+}
+start_haproxy() {
+  haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  TARGET_PID[haproxy]=$!; PIDS+=("$!"); wait_port "$HAPROXY_PORT"
+}
+stop_target() {
+  local pid=${TARGET_PID[$1]:-}
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  TARGET_PID[$1]=""
+  sleep 0.5
+}
+port_of() {
+  case $1 in
+    direct) echo "$BACKEND_PORT" ;; wscluster) echo "$WSC_PORT" ;;
+    nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
+  esac
+}
+# The process and its children (nginx's worker).
+tree_pids() {
+  local pid=$1
+  echo "$pid"
+  pgrep -P "$pid" 2>/dev/null || true
+}
+cpu_ticks() { # utime + stime of a target's processes, in clock ticks
+  local t=$1 total=0
+  [ "$t" = direct ] && { echo 0; return; }
+  for p in $(tree_pids "${TARGET_PID[$t]}"); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+rss_kib() {
+  local t=$1 total=0
+  for p in $(tree_pids "${TARGET_PID[$t]}"); do
+    [ -r "/proc/$p/status" ] || continue
+    total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+TARGETS=(direct wscluster nginx haproxy)
+
+record() { # target workload round json extra-json
+  python3 - "$@" >>"$RESULTS" <<'PY'
+import json, sys
+target, workload, rnd, result, extra = sys.argv[1:6]
+r = json.loads(result.strip().splitlines()[-1])
+r.update(json.loads(extra))
+r.update({"target": target, "workload": workload, "round": int(rnd)})
+print(json.dumps(r))
+PY
+}
+
+run_load() { # target workload round -- load args...
+  local t=$1 w=$2 r=$3; shift 4
+  local port; port=$(port_of "$t")
+  local c0 c1 out
+  c0=$(cpu_ticks "$t")
+  out=$(timeout 120 "$BIN/wscluster-load" --threads 1 "$@" --url "ws://127.0.0.1:$port/ws?userId=u{i}")
+  c1=$(cpu_ticks "$t")
+  record "$t" "$w" "$r" "$out" "{\"cpu_seconds\": $(python3 -c "print(($c1 - $c0) / $HZ)")}"
+  log "$w $t: $(echo "$out" | tail -1)"
+}
+
+# --- Throughput, latency, upgrades (interleaved) -------------------------------------------
+start_backend
+start_wscluster; start_nginx; start_haproxy
+for t in "${TARGETS[@]}"; do # warm-up
+  timeout 60 "$BIN/wscluster-load" echo --connections 10 --seconds 1 \
+    --url "ws://127.0.0.1:$(port_of "$t")/ws?userId=w{i}" >/dev/null
+done
+for r in $(seq 1 "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do run_load "$t" echo100 "$r" -- echo --connections 100 --seconds "$ECHO_SECONDS"; done
+  for t in "${TARGETS[@]}"; do run_load "$t" echo1000 "$r" -- echo --connections 1000 --seconds "$ECHO_SECONDS"; done
+  for t in "${TARGETS[@]}"; do run_load "$t" paced "$r" -- paced --connections "$PACED_CONNS" --rate "$PACED_RATE" --seconds "$PACED_SECONDS"; done
+  for t in "${TARGETS[@]}"; do run_load "$t" upgrades "$r" -- upgrades --concurrency "$UPGRADE_CONCURRENCY" --seconds "$UPGRADE_SECONDS"; done
+done
+
+# --- Memory per idle connection (fresh processes) ------------------------------------------
+for t in wscluster nginx haproxy; do
+  stop_target "$t"; "start_$t"
+  port=$(port_of "$t")
+  # Warm-up: a few connections opened and closed, so one-time allocations are not counted.
+  timeout 60 "$BIN/wscluster-load" echo --connections 50 --seconds 1 \
+    --url "ws://127.0.0.1:$port/ws?userId=w{i}" >/dev/null
+  sleep 1
+  before=$(rss_kib "$t")
+  fifo=$WORK/idle-$t.out
+  timeout 300 "$BIN/wscluster-load" --threads 1 idle --connections "$IDLE_CONNS" --seconds 8 \
+    --url "ws://127.0.0.1:$port/ws?userId=i{i}" >"$fifo" 2>"$WORK/idle-$t.err" &
+  load_pid=$!
+  for _ in $(seq 1 1200); do grep -q opened "$fifo" 2>/dev/null && break; sleep 0.1; done
+  sleep 2
+  after=$(rss_kib "$t")
+  wait "$load_pid" || log "idle load for $t failed: $(tail -2 "$WORK/idle-$t.err")"
+  opened=$(python3 -c "import json,sys; print(json.loads(open('$fifo').readline())['opened'])" 2>/dev/null || echo 0)
+  record "$t" idle 1 "{\"opened\": $opened}" \
+    "{\"rss_before_kib\": $before, \"rss_after_kib\": $after}"
+  log "idle $t: opened $opened, RSS $before -> $after KiB"
+done
+
+# --- Table ---------------------------------------------------------------------------------
+python3 - "$RESULTS" "$WORK/table.md" <<'PY'
+import json, sys, statistics as st
+rows = [json.loads(l) for l in open(sys.argv[1])]
+T = ["direct", "wscluster", "nginx", "haproxy"]
+def vals(w, t, k):
+    return [r[k] for r in rows if r["workload"] == w and r["target"] == t and k in r]
+def mean(w, t, k):
+    v = vals(w, t, k)
+    return st.mean(v) if v else None
+def fmt(x, nd=0):
+    return "—" if x is None else f"{x:,.{nd}f}"
+out = ["| row | " + " | ".join(T) + " |", "|---|" + "---|" * len(T)]
+for w, label in [("echo100", "echo msgs/s, 100 conns"), ("echo1000", "echo msgs/s, 1,000 conns")]:
+    d = mean(w, "direct", "msgs_per_sec")
+    cells = []
+    for t in T:
+        m = mean(w, t, "msgs_per_sec")
+        cells.append(fmt(m) + ("" if t == "direct" or not d else f" ({m/d:.2f}×)"))
+    out.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = []
+    for t in T:
+        if t == "direct":
+            cells.append("—"); continue
+        cpu = sum(vals(w, t, "cpu_seconds")); msgs = sum(vals(w, t, "messages"))
+        cells.append(f"{cpu / msgs * 1e6:.1f}" if msgs else "—")
+    out.append(f"| proxy CPU µs/msg, {w[4:]} conns | " + " | ".join(cells) + " |")
+for k, label in [("p50_ms", "paced p50 ms"), ("p99_ms", "paced p99 ms"), ("achieved_rate", "paced achieved msgs/s")]:
+    out.append(f"| {label} | " + " | ".join(fmt(mean("paced", t, k), 0 if k == "achieved_rate" else 3) for t in T) + " |")
+d = mean("upgrades", "direct", "upgrades_per_sec")
+cells = []
+for t in T:
+    m = mean("upgrades", t, "upgrades_per_sec")
+    cells.append(fmt(m) + ("" if t == "direct" or not d or m is None else f" ({m/d:.2f}×)"))
+out.append("| upgrades/s | " + " | ".join(cells) + " |")
+cells = ["—"]
+for t in T[1:]:
+    r = [x for x in rows if x["workload"] == "idle" and x["target"] == t]
+    if r and r[0]["opened"]:
+        r = r[0]
+        cells.append(f"{(r['rss_after_kib'] - r['rss_before_kib']) / r['opened']:.2f} KiB ({r['opened']} conns)")
+    else:
+        cells.append("—")
+out.append("| RSS growth per idle conn | " + " | ".join(cells) + " |")
+text = "\n".join(out) + "\n"
+open(sys.argv[2], "w").write(text)
+print(text)
+PY
+log "results in $WORK"

@@ -404,3 +404,145 @@ async fn probe_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(script: &str, log_dir: &Path) -> ChildSpec {
+        ChildSpec {
+            kind: ChildKind::Node(0),
+            generation: 7,
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".to_string(), script.to_string()],
+            env: Vec::new(),
+            log_file: log_dir.join("child.log"),
+            known_address: None,
+            readyz_url: "http://{address}/readyz".to_string(),
+            count_url: None,
+            grace: Duration::from_secs(2),
+        }
+    }
+
+    async fn next(events: &mut mpsc::Receiver<ChildEvent>) -> ChildEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the channel is open")
+    }
+
+    /// A fresh log directory for one test, removed by [`LogDir`]'s drop.
+    struct LogDir(PathBuf);
+
+    impl LogDir {
+        fn new(test: &str) -> LogDir {
+            let dir = std::env::temp_dir().join(format!(
+                "wscluster-local-process-{test}-{}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            LogDir(dir)
+        }
+    }
+
+    impl Drop for LogDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_child_reports_its_address_probes_and_its_death_by_sigkill() {
+        let logs = LogDir::new("a_child_reports_its_addr");
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (signals, signals_rx) = mpsc::channel(4);
+        let task = tokio::spawn(run_child(
+            spec("echo 'listening on 127.0.0.1:9'; exec sleep 60", &logs.0),
+            http_client(),
+            events_tx,
+            signals_rx,
+            CancellationToken::new(),
+        ));
+        match next(&mut events).await {
+            ChildEvent::Started {
+                address,
+                generation,
+                ..
+            } => {
+                assert_eq!(address, "127.0.0.1:9");
+                assert_eq!(generation, 7);
+            }
+            other => panic!("expected Started, got {other:?}"),
+        }
+        // Nothing answers on port 9: the probe says not ready.
+        match next(&mut events).await {
+            ChildEvent::Probed { ready, .. } => assert!(!ready),
+            other => panic!("expected Probed, got {other:?}"),
+        }
+        signals.send(Signal::Kill).await.expect("the task listens");
+        loop {
+            match next(&mut events).await {
+                ChildEvent::Exited { status, .. } => {
+                    assert!(status.contains("signal: 9"), "{status}");
+                    break;
+                }
+                ChildEvent::Probed { .. } => {}
+                other => panic!("expected Exited, got {other:?}"),
+            }
+        }
+        task.await.expect("the task ends");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_prints_no_address_is_reported_as_exited() {
+        let logs = LogDir::new("a_child_that_prints_no_a");
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (_signals, signals_rx) = mpsc::channel(4);
+        tokio::spawn(run_child(
+            spec("echo 'something else'; sleep 60", &logs.0),
+            http_client(),
+            events_tx,
+            signals_rx,
+            CancellationToken::new(),
+        ));
+        match next(&mut events).await {
+            ChildEvent::Exited { status, .. } => {
+                assert!(status.contains("unexpected first line"), "{status}");
+            }
+            other => panic!("expected Exited, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_a_child_with_sigterm() {
+        let logs = LogDir::new("shutdown_stops_a_child_w");
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (_signals, signals_rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(run_child(
+            spec(
+                "trap 'exit 3' TERM; echo 'listening on 127.0.0.1:9'; while true; do sleep 0.1; done",
+                &logs.0,
+            ),
+            http_client(),
+            events_tx,
+            signals_rx,
+            shutdown.clone(),
+        ));
+        assert!(matches!(
+            next(&mut events).await,
+            ChildEvent::Started { .. }
+        ));
+        shutdown.cancel();
+        loop {
+            match next(&mut events).await {
+                ChildEvent::Exited { status, .. } => {
+                    assert!(status.contains("exit status: 3"), "{status}");
+                    break;
+                }
+                ChildEvent::Probed { .. } => {}
+                other => panic!("expected Exited, got {other:?}"),
+            }
+        }
+    }
+}

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use std::sync::atomic::AtomicBool;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 use wscluster_ring::contract::ResetReason;
 use wscluster_ring::{KeyHash, MemberState, MoveReason, Ring, RingDiff};
 
@@ -43,8 +46,11 @@ pub struct ConnControl {
     pub key: Box<str>,
     /// The key's ring hash.
     pub hash: KeyHash,
-    /// Wakes the connection task when `command` is set.
-    pub notify: Notify,
+    /// Wakes the connection task when `command` is set (lock-free: polled on every wake-up of
+    /// the copy loop, so it must cost a couple of atomics, not a lock).
+    waker: AtomicWaker,
+    /// Set once `command` holds a command.
+    signalled: AtomicBool,
     /// The pending command, if any; the first one set wins.
     command: Mutex<Option<Command>>,
     /// Coarse time of the last byte through, in seconds since the registry started (for the
@@ -61,8 +67,20 @@ impl ConnControl {
         }
         *slot = Some(command);
         drop(slot);
-        self.notify.notify_one();
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
         true
+    }
+
+    /// Ready with the command once one is sent; registers the task to be woken otherwise.
+    pub fn poll_command(&self, cx: &mut Context<'_>) -> Poll<Command> {
+        self.waker.register(cx.waker());
+        if self.signalled.load(Ordering::Acquire)
+            && let Some(command) = self.take()
+        {
+            return Poll::Ready(command);
+        }
+        Poll::Pending
     }
 
     /// Takes the pending command.
@@ -159,7 +177,8 @@ impl Registry {
             id,
             key: key.into(),
             hash,
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
+            signalled: AtomicBool::new(false),
             command: Mutex::new(None),
             last_active: AtomicU32::new(self.now_secs()),
         });

@@ -14,9 +14,9 @@
 //! reason's application code, and sends the upstream a masked close frame (§5.3) with 1001.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -274,41 +274,29 @@ impl<'a> Splice<'a> {
         } = self;
         let (mut client_rd, mut client_wr) = client.split();
         let (mut upstream_rd, mut upstream_wr) = upstream.split();
-        let mut notified = pin!(control.notify.notified());
-        loop {
-            let stop = poll_fn(|cx| {
-                if notified.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                let mut moved = match drive(cx, &mut client_rd, &mut upstream_wr, c2u, true) {
-                    Ok(moved) => moved,
-                    Err(stop) => return Poll::Ready(Some(stop)),
-                };
-                moved |= match drive(cx, &mut upstream_rd, &mut client_wr, u2c, false) {
-                    Ok(moved) => moved,
-                    Err(stop) => return Poll::Ready(Some(stop)),
-                };
-                if moved {
-                    control
-                        .last_active
-                        .store(registry.now_secs(), Ordering::Relaxed);
-                }
-                if c2u.shut && u2c.shut {
-                    return Poll::Ready(Some(Stop::Closed));
-                }
-                Poll::Pending
-            })
-            .await;
-            match stop {
-                Some(stop) => return stop,
-                None => {
-                    if let Some(cmd) = control.take() {
-                        return Stop::Command(cmd);
-                    }
-                    notified.set(control.notify.notified());
-                }
+        poll_fn(|cx| {
+            if let Poll::Ready(cmd) = control.poll_command(cx) {
+                return Poll::Ready(Stop::Command(cmd));
             }
-        }
+            let mut moved = match drive(cx, &mut client_rd, &mut upstream_wr, c2u, true) {
+                Ok(moved) => moved,
+                Err(stop) => return Poll::Ready(stop),
+            };
+            moved |= match drive(cx, &mut upstream_rd, &mut client_wr, u2c, false) {
+                Ok(moved) => moved,
+                Err(stop) => return Poll::Ready(stop),
+            };
+            if moved {
+                control
+                    .last_active
+                    .store(registry.now_secs(), Ordering::Relaxed);
+            }
+            if c2u.shut && u2c.shut {
+                return Poll::Ready(Stop::Closed);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Ends the connection with the proxy's own frames: waits briefly for the upstream's current

@@ -13,7 +13,8 @@ const readline = require("node:readline");
 const { chromium } = require("playwright-core");
 
 const ROOT = path.resolve(__dirname, "..", "..");
-const OPERATOR = process.env.WSCLUSTER_OPERATOR_BIN || path.join(ROOT, "target", "debug", "wscluster-operator");
+const TARGET = process.env.CARGO_TARGET_DIR || path.join(ROOT, "target");
+const OPERATOR = process.env.WSCLUSTER_OPERATOR_BIN || path.join(TARGET, "debug", "wscluster-operator");
 const CHROMIUM = process.env.WSCLUSTER_CHROMIUM || "/usr/bin/chromium";
 const ARTIFACTS = path.join(ROOT, "artifacts");
 const TEST_TIMEOUT_MS = 180_000;

@@ -2,7 +2,7 @@
 # Runs the browser test of the local demo page. Installs Debian's Chromium and the npm
 # dependencies (playwright-core only; no browser download) when missing.
 #
-# Env: WSCLUSTER_OPERATOR_BIN (default target/debug/wscluster-operator), and optionally
+# Env: WSCLUSTER_OPERATOR_BIN (default $CARGO_TARGET_DIR or target/, then debug/wscluster-operator), and optionally
 # WSCLUSTER_NODE_BIN / WSCLUSTER_PROXY_BIN (default: next to the operator binary).
 set -euo pipefail
 cd "$(dirname "$0")"

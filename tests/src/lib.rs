@@ -13,7 +13,7 @@
 //!   the proxies' `/send`.
 //!
 //! Binaries come from `WSCLUSTER_OPERATOR_BIN`, `WSCLUSTER_NODE_BIN`, `WSCLUSTER_PROXY_BIN`,
-//! defaulting to `target/debug/<name>` under the workspace root; Redis and RabbitMQ from
+//! defaulting to `debug/<name>` under `CARGO_TARGET_DIR` or the workspace's `target/`; Redis and RabbitMQ from
 //! `WSCLUSTER_TEST_REDIS_URL` / `WSCLUSTER_TEST_AMQP_URL` (defaults: the local servers). A
 //! missing binary or an unreachable service fails the test with a clear message.
 //!
@@ -48,11 +48,15 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// A binary from `env` or `target/debug/<name>`; fails clearly when it does not exist.
+/// A binary from `env`, else `debug/<name>` under `CARGO_TARGET_DIR` (or the workspace's
+/// `target/`); fails clearly when it does not exist.
 pub fn binary(env: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target").join("debug").join(name));
+        .unwrap_or_else(|| target.join("debug").join(name));
     if !path.is_file() {
         bail!(
             "{name} not found at {} (build it with `cargo build -p {name}` or set {env})",

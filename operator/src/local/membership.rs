@@ -52,6 +52,11 @@ pub struct Drain {
     pub ring_version: u64,
 }
 
+/// How long past the drain timeout a drain still waits for a proxy's ack. A proxy that is
+/// connected but never acknowledges (stuck, or an old build) must not hold a scale-down forever;
+/// 30 s is six heartbeat intervals of the ring stream, far beyond a healthy proxy's ack time.
+pub const ACK_WAIT_LIMIT: Duration = Duration::from_secs(30);
+
 /// What the supervisor must do after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -232,7 +237,8 @@ impl Membership {
     }
 
     /// Time passed: finishes a drain once every connected proxy applied its ring version and
-    /// the leaving nodes are empty (`leaving_connections == Some(0)`) or the timeout passed.
+    /// the leaving nodes are empty (`leaving_connections == Some(0)`) or the timeout passed,
+    /// or in any case [`ACK_WAIT_LIMIT`] after the timeout.
     pub fn tick(
         &mut self,
         now: Instant,
@@ -245,8 +251,10 @@ impl Membership {
         let acked = proxies
             .iter()
             .all(|p| p.applied_version.is_some_and(|v| v >= drain.ring_version));
-        let timed_out = now.saturating_duration_since(drain.started) >= self.drain_timeout;
-        if !acked || !(timed_out || leaving_connections == Some(0)) {
+        let elapsed = now.saturating_duration_since(drain.started);
+        let timed_out = elapsed >= self.drain_timeout;
+        let forced = elapsed >= self.drain_timeout + ACK_WAIT_LIMIT;
+        if !forced && (!acked || !(timed_out || leaving_connections == Some(0))) {
             return Vec::new();
         }
         let ordinals = drain.ordinals.clone();
@@ -457,6 +465,24 @@ mod tests {
             vec![Effect::Stop(2)]
         );
         assert!(m.tick(now + TIMEOUT * 2, &acked, Some(3)).is_empty());
+    }
+
+    #[test]
+    fn a_proxy_that_never_acks_holds_a_drain_only_until_the_ack_wait_limit() {
+        let (mut m, now) = started(3);
+        m.set_replicas(2, now);
+        let stuck = [ProxyAck {
+            applied_version: Some(m.version() - 1),
+        }];
+        assert!(m.tick(now + TIMEOUT, &stuck, Some(0)).is_empty());
+        assert!(
+            m.tick(now + TIMEOUT + ACK_WAIT_LIMIT / 2, &stuck, Some(0))
+                .is_empty()
+        );
+        assert_eq!(
+            m.tick(now + TIMEOUT + ACK_WAIT_LIMIT, &stuck, Some(0)),
+            vec![Effect::Stop(2)]
+        );
     }
 
     #[test]

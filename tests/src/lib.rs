@@ -258,6 +258,37 @@ pub mod http {
         }
         out
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn responses_with_a_length_or_chunks_parse_to_the_same_body() {
+            let plain =
+                parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").expect("parses");
+            assert_eq!((plain.status, plain.body.as_slice()), (200, &b"hello"[..]));
+            let chunked = parse(
+                b"HTTP/1.1 421 Misdirected Request\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+            )
+            .expect("parses");
+            assert_eq!(
+                (chunked.status, chunked.body.as_slice()),
+                (421, &b"hello"[..])
+            );
+            assert!(parse(b"HTTP/1.1 200 OK\r\n").is_err(), "no end of headers");
+            assert!(
+                parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab").is_err(),
+                "truncated chunk"
+            );
+        }
+
+        #[test]
+        fn encoding_escapes_everything_but_unreserved_characters() {
+            assert_eq!(encode("u-1_a.b~"), "u-1_a.b~");
+            assert_eq!(encode("a b:c/d?é"), "a%20b%3Ac%2Fd%3F%C3%A9");
+        }
+    }
 }
 
 /// How to start local mode.

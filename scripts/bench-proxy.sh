@@ -146,7 +146,7 @@ start_backend() {
   BACKEND_PID=$!; PIDS+=("$BACKEND_PID"); wait_port "$BACKEND_PORT"
 }
 start_wscluster() {
-  TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$BIN/wscluster-proxy" --listen "127.0.0.1:$WSC_PORT" \
+  RUST_LOG=warn "$BIN/wscluster-proxy" --worker-threads 1 --listen "127.0.0.1:$WSC_PORT" \
     --admin-listen "127.0.0.1:$WSC_ADMIN" --cluster-id bench/echo --id bench \
     --config "$WORK/proxy.yaml" --ring-file "$WORK/ring.json" >"$WORK/wscluster.log" 2>&1 &
   TARGET_PID[wscluster]=$!; PIDS+=("$!"); wait_port "$WSC_PORT"

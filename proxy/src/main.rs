@@ -46,6 +46,10 @@ struct Args {
     /// RabbitMQ URL; when set, reset events are published for the old owners.
     #[arg(long, env = "WSCLUSTER_AMQP_URL", hide_env_values = true)]
     amqp_url: Option<String>,
+    /// Worker threads (default: one per CPU). 1 runs a single-threaded event loop, like one
+    /// NGINX worker, which is the cheapest per message when one core is enough.
+    #[arg(long, env = "WSCLUSTER_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 fn default_id() -> String {
@@ -115,8 +119,25 @@ async fn signal(token: CancellationToken) {
     token.cancel();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = match args.worker_threads {
+        Some(0) => bail!("--worker-threads must be at least 1"),
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(async_main(args))
+}
+
+async fn async_main(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -124,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let (settings, listen, admin_listen) = settings(Args::parse())?;
+    let (settings, listen, admin_listen) = settings(args)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

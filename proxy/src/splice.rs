@@ -291,6 +291,21 @@ impl<'a> Splice<'a> {
                     .last_active
                     .store(registry.now_secs(), Ordering::Relaxed);
             }
+            let flushed = c2u.pending.is_none() && u2c.pending.is_none();
+            // The close handshake is complete both ways (§7.1.1) and one peer has closed TCP:
+            // close both sockets now, as the server would, instead of relaying half-closes.
+            if flushed && (c2u.eof || u2c.eof) && c2u.tracker.closed() && u2c.tracker.closed() {
+                return Poll::Ready(Stop::Closed);
+            }
+            // Otherwise relay a half-close: FIN from one peer becomes FIN to the other.
+            for (dir, dst) in [(&mut *c2u, &mut upstream_wr), (&mut *u2c, &mut client_wr)] {
+                if dir.eof && dir.pending.is_none() && !dir.shut {
+                    match Pin::new(dst).poll_shutdown(cx) {
+                        Poll::Ready(_) => dir.shut = true,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
             if c2u.shut && u2c.shut {
                 return Poll::Ready(Stop::Closed);
             }
@@ -432,12 +447,6 @@ fn drive(
             continue;
         }
         if dir.eof {
-            if !dir.shut {
-                match Pin::new(&mut *dst).poll_shutdown(cx) {
-                    Poll::Pending => return Ok(moved),
-                    Poll::Ready(_) => dir.shut = true,
-                }
-            }
             return Ok(moved);
         }
         let mut buf = take_buf();
@@ -456,6 +465,7 @@ fn drive(
             Poll::Ready(Ok(())) if n == 0 => {
                 give_buf(buf);
                 dir.eof = true;
+                return Ok(moved);
             }
             Poll::Ready(Ok(())) => {
                 moved = true;

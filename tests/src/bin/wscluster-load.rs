@@ -194,10 +194,9 @@ async fn serve(listen: SocketAddr, seconds: u64) -> anyhow::Result<serde_json::V
                 let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                     return;
                 };
+                // After a close frame, tungstenite sends the reply on the next read and then
+                // ends the stream: the close handshake completes as RFC 6455 §7.1.1 describes.
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        return;
-                    }
                     let echo = msg.is_text() || msg.is_binary();
                     if echo && ws.send(msg).await.is_err() {
                         return;

@@ -351,9 +351,9 @@ async fn upgrade(
         Ok(pair) => pair,
         Err(_) => return Failure::UpstreamError.response(&shared, Some(&member.id)),
     };
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    // The upstream connection is driven here and then by the splice task, not by a task of
+    // its own: one task fewer and no cross-task wake-up per upgrade.
+    let mut conn = Box::pin(conn.with_upgrades());
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut upstream_req = Request::builder()
         .method(req.method())
@@ -362,12 +362,28 @@ async fn upgrade(
         .unwrap_or_default();
     *upstream_req.headers_mut() = req.headers().clone();
     add_forwarded_for(upstream_req.headers_mut(), peer);
-    let resp = match tokio::time::timeout(
+    let mut send = pin!(tokio::time::timeout(
         limits.header_read_timeout(),
         sender.send_request(upstream_req),
-    )
-    .await
-    {
+    ));
+    let mut conn_done = false;
+    let answer = tokio::select! {
+        biased;
+        r = &mut send => r,
+        c = &mut conn => {
+            // With a 101 the connection finishes as soon as it hands over the socket, which
+            // can happen in the same poll that delivers the response.
+            conn_done = true;
+            match c {
+                Ok(()) => send.await,
+                Err(e) => {
+                    debug!(error = %e, member = %member.id, "upstream connection failed");
+                    return Failure::UpstreamError.response(&shared, Some(&member.id));
+                }
+            }
+        }
+    };
+    let resp = match answer {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             debug!(error = %e, member = %member.id, "upgrade request failed");
@@ -376,7 +392,13 @@ async fn upgrade(
         Err(_) => return Failure::UpstreamTimeout.response(&shared, Some(&member.id)),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The owner refused the upgrade: pass its answer on.
+        // The owner refused the upgrade: pass its answer on (its body still needs the
+        // connection driven).
+        if !conn_done {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         return Response::from_parts(parts, body.boxed_unsync());
@@ -398,6 +420,12 @@ async fn upgrade(
     tracker.spawn(
         async move {
             let _permit = permit;
+            let upstream_upgrade = async move {
+                if !conn_done {
+                    conn.await?;
+                }
+                upstream_upgrade.await
+            };
             let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok(pair) => pair,
                 Err(e) => {

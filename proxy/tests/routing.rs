@@ -130,6 +130,17 @@ async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
         // Nothing else was disturbed.
         let (_ws, id) = connect(&proxy.ws_url("/connect/alice")).await;
         assert_eq!(id, "node-a");
+        // A backend's refusal of the upgrade reaches the client whole, body included.
+        let err = tokio_tungstenite::connect_async(proxy.ws_url("/connect/refuse-me"))
+            .await
+            .expect_err("refused by the backend");
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+                assert_eq!(resp.body().as_deref(), Some(&b"refused by node-a"[..]));
+            }
+            other => panic!("expected an HTTP refusal, got {other}"),
+        }
     })
     .await
     .expect("test finished in time");

@@ -128,6 +128,13 @@ fn backend_answer(
         return Response::new(Full::new(Bytes::from(id.to_string())));
     };
     let path = req.uri().to_string();
+    if path.contains("refuse") {
+        // A backend that refuses the upgrade with a body (as a node does for a key it does
+        // not own): the proxy must pass the answer on whole.
+        let mut resp = Response::new(Full::new(Bytes::from(format!("refused by {id}"))));
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return resp;
+    }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };

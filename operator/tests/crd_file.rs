@@ -51,11 +51,21 @@ fn the_rbac_subcommand_prints_json_policy_rules() {
 }
 
 #[test]
-fn local_mode_says_it_is_not_implemented_yet() {
+fn local_mode_refuses_an_out_of_range_node_count_before_starting_anything() {
     let out = Command::new(env!("CARGO_BIN_EXE_wscluster-operator"))
-        .arg("local")
+        .args(["local", "--nodes", "0"])
+        .env_remove("WSCLUSTER_NODES")
         .output()
         .expect("binary runs");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--nodes"),
+        "stderr names the flag: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing was started: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

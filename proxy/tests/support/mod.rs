@@ -207,6 +207,14 @@ pub struct Proxy {
     pub dir: PathBuf,
 }
 
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // The child is killed right after (kill_on_drop); its temp dir goes now.
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub enum Ring<'a> {
     File(&'a Path),
     Url(&'a str, &'a str),

@@ -102,6 +102,9 @@ pub struct Settings {
     pub ring: RingSource,
     /// RabbitMQ URL for reset events, if any.
     pub amqp_url: Option<String>,
+    /// Where plain HTTP requests that carry no key go (`host:port`), instead of a 400; local
+    /// mode points it at its control server so the demo page is served at the proxy's root.
+    pub fallback_upstream: Option<String>,
 }
 
 /// Runs the proxy until `shutdown`: then stops accepting, lets spliced connections finish for
@@ -133,6 +136,7 @@ pub async fn run(
         resets: ResetQueue::default(),
         reset_sink,
         metrics,
+        fallback_upstream: settings.fallback_upstream.clone(),
     });
 
     let (rings, subscription) = match &settings.ring {

@@ -46,10 +46,26 @@ struct Args {
     /// RabbitMQ URL; when set, reset events are published for the old owners.
     #[arg(long, env = "WSCLUSTER_AMQP_URL", hide_env_values = true)]
     amqp_url: Option<String>,
+    /// `host:port` that plain HTTP requests without a key are forwarded to instead of being
+    /// refused with 400 (local mode serves its demo page this way). WebSocket upgrades always
+    /// need a key.
+    #[arg(long, env = "WSCLUSTER_FALLBACK_UPSTREAM", value_parser = parse_upstream)]
+    fallback_upstream: Option<String>,
     /// Worker threads (default: one per CPU). 1 runs a single-threaded event loop, like one
     /// NGINX worker, which is the cheapest per message when one core is enough.
     #[arg(long, env = "WSCLUSTER_WORKER_THREADS")]
     worker_threads: Option<usize>,
+}
+
+/// Accepts `host:port` (a DNS name or an IP literal, and a port), nothing else.
+fn parse_upstream(value: &str) -> Result<String, String> {
+    let authority: http::uri::Authority = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not host:port: {e}"))?;
+    if authority.port_u16().is_none() || authority.as_str().contains('@') {
+        return Err(format!("{value:?} is not host:port"));
+    }
+    Ok(authority.as_str().to_owned())
 }
 
 fn default_id() -> String {
@@ -95,6 +111,7 @@ fn settings(args: Args) -> anyhow::Result<(Settings, SocketAddr, SocketAddr)> {
             config,
             ring,
             amqp_url: args.amqp_url,
+            fallback_upstream: args.fallback_upstream,
         },
         args.listen,
         args.admin_listen,

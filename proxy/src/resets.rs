@@ -362,6 +362,7 @@ mod tests {
             resets: ResetQueue::default(),
             reset_sink: None,
             metrics: Arc::new(Metrics::new()),
+            fallback_upstream: None,
         }
     }
 

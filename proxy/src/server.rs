@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use crate::key::extract_key;
+use crate::key::{KeyError, extract_key};
 use crate::resets::check_late_registration;
 use crate::splice::{End, Splice};
 use crate::state::{Routing, Shared};
@@ -257,6 +257,12 @@ async fn handle(
 ) -> Response<Body> {
     let key = match extract_key(&req, &shared.keys) {
         Ok(k) => k,
+        Err(KeyError::Missing { .. })
+            if shared.fallback_upstream.is_some() && !is_websocket_upgrade(req.headers()) =>
+        {
+            let upstream = shared.fallback_upstream.as_deref().unwrap_or_default();
+            return forward(req, peer, upstream, "fallback", &shared, &client).await;
+        }
         Err(e) => {
             shared.metrics.error(e.metric_label());
             return json_response(e.status(), &e.body());
@@ -272,29 +278,31 @@ async fn handle(
     if is_websocket_upgrade(req.headers()) {
         upgrade(req, peer, key, routing, index, shared, permit, tracker).await
     } else {
-        forward(req, peer, &routing, index, &shared, &client).await
+        let Some(member) = routing.members.get(index) else {
+            return Failure::NoOwner.response(&shared, None);
+        };
+        forward(req, peer, &member.address, &member.id, &shared, &client).await
     }
 }
 
+/// Forwards a plain HTTP request to `address` (`host:port`); `target` names it in errors and logs
+/// (the owning member's id, or "fallback").
 async fn forward(
     req: Request<Incoming>,
     peer: SocketAddr,
-    routing: &Routing,
-    index: usize,
+    address: &str,
+    target: &str,
     shared: &Shared,
     client: &HttpClient,
 ) -> Response<Body> {
-    let Some(member) = routing.members.get(index) else {
-        return Failure::NoOwner.response(shared, None);
-    };
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let Ok(uri) = format!("http://{}{}", member.address, path).parse::<http::Uri>() else {
-        return Failure::UpstreamUnreachable.response(shared, Some(&member.id));
+    let Ok(uri) = format!("http://{address}{path}").parse::<http::Uri>() else {
+        return Failure::UpstreamUnreachable.response(shared, Some(target));
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -308,12 +316,12 @@ async fn forward(
             Response::from_parts(parts, body.boxed_unsync())
         }
         Err(e) if e.is_connect() => {
-            debug!(error = %e, member = %member.id, "owner unreachable");
-            Failure::UpstreamUnreachable.response(shared, Some(&member.id))
+            debug!(error = %e, member = %target, "upstream unreachable");
+            Failure::UpstreamUnreachable.response(shared, Some(target))
         }
         Err(e) => {
-            debug!(error = %e, member = %member.id, "forwarding failed");
-            Failure::UpstreamError.response(shared, Some(&member.id))
+            debug!(error = %e, member = %target, "forwarding failed");
+            Failure::UpstreamError.response(shared, Some(target))
         }
     }
 }

@@ -89,4 +89,6 @@ pub struct Shared {
     pub reset_sink: Option<ResetSink>,
     /// Metrics (shared with the bus publisher).
     pub metrics: Arc<Metrics>,
+    /// Upstream (`host:port`) for plain HTTP requests without a key, if configured.
+    pub fallback_upstream: Option<String>,
 }

@@ -147,6 +147,67 @@ async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
 }
 
 #[tokio::test]
+async fn keyless_plain_http_goes_to_the_fallback_upstream_but_keyless_upgrades_are_still_refused() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let node = Backend::start("node-a").await;
+        let site = Backend::start("fallback-site").await;
+        let dir = temp_dir("fallback");
+        let ring_path = dir.join("ring.json");
+        write_ring(&ring_path, 1, vec![node.member()]);
+        let upstream = site.addr.to_string();
+        let proxy = Proxy::spawn_with(
+            &dir,
+            "",
+            support::Ring::File(&ring_path),
+            support::CLUSTER,
+            &["--fallback-upstream", &upstream],
+        )
+        .await;
+        proxy.wait_ring_version(1).await;
+        let (status, body) = http_get(proxy.addr, "/", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "fallback-site"));
+        let (status, body) = http_get(proxy.addr, "/api/state", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "fallback-site"));
+        // A request with a key still goes to its owner; an invalid key is still a 400.
+        let (status, body) = http_get(proxy.addr, "/send?userId=alice&message=hi", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "node-a"));
+        let (status, _) = http_get(proxy.addr, "/x?userId=", &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // An upgrade without a key is refused, never handed to the fallback.
+        let err = tokio_tungstenite::connect_async(proxy.ws_url("/elsewhere"))
+            .await
+            .expect_err("refused");
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status(), StatusCode::BAD_REQUEST)
+            }
+            other => panic!("expected an HTTP refusal, got {other}"),
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn a_fallback_upstream_that_is_not_host_and_port_is_refused_at_startup() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wscluster-proxy"))
+        .args([
+            "--ring-file",
+            "/nonexistent",
+            "--fallback-upstream",
+            "http://x:1/path",
+        ])
+        .output();
+    let out = tokio::time::timeout(TEST_TIMEOUT, out)
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--fallback-upstream"), "{stderr}");
+}
+
+#[tokio::test]
 async fn jwt_keys_are_verified_and_a_client_cannot_claim_someone_else_s_key() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         use jsonwebtoken::{Algorithm, EncodingKey, Header};

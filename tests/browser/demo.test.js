@@ -109,7 +109,10 @@ async function main() {
     const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     const pageErrors = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
-    await page.goto(base + "/");
+    // The page is served at the proxy's root (keyless HTTP falls back to the control server).
+    const proxyRoot = before.proxies[0].wsUrl.replace(/^ws:/, "http:");
+    await page.goto(proxyRoot + "/");
+    if (!(await page.title())) fail(`no page at the proxy's root ${proxyRoot}/`);
     await page.waitForFunction((v) => document.querySelector("#ring-version").dataset.version === String(v),
       before.ringVersion, { timeout: 10_000 });
     const nodeRows = await page.$$eval("#nodes tbody tr", (rows) => rows.map((r) => r.dataset.ring));

@@ -216,7 +216,13 @@ fn print_banner(settings: &Settings, control_addr: SocketAddr) -> anyhow::Result
             "in-memory"
         },
     )?;
-    writeln!(out, "  demo page and control API: http://{control_addr}/")?;
+    if let Some((listen, _)) = settings.proxy_addresses.first() {
+        writeln!(
+            out,
+            "  demo page: http://{listen}/ (served through the proxy)"
+        )?;
+    }
+    writeln!(out, "  control API and demo page: http://{control_addr}/")?;
     for (i, (listen, admin)) in settings.proxy_addresses.iter().enumerate() {
         writeln!(
             out,

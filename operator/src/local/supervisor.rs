@@ -570,6 +570,11 @@ impl Supervisor {
             "--ring-url".to_string(),
             s.ring_url(),
         ];
+        // Keyless plain HTTP (the demo page and its API) reaches the control server through
+        // the proxy, so the page is served at the proxy's root.
+        if let Some(control) = s.control_url.strip_prefix("http://") {
+            args.extend(["--fallback-upstream".to_string(), control.to_string()]);
+        }
         if let Some(path) = &s.proxy_config {
             args.extend(["--config".to_string(), path.display().to_string()]);
         }

@@ -18,7 +18,8 @@
 //! Flags (each also read from `WSCLUSTER_<FLAG>`): `--listen 0.0.0.0:8080`,
 //! `--admin-listen 0.0.0.0:9090`, `--id` (default `POD_NAME`, else the hostname),
 //! `--cluster-id default/chat`, `--config /etc/wscluster/proxy.yaml` (optional),
-//! `--ring-url` with `--ring-token-file` or `--ring-token`, or `--ring-file`, and `--amqp-url`.
+//! `--ring-url` with `--ring-token-file` or `--ring-token`, or `--ring-file`, `--amqp-url`, and
+//! `--fallback-upstream host:port` (where keyless plain HTTP goes instead of a 400).
 //!
 //! ```no_run
 //! use wscluster_proxy::{RingSource, Settings, config::ProxyConfig, run};
@@ -29,6 +30,7 @@
 //!     config: ProxyConfig::default(),
 //!     ring: RingSource::File("ring.json".into()),
 //!     amqp_url: None,
+//!     fallback_upstream: None,
 //! };
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
 use wscluster_ring::contract::bus::BroadcastEvent;
-use wscluster_ring::contract::{MAX_KEY_LEN, validate_key};
+use wscluster_ring::contract::{MAX_KEY_LEN, percent_decode, validate_key};
 
 use crate::ownership::Ownership;
 use crate::session::{self, Since};
@@ -158,40 +158,13 @@ fn metrics(state: &NodeState) -> Resp {
     resp
 }
 
-/// Decodes `%XX` escapes (and `+` as space when `plus` is set); refuses bad escapes and
-/// invalid UTF-8.
-pub fn percent_decode(raw: &str, plus: bool) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// The first value of a query parameter, decoded.
 pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
     let Some(query) = query else { return Ok(None) };
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k, true).as_deref() == Some(name) {
-            return percent_decode(v, true).map(Some).ok_or_else(|| {
+        if percent_decode(k, true).as_deref() == Ok(name) {
+            return percent_decode(v, true).map(Some).map_err(|_| {
                 ApiError::bad(
                     "bad-query",
                     format!("query parameter {name} is not valid percent-encoded UTF-8"),
@@ -226,7 +199,7 @@ fn connect_key(req: &Request<Incoming>) -> Result<String, ApiError> {
                 "expected /connect/{userId} (encode a slash in userId as %2F)",
             ));
         }
-        Some(seg) => Some(percent_decode(seg, false).ok_or_else(|| {
+        Some(seg) => Some(percent_decode(seg, false).map_err(|_| {
             ApiError::bad(
                 "invalid-user-id",
                 "userId is not valid percent-encoded UTF-8",
@@ -495,7 +468,7 @@ async fn broadcast(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Res
 
 /// `GET /users/{userId}`: presence.
 async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
-    let user = check_user(Some(percent_decode(raw, false).ok_or_else(|| {
+    let user = check_user(Some(percent_decode(raw, false).map_err(|_| {
         ApiError::bad(
             "invalid-user-id",
             "userId is not valid percent-encoded UTF-8",
@@ -532,16 +505,6 @@ async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoding_refuses_broken_escapes_and_invalid_utf8() {
-        assert_eq!(percent_decode("a%20b+c", true).as_deref(), Some("a b c"));
-        assert_eq!(percent_decode("a+b", false).as_deref(), Some("a+b"));
-        assert_eq!(percent_decode("%E2%9C%93", false).as_deref(), Some("✓"));
-        assert_eq!(percent_decode("%zz", false), None);
-        assert_eq!(percent_decode("%4", false), None);
-        assert_eq!(percent_decode("%FF", false), None);
-    }
 
     #[test]
     fn query_params_take_the_first_value_and_validate_user_ids() {

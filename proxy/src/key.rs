@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, Request, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 use wscluster_ring::KeyHash;
-use wscluster_ring::contract::validate_key;
+use wscluster_ring::contract::{DecodeError, percent_decode, validate_key};
 
 use crate::config::{JwtAlgorithm, JwtSpec, KeySourceSpec, TokenFrom};
 use crate::error::{Error, Result};
@@ -341,9 +341,7 @@ pub fn extract_key<B>(req: &Request<B>, sources: &KeySources) -> Result<Key, Key
     };
     for source in &sources.sources {
         let raw: Option<Result<String, &'static str>> = match source {
-            Source::Path(p) => p
-                .capture(req.uri().path())
-                .map(|s| percent_decode(s, false)),
+            Source::Path(p) => p.capture(req.uri().path()).map(|s| decode(s, false)),
             Source::Query(q) => query_param(req.uri().query(), q),
             Source::Header(h) => req.headers().get(h).map(|v| {
                 v.to_str()
@@ -384,8 +382,13 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 fn query_param(query: Option<&str>, name: &str) -> Option<Result<String, &'static str>> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k, true).ok()? == name).then(|| percent_decode(v, true))
+        (decode(k, true).ok()? == name).then(|| decode(v, true))
     })
+}
+
+/// [`percent_decode`] with the message the key errors carry.
+fn decode(raw: &str, plus_is_space: bool) -> Result<String, &'static str> {
+    percent_decode(raw, plus_is_space).map_err(DecodeError::as_str)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<Result<String, &'static str>> {
@@ -401,35 +404,9 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<Result<String, &'static str
                     .strip_prefix('"')
                     .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or(v);
-                percent_decode(v, false)
+                decode(v, false)
             })
         })
-}
-
-/// Decodes `%XX` escapes (and `+` as a space when `plus` is set) into UTF-8.
-fn percent_decode(s: &str, plus: bool) -> Result<String, &'static str> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or("truncated percent escape")?;
-                let hex = std::str::from_utf8(hex).map_err(|_| "bad percent escape")?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad percent escape")?);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| "key is not UTF-8")
 }
 
 #[cfg(test)]

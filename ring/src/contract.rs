@@ -182,6 +182,67 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Why a URL component does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// A `%` not followed by two characters.
+    #[error("truncated percent escape")]
+    TruncatedEscape,
+    /// A `%` followed by something other than two hex digits.
+    #[error("bad percent escape")]
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    #[error("not valid UTF-8 after percent-decoding")]
+    NotUtf8,
+}
+
+impl DecodeError {
+    /// The message, for error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeError::TruncatedEscape => "truncated percent escape",
+            DecodeError::BadEscape => "bad percent escape",
+            DecodeError::NotUtf8 => "not valid UTF-8 after percent-decoding",
+        }
+    }
+}
+
+/// Percent-decodes one URL component (RFC 3986 §2.1), strictly: a malformed escape or invalid
+/// UTF-8 is an error, never passed through or replaced. `plus_is_space` decodes `+` as a space,
+/// as `application/x-www-form-urlencoded` query strings do; paths and cookies keep `+`.
+///
+/// Proxy and node both take the business key from the request URL, so they must decode it the
+/// same way or they would disagree on the key (and so on its owner): this is the one decoder.
+pub fn percent_decode(raw: &str, plus_is_space: bool) -> Result<String, DecodeError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(DecodeError::TruncatedEscape)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| DecodeError::BadEscape)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(DecodeError::BadEscape);
+                }
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| DecodeError::BadEscape)?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
+}
+
 pub mod stream {
     //! The ring stream: how the operator (or local mode's ring authority) hands ring snapshots to
     //! proxies and nodes.
@@ -415,6 +476,21 @@ mod tests {
         assert!(StreamEvent::parse_line(dup).is_err());
         assert!(StreamEvent::parse_line(b"{\"type\":\"gossip\"}").is_err());
         assert!(StreamEvent::parse_line(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn url_components_decode_strictly() {
+        assert_eq!(percent_decode("a%20b+c", true).as_deref(), Ok("a b c"));
+        assert_eq!(percent_decode("a+b", false).as_deref(), Ok("a+b"));
+        assert_eq!(percent_decode("%E2%9C%93", false).as_deref(), Ok("✓"));
+        assert_eq!(percent_decode("%zz", false), Err(DecodeError::BadEscape));
+        assert_eq!(percent_decode("%+1", false), Err(DecodeError::BadEscape));
+        assert_eq!(
+            percent_decode("%4", false),
+            Err(DecodeError::TruncatedEscape)
+        );
+        assert_eq!(percent_decode("%FF", false), Err(DecodeError::NotUtf8));
+        assert_eq!(percent_decode("", true).as_deref(), Ok(""));
     }
 
     #[test]

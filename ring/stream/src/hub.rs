@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
+use wscluster_ring::contract::percent_decode;
 use wscluster_ring::contract::stream::{Ack, HEARTBEAT_INTERVAL_MS, StreamEvent, SubscriberKind};
 use wscluster_ring::{RingError, RingSnapshot};
 
@@ -733,37 +734,10 @@ fn query_param(query: &str, name: &str) -> Result<Option<String>, ()> {
             if found.is_some() {
                 return Err(());
             }
-            found = Some(percent_decode(value).ok_or(())?);
+            found = Some(percent_decode(value, true).map_err(|_| ())?);
         }
     }
     Ok(found)
-}
-
-/// Decodes `%XX` escapes (and `+` as a space, as forms encode it); `None` for a bad escape or
-/// invalid UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn empty() -> BoxBody {

@@ -2,6 +2,7 @@
 //! JSON body `{"error": "<code>", "message": "<text>"}` — all in this one place.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
@@ -19,7 +20,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
 use wscluster_ring::contract::bus::BroadcastEvent;
-use wscluster_ring::contract::{MAX_KEY_LEN, percent_decode, validate_key};
+use wscluster_ring::contract::{MAX_KEY_LEN, RING_VERSION_HEADER, percent_decode, validate_key};
 
 use crate::ownership::Ownership;
 use crate::session::{self, Since};
@@ -96,7 +97,7 @@ pub async fn handle(state: Arc<NodeState>, mut req: Request<Incoming>) -> Resp {
         (Method::POST, "/broadcast") => broadcast(&state, req).await,
         (Method::GET, p) if p.starts_with("/users/") => user(&state, &p["/users/".len()..]).await,
         (Method::GET, p) if p == "/connect" || p.starts_with("/connect/") => {
-            upgrade(&state, &mut req)
+            upgrade(&state, &mut req).await
         }
         (
             _,
@@ -212,6 +213,39 @@ fn connect_key(req: &Request<Incoming>) -> Result<String, ApiError> {
     }
 }
 
+/// How long a request routed under a newer ring than the node's waits for that ring before the
+/// node decides ownership: a few ring-stream round trips. Bounded so a client that sends the
+/// header itself can hold a request no longer than this.
+const RING_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// The ring version the proxy routed this request with, if it said (and said it well).
+fn routed_version(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(RING_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// [`check_owner`], but when the node would refuse and the proxy routed under a newer ring than
+/// the node has applied, first waits up to [`RING_CATCH_UP`] for that ring.
+async fn check_owner_routed(
+    state: &NodeState,
+    key: &str,
+    routed: Option<u64>,
+) -> Result<u64, ApiError> {
+    match check_owner(state, key) {
+        Err(e) if routed.is_some_and(|v| v > state.ring.version()) => {
+            let version = routed.unwrap_or_default();
+            if state.ring.wait_for_version(version, RING_CATCH_UP).await {
+                check_owner(state, key)
+            } else {
+                Err(e)
+            }
+        }
+        decided => decided,
+    }
+}
+
 /// Refuses a key this node does not own.
 fn check_owner(state: &NodeState, key: &str) -> Result<u64, ApiError> {
     match state.ring.decide(&state.id, key) {
@@ -247,7 +281,7 @@ fn header_has_token(req: &Request<Incoming>, name: http::HeaderName, token: &str
 }
 
 /// `GET /connect/{userId}`: checks, answers 101 and spawns the session.
-fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<Resp, ApiError> {
+async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<Resp, ApiError> {
     let key = connect_key(req)?;
     if state.is_draining() {
         return Err(ApiError::new(
@@ -256,7 +290,7 @@ fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<Resp, 
             "the node is shutting down; reconnect",
         ));
     }
-    check_owner(state, &key)?;
+    check_owner_routed(state, &key, routed_version(req)).await?;
     if !header_has_token(req, UPGRADE, "websocket") || !header_has_token(req, CONNECTION, "upgrade")
     {
         return Err(ApiError::bad(
@@ -390,6 +424,7 @@ fn check_message(state: &NodeState, message: Option<String>) -> Result<String, A
 
 /// `GET|POST /send?userId=…&message=…`.
 async fn send(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let routed = routed_version(&req);
     let query = req.uri().query().map(str::to_owned);
     let q_user = query_param(query.as_deref(), "userId")?;
     let q_message = query_param(query.as_deref(), "message")?;
@@ -401,7 +436,7 @@ async fn send(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, Ap
     let (b_user, b_message) = body.map_or((None, None), |b| (b.user_id, b.message));
     let user = check_user(q_user.or(b_user))?;
     let message = check_message(state, q_message.or(b_message))?;
-    check_owner(state, &user)?;
+    check_owner_routed(state, &user, routed).await?;
     match state.send_to_user(user, message).await {
         Ok(outcome) => {
             let status = if outcome.delivered {

@@ -5,6 +5,7 @@
 //! rings themselves come from `wscluster-ring-stream` (`Subscription` or `watch_ring_file`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use wscluster_ring::{KeyHash, Ring};
@@ -38,6 +39,17 @@ impl RingView {
             RingView::Standalone => true,
             RingView::Watched(rx) => rx.borrow().is_some(),
         }
+    }
+
+    /// Waits until the ring in use is at least `version`, for at most `within`; true if it is.
+    /// Standalone nodes have no versions and answer false at once.
+    pub async fn wait_for_version(&self, version: u64, within: Duration) -> bool {
+        let RingView::Watched(rx) = self else {
+            return false;
+        };
+        let mut rx = rx.clone();
+        let caught_up = rx.wait_for(|r| r.as_ref().is_some_and(|r| r.version() >= version));
+        matches!(tokio::time::timeout(within, caught_up).await, Ok(Ok(_)))
     }
 
     /// Decides whether `me` owns `key` now.

@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,88 @@ async fn a_node_refuses_upgrades_and_sends_for_keys_it_does_not_own_under_its_ne
         assert_eq!(body["owner"], "n-1");
         let (status, _) = node.refused(&format!("/connect/{mine}")).await;
         assert_eq!(status, 421);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// An upgrade carrying the proxy's ring-version header, answered with the status it got.
+async fn upgrade_routed_with(addr: &str, path: &str, version: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        wscluster_ring::contract::RING_VERSION_HEADER,
+        version.parse().expect("header value"),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_ws, resp)) => resp.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_request_routed_under_a_newer_ring_waits_for_it_instead_of_being_refused() {
+    tokio::time::timeout(STEP * 3, async {
+        let dir = std::env::temp_dir().join(unique("wsc-ring"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("ring.json");
+        let v1 = snapshot(1, false);
+        std::fs::write(&file, v1.to_json()).expect("write ring");
+        let path = file.to_string_lossy().into_owned();
+        let node = Node::spawn("n-1", &["--cluster-id", "test/own", "--ring-file", &path]).await;
+        // Under v1 n-0 owns `moved`; in v2 n-0 drains and n-1 (this node) owns every key.
+        let moved = key_owned_by(&v1, "n-0");
+        let connect = format!("/connect/{moved}");
+
+        // Routed with the node's own version, or with garbage: refused at once.
+        assert_eq!(upgrade_routed_with(&node.addr, &connect, "1").await, 421);
+        assert_eq!(
+            upgrade_routed_with(&node.addr, &connect, "not-a-number").await,
+            421
+        );
+
+        // Routed with v2 while the node still has v1: the node holds the request...
+        let addr = node.addr.clone();
+        let path2 = connect.clone();
+        let mut pending =
+            tokio::spawn(async move { upgrade_routed_with(&addr, &path2, "2").await });
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut pending).await;
+        assert!(
+            early.is_err(),
+            "answered before the node had ring v2: {early:?}"
+        );
+        // ...and accepts it once v2 arrives.
+        std::fs::write(&file, snapshot(2, true).to_json()).expect("write ring");
+        assert_eq!(pending.await.expect("task"), 101);
+
+        // A version that never comes: refused, but only once the bounded wait is over.
+        let v3 = RingSnapshot::new(
+            "test/own",
+            3,
+            vec![
+                Member::active("n-0", "127.0.0.1:1"),
+                Member::active("n-1", "127.0.0.1:2").draining(),
+            ],
+        );
+        std::fs::write(&file, v3.to_json()).expect("write ring");
+        eventually("the node applies ring v3", || async {
+            let (status, body) = node
+                .http("GET", &format!("/send?userId={moved}&message=x"), None)
+                .await;
+            (status == 421 && body["ringVersion"] == 3).then_some(())
+        })
+        .await;
+        let started = std::time::Instant::now();
+        assert_eq!(upgrade_routed_with(&node.addr, &connect, "99").await, 421);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1_500),
+            "the node waited for the newer ring before refusing: {:?}",
+            started.elapsed()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await

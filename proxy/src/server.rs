@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use wscluster_ring::contract::RING_VERSION_HEADER;
+
 use crate::key::{KeyError, extract_key};
 use crate::resets::check_late_registration;
 use crate::splice::{End, Splice};
@@ -236,6 +238,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Tells the owner which ring routed the request (replacing anything the client sent), so a
+/// new owner that lags behind waits for that ring instead of refusing; see
+/// [`RING_VERSION_HEADER`].
+fn set_ring_version(headers: &mut HeaderMap, version: Option<u64>) {
+    let name = HeaderName::from_static(RING_VERSION_HEADER);
+    match version {
+        Some(v) => {
+            headers.insert(name, HeaderValue::from(v));
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
 fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_string();
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -261,7 +278,7 @@ async fn handle(
             if shared.fallback_upstream.is_some() && !is_websocket_upgrade(req.headers()) =>
         {
             let upstream = shared.fallback_upstream.as_deref().unwrap_or_default();
-            return forward(req, peer, upstream, "fallback", &shared, &client).await;
+            return forward(req, peer, upstream, "fallback", None, &shared, &client).await;
         }
         Err(e) => {
             shared.metrics.error(e.metric_label());
@@ -281,17 +298,28 @@ async fn handle(
         let Some(member) = routing.members.get(index) else {
             return Failure::NoOwner.response(&shared, None);
         };
-        forward(req, peer, &member.address, &member.id, &shared, &client).await
+        let version = Some(routing.ring.version());
+        forward(
+            req,
+            peer,
+            &member.address,
+            &member.id,
+            version,
+            &shared,
+            &client,
+        )
+        .await
     }
 }
 
 /// Forwards a plain HTTP request to `address` (`host:port`); `target` names it in errors and logs
-/// (the owning member's id, or "fallback").
+/// (the owning member's id, or "fallback"); `ring_version` is the ring it was routed with.
 async fn forward(
     req: Request<Incoming>,
     peer: SocketAddr,
     address: &str,
     target: &str,
+    ring_version: Option<u64>,
     shared: &Shared,
     client: &HttpClient,
 ) -> Response<Body> {
@@ -308,6 +336,7 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded_for(&mut parts.headers, peer);
+    set_ring_version(&mut parts.headers, ring_version);
     shared.metrics.http_requests.inc();
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
@@ -370,6 +399,7 @@ async fn upgrade(
         .unwrap_or_default();
     *upstream_req.headers_mut() = req.headers().clone();
     add_forwarded_for(upstream_req.headers_mut(), peer);
+    set_ring_version(upstream_req.headers_mut(), Some(routing.ring.version()));
     let mut send = pin!(tokio::time::timeout(
         limits.header_read_timeout(),
         sender.send_request(upstream_req),
@@ -505,6 +535,17 @@ mod tests {
         h.remove(header::CONNECTION);
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(!is_websocket_upgrade(&h));
+    }
+
+    #[test]
+    fn the_ring_version_header_replaces_the_clients_and_is_dropped_for_the_fallback() {
+        let mut h = HeaderMap::new();
+        h.insert(RING_VERSION_HEADER, HeaderValue::from_static("999"));
+        set_ring_version(&mut h, Some(7));
+        assert_eq!(h.get_all(RING_VERSION_HEADER).iter().count(), 1);
+        assert_eq!(h.get(RING_VERSION_HEADER), Some(&HeaderValue::from(7u64)));
+        set_ring_version(&mut h, None);
+        assert!(h.get(RING_VERSION_HEADER).is_none());
     }
 
     #[test]

@@ -141,6 +141,12 @@ pub struct ClientMessage {
     pub offset: Option<u64>,
 }
 
+/// Request header a proxy sets on every request it routes to a member: the ring version it
+/// routed with. A node that does not own the key under an older ring waits briefly for that
+/// version before refusing, so a client moved by a new ring is not bounced by a new owner that
+/// has not applied it yet. Proxies overwrite any value a client sent.
+pub const RING_VERSION_HEADER: &str = "x-wscluster-ring-version";
+
 /// Longest business key accepted, in bytes. Keys are user ids, room ids and the like; 128 bytes
 /// holds a UUID with a prefix or an email address, and bounds the memory a key costs per
 /// connection, per presence entry and per mailbox name.

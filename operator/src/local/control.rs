@@ -12,7 +12,9 @@
 //! | `POST /api/send` `{"userId","message"}` | `GET /send` through the first live proxy |
 //! | `POST /api/broadcast` `{"message"}` | `POST /broadcast` through the first live proxy (with the in-memory bus: to every node) |
 //!
-//! Errors are JSON `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
+//! Commands (scale, kill, restart, authority) answer `{"ok": true, "ring": <snapshot>}`, the ring
+//! published right after the command. Errors are JSON `{"error": "<code>", "message": "<text>"}`
+//! with a 4xx/5xx status.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -224,8 +226,11 @@ async fn command(control: &Control, command: Command) -> Result<Resp, ApiError> 
         .send((command, tx))
         .await
         .map_err(|_| unavailable())?;
-    rx.await.map_err(|_| unavailable())??;
-    Ok(json_response(StatusCode::OK, &json!({"ok": true})))
+    let ring = rx.await.map_err(|_| unavailable())??;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"ok": true, "ring": ring.as_deref()}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -381,7 +386,11 @@ mod tests {
                         "no-such-child",
                         "there is no node 7",
                     )),
-                    _ => Ok(()),
+                    _ => Ok(Some(Arc::new(wscluster_ring::RingSnapshot::new(
+                        "local/demo",
+                        9,
+                        Vec::new(),
+                    )))),
                 };
                 let _ = reply.send(result);
             }
@@ -418,13 +427,17 @@ mod tests {
     #[tokio::test]
     async fn valid_commands_reach_the_supervisor_and_bad_input_gets_a_clear_error() {
         let (base, mut seen, shutdown) = server().await;
-        let (status, _) = call(
+        let (status, body) = call(
             Method::POST,
             &format!("{base}/api/scale"),
             r#"{"replicas":4}"#,
         )
         .await;
         assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body["ring"]["version"], 9,
+            "the reply carries the ring: {body}"
+        );
         assert!(matches!(seen.recv().await, Some(Command::Scale(4))));
         let (status, _) = call(Method::POST, &format!("{base}/api/nodes/2/kill"), "").await;
         assert_eq!(status, StatusCode::OK);

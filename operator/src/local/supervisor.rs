@@ -109,8 +109,12 @@ pub enum Command {
     StartAuthority,
 }
 
-/// A command with its reply channel.
-pub type Request = (Command, oneshot::Sender<Result<(), ApiError>>);
+/// A command with its reply channel. The reply carries the ring published right after the
+/// command (read inside the supervisor, the only publisher, so no later change can slip in).
+pub type Request = (
+    Command,
+    oneshot::Sender<Result<Option<Arc<RingSnapshot>>, ApiError>>,
+);
 
 /// The rendered state, as `GET /api/state` answers it.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -399,7 +403,9 @@ impl Supervisor {
                 () = self.shutdown.cancelled() => break,
                 Some(event) = self.events_rx.recv() => self.on_event(event),
                 Some((command, reply)) = commands.recv() => {
-                    let result = self.on_command(command);
+                    let result = self
+                        .on_command(command)
+                        .map(|()| self.hub.current(&self.settings.cluster_id));
                     let _ = reply.send(result);
                 }
                 _ = tick.tick() => self.on_tick(),

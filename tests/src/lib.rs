@@ -91,6 +91,47 @@ pub fn unique(base: &str) -> String {
     )
 }
 
+/// How every end-to-end scenario begins: local mode with real backends, `clients` clients
+/// (`WSCLUSTER_E2E_CLIENTS`, else the scenario's default) connected through its proxies, and a
+/// first round of messages delivered to all of them.
+pub struct Started {
+    /// Local mode.
+    pub local: Local,
+    /// The proxies' WebSocket base URLs.
+    pub proxies: Vec<String>,
+    /// The connected clients.
+    pub fleet: Fleet,
+    /// How many clients.
+    pub clients: usize,
+}
+
+impl Started {
+    /// Starts local mode (`name`, `nodes` nodes, 2 proxies), connects the fleet with user ids
+    /// starting `prefix`, and waits for the first round of messages.
+    pub async fn new(
+        name: &str,
+        nodes: u32,
+        prefix: &str,
+        default_clients: usize,
+    ) -> anyhow::Result<Started> {
+        let clients = env_count("WSCLUSTER_E2E_CLIENTS", default_clients);
+        let local = Local::start(LocalOptions::real_backends(name, nodes, 2)).await?;
+        let proxies = local.proxy_urls().await?;
+        let fleet = Fleet::connect(prefix, clients, &proxies);
+        fleet
+            .wait_connected(Duration::from_secs(30 + clients as u64 / 100))
+            .await?;
+        fleet.send_round(&proxies, 1, 64).await?;
+        fleet.wait_messages(1, Duration::from_secs(60)).await?;
+        Ok(Started {
+            local,
+            proxies,
+            fleet,
+            clients,
+        })
+    }
+}
+
 /// A count from an environment variable, or a default.
 pub fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -438,8 +479,9 @@ impl Local {
         r.json()
     }
 
-    /// A control command: `POST /api/<path>` with an optional body; fails unless 200.
-    pub async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<()> {
+    /// A control command: `POST /api/<path>` with an optional body; fails unless 200, and
+    /// answers the reply (`{"ok":true,"ring":…}`, the ring published right after the command).
+    pub async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let r = http::request(
             "POST",
             &format!("{}/api/{path}", self.control),
@@ -453,11 +495,12 @@ impl Local {
                 String::from_utf8_lossy(&r.body)
             );
         }
-        Ok(())
+        Ok(serde_json::from_slice(&r.body)?)
     }
 
-    /// Sets the desired node count.
-    pub async fn scale(&self, replicas: u32) -> anyhow::Result<()> {
+    /// Sets the desired node count; answers the reply, whose `ring` is the ring published by
+    /// the change (for a scale-down, the drain ring).
+    pub async fn scale(&self, replicas: u32) -> anyhow::Result<Value> {
         self.post("scale", Some(serde_json::json!({ "replicas": replicas })))
             .await
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Fleet, Local, LocalOptions, delivery_problems, env_count, ring_of};
+use wscluster_tests::{Started, delivery_problems, ring_of};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -21,17 +21,13 @@ async fn a_killed_nodes_clients_reconnect_to_new_owners_and_lose_nothing() {
 }
 
 async fn scenario() -> anyhow::Result<()> {
-    let clients = env_count("WSCLUSTER_E2E_CLIENTS", 500);
-    let local = Local::start(LocalOptions::real_backends("kill-node", 3, 2)).await?;
-    let proxies = local.proxy_urls().await?;
+    let Started {
+        local,
+        proxies,
+        fleet,
+        clients,
+    } = Started::new("kill-node", 3, "k", 500).await?;
     let old_ring = local.ring().await?;
-
-    let fleet = Fleet::connect("k", clients, &proxies);
-    fleet
-        .wait_connected(Duration::from_secs(30 + clients as u64 / 100))
-        .await?;
-    fleet.send_round(&proxies, 1, 64).await?;
-    fleet.wait_messages(1, Duration::from_secs(60)).await?;
     let victims: BTreeSet<String> = fleet
         .clients
         .iter()

@@ -10,9 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{
-    Fleet, Local, LocalOptions, delivery_problems, env_count, ring_of, wait_for,
-};
+use wscluster_tests::{Fleet, Started, delivery_problems, ring_of, wait_for};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -26,16 +24,12 @@ async fn clients_survive_a_killed_proxy_and_proxies_keep_routing_while_the_ring_
 }
 
 async fn scenario() -> anyhow::Result<()> {
-    let clients = env_count("WSCLUSTER_E2E_CLIENTS", 500);
-    let local = Local::start(LocalOptions::real_backends("failures", 3, 2)).await?;
-    let proxies = local.proxy_urls().await?;
-
-    let fleet = Fleet::connect("p", clients, &proxies);
-    fleet
-        .wait_connected(Duration::from_secs(30 + clients as u64 / 100))
-        .await?;
-    fleet.send_round(&proxies, 1, 64).await?;
-    fleet.wait_messages(1, Duration::from_secs(60)).await?;
+    let Started {
+        local,
+        proxies,
+        fleet,
+        clients,
+    } = Started::new("failures", 3, "p", 500).await?;
 
     // A proxy dies: half the clients lose their connection and come back through the other.
     local.post("proxies/0/kill", None).await?;

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Fleet, Local, LocalOptions, delivery_problems, env_count, ring_of};
+use wscluster_tests::{Started, delivery_problems, ring_of};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -22,16 +22,14 @@ async fn scale_up_resets_exactly_the_moved_clients_and_loses_no_message() {
 }
 
 async fn scenario() -> anyhow::Result<()> {
-    let clients = env_count("WSCLUSTER_E2E_CLIENTS", 1_000);
-    let local = Local::start(LocalOptions::real_backends("scale-up", 3, 2)).await?;
-    let proxies = local.proxy_urls().await?;
+    let Started {
+        local,
+        proxies,
+        fleet,
+        clients,
+    } = Started::new("scale-up", 3, "u", 1_000).await?;
     let before = local.state().await?;
     let old_ring = ring_of(&before)?;
-
-    let fleet = Fleet::connect("u", clients, &proxies);
-    fleet
-        .wait_connected(Duration::from_secs(30 + clients as u64 / 100))
-        .await?;
     // Every client sits on the owner the ring names.
     for (user, r) in fleet.records() {
         let owner = &old_ring.owner(&user)?.id;
@@ -41,8 +39,6 @@ async fn scenario() -> anyhow::Result<()> {
             r.node
         );
     }
-    fleet.send_round(&proxies, 1, 64).await?;
-    fleet.wait_messages(1, Duration::from_secs(60)).await?;
 
     let refused_before: u64 = fleet.records().values().map(|r| r.failed_connects).sum();
 

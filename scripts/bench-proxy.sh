@@ -6,6 +6,8 @@
 #   scripts/bench-proxy.sh                 # build, install nginx/haproxy if missing, run, print
 #   ROUNDS=3 IDLE_CONNS=9000 scripts/bench-proxy.sh
 #   SKIP_BUILD=1 CARGO_TARGET_DIR=/path scripts/bench-proxy.sh   # use binaries already built
+#   ROWS="upgrades paced" scripts/bench-proxy.sh   # only some rows (echo100 echo1000 paced
+#                                                  # upgrades idle; default all)
 #
 # Rows: closed-loop echo msgs/s at 100 and 1,000 connections with the proxy's CPU time per
 # message (utime+stime from /proc), round-trip p50/p99 at a fixed paced rate, upgrades/s
@@ -26,6 +28,8 @@ UPGRADE_SECONDS=${UPGRADE_SECONDS:-3}
 UPGRADE_CONCURRENCY=${UPGRADE_CONCURRENCY:-16}
 IDLE_CONNS=${IDLE_CONNS:-9000}
 BASE_PORT=${BASE_PORT:-19000}
+ROWS=${ROWS:-echo100 echo1000 paced upgrades idle}
+want() { [[ " $ROWS " == *" $1 "* ]]; }
 
 BACKEND_PORT=$((BASE_PORT + 1))
 WSC_PORT=$((BASE_PORT + 101))
@@ -231,14 +235,14 @@ for t in "${TARGETS[@]}"; do # warm-up
     --url "ws://127.0.0.1:$(port_of "$t")/ws?userId=w{i}" >/dev/null
 done
 for r in $(seq 1 "$ROUNDS"); do
-  for t in "${TARGETS[@]}"; do run_load "$t" echo100 "$r" -- echo --connections 100 --seconds "$ECHO_SECONDS"; done
-  for t in "${TARGETS[@]}"; do run_load "$t" echo1000 "$r" -- echo --connections 1000 --seconds "$ECHO_SECONDS"; done
-  for t in "${TARGETS[@]}"; do run_load "$t" paced "$r" -- paced --connections "$PACED_CONNS" --rate "$PACED_RATE" --seconds "$PACED_SECONDS"; done
-  for t in "${TARGETS[@]}"; do run_load "$t" upgrades "$r" -- upgrades --concurrency "$UPGRADE_CONCURRENCY" --seconds "$UPGRADE_SECONDS"; done
+  want echo100 && for t in "${TARGETS[@]}"; do run_load "$t" echo100 "$r" -- echo --connections 100 --seconds "$ECHO_SECONDS"; done
+  want echo1000 && for t in "${TARGETS[@]}"; do run_load "$t" echo1000 "$r" -- echo --connections 1000 --seconds "$ECHO_SECONDS"; done
+  want paced && for t in "${TARGETS[@]}"; do run_load "$t" paced "$r" -- paced --connections "$PACED_CONNS" --rate "$PACED_RATE" --seconds "$PACED_SECONDS"; done
+  want upgrades && for t in "${TARGETS[@]}"; do run_load "$t" upgrades "$r" -- upgrades --concurrency "$UPGRADE_CONCURRENCY" --seconds "$UPGRADE_SECONDS"; done
 done
 
 # --- Memory per idle connection (fresh processes) ------------------------------------------
-for t in wscluster nginx haproxy; do
+want idle && for t in wscluster nginx haproxy; do
   stop_target "$t"; "start_$t"
   port=$(port_of "$t")
   # Warm-up: a few connections opened and closed, so one-time allocations are not counted.
@@ -295,6 +299,11 @@ for t in T:
     m = mean("upgrades", t, "upgrades_per_sec")
     cells.append(fmt(m) + ("" if t == "direct" or not d or m is None else f" ({m/d:.2f}×)"))
 out.append("| upgrades/s | " + " | ".join(cells) + " |")
+cells = ["—"]
+for t in T[1:]:
+    cpu = sum(vals("upgrades", t, "cpu_seconds")); n = sum(vals("upgrades", t, "upgrades"))
+    cells.append(f"{cpu / n * 1e6:.1f}" if n else "—")
+out.append("| proxy CPU µs/upgrade | " + " | ".join(cells) + " |")
 cells = ["—"]
 for t in T[1:]:
     r = [x for x in rows if x["workload"] == "idle" and x["target"] == t]

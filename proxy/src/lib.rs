@@ -11,7 +11,8 @@
 //! Layout: [`config`] (the YAML file), [`key`] (pure key extraction, JWT verification),
 //! [`registry`] (live connections, pure reset planning), [`resets`] (ring application, pacer,
 //! idle sweep, drain), [`frame`] (RFC 6455 frame boundaries and the frames the proxy writes),
-//! [`splice`] (the low-memory copy loop), [`server`] (accept loop, routing, HTTP forwarding),
+//! [`splice`] (the low-memory copy loop), [`upstream`] (the owner's side of an upgrade, spoken
+//! directly), [`server`] (accept loop, routing, HTTP forwarding),
 //! [`admin`] (`/healthz`, `/readyz`, `/metrics`), [`bus`] (reset events to RabbitMQ),
 //! [`state`] (what tasks share), [`error`].
 //!
@@ -50,6 +51,7 @@ pub mod resets;
 pub mod server;
 pub mod splice;
 pub mod state;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;

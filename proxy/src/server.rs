@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,7 @@ use crate::key::{KeyError, extract_key};
 use crate::resets::check_late_registration;
 use crate::splice::{End, Splice};
 use crate::state::{Routing, Shared};
+use crate::upstream;
 
 /// Response body: our own JSON or a forwarded upstream body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -370,7 +372,7 @@ async fn upgrade(
         return Failure::NoOwner.response(&shared, None);
     };
     let limits = shared.config.limits;
-    let tcp = match tokio::time::timeout(
+    let mut tcp = match tokio::time::timeout(
         limits.connect_timeout(),
         TcpStream::connect(member.address.as_str()),
     )
@@ -384,98 +386,66 @@ async fn upgrade(
         Err(_) => return Failure::UpstreamConnectTimeout.response(&shared, Some(&member.id)),
     };
     let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
-        Ok(pair) => pair,
-        Err(_) => return Failure::UpstreamError.response(&shared, Some(&member.id)),
+    let version = routing.ring.version();
+    let mut head = Vec::with_capacity(512);
+    upstream::write_request(
+        &mut head,
+        req.method(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        req.headers(),
+        &peer.ip().to_string(),
+        version,
+    );
+    let exchange = async {
+        tcp.write_all(&head).await?;
+        upstream::read_answer(&mut tcp, limits.max_header_bytes).await
     };
-    // The upstream connection is driven here and then by the splice task, not by a task of
-    // its own: one task fewer and no cross-task wake-up per upgrade.
-    let mut conn = Box::pin(conn.with_upgrades());
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let mut upstream_req = Request::builder()
-        .method(req.method())
-        .uri(req.uri().path_and_query().map_or("/", |p| p.as_str()))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap_or_default();
-    *upstream_req.headers_mut() = req.headers().clone();
-    add_forwarded_for(upstream_req.headers_mut(), peer);
-    set_ring_version(upstream_req.headers_mut(), Some(routing.ring.version()));
-    let mut send = pin!(tokio::time::timeout(
-        limits.header_read_timeout(),
-        sender.send_request(upstream_req),
-    ));
-    let mut conn_done = false;
-    let answer = tokio::select! {
-        biased;
-        r = &mut send => r,
-        c = &mut conn => {
-            // With a 101 the connection finishes as soon as it hands over the socket, which
-            // can happen in the same poll that delivers the response.
-            conn_done = true;
-            match c {
-                Ok(()) => send.await,
-                Err(e) => {
-                    debug!(error = %e, member = %member.id, "upstream connection failed");
-                    return Failure::UpstreamError.response(&shared, Some(&member.id));
-                }
-            }
-        }
-    };
-    let resp = match answer {
-        Ok(Ok(resp)) => resp,
+    let answer = match tokio::time::timeout(limits.header_read_timeout(), exchange).await {
+        Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             debug!(error = %e, member = %member.id, "upgrade request failed");
             return Failure::UpstreamError.response(&shared, Some(&member.id));
         }
         Err(_) => return Failure::UpstreamTimeout.response(&shared, Some(&member.id)),
     };
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The owner refused the upgrade: pass its answer on (its body still needs the
-        // connection driven).
-        if !conn_done {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+    let (headers, upstream_pre) = match answer {
+        upstream::Answer::Switched { headers, early } => (headers, early),
+        upstream::Answer::Refused {
+            status,
+            mut headers,
+            body,
+        } => {
+            // The owner refused the upgrade: its answer goes to the client whole.
+            strip_hop_by_hop(&mut headers);
+            headers.remove(header::CONTENT_LENGTH);
+            let mut resp = Response::new(
+                Full::new(body)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            return resp;
         }
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        return Response::from_parts(parts, body.boxed_unsync());
-    }
-    let mut upstream_resp = resp;
-    let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
-    let headers = std::mem::take(upstream_resp.headers_mut());
-    let mut client_resp = Response::new(
-        http_body_util::Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    };
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let mut client_resp = empty_body_response(StatusCode::SWITCHING_PROTOCOLS);
     *client_resp.headers_mut() = headers;
     let member_id = Arc::clone(&member.id);
     let gauge = member.connections.clone();
-    let version = routing.ring.version();
     let span = debug_span!("ws", key = %key.key, member = %member_id);
     tracker.spawn(
         async move {
             let _permit = permit;
-            let upstream_upgrade = async move {
-                if !conn_done {
-                    conn.await?;
-                }
-                upstream_upgrade.await
-            };
-            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok(pair) => pair,
+            let client = match client_upgrade.await {
+                Ok(client) => client,
                 Err(e) => {
                     shared.metrics.error("upgrade");
                     debug!(error = %e, "upgrade did not complete");
                     return;
                 }
             };
-            let (Ok(client), Ok(upstream)) = (
-                client.downcast::<TokioIo<TcpStream>>(),
-                upstream.downcast::<TokioIo<TcpStream>>(),
-            ) else {
+            let Ok(client) = client.downcast::<TokioIo<TcpStream>>() else {
                 shared.metrics.error("upgrade");
                 return;
             };
@@ -486,13 +456,12 @@ async fn upgrade(
             check_late_registration(&shared, &registration.control, &member_id, version);
             shared.metrics.upgrades.inc();
             gauge.inc();
-            // Copy any read-ahead out of hyper's buffers so those buffers are freed now.
+            // Copy any read-ahead out of hyper's buffer so that buffer is freed now.
             let client_pre = Bytes::copy_from_slice(&client.read_buf);
-            let upstream_pre = Bytes::copy_from_slice(&upstream.read_buf);
-            drop((client.read_buf, upstream.read_buf));
+            drop(client.read_buf);
             let end = Splice::new(
                 client.io.into_inner(),
-                upstream.io.into_inner(),
+                tcp,
                 limits.max_frame_bytes,
                 &registration.control,
                 &shared.registry,
@@ -508,6 +477,12 @@ async fn upgrade(
         .instrument(span),
     );
     client_resp
+}
+
+fn empty_body_response(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(empty_body());
+    *resp.status_mut() = status;
+    resp
 }
 
 /// The body type's empty value, for tests and the admin server.

@@ -1,0 +1,517 @@
+//! The upstream half of a WebSocket upgrade, spoken directly on the owner's `TcpStream`: the
+//! request head is written in one `write`, the answer's head parsed with `httparse`, and on a
+//! 101 the same socket goes straight to the [`crate::splice`].
+//!
+//! A hyper client connection per upgrade cost more than the whole rest of the upgrade (its
+//! dispatcher, request channel, read and write buffers and the `Upgraded` hand-back), for a
+//! connection that carries exactly one request; plain HTTP forwarding keeps the pooled hyper
+//! client. A refusal (any status but 101) is read whole — head and a bounded body, framed by
+//! `Content-Length`, chunked encoding or the end of the stream (RFC 9112 §6.3) — and passed on
+//! to the client.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use wscluster_ring::contract::RING_VERSION_HEADER;
+
+/// Most header fields accepted in the owner's answer.
+const MAX_HEADERS: usize = 64;
+/// Largest refusal body passed on; the owner's refusals are short JSON documents.
+pub const MAX_REFUSAL_BODY: usize = 64 * 1024;
+/// First read size for the answer: a 101 from the node is about 200 bytes.
+const FIRST_READ: usize = 1024;
+
+/// Why the owner's answer could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The owner closed the connection before a whole answer arrived.
+    #[error("the owner closed the connection mid-answer")]
+    Closed,
+    /// A socket error (kind only; the error itself goes to the debug log).
+    #[error("I/O error: {0:?}")]
+    Io(std::io::ErrorKind),
+    /// Not HTTP/1.x, or a malformed head or chunk.
+    #[error("malformed answer: {0}")]
+    Malformed(&'static str),
+    /// The head or the refusal body is over its limit.
+    #[error("answer too large")]
+    TooLarge,
+}
+
+impl From<std::io::Error> for UpstreamError {
+    fn from(e: std::io::Error) -> Self {
+        UpstreamError::Io(e.kind())
+    }
+}
+
+/// The owner's answer to the upgrade request.
+#[derive(Debug)]
+pub enum Answer {
+    /// 101: the connection now speaks WebSocket.
+    Switched {
+        /// The answer's header fields, for the client's 101.
+        headers: HeaderMap,
+        /// Bytes the owner sent right after its head (its first frames), to forward first.
+        early: Bytes,
+    },
+    /// Any other final status: the owner refused the upgrade.
+    Refused {
+        /// The status.
+        status: StatusCode,
+        /// The header fields (hop-by-hop fields are the caller's to strip).
+        headers: HeaderMap,
+        /// The whole body.
+        body: Bytes,
+    },
+}
+
+/// Appends the upgrade request head for the owner to `out`: the client's method, path and
+/// header fields, except that `X-Forwarded-For` gains `peer_ip`, the routed ring version
+/// replaces anything the client sent under [`RING_VERSION_HEADER`], and the framing fields
+/// (`Content-Length`, `Transfer-Encoding`) are dropped because no body is forwarded with an
+/// upgrade. `HeaderValue`s cannot hold CR or LF, so nothing a client sends can split the head.
+pub fn write_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    peer_ip: &str,
+    ring_version: u64,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<&HeaderValue> = None;
+    for (name, value) in headers {
+        if name == "x-forwarded-for" {
+            // Only one prior value is kept, as `add_forwarded_for` does for plain HTTP.
+            forwarded_for = Some(value);
+            continue;
+        }
+        if name == RING_VERSION_HEADER
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = forwarded_for {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    push_field(
+        out,
+        RING_VERSION_HEADER.as_bytes(),
+        ring_version.to_string().as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads the owner's answer from `io`: the head (at most `max_head` bytes) and, for a refusal,
+/// its body (at most [`MAX_REFUSAL_BODY`]). The caller bounds the time.
+pub async fn read_answer<R: AsyncRead + Unpin>(
+    io: &mut R,
+    max_head: usize,
+) -> Result<Answer, UpstreamError> {
+    let mut buf = BytesMut::with_capacity(FIRST_READ.min(max_head.max(1)));
+    let (status, headers, head_len) = loop {
+        if buf.len() >= max_head {
+            return Err(UpstreamError::TooLarge);
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().min(max_head - buf.len()).max(FIRST_READ));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(UpstreamError::Closed);
+        }
+        if let Some(parsed) = parse_head(&buf[..buf.len().min(max_head)])? {
+            break parsed;
+        }
+    };
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // Copied so the read buffer is freed now: an idle spliced connection keeps nothing.
+        let early = Bytes::copy_from_slice(&buf[head_len..]);
+        return Ok(Answer::Switched { headers, early });
+    }
+    if status.is_informational() {
+        return Err(UpstreamError::Malformed(
+            "an interim status instead of an answer",
+        ));
+    }
+    buf.advance(head_len);
+    let body = read_body(io, buf, status, &headers).await?;
+    Ok(Answer::Refused {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Parses a response head; `None` when more bytes are needed. Returns the status, the fields
+/// and the head's length.
+fn parse_head(bytes: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, UpstreamError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(UpstreamError::TooLarge),
+        Err(_) => return Err(UpstreamError::Malformed("not an HTTP/1.x response head")),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(UpstreamError::Malformed("bad status code"))?;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| UpstreamError::Malformed("bad header name"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| UpstreamError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some((status, headers, len)))
+}
+
+/// How a refusal's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, UpstreamError> {
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::None);
+    }
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|t| !t.is_empty())
+        .map(|last| last.eq_ignore_ascii_case("chunked"));
+    match chunked {
+        Some(true) => return Ok(Framing::Chunked),
+        Some(false) => return Ok(Framing::UntilClose),
+        None => {}
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return Ok(Framing::UntilClose);
+    };
+    let len: u64 = first
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(UpstreamError::Malformed("bad Content-Length"))?;
+    if lengths.any(|other| other != first) {
+        return Err(UpstreamError::Malformed(
+            "conflicting Content-Length fields",
+        ));
+    }
+    match usize::try_from(len) {
+        Ok(len) if len <= MAX_REFUSAL_BODY => Ok(Framing::Length(len)),
+        _ => Err(UpstreamError::TooLarge),
+    }
+}
+
+async fn read_body<R: AsyncRead + Unpin>(
+    io: &mut R,
+    mut buf: BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Bytes, UpstreamError> {
+    match framing(status, headers)? {
+        Framing::None => Ok(Bytes::new()),
+        Framing::Length(len) => {
+            while buf.len() < len {
+                buf.reserve(len - buf.len());
+                if io.read_buf(&mut buf).await? == 0 {
+                    return Err(UpstreamError::Closed);
+                }
+            }
+            buf.truncate(len);
+            Ok(buf.freeze())
+        }
+        Framing::UntilClose => {
+            loop {
+                if buf.len() > MAX_REFUSAL_BODY {
+                    return Err(UpstreamError::TooLarge);
+                }
+                buf.reserve(FIRST_READ);
+                if io.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            Ok(buf.freeze())
+        }
+        Framing::Chunked => read_chunked(io, buf).await,
+    }
+}
+
+/// Decodes a chunked body; stops at the last (zero-size) chunk. Trailer fields are not read:
+/// the connection is closed after a refusal, so nothing follows that needs framing.
+async fn read_chunked<R: AsyncRead + Unpin>(
+    io: &mut R,
+    mut buf: BytesMut,
+) -> Result<Bytes, UpstreamError> {
+    let mut body = BytesMut::new();
+    loop {
+        let (skip, size) = loop {
+            match httparse::parse_chunk_size(&buf) {
+                Ok(httparse::Status::Complete(parsed)) => break parsed,
+                Ok(httparse::Status::Partial) => {
+                    // A chunk-size line with extensions is short; a long one is not a chunk.
+                    if buf.len() > FIRST_READ {
+                        return Err(UpstreamError::Malformed("chunk size line too long"));
+                    }
+                    fill(io, &mut buf).await?;
+                }
+                Err(_) => return Err(UpstreamError::Malformed("bad chunk size")),
+            }
+        };
+        buf.advance(skip);
+        if size == 0 {
+            return Ok(body.freeze());
+        }
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| body.len() + s <= MAX_REFUSAL_BODY)
+            .ok_or(UpstreamError::TooLarge)?;
+        // The chunk's data and its CRLF.
+        while buf.len() < size + 2 {
+            fill(io, &mut buf).await?;
+        }
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(UpstreamError::Malformed("chunk without its CRLF"));
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.advance(size + 2);
+    }
+}
+
+async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<(), UpstreamError> {
+    buf.reserve(FIRST_READ);
+    if io.read_buf(buf).await? == 0 {
+        return Err(UpstreamError::Closed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out `data` in pieces of `step` bytes, to cover split reads.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let end = (self.pos + self.step)
+                .min(self.data.len())
+                .min(self.pos + out.remaining());
+            let chunk = self.data[self.pos..end].to_vec();
+            out.put_slice(&chunk);
+            self.pos = end;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn answer(raw: &[u8], step: usize) -> Result<Answer, UpstreamError> {
+        let mut io = Trickle {
+            data: raw.to_vec(),
+            pos: 0,
+            step,
+        };
+        read_answer(&mut io, 16 * 1024).await
+    }
+
+    #[tokio::test]
+    async fn a_101_gives_its_headers_and_the_frames_that_followed_it() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\n\r\n\x81\x02hi";
+        for step in [1, 7, raw.len()] {
+            let Ok(Answer::Switched { headers, early }) = answer(raw, step).await else {
+                panic!("expected a 101 at step {step}");
+            };
+            assert_eq!(headers["sec-websocket-accept"], "abc=");
+            assert_eq!(headers.len(), 3);
+            // With one-byte reads the head ends exactly at a read, so nothing follows it yet.
+            if step == raw.len() {
+                assert_eq!(&early[..], b"\x81\x02hi");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_read_whole_whatever_its_framing() {
+        let cases: [(&[u8], StatusCode, &[u8]); 5] = [
+            (
+                b"HTTP/1.1 421 Misdirected Request\r\ncontent-length: 5\r\n\r\nhello",
+                StatusCode::MISDIRECTED_REQUEST,
+                b"hello",
+            ),
+            (
+                b"HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                StatusCode::FORBIDDEN,
+                b"abcde",
+            ),
+            (
+                b"HTTP/1.0 400 Bad Request\r\n\r\nuntil the end",
+                StatusCode::BAD_REQUEST,
+                b"until the end",
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                StatusCode::NO_CONTENT,
+                b"",
+            ),
+            (
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                StatusCode::NOT_FOUND,
+                b"",
+            ),
+        ];
+        for (raw, want_status, want_body) in cases {
+            for step in [1, 5, raw.len()] {
+                match answer(raw, step).await {
+                    Ok(Answer::Refused { status, body, .. }) => {
+                        assert_eq!(status, want_status);
+                        assert_eq!(&body[..], want_body, "step {step}");
+                    }
+                    other => panic!("{raw:?} step {step}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_or_oversized_answers_are_errors_not_hangs() {
+        let big_len = format!(
+            "HTTP/1.1 400 x\r\ncontent-length: {}\r\n\r\n",
+            MAX_REFUSAL_BODY + 1
+        );
+        let huge_head = format!("HTTP/1.1 101 x\r\nx: {}\r\n\r\n", "a".repeat(20_000));
+        let many = format!(
+            "HTTP/1.1 101 x\r\n{}\r\n",
+            "a: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        let cases: Vec<(&[u8], UpstreamError)> = vec![
+            (b"", UpstreamError::Closed),
+            (b"HTTP/1.1 101 Switching", UpstreamError::Closed),
+            (
+                b"SSH-2.0-OpenSSH\r\n\r\n",
+                UpstreamError::Malformed("not an HTTP/1.x response head"),
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                UpstreamError::Malformed("an interim status instead of an answer"),
+            ),
+            (
+                b"HTTP/1.1 400 x\r\ncontent-length: 5\r\n\r\nab",
+                UpstreamError::Closed,
+            ),
+            (
+                b"HTTP/1.1 400 x\r\ncontent-length: nope\r\n\r\n",
+                UpstreamError::Malformed("bad Content-Length"),
+            ),
+            (
+                b"HTTP/1.1 400 x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+                UpstreamError::Malformed("conflicting Content-Length fields"),
+            ),
+            (big_len.as_bytes(), UpstreamError::TooLarge),
+            (huge_head.as_bytes(), UpstreamError::TooLarge),
+            (many.as_bytes(), UpstreamError::TooLarge),
+            (
+                b"HTTP/1.1 400 x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                UpstreamError::Malformed("bad chunk size"),
+            ),
+            (
+                b"HTTP/1.1 400 x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
+                UpstreamError::Malformed("chunk without its CRLF"),
+            ),
+            (
+                b"HTTP/1.1 400 x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+                UpstreamError::Closed,
+            ),
+        ];
+        for (raw, want) in cases {
+            let got = answer(raw, 3).await.map(|_| ()).expect_err("an error");
+            assert_eq!(
+                got,
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(60)])
+            );
+        }
+    }
+
+    #[test]
+    fn the_request_head_keeps_the_clients_fields_and_sets_the_proxys_own() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("chat.example"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.append("sec-websocket-protocol", HeaderValue::from_static("a"));
+        h.append("sec-websocket-protocol", HeaderValue::from_static("b"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert(RING_VERSION_HEADER, HeaderValue::from_static("999"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        let mut out = Vec::new();
+        write_request(
+            &mut out,
+            &Method::GET,
+            "/connect/u1?since=3",
+            &h,
+            "10.0.0.2",
+            7,
+        );
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(
+            text.starts_with("GET /connect/u1?since=3 HTTP/1.1\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n"));
+        for line in [
+            "host: chat.example\r\n",
+            "upgrade: websocket\r\n",
+            "sec-websocket-protocol: a\r\nsec-websocket-protocol: b\r\n",
+            "x-forwarded-for: 10.0.0.1, 10.0.0.2\r\n",
+            &format!("{RING_VERSION_HEADER}: 7\r\n"),
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+        assert_eq!(text.matches(RING_VERSION_HEADER).count(), 1);
+        assert!(!text.contains("content-length"));
+        // The head parses as a request with every field intact.
+        let mut fields = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut fields);
+        assert!(
+            matches!(req.parse(text.as_bytes()), Ok(httparse::Status::Complete(n)) if n == text.len())
+        );
+    }
+}

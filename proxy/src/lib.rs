@@ -44,6 +44,7 @@ pub mod bus;
 pub mod config;
 pub mod error;
 pub mod frame;
+pub mod head;
 pub mod key;
 pub mod metrics;
 pub mod registry;

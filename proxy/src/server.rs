@@ -3,8 +3,9 @@
 //! upgrade mapped to one JSON response here.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +29,13 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use wscluster_ring::contract::RING_VERSION_HEADER;
 
+use crate::head::{self, First, Prefixed};
 use crate::key::{KeyError, extract_key};
 use crate::resets::check_late_registration;
 use crate::splice::{End, Splice};
-use crate::state::{Routing, Shared};
+use crate::state::{MemberRoute, Routing, Shared};
 use crate::upstream;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Response body: our own JSON or a forwarded upstream body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -99,6 +102,19 @@ impl Failure {
     }
 
     fn response(self, shared: &Shared, member: Option<&str>) -> Response<Body> {
+        let (status, headers, body) = self.parts(shared, member);
+        let mut resp = Response::new(
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// Counts the failure and gives its status, header fields and JSON body.
+    fn parts(self, shared: &Shared, member: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
         shared.metrics.error(self.label());
         let (status, message) = match self {
             Failure::NoRing => (StatusCode::SERVICE_UNAVAILABLE, "the proxy has no ring yet"),
@@ -126,12 +142,15 @@ impl Failure {
         if let Some(m) = member {
             body["member"] = m.into();
         }
-        let mut resp = json_response(status, &body);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        resp
+        (status, headers, Bytes::from(body.to_string()))
     }
 }
 
@@ -162,6 +181,13 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout())
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
+    let ctx = Arc::new(ConnCtx {
+        shared: Arc::clone(&shared),
+        client,
+        builder,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -181,34 +207,215 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let permit = Arc::new(permit);
-        let conn_shared = Arc::clone(&shared);
-        let conn_tracker = tracker.clone();
-        let svc_client = client.clone();
-        let service = service_fn(move |req| {
-            let shared = Arc::clone(&conn_shared);
-            let permit = Arc::clone(&permit);
-            let tracker = conn_tracker.clone();
-            let client = svc_client.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer, shared, client, permit, tracker).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let conn_shutdown = shutdown.clone();
+        let conn = Conn {
+            peer,
+            ctx: Arc::clone(&ctx),
+        };
         tracker.spawn(
-            async move {
-                let mut conn = pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "client connection ended with an error") },
-                    () = conn_shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+            conn.run(stream, permit)
+                .instrument(debug_span!("conn", %peer)),
+        );
+    }
+}
+
+/// What every connection's task shares, built once per listener.
+struct ConnCtx {
+    shared: Arc<Shared>,
+    client: HttpClient,
+    builder: http1::Builder,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// One client connection's task. Kept small: its future lives as long as the connection, and
+/// for a spliced connection it is most of what an idle connection costs.
+struct Conn {
+    peer: SocketAddr,
+    ctx: Arc<ConnCtx>,
+}
+
+/// What a connection does after its first request head.
+enum Next {
+    /// Nothing: it is closed or answered.
+    Done,
+    /// Splice (the fast path upgraded it).
+    Splice(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// Hyper serves it from the first byte.
+    Http(Conn, Prefixed, OwnedSemaphorePermit),
+}
+
+/// How the fast path left a connection.
+enum Fast {
+    /// Not for the fast path after all: hyper gets the bytes read so far and the socket.
+    Declined(Bytes, TcpStream),
+    /// Answered (an error or the owner's refusal) and done.
+    Answered,
+    /// Upgraded: splice these.
+    Switched(Switched),
+}
+
+/// An upgraded connection ready to splice.
+struct Switched {
+    key: crate::key::Key,
+    member: (Arc<str>, Gauge),
+    version: u64,
+    client: (TcpStream, Bytes),
+    upstream: (TcpStream, Bytes),
+}
+
+impl Conn {
+    /// Reads the first request head; a WebSocket upgrade that can be routed is spliced here
+    /// ([`Conn::fast_upgrade`]), anything else is served by hyper from the first byte.
+    async fn run(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
+        // This task's future stays allocated, at the size of its largest state, for the whole
+        // life of the connection: so it only ever holds pointers, and each step is its own
+        // boxed future, freed when done (the first read and fast path, the splice, hyper).
+        match Box::pin(self.start(stream, permit)).await {
+            Next::Done => {}
+            Next::Splice(splice) => splice.await,
+            Next::Http(conn, io, permit) => Box::pin(conn.serve_http(io, permit)).await,
+        }
+    }
+
+    /// Reads the first request head and takes the fast path when it applies; says what the
+    /// connection does next.
+    async fn start(self, mut stream: TcpStream, permit: OwnedSemaphorePermit) -> Next {
+        let shared = Arc::clone(&self.ctx.shared);
+        let limits = shared.config.limits;
+        let first = tokio::select! {
+            () = self.ctx.shutdown.cancelled() => return Next::Done,
+            first = tokio::time::timeout(
+                limits.header_read_timeout(),
+                head::read_first(&mut stream, limits.max_header_bytes),
+            ) => first,
+        };
+        let prefix = match first {
+            // Slow or silent: closed, as hyper does for a head not read in time.
+            Err(_) | Ok(Err(_)) | Ok(Ok(First::Closed)) => return Next::Done,
+            Ok(Ok(First::Other(prefix))) => prefix,
+            Ok(Ok(First::Upgrade { req, raw, head_len })) => {
+                match self.fast_upgrade(req, raw, head_len, stream).await {
+                    Fast::Declined(raw, back) => {
+                        stream = back;
+                        raw
+                    }
+                    Fast::Answered => return Next::Done,
+                    Fast::Switched(switched) => {
+                        let span =
+                            debug_span!("ws", key = %switched.key.key, member = %switched.member.0);
+                        // Boxed directly: wrapping it in another async block would store it
+                        // twice (the captured future and the awaited one).
+                        return Next::Splice(Box::pin(
+                            spliced(
+                                shared,
+                                switched.key,
+                                switched.member,
+                                switched.version,
+                                switched.client,
+                                switched.upstream,
+                                permit,
+                            )
+                            .instrument(span),
+                        ));
                     }
                 }
             }
-            .instrument(debug_span!("conn", %peer)),
-        );
+        };
+        Next::Http(self, Prefixed::new(prefix, stream), permit)
+    }
+
+    /// Serves the connection with hyper (plain HTTP, and upgrades after earlier requests or
+    /// that the fast path left to it), until it ends or shutdown drains it.
+    async fn serve_http(self, io: Prefixed, permit: OwnedSemaphorePermit) {
+        let Conn { peer, ctx } = self;
+        let permit = Arc::new(permit);
+        let service_ctx = Arc::clone(&ctx);
+        let service = service_fn(move |req| {
+            let shared = Arc::clone(&service_ctx.shared);
+            let permit = Arc::clone(&permit);
+            let tracker = service_ctx.tracker.clone();
+            let client = service_ctx.client.clone();
+            async move { Ok::<_, Infallible>(handle(req, peer, shared, client, permit, tracker).await) }
+        });
+        let conn = ctx
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut conn = pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "client connection ended with an error") },
+            () = ctx.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+
+    /// The fast path for a connection whose first request is a WebSocket upgrade: routed and
+    /// asked of the owner here, with the owner's 101 head passed on as it came. When the
+    /// request would be refused before reaching an owner (no key, no ring, no owner) it goes
+    /// back, with the socket, for hyper to answer in the one place that does. Failures after
+    /// that are answered here, closing the connection.
+    async fn fast_upgrade(
+        &self,
+        req: Request<()>,
+        raw: Bytes,
+        head_len: usize,
+        mut client: TcpStream,
+    ) -> Fast {
+        let shared = &self.ctx.shared;
+        let Ok(key) = extract_key(&req, &shared.keys) else {
+            return Fast::Declined(raw, client);
+        };
+        let routing = shared.routing.load();
+        let Some(member) = routing
+            .known
+            .then(|| routing.ring.owner_index(key.hash).ok())
+            .flatten()
+            .and_then(|index| routing.members.get(index))
+        else {
+            return Fast::Declined(raw, client);
+        };
+        let version = routing.ring.version();
+        let write_wait = shared.config.limits.header_read_timeout();
+        let mut out = Vec::new();
+        match ask_owner(&req, self.peer, member, version, shared).await {
+            Ok((upstream, upstream::Answer::Switched { head, early })) => {
+                if !matches!(
+                    tokio::time::timeout(write_wait, client.write_all(&head)).await,
+                    Ok(Ok(()))
+                ) {
+                    return Fast::Answered;
+                }
+                Fast::Switched(Switched {
+                    key,
+                    member: (Arc::clone(&member.id), member.connections.clone()),
+                    version,
+                    client: (client, Bytes::copy_from_slice(&raw[head_len..])),
+                    upstream: (upstream, early),
+                })
+            }
+            Ok((
+                _,
+                upstream::Answer::Refused {
+                    status,
+                    mut headers,
+                    body,
+                },
+            )) => {
+                strip_hop_by_hop(&mut headers);
+                headers.remove(header::CONTENT_LENGTH);
+                head::write_closing_response(&mut out, status, &headers, &body);
+                let _ = tokio::time::timeout(write_wait, client.write_all(&out)).await;
+                Fast::Answered
+            }
+            Err(failure) => {
+                let (status, headers, body) = failure.parts(shared, Some(&member.id));
+                head::write_closing_response(&mut out, status, &headers, &body);
+                let _ = tokio::time::timeout(write_wait, client.write_all(&out)).await;
+                Fast::Answered
+            }
+        }
     }
 }
 
@@ -371,50 +578,17 @@ async fn upgrade(
     let Some(member) = routing.members.get(index) else {
         return Failure::NoOwner.response(&shared, None);
     };
-    let limits = shared.config.limits;
-    let mut tcp = match tokio::time::timeout(
-        limits.connect_timeout(),
-        TcpStream::connect(member.address.as_str()),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            debug!(error = %e, member = %member.id, "owner unreachable");
-            return Failure::UpstreamUnreachable.response(&shared, Some(&member.id));
-        }
-        Err(_) => return Failure::UpstreamConnectTimeout.response(&shared, Some(&member.id)),
-    };
-    let _ = tcp.set_nodelay(true);
     let version = routing.ring.version();
-    let mut head = Vec::with_capacity(512);
-    upstream::write_request(
-        &mut head,
-        req.method(),
-        req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        req.headers(),
-        &peer.ip().to_string(),
-        version,
-    );
-    let exchange = async {
-        tcp.write_all(&head).await?;
-        upstream::read_answer(&mut tcp, limits.max_header_bytes).await
-    };
-    let answer = match tokio::time::timeout(limits.header_read_timeout(), exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => {
-            debug!(error = %e, member = %member.id, "upgrade request failed");
-            return Failure::UpstreamError.response(&shared, Some(&member.id));
-        }
-        Err(_) => return Failure::UpstreamTimeout.response(&shared, Some(&member.id)),
-    };
-    let (headers, upstream_pre) = match answer {
-        upstream::Answer::Switched { headers, early } => (headers, early),
-        upstream::Answer::Refused {
-            status,
-            mut headers,
-            body,
-        } => {
+    let (upstream, head, early) = match ask_owner(&req, peer, member, version, &shared).await {
+        Ok((upstream, upstream::Answer::Switched { head, early })) => (upstream, head, early),
+        Ok((
+            _,
+            upstream::Answer::Refused {
+                status,
+                mut headers,
+                body,
+            },
+        )) => {
             // The owner refused the upgrade: its answer goes to the client whole.
             strip_hop_by_hop(&mut headers);
             headers.remove(header::CONTENT_LENGTH);
@@ -427,16 +601,18 @@ async fn upgrade(
             *resp.headers_mut() = headers;
             return resp;
         }
+        Err(failure) => return failure.response(&shared, Some(&member.id)),
+    };
+    let Ok(headers) = upstream::fields(&head) else {
+        return Failure::UpstreamError.response(&shared, Some(&member.id));
     };
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut client_resp = empty_body_response(StatusCode::SWITCHING_PROTOCOLS);
     *client_resp.headers_mut() = headers;
-    let member_id = Arc::clone(&member.id);
-    let gauge = member.connections.clone();
-    let span = debug_span!("ws", key = %key.key, member = %member_id);
+    let member = (Arc::clone(&member.id), member.connections.clone());
+    let span = debug_span!("ws", key = %key.key, member = %member.0);
     tracker.spawn(
         async move {
-            let _permit = permit;
             let client = match client_upgrade.await {
                 Ok(client) => client,
                 Err(e) => {
@@ -445,38 +621,117 @@ async fn upgrade(
                     return;
                 }
             };
-            let Ok(client) = client.downcast::<TokioIo<TcpStream>>() else {
+            let Ok(client) = client.downcast::<TokioIo<Prefixed>>() else {
                 shared.metrics.error("upgrade");
                 return;
             };
-            let registration =
-                shared
-                    .registry
-                    .register(&key.key, key.hash, Arc::clone(&member_id), version);
-            check_late_registration(&shared, &registration.control, &member_id, version);
-            shared.metrics.upgrades.inc();
-            gauge.inc();
-            // Copy any read-ahead out of hyper's buffer so that buffer is freed now.
-            let client_pre = Bytes::copy_from_slice(&client.read_buf);
-            drop(client.read_buf);
-            let end = Splice::new(
-                client.io.into_inner(),
-                tcp,
-                limits.max_frame_bytes,
-                &registration.control,
-                &shared.registry,
+            // Bytes still in front of the socket (unlikely: hyper reads the prefix first), then
+            // hyper's read-ahead, copied out so hyper's buffer is freed now.
+            let (prefix, socket) = client.io.into_inner().into_parts();
+            let mut client_pre = Vec::with_capacity(client.read_buf.len() + prefix.len());
+            client_pre.extend_from_slice(&client.read_buf);
+            client_pre.extend_from_slice(&prefix);
+            drop((client.read_buf, prefix));
+            spliced(
+                shared,
+                key,
+                member,
+                version,
+                (socket, Bytes::from(client_pre)),
+                (upstream, early),
+                permit,
             )
-            .run(client_pre, upstream_pre)
             .await;
-            gauge.dec();
-            if let End::FrameTooBig { .. } = end {
-                shared.metrics.error("frame-too-big");
-            }
-            debug!(end = end.label(), "connection ended");
         }
         .instrument(span),
     );
     client_resp
+}
+
+/// Connects to `member` and asks it for the upgrade `req` describes (routed with ring
+/// `version`), within the connect and header-read timeouts.
+async fn ask_owner<B>(
+    req: &Request<B>,
+    peer: SocketAddr,
+    member: &MemberRoute,
+    version: u64,
+    shared: &Shared,
+) -> Result<(TcpStream, upstream::Answer), Failure> {
+    let limits = shared.config.limits;
+    let mut tcp = match tokio::time::timeout(
+        limits.connect_timeout(),
+        TcpStream::connect(member.address.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            debug!(error = %e, member = %member.id, "owner unreachable");
+            return Err(Failure::UpstreamUnreachable);
+        }
+        Err(_) => return Err(Failure::UpstreamConnectTimeout),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut head = Vec::with_capacity(512);
+    upstream::write_request(
+        &mut head,
+        req.method(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        req.headers(),
+        peer.ip(),
+        version,
+    );
+    let exchange = async {
+        tcp.write_all(&head).await?;
+        upstream::read_answer(&mut tcp, limits.max_header_bytes).await
+    };
+    match tokio::time::timeout(limits.header_read_timeout(), exchange).await {
+        Ok(Ok(answer)) => Ok((tcp, answer)),
+        Ok(Err(e)) => {
+            debug!(error = %e, member = %member.id, "upgrade request failed");
+            Err(Failure::UpstreamError)
+        }
+        Err(_) => Err(Failure::UpstreamTimeout),
+    }
+}
+
+/// Registers an upgraded connection and splices it until it ends. `member` is the owner's id
+/// and connection gauge; `client` and `upstream` each come with the bytes that side sent right
+/// after the handshake; `permit` is the connection's slot under `maxConnections`, held until it
+/// ends.
+async fn spliced(
+    shared: Arc<Shared>,
+    key: crate::key::Key,
+    member: (Arc<str>, Gauge),
+    version: u64,
+    client: (TcpStream, Bytes),
+    upstream: (TcpStream, Bytes),
+    permit: impl Send,
+) {
+    let _permit = permit;
+    let (member_id, gauge) = member;
+    let registration =
+        shared
+            .registry
+            .register(&key.key, key.hash, Arc::clone(&member_id), version);
+    check_late_registration(&shared, &registration.control, &member_id, version);
+    drop(key);
+    shared.metrics.upgrades.inc();
+    gauge.inc();
+    let end = Splice::new(
+        client.0,
+        upstream.0,
+        shared.config.limits.max_frame_bytes,
+        &registration.control,
+        &shared.registry,
+    )
+    .run(client.1, upstream.1)
+    .await;
+    gauge.dec();
+    if let End::FrameTooBig { .. } = end {
+        shared.metrics.error("frame-too-big");
+    }
+    debug!(end = end.label(), "connection ended");
 }
 
 fn empty_body_response(status: StatusCode) -> Response<Body> {

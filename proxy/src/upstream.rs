@@ -9,6 +9,8 @@
 //! `Content-Length`, chunked encoding or the end of the stream (RFC 9112 §6.3) — and passed on
 //! to the client.
 
+use std::io::Write as _;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
@@ -51,8 +53,9 @@ impl From<std::io::Error> for UpstreamError {
 pub enum Answer {
     /// 101: the connection now speaks WebSocket.
     Switched {
-        /// The answer's header fields, for the client's 101.
-        headers: HeaderMap,
+        /// The answer's head as it came, status line to the empty line: written to the client
+        /// as is on the fast path, parsed by [`fields`] for hyper's.
+        head: Bytes,
         /// Bytes the owner sent right after its head (its first frames), to forward first.
         early: Bytes,
     },
@@ -77,7 +80,7 @@ pub fn write_request(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
-    peer_ip: &str,
+    peer_ip: std::net::IpAddr,
     ring_version: u64,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -104,7 +107,7 @@ pub fn write_request(
         out.extend_from_slice(prev.as_bytes());
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(peer_ip.as_bytes());
+    push_ip(out, peer_ip);
     out.extend_from_slice(b"\r\n");
     push_field(
         out,
@@ -112,6 +115,30 @@ pub fn write_request(
         ring_version.to_string().as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an address in its usual text form; IPv4 by hand, being on every upgrade's path
+/// (`Display` costs as much as the rest of the request head).
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -128,7 +155,7 @@ pub async fn read_answer<R: AsyncRead + Unpin>(
     max_head: usize,
 ) -> Result<Answer, UpstreamError> {
     let mut buf = BytesMut::with_capacity(FIRST_READ.min(max_head.max(1)));
-    let (status, headers, head_len) = loop {
+    let (status, head_len) = loop {
         if buf.len() >= max_head {
             return Err(UpstreamError::TooLarge);
         }
@@ -138,20 +165,23 @@ pub async fn read_answer<R: AsyncRead + Unpin>(
         if io.read_buf(&mut buf).await? == 0 {
             return Err(UpstreamError::Closed);
         }
-        if let Some(parsed) = parse_head(&buf[..buf.len().min(max_head)])? {
+        if let Some(parsed) = parse_status(&buf[..buf.len().min(max_head)])? {
             break parsed;
         }
     };
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        // Copied so the read buffer is freed now: an idle spliced connection keeps nothing.
+        // Both copied so the read buffer is freed now: an idle spliced connection keeps
+        // nothing of it.
+        let head = Bytes::copy_from_slice(&buf[..head_len]);
         let early = Bytes::copy_from_slice(&buf[head_len..]);
-        return Ok(Answer::Switched { headers, early });
+        return Ok(Answer::Switched { head, early });
     }
     if status.is_informational() {
         return Err(UpstreamError::Malformed(
             "an interim status instead of an answer",
         ));
     }
+    let headers = fields(&buf[..head_len])?;
     buf.advance(head_len);
     let body = read_body(io, buf, status, &headers).await?;
     Ok(Answer::Refused {
@@ -161,9 +191,9 @@ pub async fn read_answer<R: AsyncRead + Unpin>(
     })
 }
 
-/// Parses a response head; `None` when more bytes are needed. Returns the status, the fields
-/// and the head's length.
-fn parse_head(bytes: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, UpstreamError> {
+/// Parses a response head's status; `None` when more bytes are needed. Returns the status and
+/// the head's length.
+fn parse_status(bytes: &[u8]) -> Result<Option<(StatusCode, usize)>, UpstreamError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(bytes) {
@@ -176,6 +206,16 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, Up
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(UpstreamError::Malformed("bad status code"))?;
+    Ok(Some((status, len)))
+}
+
+/// The header fields of a complete response head, such as [`Answer::Switched`]'s.
+pub fn fields(head: &[u8]) -> Result<HeaderMap, UpstreamError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Err(UpstreamError::Malformed("not an HTTP/1.x response head"));
+    }
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -184,7 +224,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, Up
             .map_err(|_| UpstreamError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
-    Ok(Some((status, headers, len)))
+    Ok(headers)
 }
 
 /// How a refusal's body is delimited (RFC 9112 §6.3).
@@ -356,9 +396,11 @@ mod tests {
     async fn a_101_gives_its_headers_and_the_frames_that_followed_it() {
         let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\n\r\n\x81\x02hi";
         for step in [1, 7, raw.len()] {
-            let Ok(Answer::Switched { headers, early }) = answer(raw, step).await else {
+            let Ok(Answer::Switched { head, early }) = answer(raw, step).await else {
                 panic!("expected a 101 at step {step}");
             };
+            assert!(head.ends_with(b"abc=\r\n\r\n"));
+            let headers = fields(&head).expect("fields");
             assert_eq!(headers["sec-websocket-accept"], "abc=");
             assert_eq!(headers.len(), 3);
             // With one-byte reads the head ends exactly at a read, so nothing follows it yet.
@@ -472,6 +514,23 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.2",
+            "127.0.0.1",
+            "192.168.100.255",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).expect("ascii"), ip.to_string());
+        }
+    }
+
+    #[test]
     fn the_request_head_keeps_the_clients_fields_and_sets_the_proxys_own() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("chat.example"));
@@ -487,7 +546,7 @@ mod tests {
             &Method::GET,
             "/connect/u1?since=3",
             &h,
-            "10.0.0.2",
+            std::net::IpAddr::from([10, 0, 0, 2]),
             7,
         );
         let text = String::from_utf8(out).expect("ascii");

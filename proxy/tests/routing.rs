@@ -62,6 +62,85 @@ async fn the_same_key_always_reaches_the_same_backend_over_websocket_and_http() 
 }
 
 #[tokio::test]
+async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_routed_too() {
+    // A fresh connection's first upgrade takes the proxy's fast path; an upgrade that follows
+    // a plain request on a kept-alive connection goes through hyper. Both reach the owner.
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backends = three_backends().await;
+        let dir = temp_dir("keepalive-upgrade");
+        let ring_path = dir.join("ring.json");
+        let snap = write_ring(
+            &ring_path,
+            1,
+            backends.iter().map(Backend::member).collect(),
+        );
+        let ring = Ring::build(snap).expect("ring");
+        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
+        proxy.wait_ring_version(1).await;
+        for key in ["carol", "dave", "erin"] {
+            let expected = ring.owner(key).expect("owner").id.clone();
+            let mut s = tokio::net::TcpStream::connect(proxy.addr)
+                .await
+                .expect("connect");
+            s.write_all(format!("GET /send?userId={key} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            // Read exactly one response, framed by its Content-Length.
+            let mut got = Vec::new();
+            let body = loop {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                    continue;
+                };
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("content-length");
+                if body.len() >= len {
+                    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                    break body.to_owned();
+                }
+            };
+            assert_eq!(body, expected, "{key} over HTTP");
+            let (mut ws, _) =
+                tokio_tungstenite::client_async(format!("ws://{}/ws?userId={key}", proxy.addr), s)
+                    .await
+                    .expect("upgrade on the kept-alive connection");
+            let hello = loop {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    futures_util::StreamExt::next(&mut ws),
+                )
+                .await
+                .expect("hello in time")
+                .expect("open")
+                .expect("frame")
+                {
+                    Message::Text(t) => break t.to_string(),
+                    _ => continue,
+                }
+            };
+            let v: serde_json::Value = serde_json::from_str(&hello).expect("json");
+            assert_eq!(v["server"], expected.as_str(), "{key} over the upgrade");
+            ws.send(Message::text("still spliced")).await.expect("send");
+        }
+        let upgrades = proxy.metric("wscluster_proxy_upgrades_total").await;
+        assert_eq!(upgrades, Some(3.0));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
 async fn readiness_waits_for_a_ring_and_requests_before_it_get_503_with_retry_after() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let backend = Backend::start("node-a").await;

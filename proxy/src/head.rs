@@ -1,0 +1,322 @@
+//! The first request on a client connection, read before hyper sees it, so that the common case
+//! — a fresh connection whose first request is a WebSocket upgrade — is routed and spliced
+//! without an HTTP server stack: parse the head with `httparse`, write the owner's 101 head to
+//! the client as it came, splice. Everything else (plain HTTP, odd or malformed heads, heads
+//! over the size limit, upgrades that would be refused) goes to hyper with the bytes already
+//! read put back in front of the socket ([`Prefixed`]), so there is one place that answers
+//! errors and one HTTP implementation for everything that is not the fast path.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Most header fields in a request head the fast path takes (hyper's own default is 100).
+const MAX_HEADERS: usize = 100;
+/// First read size: a browser's upgrade request is about 500 bytes.
+const FIRST_READ: usize = 1024;
+
+/// What the first request on a connection turned out to be.
+// One value per connection, moved once: boxing the request would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum First {
+    /// A WebSocket upgrade the fast path can take.
+    Upgrade {
+        /// The request head (no body: an upgrade request has none).
+        req: Request<()>,
+        /// Everything read: the head, then anything the client sent after it (frames sent
+        /// before the 101, rare). Given to hyper whole if the fast path declines.
+        raw: Bytes,
+        /// Where the head ends in `raw`.
+        head_len: usize,
+    },
+    /// Anything else: these bytes go to hyper first.
+    Other(Bytes),
+    /// The client closed before sending anything.
+    Closed,
+}
+
+/// Reads until the first request head is complete, over `max_head` bytes, or unparseable.
+/// The caller bounds the time (the header read timeout).
+pub async fn read_first(stream: &mut TcpStream, max_head: usize) -> io::Result<First> {
+    let mut buf = BytesMut::with_capacity(FIRST_READ.min(max_head.max(1)));
+    loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve(FIRST_READ);
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(if buf.is_empty() {
+                First::Closed
+            } else {
+                First::Other(buf.freeze())
+            });
+        }
+        match classify(&buf) {
+            Some(Some((req, head_len))) => {
+                return Ok(First::Upgrade {
+                    req,
+                    raw: buf.freeze(),
+                    head_len,
+                });
+            }
+            Some(None) => return Ok(First::Other(buf.freeze())),
+            None if buf.len() >= max_head => return Ok(First::Other(buf.freeze())),
+            None => {}
+        }
+    }
+}
+
+/// `None`: the head is not complete yet. `Some(None)`: not for the fast path. `Some(Some)`:
+/// a WebSocket upgrade request and its head's length.
+fn classify(bytes: &[u8]) -> Option<Option<(Request<()>, usize)>> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let head_len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some(None),
+    };
+    Some(to_upgrade_request(&parsed).map(|req| (req, head_len)))
+}
+
+/// The request, if it is an HTTP/1.1 `GET` asking for a WebSocket upgrade with no body.
+fn to_upgrade_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    if parsed.version != Some(1) || parsed.method != Some("GET") {
+        return None;
+    }
+    // The cheap refusals first, on the raw fields, before anything is allocated.
+    let has_token = |name: &str, token: &[u8]| {
+        parsed.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case(name)
+                && h.value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token("upgrade", b"websocket") || !has_token("connection", b"upgrade") {
+        return None;
+    }
+    let uri: Uri = parsed.path?.parse().ok()?;
+    // Origin-form only ("/path?query"), as a client sends to a server.
+    if uri.scheme().is_some() || !uri.path().starts_with('/') {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        headers.append(name, value);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
+    {
+        return None;
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+/// Appends a whole response that ends the connection: status line, `fields` (hop-by-hop and
+/// framing fields are the caller's to have removed), `content-length`, `connection: close`,
+/// and `body`.
+pub fn write_closing_response(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    fields: &HeaderMap,
+    body: &[u8],
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(body);
+}
+
+/// A client socket with bytes already read from it put back in front, for hyper.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl Prefixed {
+    /// `prefix` is read before anything else from `io`.
+    pub fn new(prefix: Bytes, io: TcpStream) -> Self {
+        Prefixed { prefix, io }
+    }
+
+    /// The bytes not read yet and the socket.
+    pub fn into_parts(self) -> (Bytes, TcpStream) {
+        (self.prefix, self.io)
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // Release the read buffer the prefix was cut from.
+            self.prefix = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(raw: &str) -> &'static str {
+        match classify(raw.as_bytes()) {
+            None => "partial",
+            Some(None) => "other",
+            Some(Some(_)) => "upgrade",
+        }
+    }
+
+    const UPGRADE: &str = "GET /connect/u1?since=4 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn only_a_plain_websocket_upgrade_takes_the_fast_path() {
+        assert_eq!(kind(UPGRADE), "upgrade");
+        assert_eq!(kind(&UPGRADE[..40]), "partial");
+        for (what, raw) in [
+            (
+                "plain GET",
+                "GET /send?userId=a HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            ),
+            ("HTTP/1.0", UPGRADE.replace("HTTP/1.1", "HTTP/1.0")),
+            ("POST", UPGRADE.replace("GET", "POST")),
+            ("h2c", UPGRADE.replace("websocket", "h2c")),
+            (
+                "no Connection token",
+                UPGRADE.replace("keep-alive, Upgrade", "keep-alive"),
+            ),
+            (
+                "a body",
+                UPGRADE.replace("Host: x", "Host: x\r\nContent-Length: 3"),
+            ),
+            (
+                "chunked",
+                UPGRADE.replace("Host: x", "Host: x\r\nTransfer-Encoding: chunked"),
+            ),
+            (
+                "absolute form",
+                UPGRADE.replace("/connect/u1?since=4", "http://h/connect/u1"),
+            ),
+            ("garbage", "\x16\x03\x01\x02\x00\r\n\r\n".to_owned()),
+            ("bad header name", UPGRADE.replace("Host: x", "Ho st: x")),
+        ] {
+            assert_eq!(kind(&raw), "other", "{what}");
+        }
+        // An explicit empty body is still fine.
+        assert_eq!(
+            kind(&UPGRADE.replace("Host: x", "Host: x\r\nContent-Length: 0")),
+            "upgrade"
+        );
+    }
+
+    #[test]
+    fn the_fast_path_request_keeps_uri_and_every_field() {
+        let Some(Some((req, len))) = classify(&[UPGRADE.as_bytes(), &[0x81, 0x80]].concat()) else {
+            panic!("upgrade expected");
+        };
+        assert_eq!(len, UPGRADE.len());
+        assert_eq!(req.uri().path(), "/connect/u1");
+        assert_eq!(req.uri().query(), Some("since=4"));
+        assert_eq!(req.headers().len(), 5);
+        assert_eq!(req.headers()["sec-websocket-version"], "13");
+    }
+
+    #[test]
+    fn a_closing_response_is_framed_by_its_length() {
+        let mut fields = HeaderMap::new();
+        fields.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut out = Vec::new();
+        write_closing_response(&mut out, StatusCode::SERVICE_UNAVAILABLE, &fields, b"{}");
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+        );
+    }
+
+    #[tokio::test]
+    async fn prefixed_bytes_come_first_then_the_socket() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        client.write_all(b" world").await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut p = Prefixed::new(Bytes::from_static(b"hello"), server);
+        let mut got = String::new();
+        p.read_to_string(&mut got).await.expect("read");
+        assert_eq!(got, "hello world");
+        let (rest, _) = p.into_parts();
+        assert!(rest.is_empty());
+    }
+}

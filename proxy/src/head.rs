@@ -11,13 +11,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
+use http::StatusCode;
+use http::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::key::KeyInput;
+
 /// Most header fields in a request head the fast path takes (hyper's own default is 100).
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 /// First read size: a browser's upgrade request is about 500 bytes.
 const FIRST_READ: usize = 1024;
 
@@ -26,10 +28,8 @@ const FIRST_READ: usize = 1024;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum First {
-    /// A WebSocket upgrade the fast path can take.
+    /// A WebSocket upgrade the fast path can take ([`RawHead::parse`] reads it).
     Upgrade {
-        /// The request head (no body: an upgrade request has none).
-        req: Request<()>,
         /// Everything read: the head, then anything the client sent after it (frames sent
         /// before the 101, rare). Given to hyper whole if the fast path declines.
         raw: Bytes,
@@ -58,9 +58,8 @@ pub async fn read_first(stream: &mut TcpStream, max_head: usize) -> io::Result<F
             });
         }
         match classify(&buf) {
-            Some(Some((req, head_len))) => {
+            Some(Some(head_len)) => {
                 return Ok(First::Upgrade {
-                    req,
                     raw: buf.freeze(),
                     head_len,
                 });
@@ -73,8 +72,8 @@ pub async fn read_first(stream: &mut TcpStream, max_head: usize) -> io::Result<F
 }
 
 /// `None`: the head is not complete yet. `Some(None)`: not for the fast path. `Some(Some)`:
-/// a WebSocket upgrade request and its head's length.
-fn classify(bytes: &[u8]) -> Option<Option<(Request<()>, usize)>> {
+/// a WebSocket upgrade request, and its head's length.
+fn classify(bytes: &[u8]) -> Option<Option<usize>> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut fields);
     let head_len = match parsed.parse(bytes) {
@@ -82,50 +81,89 @@ fn classify(bytes: &[u8]) -> Option<Option<(Request<()>, usize)>> {
         Ok(httparse::Status::Partial) => return None,
         Err(_) => return Some(None),
     };
-    Some(to_upgrade_request(&parsed).map(|req| (req, head_len)))
+    Some(RawHead::of(parsed.version, parsed.method, parsed.path, parsed.headers).map(|_| head_len))
 }
 
-/// The request, if it is an HTTP/1.1 `GET` asking for a WebSocket upgrade with no body.
-fn to_upgrade_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
-    if parsed.version != Some(1) || parsed.method != Some("GET") {
-        return None;
+/// A parsed upgrade request head, borrowed from the bytes read: what the fast path routes on
+/// and forwards, with no allocation.
+#[derive(Debug)]
+pub struct RawHead<'h> {
+    /// The request target, path and query (origin form).
+    pub target: &'h str,
+    path: &'h str,
+    query: Option<&'h str>,
+    /// The header fields as sent.
+    pub fields: &'h [httparse::Header<'h>],
+}
+
+impl<'h> RawHead<'h> {
+    /// Parses a head [`read_first`] classified as an upgrade into `fields`; `None` if it is
+    /// not one (it always is, for bytes `read_first` returned as [`First::Upgrade`]).
+    pub fn parse(
+        bytes: &'h [u8],
+        fields: &'h mut [httparse::Header<'h>; MAX_HEADERS],
+    ) -> Option<RawHead<'h>> {
+        let mut parsed = httparse::Request::new(fields);
+        if !matches!(parsed.parse(bytes), Ok(httparse::Status::Complete(_))) {
+            return None;
+        }
+        RawHead::of(parsed.version, parsed.method, parsed.path, parsed.headers)
     }
-    // The cheap refusals first, on the raw fields, before anything is allocated.
-    let has_token = |name: &str, token: &[u8]| {
-        parsed.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case(name)
-                && h.value
-                    .split(|&b| b == b',')
+
+    /// The head, if it is an HTTP/1.1 `GET` in origin form asking for a WebSocket upgrade with
+    /// no body.
+    fn of(
+        version: Option<u8>,
+        method: Option<&str>,
+        target: Option<&'h str>,
+        fields: &'h [httparse::Header<'h>],
+    ) -> Option<RawHead<'h>> {
+        if version != Some(1) || method != Some("GET") {
+            return None;
+        }
+        let target = target?;
+        if !target.starts_with('/') {
+            return None;
+        }
+        let head = RawHead {
+            target,
+            path: target.split_once('?').map_or(target, |(p, _)| p),
+            query: target.split_once('?').map(|(_, q)| q),
+            fields,
+        };
+        let has_token = |name: &str, token: &[u8]| {
+            head.header_values(name).any(|v| {
+                v.split(|&b| b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
-    if !has_token("upgrade", b"websocket") || !has_token("connection", b"upgrade") {
-        return None;
+            })
+        };
+        let body = head.header_values("transfer-encoding").next().is_some()
+            || head.header_values("content-length").any(|v| v != b"0");
+        (!body && has_token("upgrade", b"websocket") && has_token("connection", b"upgrade"))
+            .then_some(head)
     }
-    let uri: Uri = parsed.path?.parse().ok()?;
-    // Origin-form only ("/path?query"), as a client sends to a server.
-    if uri.scheme().is_some() || !uri.path().starts_with('/') {
-        return None;
+
+    /// The fields as (name, value) byte pairs, for [`crate::upstream::write_request`].
+    pub fn field_pairs(&self) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + 'h {
+        self.fields.iter().map(|h| (h.name.as_bytes(), h.value))
     }
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        headers.append(name, value);
+}
+
+impl KeyInput for RawHead<'_> {
+    fn path(&self) -> &str {
+        self.path
     }
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get_all(header::CONTENT_LENGTH)
+
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.fields
             .iter()
-            .any(|v| v.as_bytes() != b"0")
-    {
-        return None;
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     }
-    let mut req = Request::new(());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    Some(req)
 }
 
 /// Appends a whole response that ends the connection: status line, `fields` (hop-by-hop and
@@ -226,6 +264,7 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{self, HeaderValue};
 
     fn kind(raw: &str) -> &'static str {
         match classify(raw.as_bytes()) {
@@ -278,15 +317,18 @@ mod tests {
     }
 
     #[test]
-    fn the_fast_path_request_keeps_uri_and_every_field() {
-        let Some(Some((req, len))) = classify(&[UPGRADE.as_bytes(), &[0x81, 0x80]].concat()) else {
-            panic!("upgrade expected");
-        };
-        assert_eq!(len, UPGRADE.len());
-        assert_eq!(req.uri().path(), "/connect/u1");
-        assert_eq!(req.uri().query(), Some("since=4"));
-        assert_eq!(req.headers().len(), 5);
-        assert_eq!(req.headers()["sec-websocket-version"], "13");
+    fn the_raw_head_gives_path_query_and_every_field_case_insensitively() {
+        let bytes = [UPGRADE.as_bytes(), &[0x81, 0x80]].concat();
+        assert_eq!(classify(&bytes), Some(Some(UPGRADE.len())));
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = RawHead::parse(&bytes[..UPGRADE.len()], &mut fields).expect("upgrade");
+        assert_eq!(head.target, "/connect/u1?since=4");
+        assert_eq!(head.path(), "/connect/u1");
+        assert_eq!(head.query(), Some("since=4"));
+        assert_eq!(head.fields.len(), 5);
+        let version: Vec<&[u8]> = head.header_values("sec-websocket-version").collect();
+        assert_eq!(version, [b"13"]);
+        assert_eq!(head.field_pairs().count(), 5);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use http::{HeaderMap, HeaderName, Request, StatusCode};
+use http::{HeaderName, Request, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 use wscluster_ring::KeyHash;
@@ -303,14 +303,15 @@ impl JwtSource {
         })
     }
 
-    fn key<B>(&self, req: &Request<B>) -> Result<Key, KeyError> {
+    fn key<I: KeyInput + ?Sized>(&self, req: &I) -> Result<Key, KeyError> {
         let unauthorized = |reason: &str| KeyError::Unauthorized {
             reason: reason.to_owned(),
         };
         let token = match self.from {
-            TokenFrom::Header => bearer(req.headers())
-                .ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?,
-            TokenFrom::Query => query_param(req.uri().query(), &self.query_param)
+            TokenFrom::Header => {
+                bearer(req).ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?
+            }
+            TokenFrom::Query => query_param(req.query(), &self.query_param)
                 .ok_or_else(|| {
                     unauthorized(&format!("missing token in query {}", self.query_param))
                 })?
@@ -333,22 +334,60 @@ impl JwtSource {
     }
 }
 
+/// What key extraction reads from a request head: implemented for hyper's requests and for the
+/// raw head the upgrade fast path parses ([`crate::head::RawHead`]), so both paths apply the
+/// same rules.
+pub trait KeyInput {
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// The query, without the `?`.
+    fn query(&self) -> Option<&str>;
+    /// Every value of the header field `name` (given in lowercase), in order.
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+}
+
+impl<B> KeyInput for Request<B> {
+    fn path(&self) -> &str {
+        self.uri().path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.uri().query()
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers()
+            .get_all(name)
+            .into_iter()
+            .map(http::HeaderValue::as_bytes)
+    }
+}
+
+/// A header value as text, if it is visible ASCII (what `HeaderValue::to_str` accepts).
+fn visible(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// Takes the routing key from a request head. See the module docs for the rules.
-pub fn extract_key<B>(req: &Request<B>, sources: &KeySources) -> Result<Key, KeyError> {
+pub fn extract_key<I: KeyInput + ?Sized>(req: &I, sources: &KeySources) -> Result<Key, KeyError> {
     let verified = match &sources.jwt {
         Some(jwt) => Some(jwt.key(req)?),
         None => None,
     };
     for source in &sources.sources {
         let raw: Option<Result<String, &'static str>> = match source {
-            Source::Path(p) => p.capture(req.uri().path()).map(|s| decode(s, false)),
-            Source::Query(q) => query_param(req.uri().query(), q),
-            Source::Header(h) => req.headers().get(h).map(|v| {
-                v.to_str()
+            Source::Path(p) => p.capture(req.path()).map(|s| decode(s, false)),
+            Source::Query(q) => query_param(req.query(), q),
+            Source::Header(h) => req.header_values(h.as_str()).next().map(|v| {
+                visible(v)
                     .map(str::to_owned)
-                    .map_err(|_| "header is not visible ASCII")
+                    .ok_or("header is not visible ASCII")
             }),
-            Source::Cookie(c) => cookie(req.headers(), c),
+            Source::Cookie(c) => cookie(req, c),
         };
         let Some(raw) = raw else { continue };
         let invalid = |reason: String| KeyError::Invalid {
@@ -370,8 +409,8 @@ pub fn extract_key<B>(req: &Request<B>, sources: &KeySources) -> Result<Key, Key
     })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+fn bearer<I: KeyInput + ?Sized>(req: &I) -> Option<String> {
+    let v = visible(req.header_values("authorization").next()?)?;
     let (scheme, token) = v.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -391,11 +430,9 @@ fn decode(raw: &str, plus_is_space: bool) -> Result<String, &'static str> {
     percent_decode(raw, plus_is_space).map_err(DecodeError::as_str)
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<Result<String, &'static str>> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+fn cookie<I: KeyInput + ?Sized>(req: &I, name: &str) -> Option<Result<String, &'static str>> {
+    req.header_values("cookie")
+        .filter_map(visible)
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;

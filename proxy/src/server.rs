@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use wscluster_ring::contract::RING_VERSION_HEADER;
 
-use crate::head::{self, First, Prefixed};
+use crate::head::{self, First, Prefixed, RawHead};
 use crate::key::{KeyError, extract_key};
 use crate::resets::check_late_registration;
 use crate::splice::{End, Splice};
@@ -293,8 +293,8 @@ impl Conn {
             // Slow or silent: closed, as hyper does for a head not read in time.
             Err(_) | Ok(Err(_)) | Ok(Ok(First::Closed)) => return Next::Done,
             Ok(Ok(First::Other(prefix))) => prefix,
-            Ok(Ok(First::Upgrade { req, raw, head_len })) => {
-                match self.fast_upgrade(req, raw, head_len, stream).await {
+            Ok(Ok(First::Upgrade { raw, head_len })) => {
+                match self.fast_upgrade(raw, head_len, stream).await {
                     Fast::Declined(raw, back) => {
                         stream = back;
                         raw
@@ -356,30 +356,17 @@ impl Conn {
     /// request would be refused before reaching an owner (no key, no ring, no owner) it goes
     /// back, with the socket, for hyper to answer in the one place that does. Failures after
     /// that are answered here, closing the connection.
-    async fn fast_upgrade(
-        &self,
-        req: Request<()>,
-        raw: Bytes,
-        head_len: usize,
-        mut client: TcpStream,
-    ) -> Fast {
+    async fn fast_upgrade(&self, raw: Bytes, head_len: usize, mut client: TcpStream) -> Fast {
         let shared = &self.ctx.shared;
-        let Ok(key) = extract_key(&req, &shared.keys) else {
+        let Some(routed) = self.route(&raw[..head_len]) else {
             return Fast::Declined(raw, client);
         };
-        let routing = shared.routing.load();
-        let Some(member) = routing
-            .known
-            .then(|| routing.ring.owner_index(key.hash).ok())
-            .flatten()
-            .and_then(|index| routing.members.get(index))
-        else {
+        let Some(member) = routed.routing.members.get(routed.index) else {
             return Fast::Declined(raw, client);
         };
-        let version = routing.ring.version();
         let write_wait = shared.config.limits.header_read_timeout();
         let mut out = Vec::new();
-        match ask_owner(&req, self.peer, member, version, shared).await {
+        match ask_owner(&routed.request, member, shared).await {
             Ok((upstream, upstream::Answer::Switched { head, early })) => {
                 if !matches!(
                     tokio::time::timeout(write_wait, client.write_all(&head)).await,
@@ -388,9 +375,9 @@ impl Conn {
                     return Fast::Answered;
                 }
                 Fast::Switched(Switched {
-                    key,
+                    key: routed.key,
                     member: (Arc::clone(&member.id), member.connections.clone()),
-                    version,
+                    version: routed.routing.ring.version(),
                     client: (client, Bytes::copy_from_slice(&raw[head_len..])),
                     upstream: (upstream, early),
                 })
@@ -417,6 +404,45 @@ impl Conn {
             }
         }
     }
+
+    /// Routes an upgrade head straight from its bytes (no `HeaderMap`, no `Uri`): its key, the
+    /// ring and owner it maps to, and the request head for the owner. `None` when hyper's path
+    /// should answer instead (no key, a bad token, no ring, no owner).
+    fn route(&self, bytes: &[u8]) -> Option<Routed> {
+        let shared = &self.ctx.shared;
+        let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+        let head = RawHead::parse(bytes, &mut fields)?;
+        let key = extract_key(&head, &shared.keys).ok()?;
+        let routing = shared.routing.load_full();
+        if !routing.known {
+            return None;
+        }
+        let index = routing.ring.owner_index(key.hash).ok()?;
+        let mut request = Vec::with_capacity(bytes.len() + 96);
+        upstream::write_request(
+            &mut request,
+            "GET",
+            head.target,
+            head.field_pairs(),
+            self.peer.ip(),
+            routing.ring.version(),
+        );
+        Some(Routed {
+            key,
+            routing,
+            index,
+            request,
+        })
+    }
+}
+
+/// An upgrade routed by the fast path.
+struct Routed {
+    key: crate::key::Key,
+    routing: Arc<Routing>,
+    index: usize,
+    /// The request head for the owner.
+    request: Vec<u8>,
 }
 
 /// Whether a request asks for a WebSocket upgrade (RFC 6455 §4.1).
@@ -579,7 +605,18 @@ async fn upgrade(
         return Failure::NoOwner.response(&shared, None);
     };
     let version = routing.ring.version();
-    let (upstream, head, early) = match ask_owner(&req, peer, member, version, &shared).await {
+    let mut request = Vec::with_capacity(512);
+    upstream::write_request(
+        &mut request,
+        req.method().as_str(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        peer.ip(),
+        version,
+    );
+    let (upstream, head, early) = match ask_owner(&request, member, &shared).await {
         Ok((upstream, upstream::Answer::Switched { head, early })) => (upstream, head, early),
         Ok((
             _,
@@ -648,13 +685,11 @@ async fn upgrade(
     client_resp
 }
 
-/// Connects to `member` and asks it for the upgrade `req` describes (routed with ring
-/// `version`), within the connect and header-read timeouts.
-async fn ask_owner<B>(
-    req: &Request<B>,
-    peer: SocketAddr,
+/// Connects to `member` and sends it `head`, an upgrade request from
+/// [`upstream::write_request`], within the connect and header-read timeouts.
+async fn ask_owner(
+    head: &[u8],
     member: &MemberRoute,
-    version: u64,
     shared: &Shared,
 ) -> Result<(TcpStream, upstream::Answer), Failure> {
     let limits = shared.config.limits;
@@ -672,17 +707,8 @@ async fn ask_owner<B>(
         Err(_) => return Err(Failure::UpstreamConnectTimeout),
     };
     let _ = tcp.set_nodelay(true);
-    let mut head = Vec::with_capacity(512);
-    upstream::write_request(
-        &mut head,
-        req.method(),
-        req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        req.headers(),
-        peer.ip(),
-        version,
-    );
     let exchange = async {
-        tcp.write_all(&head).await?;
+        tcp.write_all(head).await?;
         upstream::read_answer(&mut tcp, limits.max_header_bytes).await
     };
     match tokio::time::timeout(limits.header_read_timeout(), exchange).await {

@@ -12,8 +12,8 @@
 use std::io::Write as _;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use wscluster_ring::contract::RING_VERSION_HEADER;
@@ -74,37 +74,38 @@ pub enum Answer {
 /// header fields, except that `X-Forwarded-For` gains `peer_ip`, the routed ring version
 /// replaces anything the client sent under [`RING_VERSION_HEADER`], and the framing fields
 /// (`Content-Length`, `Transfer-Encoding`) are dropped because no body is forwarded with an
-/// upgrade. `HeaderValue`s cannot hold CR or LF, so nothing a client sends can split the head.
-pub fn write_request(
+/// upgrade. `fields` are (name, value) pairs as parsed (by hyper or `httparse`, both of which
+/// refuse CR and LF in them), so nothing a client sends can split the head.
+pub fn write_request<'a>(
     out: &mut Vec<u8>,
-    method: &Method,
+    method: &str,
     path_and_query: &str,
-    headers: &HeaderMap,
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     peer_ip: std::net::IpAddr,
     ring_version: u64,
 ) {
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut forwarded_for: Option<&HeaderValue> = None;
-    for (name, value) in headers {
-        if name == "x-forwarded-for" {
+    let mut forwarded_for: Option<&[u8]> = None;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             // Only one prior value is kept, as `add_forwarded_for` does for plain HTTP.
             forwarded_for = Some(value);
             continue;
         }
-        if name == RING_VERSION_HEADER
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
+        if name.eq_ignore_ascii_case(RING_VERSION_HEADER.as_bytes())
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
         {
             continue;
         }
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        push_field(out, name, value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = forwarded_for {
-        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
     push_ip(out, peer_ip);
@@ -532,20 +533,22 @@ mod tests {
 
     #[test]
     fn the_request_head_keeps_the_clients_fields_and_sets_the_proxys_own() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("chat.example"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.append("sec-websocket-protocol", HeaderValue::from_static("a"));
-        h.append("sec-websocket-protocol", HeaderValue::from_static("b"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert(RING_VERSION_HEADER, HeaderValue::from_static("999"));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        let ring_upper = RING_VERSION_HEADER.to_ascii_uppercase();
+        let fields: Vec<(&[u8], &[u8])> = vec![
+            (b"Host", b"chat.example"),
+            (b"upgrade", b"websocket"),
+            (b"Sec-WebSocket-Protocol", b"a"),
+            (b"sec-websocket-protocol", b"b"),
+            (b"X-Forwarded-For", b"10.0.0.1"),
+            (ring_upper.as_bytes(), b"999"),
+            (b"Content-Length", b"4"),
+        ];
         let mut out = Vec::new();
         write_request(
             &mut out,
-            &Method::GET,
+            "GET",
             "/connect/u1?since=3",
-            &h,
+            fields,
             std::net::IpAddr::from([10, 0, 0, 2]),
             7,
         );
@@ -556,16 +559,16 @@ mod tests {
         );
         assert!(text.ends_with("\r\n\r\n"));
         for line in [
-            "host: chat.example\r\n",
+            "Host: chat.example\r\n",
             "upgrade: websocket\r\n",
-            "sec-websocket-protocol: a\r\nsec-websocket-protocol: b\r\n",
+            "Sec-WebSocket-Protocol: a\r\nsec-websocket-protocol: b\r\n",
             "x-forwarded-for: 10.0.0.1, 10.0.0.2\r\n",
             &format!("{RING_VERSION_HEADER}: 7\r\n"),
         ] {
             assert!(text.contains(line), "missing {line:?} in {text}");
         }
         assert_eq!(text.matches(RING_VERSION_HEADER).count(), 1);
-        assert!(!text.contains("content-length"));
+        assert!(!text.to_ascii_lowercase().contains("content-length"));
         // The head parses as a request with every field intact.
         let mut fields = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut fields);

@@ -24,8 +24,6 @@ pub const MAX_HEADERS: usize = 100;
 const FIRST_READ: usize = 1024;
 
 /// What the first request on a connection turned out to be.
-// One value per connection, moved once: boxing the request would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum First {
     /// A WebSocket upgrade the fast path can take ([`RawHead::parse`] reads it).

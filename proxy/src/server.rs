@@ -386,12 +386,11 @@ impl Conn {
                 _,
                 upstream::Answer::Refused {
                     status,
-                    mut headers,
+                    headers,
                     body,
                 },
             )) => {
-                strip_hop_by_hop(&mut headers);
-                headers.remove(header::CONTENT_LENGTH);
+                let headers = refusal_fields(headers);
                 head::write_closing_response(&mut out, status, &headers, &body);
                 let _ = tokio::time::timeout(write_wait, client.write_all(&out)).await;
                 Fast::Answered
@@ -454,6 +453,14 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         })
     };
     has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// The header fields of an owner's refusal of an upgrade as passed on to the client: without
+/// hop-by-hop fields, and without `Content-Length`, since the proxy frames the body it read.
+fn refusal_fields(mut headers: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -622,13 +629,12 @@ async fn upgrade(
             _,
             upstream::Answer::Refused {
                 status,
-                mut headers,
+                headers,
                 body,
             },
         )) => {
             // The owner refused the upgrade: its answer goes to the client whole.
-            strip_hop_by_hop(&mut headers);
-            headers.remove(header::CONTENT_LENGTH);
+            let headers = refusal_fields(headers);
             let mut resp = Response::new(
                 Full::new(body)
                     .map_err(|never| match never {})

@@ -82,6 +82,16 @@ fn classify(bytes: &[u8]) -> Option<Option<usize>> {
     Some(RawHead::of(parsed.version, parsed.method, parsed.path, parsed.headers).map(|_| head_len))
 }
 
+/// Whether any of a header field's `values` (comma-separated lists, RFC 9110 §5.6.1) holds
+/// `token`, compared case-insensitively: the `Connection: upgrade` / `Upgrade: websocket`
+/// check (RFC 6455 §4.1) for both the fast path and hyper's.
+pub fn lists_token<'a>(mut values: impl Iterator<Item = &'a [u8]>, token: &[u8]) -> bool {
+    values.any(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
 /// A parsed upgrade request head, borrowed from the bytes read: what the fast path routes on
 /// and forwards, with no allocation.
 #[derive(Debug)]
@@ -129,16 +139,11 @@ impl<'h> RawHead<'h> {
             query: target.split_once('?').map(|(_, q)| q),
             fields,
         };
-        let has_token = |name: &str, token: &[u8]| {
-            head.header_values(name).any(|v| {
-                v.split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-            })
-        };
         let body = head.header_values("transfer-encoding").next().is_some()
             || head.header_values("content-length").any(|v| v != b"0");
-        (!body && has_token("upgrade", b"websocket") && has_token("connection", b"upgrade"))
-            .then_some(head)
+        let upgrade = lists_token(head.header_values("upgrade"), b"websocket")
+            && lists_token(head.header_values("connection"), b"upgrade");
+        (!body && upgrade).then_some(head)
     }
 
     /// The fields as (name, value) byte pairs, for [`crate::upstream::write_request`].

@@ -446,13 +446,9 @@ struct Routed {
 
 /// Whether a request asks for a WebSocket upgrade (RFC 6455 §4.1).
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    let has_token = |name: HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+    let values = |name| headers.get_all(name).into_iter().map(HeaderValue::as_bytes);
+    head::lists_token(values(header::CONNECTION), b"upgrade")
+        && head::lists_token(values(header::UPGRADE), b"websocket")
 }
 
 /// The header fields of an owner's refusal of an upgrade as passed on to the client: without

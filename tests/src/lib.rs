@@ -132,6 +132,18 @@ impl Started {
     }
 }
 
+/// Runs an end-to-end scenario within `limit`, failing the test with the whole error chain
+/// (or a timeout) otherwise: the body of every e2e `#[tokio::test]`.
+pub async fn run_bounded(
+    limit: Duration,
+    scenario: impl std::future::Future<Output = anyhow::Result<()>>,
+) {
+    tokio::time::timeout(limit, scenario)
+        .await
+        .expect("the test finished within its time bound")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// A count from an environment variable, or a default.
 pub fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)

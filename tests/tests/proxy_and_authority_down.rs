@@ -10,17 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Fleet, Started, delivery_problems, ring_of, wait_for};
+use wscluster_tests::{Fleet, Started, delivery_problems, ring_of, run_bounded, wait_for};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_survive_a_killed_proxy_and_proxies_keep_routing_while_the_ring_authority_is_down()
 {
-    tokio::time::timeout(TEST_TIMEOUT, scenario())
-        .await
-        .expect("the test finished within its time bound")
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    run_bounded(TEST_TIMEOUT, scenario()).await;
 }
 
 async fn scenario() -> anyhow::Result<()> {

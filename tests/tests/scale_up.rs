@@ -9,16 +9,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Started, delivery_problems, ring_of};
+use wscluster_tests::{Started, delivery_problems, ring_of, run_bounded};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_up_resets_exactly_the_moved_clients_and_loses_no_message() {
-    tokio::time::timeout(TEST_TIMEOUT, scenario())
-        .await
-        .expect("the test finished within its time bound")
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    run_bounded(TEST_TIMEOUT, scenario()).await;
 }
 
 async fn scenario() -> anyhow::Result<()> {

@@ -132,31 +132,23 @@ impl FileSource {
     }
 
     /// Looks at the file once and publishes a newer ring.
+    ///
+    /// The `stat` (and the read, when the file changed) happen right here on the runtime
+    /// thread: the file is small and local (a ConfigMap volume, or local mode's own file), so
+    /// each costs microseconds. Handing them to the blocking pool instead kept a pool thread
+    /// alive for the life of the process, and with it every socket call of a one-worker proxy
+    /// paid for a multi-threaded process (libc's cancellation bookkeeping, the kernel's shared
+    /// file-table reference counts).
     async fn check(&mut self, rings: &watch::Sender<Option<Arc<Ring>>>) -> Checked {
-        let path = self.path.clone();
-        let Ok((now, bytes)) = tokio::task::spawn_blocking(move || {
-            let now = stamp(&path);
-            let recent = now
-                .and_then(|(modified, _)| modified)
-                .and_then(|m| m.elapsed().ok())
-                .is_some_and(|age| age < RECENT_WRITE);
-            (now, recent.then(|| std::fs::read(&path)))
-        })
-        .await
-        else {
+        let now = stamp(&self.path);
+        let recent = now
+            .and_then(|(modified, _)| modified)
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age < RECENT_WRITE);
+        if !recent && now == self.stamp {
             return Checked::Unchanged;
-        };
-        let bytes = match bytes {
-            Some(bytes) => bytes,
-            None if now == self.stamp => return Checked::Unchanged,
-            None => {
-                let path = self.path.clone();
-                match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
-                    Ok(bytes) => bytes,
-                    Err(_) => return Checked::Unchanged,
-                }
-            }
-        };
+        }
+        let bytes = std::fs::read(&self.path);
         self.stamp = now;
         let bytes = match bytes {
             Ok(bytes) => bytes,

@@ -95,10 +95,19 @@ impl FrameTracker {
                 pos += take as usize;
                 continue;
             }
-            // In a header: gather until its length is known.
+            // The usual case: a whole header in this chunk, read where it lies.
+            if self.have == 0
+                && let Some(&b1) = data.get(pos + 1)
+                && let Some(header) = data.get(pos..pos + header_len(b1))
+            {
+                self.enter_frame(header, Some(pos))?;
+                pos += header.len();
+                continue;
+            }
+            // A header straddling reads: gather it until its length is known.
             let header_start = (self.have == 0).then_some(pos);
             while pos < data.len() {
-                let need = self.header_len();
+                let need = self.gathered_header_len();
                 if usize::from(self.have) >= need {
                     break;
                 }
@@ -106,51 +115,68 @@ impl FrameTracker {
                 self.have += 1;
                 pos += 1;
             }
-            let need = self.header_len();
+            let need = self.gathered_header_len();
             if usize::from(self.have) < need {
                 return Ok(pos);
             }
-            let len = self.payload_len();
-            if len > self.max_payload {
-                return Err(FrameTooBig { len, header_start });
-            }
-            let b0 = self.header[0];
-            let opcode = b0 & 0x0f;
-            let fin = b0 & 0x80 != 0;
-            match opcode {
-                OP_TEXT | OP_BINARY | OP_CONTINUATION => self.in_message = !fin,
-                OP_CLOSE => self.closed = true,
-                _ => {}
-            }
-            self.have = 0;
-            self.remaining = len;
+            let header = self.header;
+            self.enter_frame(&header[..need], header_start)?;
         }
     }
 
-    /// Length of the current header, as far as the bytes gathered tell.
-    fn header_len(&self) -> usize {
+    /// Starts the frame whose whole `header` has been read.
+    fn enter_frame(
+        &mut self,
+        header: &[u8],
+        header_start: Option<usize>,
+    ) -> Result<(), FrameTooBig> {
+        let len = payload_len(header);
+        if len > self.max_payload {
+            return Err(FrameTooBig { len, header_start });
+        }
+        let fin = header[0] & 0x80 != 0;
+        match header[0] & 0x0f {
+            OP_TEXT | OP_BINARY | OP_CONTINUATION => self.in_message = !fin,
+            OP_CLOSE => self.closed = true,
+            _ => {}
+        }
+        self.have = 0;
+        self.remaining = len;
+        Ok(())
+    }
+
+    /// Length of the header being gathered, as far as its bytes so far tell.
+    fn gathered_header_len(&self) -> usize {
         if self.have < 2 {
-            return 2;
+            2
+        } else {
+            header_len(self.header[1])
         }
-        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
-        let ext = match self.header[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        2 + ext + mask
     }
+}
 
-    fn payload_len(&self) -> u64 {
-        match self.header[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            127 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.header[2..10]);
-                u64::from_be_bytes(b)
-            }
-            n => u64::from(n),
+/// Length of a frame header whose second byte is `b1`: the mask bit and the 7-bit length
+/// (126 and 127 announce 2 and 8 bytes of extended length) say it (§5.2).
+fn header_len(b1: u8) -> usize {
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + mask
+}
+
+/// The payload length a whole frame header declares.
+fn payload_len(header: &[u8]) -> u64 {
+    match header[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+        127 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&header[2..10]);
+            u64::from_be_bytes(b)
         }
+        n => u64::from(n),
     }
 }
 
@@ -291,5 +317,44 @@ mod tests {
         let mut c = Vec::new();
         server_close(&mut c, 1000, &long);
         assert_eq!(c[1], 125);
+    }
+
+    proptest::proptest! {
+        /// Fed in any chunks, the tracker agrees with feeding the same bytes one at a time
+        /// (which always gathers headers byte by byte) at every chunk end.
+        #[test]
+        fn chunked_feeding_agrees_with_byte_by_byte(
+            frames in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, 0x9, 0xa]),
+                    proptest::bool::ANY,
+                    proptest::prop_oneof![0usize..130, 120usize..300, 65_530usize..65_540, 70_000usize..70_001],
+                    proptest::bool::ANY,
+                ),
+                1..8,
+            ),
+            cuts in proptest::collection::vec(0usize..200_000, 0..12),
+        ) {
+            let stream: Vec<u8> = frames
+                .iter()
+                .flat_map(|&(op, fin, len, masked)| frame(op, fin, len, masked))
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let (mut chunked, mut bytewise) = (FrameTracker::new(1 << 20), FrameTracker::new(1 << 20));
+            let mut at = 0;
+            for cut in cuts {
+                proptest::prop_assert_eq!(chunked.feed(&stream[at..cut], false), Ok(cut - at));
+                for b in &stream[at..cut] {
+                    proptest::prop_assert_eq!(bytewise.feed(std::slice::from_ref(b), false), Ok(1));
+                }
+                at = cut;
+                proptest::prop_assert_eq!(chunked.at_frame_boundary(), bytewise.at_frame_boundary());
+                proptest::prop_assert_eq!(chunked.at_message_boundary(), bytewise.at_message_boundary());
+                proptest::prop_assert_eq!(chunked.closed(), bytewise.closed());
+            }
+            proptest::prop_assert!(chunked.at_frame_boundary());
+        }
     }
 }

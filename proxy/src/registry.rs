@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::sync::atomic::AtomicBool;
-use std::task::{Context, Poll};
+use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
 use wscluster_ring::contract::ResetReason;
@@ -72,15 +72,20 @@ impl ConnControl {
         true
     }
 
-    /// Ready with the command once one is sent; registers the task to be woken otherwise.
-    pub fn poll_command(&self, cx: &mut Context<'_>) -> Poll<Command> {
-        self.waker.register(cx.waker());
-        if self.signalled.load(Ordering::Acquire)
-            && let Some(command) = self.take()
-        {
-            return Poll::Ready(command);
+    /// Registers `waker` to be woken when a command is sent. A task registers once and again
+    /// only when its waker changes (the copy loop checks `Waker::will_wake`), so a wake-up of
+    /// the copy loop costs one atomic load here, not a registration.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// The command, once one has been sent; check it after [`ConnControl::register`].
+    pub fn signalled(&self) -> Option<Command> {
+        if self.signalled.load(Ordering::Acquire) {
+            self.take()
+        } else {
+            None
         }
-        Poll::Pending
     }
 
     /// Takes the pending command.

@@ -18,7 +18,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,9 +36,9 @@ const BUF_BYTES: usize = 16 * 1024;
 /// Buffers kept per worker thread. Only connections with bytes in flight hold one, so a few
 /// dozen per thread cover bursts without keeping memory for idle connections.
 const POOL_PER_THREAD: usize = 64;
-/// Reads and writes per direction per poll before the task yields (fairness between
-/// connections on one worker): a message costs two steps, so a busy connection moves up to
-/// eight messages per turn.
+/// Reads (each written on at once) or retried writes per direction per poll before the task
+/// yields, for fairness between connections on one worker: a busy connection moves up to 16
+/// reads' worth of bytes each way per turn.
 const STEPS_PER_POLL: usize = 16;
 /// How long a reset waits for the current upstream message to end before giving up on the
 /// reset text (a close frame alone may still go at a frame boundary).
@@ -263,6 +263,11 @@ impl<'a> Splice<'a> {
 
     /// The copy loop: both directions driven from one poll, so an idle connection is one
     /// parked task with its wakers in the two sockets' reader slots.
+    ///
+    /// A wake-up is paid for per message, so it does as little as it can: the task's waker is
+    /// registered with the control handle once (again only if it changes), one copy buffer per
+    /// poll serves both directions and bytes are written on from it at once, and budgeting is
+    /// left to this loop's own step limit (`unconstrained`) rather than checked per read.
     async fn copy(&mut self) -> Stop {
         let Splice {
             client,
@@ -274,15 +279,37 @@ impl<'a> Splice<'a> {
         } = self;
         let (mut client_rd, mut client_wr) = client.split();
         let (mut upstream_rd, mut upstream_wr) = upstream.split();
-        poll_fn(|cx| {
-            if let Poll::Ready(cmd) = control.poll_command(cx) {
+        let mut registered: Option<Waker> = None;
+        tokio::task::unconstrained(poll_fn(|cx| {
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                control.register(cx.waker());
+                registered = Some(cx.waker().clone());
+            }
+            if let Some(cmd) = control.signalled() {
                 return Poll::Ready(Stop::Command(cmd));
             }
-            let mut moved = match drive(cx, &mut client_rd, &mut upstream_wr, c2u, true) {
-                Ok(moved) => moved,
-                Err(stop) => return Poll::Ready(stop),
-            };
-            moved |= match drive(cx, &mut upstream_rd, &mut client_wr, u2c, false) {
+            let mut scratch = take_buf();
+            let driven = drive(
+                cx,
+                &mut client_rd,
+                &mut upstream_wr,
+                c2u,
+                &mut scratch,
+                true,
+            )
+            .and_then(|moved| {
+                let back = drive(
+                    cx,
+                    &mut upstream_rd,
+                    &mut client_wr,
+                    u2c,
+                    &mut scratch,
+                    false,
+                );
+                back.map(|more| moved | more)
+            });
+            give_buf(scratch);
+            let moved = match driven {
                 Ok(moved) => moved,
                 Err(stop) => return Poll::Ready(stop),
             };
@@ -310,7 +337,7 @@ impl<'a> Splice<'a> {
                 return Poll::Ready(Stop::Closed);
             }
             Poll::Pending
-        })
+        }))
         .await
     }
 
@@ -418,14 +445,17 @@ impl<'a> Splice<'a> {
 }
 
 /// Moves what `src` has to `dst` until one of them would block (or the fairness budget is
-/// spent). Uses `poll_read`/`poll_write`, which clear a socket's readiness after a short read
-/// or write, so the common case costs one `read` and one `write` per message and no extra
+/// spent). Bytes are read into `scratch` and written on from it at once; only what `dst` cannot
+/// take yet stays behind, in that very buffer (`scratch` is then replaced from the pool), so
+/// the common case copies nothing twice. Reads use `poll_read`, which clears a socket's
+/// readiness after a short read, so a message costs one `read` and one `write` and no extra
 /// `EAGAIN` probe. Returns whether any byte moved.
 fn drive(
     cx: &mut Context<'_>,
     src: &mut ReadHalf<'_>,
     dst: &mut WriteHalf<'_>,
     dir: &mut Dir,
+    scratch: &mut Box<[u8]>,
     from_client: bool,
 ) -> Result<bool, Stop> {
     let mut moved = false;
@@ -449,38 +479,34 @@ fn drive(
         if dir.eof {
             return Ok(moved);
         }
-        let mut buf = take_buf();
-        let mut read = ReadBuf::new(&mut buf);
-        let polled = Pin::new(&mut *src).poll_read(cx, &mut read);
-        let n = read.filled().len();
-        match polled {
-            Poll::Pending => {
-                give_buf(buf);
-                return Ok(moved);
-            }
-            Poll::Ready(Err(e)) => {
-                give_buf(buf);
-                return Err(Stop::Error(e));
-            }
-            Poll::Ready(Ok(())) if n == 0 => {
-                give_buf(buf);
-                dir.eof = true;
-                return Ok(moved);
-            }
-            Poll::Ready(Ok(())) => {
-                moved = true;
-                if let Err(e) = dir.tracker.feed(&buf[..n], false) {
-                    give_buf(buf);
-                    dir.broken = true;
-                    tracing::debug!(len = e.len, from_client, "frame over maxFrameBytes");
-                    return Err(Stop::TooBig { from_client });
-                }
-                dir.pending = Some(Pending {
-                    buf,
-                    start: 0,
-                    end: n,
-                });
-            }
+        let mut read = ReadBuf::new(scratch);
+        let n = match Pin::new(&mut *src).poll_read(cx, &mut read) {
+            Poll::Pending => return Ok(moved),
+            Poll::Ready(Err(e)) => return Err(Stop::Error(e)),
+            Poll::Ready(Ok(())) => read.filled().len(),
+        };
+        if n == 0 {
+            dir.eof = true;
+            return Ok(moved);
+        }
+        moved = true;
+        if let Err(e) = dir.tracker.feed(&scratch[..n], false) {
+            dir.broken = true;
+            tracing::debug!(len = e.len, from_client, "frame over maxFrameBytes");
+            return Err(Stop::TooBig { from_client });
+        }
+        let written = match Pin::new(&mut *dst).poll_write(cx, &scratch[..n]) {
+            Poll::Pending => 0,
+            Poll::Ready(Err(e)) => return Err(Stop::Error(e)),
+            Poll::Ready(Ok(0)) => return Err(Stop::Error(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(w)) => w,
+        };
+        if written < n {
+            dir.pending = Some(Pending {
+                buf: std::mem::replace(scratch, take_buf()),
+                start: written,
+                end: n,
+            });
         }
     }
     // Budget spent with bytes still flowing: come back after the other tasks had a turn.

@@ -23,18 +23,15 @@ pub const MAX_HEADERS: usize = 100;
 /// First read size: a browser's upgrade request is about 500 bytes.
 const FIRST_READ: usize = 1024;
 
-/// What the first request on a connection turned out to be.
+/// What the first read of a connection found.
 #[derive(Debug)]
 pub enum First {
-    /// A WebSocket upgrade the fast path can take ([`RawHead::parse`] reads it).
-    Upgrade {
-        /// Everything read: the head, then anything the client sent after it (frames sent
-        /// before the 101, rare). Given to hyper whole if the fast path declines.
-        raw: Bytes,
-        /// Where the head ends in `raw`.
-        head_len: usize,
-    },
-    /// Anything else: these bytes go to hyper first.
+    /// A complete request head, then anything the client sent after it (frames sent before
+    /// the 101, rare): the fast path parses it once ([`RawHead::parse`]) and gives it to hyper
+    /// whole if it is not an upgrade the fast path takes.
+    Head(Bytes),
+    /// Bytes that are not a complete head (malformed, over the size limit, or cut short by
+    /// the client): these go to hyper first, which answers them.
     Other(Bytes),
     /// The client closed before sending anything.
     Closed,
@@ -55,31 +52,30 @@ pub async fn read_first(stream: &mut TcpStream, max_head: usize) -> io::Result<F
                 First::Other(buf.freeze())
             });
         }
-        match classify(&buf) {
-            Some(Some(head_len)) => {
-                return Ok(First::Upgrade {
-                    raw: buf.freeze(),
-                    head_len,
-                });
-            }
-            Some(None) => return Ok(First::Other(buf.freeze())),
+        match head_complete(&buf) {
+            Some(true) => return Ok(First::Head(buf.freeze())),
+            Some(false) => return Ok(First::Other(buf.freeze())),
             None if buf.len() >= max_head => return Ok(First::Other(buf.freeze())),
             None => {}
         }
     }
 }
 
-/// `None`: the head is not complete yet. `Some(None)`: not for the fast path. `Some(Some)`:
-/// a WebSocket upgrade request, and its head's length.
-fn classify(bytes: &[u8]) -> Option<Option<usize>> {
+/// `None`: the head is not complete yet. `Some(true)`: it is (the fast path parses it then).
+/// `Some(false)`: it can never be (malformed), so hyper should answer it at once.
+///
+/// The common case, a whole head in the first read, is one search for its blank line; only a
+/// head without one (split across reads, bare-LF line ends, garbage) is run through httparse.
+fn head_complete(bytes: &[u8]) -> Option<bool> {
+    if memchr::memmem::find(bytes, b"\r\n\r\n").is_some() {
+        return Some(true);
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    let head_len = match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return None,
-        Err(_) => return Some(None),
-    };
-    Some(RawHead::of(parsed.version, parsed.method, parsed.path, parsed.headers).map(|_| head_len))
+    match httparse::Request::new(&mut fields).parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => Some(true),
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(false),
+    }
 }
 
 /// Whether any of a header field's `values` (comma-separated lists, RFC 9110 §5.6.1) holds
@@ -105,17 +101,18 @@ pub struct RawHead<'h> {
 }
 
 impl<'h> RawHead<'h> {
-    /// Parses a head [`read_first`] classified as an upgrade into `fields`; `None` if it is
-    /// not one (it always is, for bytes `read_first` returned as [`First::Upgrade`]).
+    /// Parses the head at the start of `bytes` into `fields`: the head and its length in
+    /// bytes, if it is a WebSocket upgrade the fast path takes; `None` for anything else.
     pub fn parse(
         bytes: &'h [u8],
         fields: &'h mut [httparse::Header<'h>; MAX_HEADERS],
-    ) -> Option<RawHead<'h>> {
+    ) -> Option<(RawHead<'h>, usize)> {
         let mut parsed = httparse::Request::new(fields);
-        if !matches!(parsed.parse(bytes), Ok(httparse::Status::Complete(_))) {
+        let Ok(httparse::Status::Complete(len)) = parsed.parse(bytes) else {
             return None;
-        }
+        };
         RawHead::of(parsed.version, parsed.method, parsed.path, parsed.headers)
+            .map(|head| (head, len))
     }
 
     /// The head, if it is an HTTP/1.1 `GET` in origin form asking for a WebSocket upgrade with
@@ -269,11 +266,14 @@ mod tests {
     use super::*;
     use http::header::{self, HeaderValue};
 
+    /// What the fast path makes of a first read: wait for more, hand it to hyper, or take it.
     fn kind(raw: &str) -> &'static str {
-        match classify(raw.as_bytes()) {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match head_complete(raw.as_bytes()) {
             None => "partial",
-            Some(None) => "other",
-            Some(Some(_)) => "upgrade",
+            Some(false) => "other",
+            Some(true) if RawHead::parse(raw.as_bytes(), &mut fields).is_none() => "other",
+            Some(true) => "upgrade",
         }
     }
 
@@ -283,6 +283,16 @@ mod tests {
     fn only_a_plain_websocket_upgrade_takes_the_fast_path() {
         assert_eq!(kind(UPGRADE), "upgrade");
         assert_eq!(kind(&UPGRADE[..40]), "partial");
+        assert_eq!(
+            kind(&UPGRADE.replace("\r\n", "\n")),
+            "upgrade",
+            "bare LF line ends"
+        );
+        assert_eq!(
+            kind("\x16\x03\x01\x02\x00"),
+            "other",
+            "garbage with no blank line"
+        );
         for (what, raw) in [
             (
                 "plain GET",
@@ -322,9 +332,10 @@ mod tests {
     #[test]
     fn the_raw_head_gives_path_query_and_every_field_case_insensitively() {
         let bytes = [UPGRADE.as_bytes(), &[0x81, 0x80]].concat();
-        assert_eq!(classify(&bytes), Some(Some(UPGRADE.len())));
+        assert_eq!(head_complete(&bytes), Some(true));
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let head = RawHead::parse(&bytes[..UPGRADE.len()], &mut fields).expect("upgrade");
+        let (head, len) = RawHead::parse(&bytes, &mut fields).expect("upgrade");
+        assert_eq!(len, UPGRADE.len());
         assert_eq!(head.target, "/connect/u1?since=4");
         assert_eq!(head.path(), "/connect/u1");
         assert_eq!(head.query(), Some("since=4"));

@@ -293,8 +293,8 @@ impl Conn {
             // Slow or silent: closed, as hyper does for a head not read in time.
             Err(_) | Ok(Err(_)) | Ok(Ok(First::Closed)) => return Next::Done,
             Ok(Ok(First::Other(prefix))) => prefix,
-            Ok(Ok(First::Upgrade { raw, head_len })) => {
-                match self.fast_upgrade(raw, head_len, stream).await {
+            Ok(Ok(First::Head(raw))) => {
+                match self.fast_upgrade(raw, stream).await {
                     Fast::Declined(raw, back) => {
                         stream = back;
                         raw
@@ -356,9 +356,9 @@ impl Conn {
     /// request would be refused before reaching an owner (no key, no ring, no owner) it goes
     /// back, with the socket, for hyper to answer in the one place that does. Failures after
     /// that are answered here, closing the connection.
-    async fn fast_upgrade(&self, raw: Bytes, head_len: usize, mut client: TcpStream) -> Fast {
+    async fn fast_upgrade(&self, raw: Bytes, mut client: TcpStream) -> Fast {
         let shared = &self.ctx.shared;
-        let Some(routed) = self.route(&raw[..head_len]) else {
+        let Some(routed) = self.route(&raw) else {
             return Fast::Declined(raw, client);
         };
         let Some(member) = routed.routing.members.get(routed.index) else {
@@ -378,7 +378,7 @@ impl Conn {
                     key: routed.key,
                     member: (Arc::clone(&member.id), member.connections.clone()),
                     version: routed.routing.ring.version(),
-                    client: (client, Bytes::copy_from_slice(&raw[head_len..])),
+                    client: (client, Bytes::copy_from_slice(&raw[routed.head_len..])),
                     upstream: (upstream, early),
                 })
             }
@@ -406,11 +406,12 @@ impl Conn {
 
     /// Routes an upgrade head straight from its bytes (no `HeaderMap`, no `Uri`): its key, the
     /// ring and owner it maps to, and the request head for the owner. `None` when hyper's path
-    /// should answer instead (no key, a bad token, no ring, no owner).
+    /// should answer instead (not an upgrade the fast path takes, no key, a bad token, no
+    /// ring, no owner).
     fn route(&self, bytes: &[u8]) -> Option<Routed> {
         let shared = &self.ctx.shared;
         let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
-        let head = RawHead::parse(bytes, &mut fields)?;
+        let (head, head_len) = RawHead::parse(bytes, &mut fields)?;
         let key = extract_key(&head, &shared.keys).ok()?;
         let routing = shared.routing.load_full();
         if !routing.known {
@@ -431,6 +432,7 @@ impl Conn {
             routing,
             index,
             request,
+            head_len,
         })
     }
 }
@@ -442,6 +444,8 @@ struct Routed {
     index: usize,
     /// The request head for the owner.
     request: Vec<u8>,
+    /// Length of the client's head; bytes after it are early frames.
+    head_len: usize,
 }
 
 /// Whether a request asks for a WebSocket upgrade (RFC 6455 §4.1).
@@ -695,12 +699,13 @@ async fn ask_owner(
     shared: &Shared,
 ) -> Result<(TcpStream, upstream::Answer), Failure> {
     let limits = shared.config.limits;
-    let mut tcp = match tokio::time::timeout(
-        limits.connect_timeout(),
-        TcpStream::connect(member.address.as_str()),
-    )
-    .await
-    {
+    let connect = async {
+        match member.socket {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(member.address.as_str()).await,
+        }
+    };
+    let mut tcp = match tokio::time::timeout(limits.connect_timeout(), connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             debug!(error = %e, member = %member.id, "owner unreachable");

@@ -1,6 +1,7 @@
 //! What every request handler and background task shares: the current routing table (swapped
 //! whole on each ring, never mutated), the connection registry, the reset queue and metrics.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -20,6 +21,9 @@ pub struct MemberRoute {
     pub id: Arc<str>,
     /// `host:port`.
     pub address: String,
+    /// `address` parsed once, when it is an IP address and port (as EndpointSlice addresses
+    /// are); a host name is resolved per connection instead.
+    pub socket: Option<SocketAddr>,
     /// Its connection gauge.
     pub connections: Gauge,
 }
@@ -53,6 +57,7 @@ impl Routing {
             .map(|m: &Member| MemberRoute {
                 id: Arc::from(m.id.as_str()),
                 address: m.address.clone(),
+                socket: m.address.parse().ok(),
                 connections: metrics.member_gauge(&m.id),
             })
             .collect();

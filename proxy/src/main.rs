@@ -11,6 +11,16 @@ use tokio_util::sync::CancellationToken;
 use wscluster_proxy::config::ProxyConfig;
 use wscluster_proxy::{RingSource, Settings};
 
+/// jemalloc rather than glibc's allocator. An upgrade allocates about two dozen times, three of
+/// them cache-line aligned (tokio's task cell and two I/O registrations), which glibc serves
+/// through `memalign`, its slowest path, and a busy proxy's churn of same-sized blocks keeps
+/// overflowing glibc's small per-thread cache. With jemalloc the proxy runs 9 % fewer
+/// user-space instructions and 12 % less CPU per upgrade, and an idle connection costs less
+/// (2.63 against 2.81 KiB); see docs/benchmarks.md. (mimalloc saved as many instructions but
+/// nearly doubled the memory per idle connection.)
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Data-plane proxy for wscluster: routes WebSocket upgrades and HTTP by consistent hash of a
 /// business key and resets the connections whose owner changes.
 #[derive(Debug, Parser)]

@@ -75,63 +75,9 @@ cleanup() {
 trap cleanup EXIT
 
 # --- Configs -------------------------------------------------------------------------------
-cat >"$WORK/ring.json" <<EOF
-{"clusterId":"bench/echo","version":1,"members":[{"id":"echo-0","address":"127.0.0.1:$BACKEND_PORT"}]}
-EOF
-cat >"$WORK/proxy.yaml" <<EOF
-keySources:
-  - query: userId
-limits:
-  maxConnections: 20000
-EOF
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
-  upstream echo {
-    hash \$arg_userId consistent;
-    server 127.0.0.1:$BACKEND_PORT;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection \$connection_upgrade;
-      proxy_read_timeout 3600s;
-      proxy_send_timeout 3600s;
-    }
-  }
-}
-EOF
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 9600
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 1h
-  timeout server 1h
-  timeout tunnel 1h
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend be
-backend be
-  balance url_param userId
-  hash-type consistent
-  server s0 127.0.0.1:$BACKEND_PORT id 1
-EOF
+# shellcheck source=scripts/bench-configs.sh
+. "$ROOT/scripts/bench-configs.sh"
+write_bench_configs "$WORK" "$BACKEND_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
 
 # --- Processes -----------------------------------------------------------------------------
 wait_port() {

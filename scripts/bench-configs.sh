@@ -1,0 +1,68 @@
+# Configuration files shared by the proxy benchmarks (scripts/bench-proxy.sh,
+# scripts/count-instructions.sh): the same ring, proxy config, NGINX and HAProxy settings, so
+# both scripts measure the same set-up. Sourced, not run.
+
+# write_bench_configs WORK BACKEND_PORT NGINX_PORT HAPROXY_PORT
+# Writes WORK/ring.json, WORK/proxy.yaml, WORK/nginx/nginx.conf and WORK/haproxy.cfg: one echo
+# backend at 127.0.0.1:BACKEND_PORT, every proxy hashing ?userId= to it, one worker each.
+write_bench_configs() {
+local work=$1 backend=$2 nginx_port=$3 haproxy_port=$4
+mkdir -p "$work"
+cat >"$work/ring.json" <<EOF
+{"clusterId":"bench/echo","version":1,"members":[{"id":"echo-0","address":"127.0.0.1:$backend"}]}
+EOF
+cat >"$work/proxy.yaml" <<EOF
+keySources:
+  - query: userId
+limits:
+  maxConnections: 20000
+EOF
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream echo {
+    hash \$arg_userId consistent;
+    server 127.0.0.1:$backend;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+EOF
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9600
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:$haproxy_port
+  default_backend be
+backend be
+  balance url_param userId
+  hash-type consistent
+  server s0 127.0.0.1:$backend id 1
+EOF
+}

@@ -513,3 +513,97 @@ fn drive(
     cx.waker().wake_by_ref();
     Ok(moved)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::net::TcpSocket;
+    use wscluster_ring::KeyHash;
+
+    use super::*;
+
+    /// A connected pair on loopback, (peer, proxy side), with small buffers: the peer's
+    /// receive buffer and the proxy side's send buffer, so when the peer lags the proxy's
+    /// 16 KiB writes fall short (partial writes) or would block.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpSocket::new_v4().expect("socket");
+        listener.set_recv_buffer_size(4096).expect("rcvbuf");
+        listener
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = listener.listen(16).expect("listen");
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_send_buffer_size(4096).expect("sndbuf");
+        let proxy_side = socket
+            .connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (peer, _) = listener.accept().await.expect("accept");
+        (peer, proxy_side)
+    }
+
+    /// Text frames of 0..=125-byte payloads, masked as a client sends them when `mask` is set.
+    fn frames(count: usize, mask: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..count {
+            let payload: Vec<u8> = (0..i % 126).map(|j| (i + j) as u8).collect();
+            if mask {
+                let key = [(i % 251) as u8, 1, 2, 3];
+                out.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+                out.extend_from_slice(&key);
+                out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+            } else {
+                out.extend_from_slice(&[0x81, payload.len() as u8]);
+                out.extend_from_slice(&payload);
+            }
+        }
+        out
+    }
+
+    /// Reads `len` bytes in small pieces, yielding between them, so the writer keeps outrunning
+    /// this reader.
+    async fn read_slowly(stream: &mut (impl AsyncRead + Unpin), len: usize) -> Vec<u8> {
+        let mut got = Vec::with_capacity(len);
+        let mut piece = [0u8; 512];
+        while got.len() < len {
+            let n = stream.read(&mut piece).await.expect("read");
+            assert!(n > 0, "closed after {} of {len} bytes", got.len());
+            got.extend_from_slice(&piece[..n]);
+            tokio::task::yield_now().await;
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn bytes_held_back_by_slow_readers_arrive_whole_and_in_order_both_ways() {
+        let (mut client_peer, client) = pair().await;
+        let (mut upstream_peer, upstream) = pair().await;
+        let registry = Arc::new(Registry::new());
+        let registration = registry.register("k", KeyHash::of("k"), Arc::from("m"), 1);
+        let down = frames(20_000, false);
+        let up = frames(20_000, true);
+        let splice = Splice::new(client, upstream, 1 << 20, &registration.control, &registry);
+        let (mut client_rd, mut client_wr) = client_peer.split();
+        let (mut upstream_rd, mut upstream_wr) = upstream_peer.split();
+        let peers = async {
+            let (got_down, got_up, (), ()) = tokio::join!(
+                read_slowly(&mut client_rd, down.len()),
+                read_slowly(&mut upstream_rd, up.len()),
+                async { client_wr.write_all(&up).await.expect("client writes") },
+                async { upstream_wr.write_all(&down).await.expect("upstream writes") },
+            );
+            client_wr.shutdown().await.expect("client FIN");
+            upstream_wr.shutdown().await.expect("upstream FIN");
+            (got_down, got_up)
+        };
+        let (end, (got_down, got_up)) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(splice.run(Bytes::new(), Bytes::new()), peers)
+        })
+        .await
+        .expect("the splice and its peers finish");
+        assert!(got_down == down, "upstream→client bytes differ");
+        assert!(got_up == up, "client→upstream bytes differ");
+        assert!(matches!(end, End::Closed), "ended {end:?}");
+    }
+}

@@ -67,28 +67,13 @@ log "open-file limit $(ulimit -n); idle connections $IDLE_CONNS"
 WORK=$(mktemp -d /tmp/wscluster-bench.XXXXXX)
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 
 # --- Configs -------------------------------------------------------------------------------
-# shellcheck source=scripts/bench-configs.sh
-. "$ROOT/scripts/bench-configs.sh"
 write_bench_configs "$WORK" "$BACKEND_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
 
 # --- Processes -----------------------------------------------------------------------------
-wait_port() {
-  local port=$1
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  log "port $port never opened"; return 1
-}
-
 declare -A TARGET_PID
 start_backend() {
   "$BIN/wscluster-load" --threads 1 serve --listen "127.0.0.1:$BACKEND_PORT" --seconds 3600 \

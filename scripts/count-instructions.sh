@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Counts the user-space instructions wscluster-proxy and NGINX spend per echoed message and per
-# upgrade, under valgrind's callgrind. Unlike seconds, instruction counts repeat from run to run
-# whatever else the shared machine is doing, so small changes to the proxy show up here when
-# scripts/bench-proxy.sh cannot resolve them. (Kernel work, most of a proxy's CPU per message,
-# is not counted: see docs/benchmarks.md.)
+# upgrade, under valgrind's callgrind. Unlike seconds, instruction counts repeat within a few
+# per cent from run to run on the shared machine, so small changes to the proxy show up here
+# when scripts/bench-proxy.sh cannot resolve them. (They still move a little with how many
+# events each wake-up finds, which depends on the machine's load: compare counts taken under
+# the same conditions. Kernel work, most of a proxy's CPU per message, is not counted: see
+# docs/benchmarks.md.)
 #
 #   scripts/count-instructions.sh                # builds release binaries, both workloads
 #   SKIP_BUILD=1 TARGETS=wscluster scripts/count-instructions.sh
@@ -41,15 +43,8 @@ if [ -z "${SKIP_BUILD:-}" ]; then
 fi
 
 WORK=$(mktemp -d /tmp/wscluster-count.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# shellcheck source=scripts/bench-configs.sh
-. "$ROOT/scripts/bench-configs.sh"
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 write_bench_configs "$WORK" "$BACKEND_PORT" "$NGINX_PORT" 0
 # Under valgrind NGINX's worker must be able to write its profile where the master does.
 sed -i '1i user root;' "$WORK/nginx/nginx.conf"
@@ -59,13 +54,6 @@ sed -i '/worker_rlimit_nofile/d' "$WORK/nginx/nginx.conf"
   >"$WORK/backend.log" 2>&1 &
 PIDS+=("$!")
 
-wait_port() {
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  log "port $1 never opened"; return 1
-}
 wait_port "$BACKEND_PORT"
 
 # run TARGET WORKLOAD TAG: one run under callgrind; prints "instructions units".
@@ -88,7 +76,7 @@ run() {
       ;;
   esac
   pid=$!; PIDS+=("$pid")
-  wait_port "$port"
+  wait_port "$port" 30 # valgrind starts slowly
   local url="ws://127.0.0.1:$port/ws?userId=u{i}"
   case $workload in
     echo)

@@ -1,6 +1,24 @@
-# Configuration files shared by the proxy benchmarks (scripts/bench-proxy.sh,
-# scripts/count-instructions.sh): the same ring, proxy config, NGINX and HAProxy settings, so
-# both scripts measure the same set-up. Sourced, not run.
+# Shared by the proxy benchmarks (scripts/bench-proxy.sh, scripts/count-instructions.sh): the
+# same ring, proxy config, NGINX and HAProxy settings, so both measure the same set-up, and the
+# process bookkeeping. Sourced, not run; the caller defines log().
+
+# Background processes started by the caller (append their pids); killed on exit.
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# wait_port PORT [SECONDS]: until something listens on 127.0.0.1:PORT (default 10 s).
+wait_port() {
+  local port=$1 tries=$(( ${2:-10} * 20 ))
+  for _ in $(seq 1 "$tries"); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  log "port $port never opened"; return 1
+}
 
 # write_bench_configs WORK BACKEND_PORT NGINX_PORT HAPROXY_PORT
 # Writes WORK/ring.json, WORK/proxy.yaml, WORK/nginx/nginx.conf and WORK/haproxy.cfg: one echo

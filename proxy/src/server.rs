@@ -365,8 +365,7 @@ impl Conn {
             return Fast::Declined(raw, client);
         };
         let write_wait = shared.config.limits.header_read_timeout();
-        let mut out = Vec::new();
-        match ask_owner(&routed.request, member, shared).await {
+        let (status, headers, body) = match ask_owner(&routed.request, member, shared).await {
             Ok((upstream, upstream::Answer::Switched { head, early })) => {
                 if !matches!(
                     tokio::time::timeout(write_wait, client.write_all(&head)).await,
@@ -374,34 +373,21 @@ impl Conn {
                 ) {
                     return Fast::Answered;
                 }
-                Fast::Switched(Switched {
+                return Fast::Switched(Switched {
                     key: routed.key,
                     member: (Arc::clone(&member.id), member.connections.clone()),
                     version: routed.routing.ring.version(),
                     client: (client, Bytes::copy_from_slice(&raw[routed.head_len..])),
                     upstream: (upstream, early),
-                })
+                });
             }
-            Ok((
-                _,
-                upstream::Answer::Refused {
-                    status,
-                    headers,
-                    body,
-                },
-            )) => {
-                let headers = refusal_fields(headers);
-                head::write_closing_response(&mut out, status, &headers, &body);
-                let _ = tokio::time::timeout(write_wait, client.write_all(&out)).await;
-                Fast::Answered
-            }
-            Err(failure) => {
-                let (status, headers, body) = failure.parts(shared, Some(&member.id));
-                head::write_closing_response(&mut out, status, &headers, &body);
-                let _ = tokio::time::timeout(write_wait, client.write_all(&out)).await;
-                Fast::Answered
-            }
-        }
+            Ok((_, upstream::Answer::Refused(refusal))) => for_client(refusal),
+            Err(failure) => failure.parts(shared, Some(&member.id)),
+        };
+        let mut out = Vec::new();
+        head::write_closing_response(&mut out, status, &headers, &body);
+        let _ = tokio::time::timeout(write_wait, client.write_all(&out)).await;
+        Fast::Answered
     }
 
     /// Routes an upgrade head straight from its bytes (no `HeaderMap`, no `Uri`): its key, the
@@ -455,12 +441,18 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         && head::lists_token(values(header::UPGRADE), b"websocket")
 }
 
-/// The header fields of an owner's refusal of an upgrade as passed on to the client: without
-/// hop-by-hop fields, and without `Content-Length`, since the proxy frames the body it read.
-fn refusal_fields(mut headers: HeaderMap) -> HeaderMap {
+/// An owner's refusal of an upgrade as passed on to the client, on either upgrade path: its
+/// status and body, and its header fields without hop-by-hop fields and without
+/// `Content-Length`, since the proxy frames the body it read.
+fn for_client(refusal: upstream::Refusal) -> (StatusCode, HeaderMap, Bytes) {
+    let upstream::Refusal {
+        status,
+        mut headers,
+        body,
+    } = refusal;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
-    headers
+    (status, headers, body)
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -625,16 +617,9 @@ async fn upgrade(
     );
     let (upstream, head, early) = match ask_owner(&request, member, &shared).await {
         Ok((upstream, upstream::Answer::Switched { head, early })) => (upstream, head, early),
-        Ok((
-            _,
-            upstream::Answer::Refused {
-                status,
-                headers,
-                body,
-            },
-        )) => {
+        Ok((_, upstream::Answer::Refused(refusal))) => {
             // The owner refused the upgrade: its answer goes to the client whole.
-            let headers = refusal_fields(headers);
+            let (status, headers, body) = for_client(refusal);
             let mut resp = Response::new(
                 Full::new(body)
                     .map_err(|never| match never {})

@@ -60,14 +60,18 @@ pub enum Answer {
         early: Bytes,
     },
     /// Any other final status: the owner refused the upgrade.
-    Refused {
-        /// The status.
-        status: StatusCode,
-        /// The header fields (hop-by-hop fields are the caller's to strip).
-        headers: HeaderMap,
-        /// The whole body.
-        body: Bytes,
-    },
+    Refused(Refusal),
+}
+
+/// An owner's refusal of an upgrade, read whole.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The status.
+    pub status: StatusCode,
+    /// The header fields (hop-by-hop fields are the caller's to strip).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
 }
 
 /// Appends the upgrade request head for the owner to `out`: the client's method, path and
@@ -185,11 +189,11 @@ pub async fn read_answer<R: AsyncRead + Unpin>(
     let headers = fields(&buf[..head_len])?;
     buf.advance(head_len);
     let body = read_body(io, buf, status, &headers).await?;
-    Ok(Answer::Refused {
+    Ok(Answer::Refused(Refusal {
         status,
         headers,
         body,
-    })
+    }))
 }
 
 /// Parses a response head's status; `None` when more bytes are needed. Returns the status and
@@ -443,7 +447,7 @@ mod tests {
         for (raw, want_status, want_body) in cases {
             for step in [1, 5, raw.len()] {
                 match answer(raw, step).await {
-                    Ok(Answer::Refused { status, body, .. }) => {
+                    Ok(Answer::Refused(Refusal { status, body, .. })) => {
                         assert_eq!(status, want_status);
                         assert_eq!(&body[..], want_body, "step {step}");
                     }

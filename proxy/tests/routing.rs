@@ -21,21 +21,47 @@ async fn three_backends() -> Vec<Backend> {
     ]
 }
 
+/// Three backends behind a proxy that has applied ring `version` of all three, read from a
+/// ring file in its own directory.
+struct ThreeBehindProxy {
+    backends: Vec<Backend>,
+    dir: std::path::PathBuf,
+    ring_path: std::path::PathBuf,
+    ring: Ring,
+    proxy: Proxy,
+}
+
+async fn three_backends_behind_a_proxy(name: &str, version: u64) -> ThreeBehindProxy {
+    let backends = three_backends().await;
+    let dir = temp_dir(name);
+    let ring_path = dir.join("ring.json");
+    let snap = write_ring(
+        &ring_path,
+        version,
+        backends.iter().map(Backend::member).collect(),
+    );
+    let ring = Ring::build(snap).expect("ring");
+    let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
+    proxy.wait_ring_version(version).await;
+    ThreeBehindProxy {
+        backends,
+        dir,
+        ring_path,
+        ring,
+        proxy,
+    }
+}
+
 #[tokio::test]
 async fn the_same_key_always_reaches_the_same_backend_over_websocket_and_http() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let backends = three_backends().await;
-        let dir = temp_dir("same-key");
-        let ring_path = dir.join("ring.json");
-        let snap = write_ring(
-            &ring_path,
-            1,
-            backends.iter().map(Backend::member).collect(),
-        );
-        let ring = Ring::build(snap).expect("ring");
-        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
-        proxy.wait_ring_version(1).await;
-
+        // The backends are bound so they live to the end of the test.
+        let ThreeBehindProxy {
+            backends: _backends,
+            ring,
+            proxy,
+            ..
+        } = three_backends_behind_a_proxy("same-key", 1).await;
         let mut per_backend: HashMap<String, usize> = HashMap::new();
         for i in 0..60 {
             let key = format!("user-{i}");
@@ -66,17 +92,13 @@ async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_routed_too()
     // A fresh connection's first upgrade takes the proxy's fast path; an upgrade that follows
     // a plain request on a kept-alive connection goes through hyper. Both reach the owner.
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let backends = three_backends().await;
-        let dir = temp_dir("keepalive-upgrade");
-        let ring_path = dir.join("ring.json");
-        let snap = write_ring(
-            &ring_path,
-            1,
-            backends.iter().map(Backend::member).collect(),
-        );
-        let ring = Ring::build(snap).expect("ring");
-        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
-        proxy.wait_ring_version(1).await;
+        // The backends are bound so they live to the end of the test.
+        let ThreeBehindProxy {
+            backends: _backends,
+            ring,
+            proxy,
+            ..
+        } = three_backends_behind_a_proxy("keepalive-upgrade", 1).await;
         for key in ["carol", "dave", "erin"] {
             let expected = ring.owner(key).expect("owner").id.clone();
             let mut s = tokio::net::TcpStream::connect(proxy.addr)
@@ -482,16 +504,13 @@ async fn connections_over_the_limit_are_refused_and_frames_over_the_limit_close_
 #[tokio::test]
 async fn a_stale_or_foreign_ring_is_ignored_and_routing_continues() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let backends = three_backends().await;
-        let dir = temp_dir("stale");
-        let ring_path = dir.join("ring.json");
-        write_ring(
-            &ring_path,
-            5,
-            backends.iter().map(Backend::member).collect(),
-        );
-        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
-        proxy.wait_ring_version(5).await;
+        let ThreeBehindProxy {
+            backends,
+            dir,
+            ring_path,
+            proxy,
+            ..
+        } = three_backends_behind_a_proxy("stale", 5).await;
         let (mut ws, _) = connect(&proxy.ws_url("/connect/alice")).await;
         // An older ring with a single member would move most keys: it must be ignored.
         write_ring(&ring_path, 3, vec![backends[0].member()]);

@@ -31,18 +31,18 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
+use wscluster_ring::RingSnapshot;
 use wscluster_ring::contract::stream::SubscriberKind;
-use wscluster_ring::{RingError, RingParams, RingSnapshot};
-use wscluster_ring_stream::{RingHub, SubscriberInfo};
 
-use crate::crd::{MemberStateStatus, WsCluster};
+use crate::converge::{Intent, NodeCounts, Pass, Platform, converge};
+use crate::crd::{WsCluster, WsClusterStatus};
 use crate::error::{Error, Result};
-use crate::membership::{members, plan_ring, snapshot_from_status};
+use crate::membership::{Endpoint, endpoints, snapshot_from_status};
 use crate::metrics::Metrics;
-use crate::probe::{ConnectionProbe, all_empty};
+use crate::probe::ConnectionProbe;
 use crate::resources::{self, ClusterRef, FIELD_MANAGER, RING_TOKEN_KEY, Settings, labels};
-use crate::scaling::{Drain, ScaleInput, ScalePlan, Step, plan_scale};
-use crate::status::{ProxySync, StatusInput, compute_status, degraded_status};
+use crate::scaling::{ScalePlan, Step};
+use crate::status::degraded_status;
 use crate::validate::{referenced_secrets, validate_spec};
 
 /// Requeue interval of a cluster whose spec cannot be reconciled. Secrets are not watched
@@ -60,38 +60,7 @@ pub const STEADY_REQUEUE: Duration = Duration::from_secs(60);
 /// Requeue interval after a transient error.
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 
-/// Where rings go: the ring stream's hub. A trait so the controller's tests can play the
-/// subscribers' acknowledgements without real proxies.
-pub trait RingAuthority: Send + Sync {
-    /// Sets the bearer token subscribers of a cluster must present.
-    fn set_token(&self, cluster_id: &str, token: String);
-    /// The current snapshot of a cluster.
-    fn current(&self, cluster_id: &str) -> Option<Arc<RingSnapshot>>;
-    /// Publishes a strictly newer snapshot.
-    fn publish(&self, snapshot: RingSnapshot) -> Result<(), RingError>;
-    /// The subscribers of a cluster.
-    fn subscribers(&self, cluster_id: &str) -> Vec<SubscriberInfo>;
-    /// Forgets a deleted cluster and ends its streams.
-    fn remove_cluster(&self, cluster_id: &str);
-}
-
-impl RingAuthority for RingHub {
-    fn set_token(&self, cluster_id: &str, token: String) {
-        RingHub::set_token(self, cluster_id, token);
-    }
-    fn current(&self, cluster_id: &str) -> Option<Arc<RingSnapshot>> {
-        RingHub::current(self, cluster_id)
-    }
-    fn publish(&self, snapshot: RingSnapshot) -> Result<(), RingError> {
-        RingHub::publish(self, snapshot)
-    }
-    fn subscribers(&self, cluster_id: &str) -> Vec<SubscriberInfo> {
-        RingHub::subscribers(self, cluster_id)
-    }
-    fn remove_cluster(&self, cluster_id: &str) {
-        RingHub::remove_cluster(self, cluster_id);
-    }
-}
+pub use crate::converge::RingAuthority;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -188,11 +157,7 @@ async fn publish_event(
     }
 }
 
-async fn patch_status(
-    ctx: &Context,
-    obj: &WsCluster,
-    status: &crate::crd::WsClusterStatus,
-) -> Result<()> {
+async fn patch_status(ctx: &Context, obj: &WsCluster, status: &WsClusterStatus) -> Result<()> {
     let cluster = ClusterRef::of(obj)?;
     let api: Api<WsCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace);
     let patch = serde_json::json!({
@@ -321,22 +286,6 @@ async fn ring_token(
     Ok(token)
 }
 
-fn proxy_infos(infos: &[SubscriberInfo]) -> impl Iterator<Item = (bool, Option<u64>)> + '_ {
-    infos
-        .iter()
-        .filter(|s| s.kind == SubscriberKind::Proxy)
-        .map(|s| (s.connected, s.applied_version))
-}
-
-fn recorded_drain(obj: &WsCluster) -> Option<Drain> {
-    let d = obj.status.as_ref()?.drain.as_ref()?;
-    Some(Drain {
-        target: d.target_replicas,
-        since: d.since.0,
-        ring_version: u64::try_from(d.ring_version).unwrap_or(0),
-    })
-}
-
 /// Reconciles one `WsCluster`. See the module docs for the steps.
 #[instrument(skip_all, fields(cluster = %obj.namespace().unwrap_or_default() + "/" + &obj.name_any()))]
 pub async fn reconcile(obj: Arc<WsCluster>, ctx: Arc<Context>) -> Result<Action> {
@@ -353,13 +302,12 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     let cluster = ClusterRef::of(obj)?;
     let cluster_id = cluster.cluster_id();
     let ns = cluster.namespace.as_str();
-    let client = &ctx.client;
 
     // 1. Input the schema could not check.
     if let Err(message) = validate_spec(&obj.spec) {
         return degrade(obj, ctx, &Error::InvalidSpec(message)).await;
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     if let Err(e) = check_secrets(&secrets, obj).await {
         return if e.is_user_error() {
             degrade(obj, ctx, &e).await
@@ -374,133 +322,112 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     remember(ctx, &cluster_id);
 
     // 3. Configuration and Services.
-    let config = resources::config_map(obj)?;
     let config_hash = resources::config_hash(&resources::proxy_config_yaml(obj)?);
-    apply(client, ns, &config).await?;
-    apply(client, ns, &resources::node_service(obj)?).await?;
-    apply(client, ns, &resources::proxy_service(obj)?).await?;
-    apply(client, ns, &resources::node_pdb(obj)?).await?;
+    apply(&ctx.client, ns, &resources::config_map(obj)?).await?;
+    apply(&ctx.client, ns, &resources::node_service(obj)?).await?;
+    apply(&ctx.client, ns, &resources::proxy_service(obj)?).await?;
+    apply(&ctx.client, ns, &resources::node_pdb(obj)?).await?;
 
-    // 4. Scaling.
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let current = statefulsets
-        .get_opt(&cluster.node_name())
-        .await?
-        .and_then(|s| s.spec.and_then(|s| s.replicas));
-    let drain = recorded_drain(obj);
-    let subscribers = ctx.ring.subscribers(&cluster_id);
-    let drain_sync = ProxySync::count(
-        proxy_infos(&subscribers),
-        drain.as_ref().map_or(0, |d| d.ring_version),
-    );
-    let now = (ctx.clock)();
-    let scale_input = ScaleInput {
-        desired: obj.spec.replicas,
-        current,
-        drain,
-        proxies_total: drain_sync.total,
-        proxies_acked: drain_sync.in_sync,
-        leaving_empty: false,
-        drain_timeout_seconds: i64::from(obj.spec.drain_timeout_seconds),
-        now,
-    };
-    let mut scale: ScalePlan = plan_scale(&scale_input);
-    if matches!(scale.step, Step::WaitForDrainTimeout { .. }) {
-        // The leaving members as the proxies know them: the draining members of the ring
-        // recorded in status.
-        let leaving: Vec<String> = obj
-            .status
-            .iter()
-            .flat_map(|s| s.members.iter())
-            .filter(|m| m.state == MemberStateStatus::Draining)
-            .map(|m| m.address.clone())
-            .collect();
-        if all_empty(ctx.probe.as_ref(), &leaving).await {
-            scale = plan_scale(&ScaleInput {
-                leaving_empty: true,
-                ..scale_input
-            });
-        }
-    }
-    let sts = apply(
-        client,
-        ns,
-        &resources::node_statefulset(obj, &ctx.settings, scale.statefulset_replicas)?,
-    )
-    .await?;
-    let deployment = apply(
-        client,
-        ns,
-        &resources::proxy_deployment(obj, &ctx.settings, &config_hash)?,
-    )
-    .await?;
-    let proxies_available = deployment
-        .status
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0);
-
-    // 5. Membership and ring.
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let selector = format!("{}={}", labels::SERVICE_NAME, cluster.node_name());
-    let slices = slices
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items;
-    let members = members(
-        &slices,
-        &cluster.node_name(),
-        "ws",
-        obj.spec.node.port,
-        scale.active_below,
-    );
-    let params = RingParams {
-        slots: u32::try_from(obj.spec.ring.slots).unwrap_or(wscluster_ring::DEFAULT_SLOTS),
-        ..RingParams::default()
-    };
-    let hub_current = ctx.ring.current(&cluster_id);
-    let recorded = snapshot_from_status(&cluster_id, obj.status.as_ref());
-    let ring = plan_ring(
-        &cluster_id,
-        hub_current.as_deref(),
-        recorded.as_ref(),
-        members,
-        params,
-    );
-    if let Some(d) = scale.drain.as_mut()
-        && d.ring_version == 0
-    {
-        d.ring_version = ring.snapshot.version;
-    }
-
-    // 6. Status first, then publish.
-    let sync = ProxySync::count(proxy_infos(&subscribers), ring.snapshot.version);
-    let sts_status = sts.status.unwrap_or_default();
-    let status = compute_status(&StatusInput {
+    // 4-6. Scaling, membership, ring and status: the decision core (`crate::converge`) on the
+    // StatefulSet, its EndpointSlices and the proxy Deployment.
+    let intent = Intent {
+        cluster_id: &cluster_id,
+        spec: &obj.spec,
         generation: obj.metadata.generation,
-        desired: obj.spec.replicas,
-        replicas: sts_status.replicas,
-        ready_replicas: sts_status.ready_replicas.unwrap_or(0),
-        selector: cluster.node_selector_string(),
-        ring: &ring.snapshot,
-        proxies: sync,
-        proxies_desired: obj.spec.proxy.replicas,
-        proxies_available,
-        scale: &scale,
         previous: obj.status.as_ref(),
-        now,
-    });
-    patch_status(ctx, obj, &status).await?;
-    let version = ring.snapshot.version;
-    let cluster_label = [("cluster", cluster_id.clone())];
-    if ring.publish {
-        let note = ring_note(&ring.snapshot);
-        ctx.ring.publish(ring.snapshot)?;
+        selector: cluster.node_selector_string(),
+        now: (ctx.clock)(),
+    };
+    let mut platform = KubePlatform {
+        ctx,
+        obj,
+        cluster: &cluster,
+        config_hash,
+    };
+    let pass = converge(&mut platform, ctx.ring.as_ref(), &intent).await?;
+    report(ctx, obj, &cluster_id, &pass).await;
+    Ok(requeue_after(&pass))
+}
+
+/// The Kubernetes side of the decision core: the node StatefulSet, its EndpointSlices, the proxy
+/// Deployment and the WsCluster's status.
+struct KubePlatform<'a> {
+    /// What every reconcile shares (client, probe, settings).
+    ctx: &'a Context,
+    /// The cluster being reconciled.
+    obj: &'a WsCluster,
+    /// Its checked identity.
+    cluster: &'a ClusterRef,
+    /// Hash of the rendered proxy configuration, a pod template annotation.
+    config_hash: String,
+}
+
+impl Platform for KubePlatform<'_> {
+    async fn node_replicas(&mut self) -> Result<Option<i32>> {
+        let statefulsets: Api<StatefulSet> =
+            Api::namespaced(self.ctx.client.clone(), &self.cluster.namespace);
+        Ok(statefulsets
+            .get_opt(&self.cluster.node_name())
+            .await?
+            .and_then(|s| s.spec.and_then(|s| s.replicas)))
+    }
+
+    async fn set_node_replicas(&mut self, replicas: i32) -> Result<NodeCounts> {
+        let desired = resources::node_statefulset(self.obj, &self.ctx.settings, replicas)?;
+        let sts = apply(&self.ctx.client, &self.cluster.namespace, &desired).await?;
+        let status = sts.status.unwrap_or_default();
+        Ok(NodeCounts {
+            replicas: status.replicas,
+            ready_replicas: status.ready_replicas.unwrap_or(0),
+        })
+    }
+
+    async fn sync_proxies(&mut self) -> Result<i32> {
+        let desired = resources::proxy_deployment(self.obj, &self.ctx.settings, &self.config_hash)?;
+        let deployment = apply(&self.ctx.client, &self.cluster.namespace, &desired).await?;
+        Ok(deployment
+            .status
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0))
+    }
+
+    async fn endpoints(&mut self) -> Result<Vec<Endpoint>> {
+        let slices: Api<EndpointSlice> =
+            Api::namespaced(self.ctx.client.clone(), &self.cluster.namespace);
+        let selector = format!("{}={}", labels::SERVICE_NAME, self.cluster.node_name());
+        let slices = slices
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
+        Ok(endpoints(
+            &slices,
+            &self.cluster.node_name(),
+            "ws",
+            self.obj.spec.node.port,
+        ))
+    }
+
+    fn probe(&self) -> &dyn ConnectionProbe {
+        self.ctx.probe.as_ref()
+    }
+
+    async fn record_status(&mut self, status: &WsClusterStatus) -> Result<()> {
+        patch_status(self.ctx, self.obj, status).await
+    }
+}
+
+/// After a pass: metrics and Kubernetes Events for what changed.
+async fn report(ctx: &Context, obj: &WsCluster, cluster_id: &str, pass: &Pass) {
+    let version = pass.ring.snapshot.version;
+    let cluster_label = [("cluster", cluster_id.to_string())];
+    if pass.ring.publish {
         ctx.metrics
             .rings_published
             .get_or_create(&cluster_label)
             .inc();
-        if ring.changed {
+        if pass.ring.changed {
             info!(version, "ring published");
+            let note = ring_note(&pass.ring.snapshot);
             publish_event(ctx, obj, EventType::Normal, "RingUpdated", note).await;
         }
     }
@@ -509,31 +436,34 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
         .get_or_create(&cluster_label)
         .set(i64::try_from(version).unwrap_or(i64::MAX));
     for kind in [SubscriberKind::Proxy, SubscriberKind::Node] {
-        let n = subscribers
+        let n = pass
+            .subscribers
             .iter()
             .filter(|s| s.kind == kind && s.connected)
             .count();
         ctx.metrics
             .subscribers
             .get_or_create(&[
-                ("cluster", cluster_id.clone()),
+                ("cluster", cluster_id.to_string()),
                 ("kind", kind.as_str().to_string()),
             ])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    scale_events(ctx, obj, &scale, current).await;
+    scale_events(ctx, obj, &pass.scale, pass.previous_replicas).await;
+}
 
-    Ok(match &scale.step {
+/// When to look again: soon while waiting for proxies, at the drain's end (or its next probe)
+/// while a drain waits for its timeout, rarely when settled.
+fn requeue_after(pass: &Pass) -> Action {
+    match &pass.scale.step {
         Step::StartDrain | Step::WaitForProxies { .. } => Action::requeue(WAIT_REQUEUE),
-        // Look again when the timeout ends, or sooner to see whether the leaving nodes are
-        // empty already.
         Step::WaitForDrainTimeout { remaining_seconds } => Action::requeue(
             Duration::from_secs(u64::try_from(*remaining_seconds).unwrap_or(1).max(1))
                 .min(DRAIN_POLL),
         ),
-        _ if sync.in_sync < sync.total => Action::requeue(WAIT_REQUEUE),
+        _ if pass.sync.in_sync < pass.sync.total => Action::requeue(WAIT_REQUEUE),
         _ => Action::requeue(STEADY_REQUEUE),
-    })
+    }
 }
 
 fn ring_note(snapshot: &RingSnapshot) -> String {

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod controller;
+pub mod converge;
 pub mod crd;
 pub mod error;
 #[cfg(test)]

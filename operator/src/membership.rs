@@ -33,19 +33,32 @@ pub fn ordinal(statefulset: &str, pod: &str) -> Option<i32> {
     rest.parse::<i32>().ok().filter(|n| *n >= 0)
 }
 
-/// Ring members from the EndpointSlices of Service `statefulset` (the headless node Service
-/// has the StatefulSet's name). `port_name` is the Service port (`ws`); `fallback_port` is used
-/// when a slice does not list it. Pods with ordinal `>= active_below` are draining.
+/// A node endpoint as a platform observes it: a pod of the node set that is ready and not
+/// terminating. Kubernetes reads these from EndpointSlices ([`endpoints`]); local mode from its
+/// child processes. Both turn them into ring members with the same rule, [`members_of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The member id: the pod name, stable across restarts so a restarted pod takes back its
+    /// own keys.
+    pub id: String,
+    /// Position in the node set; ordinals at or above the scale-down target drain.
+    pub ordinal: i32,
+    /// `host:port` proxies route to.
+    pub address: String,
+}
+
+/// The ready endpoints of Service `statefulset` (the headless node Service has the
+/// StatefulSet's name) in its EndpointSlices. `port_name` is the Service port (`ws`);
+/// `fallback_port` is used when a slice does not list it.
 ///
 /// Sorted by ordinal; a pod listed in several slices (dual-stack) appears once, with its IPv4
 /// address preferred.
-pub fn members(
+pub fn endpoints(
     slices: &[EndpointSlice],
     statefulset: &str,
     port_name: &str,
     fallback_port: i32,
-    active_below: i32,
-) -> Vec<Member> {
+) -> Vec<Endpoint> {
     let mut ordered: Vec<&EndpointSlice> = slices
         .iter()
         .filter(|s| {
@@ -62,7 +75,7 @@ pub fn members(
         (a.address_type != "IPv4", &a.metadata.name)
             .cmp(&(b.address_type != "IPv4", &b.metadata.name))
     });
-    let mut by_ordinal: BTreeMap<i32, Member> = BTreeMap::new();
+    let mut by_ordinal: BTreeMap<i32, Endpoint> = BTreeMap::new();
     for slice in ordered {
         let port = slice
             .ports
@@ -72,39 +85,82 @@ pub fn members(
             .and_then(|p| p.port)
             .unwrap_or(fallback_port);
         for endpoint in &slice.endpoints {
-            let conditions = endpoint.conditions.as_ref();
-            // The API: a nil `ready` means unknown and is to be read as ready.
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            if !ready || terminating {
-                continue;
+            if let Some(e) =
+                slice_endpoint(endpoint, slice.address_type == "IPv6", port, statefulset)
+            {
+                by_ordinal.entry(e.ordinal).or_insert(e);
             }
-            let Some(pod) = endpoint
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| r.name.as_deref())
-            else {
-                continue;
-            };
-            let Some(n) = ordinal(statefulset, pod) else {
-                continue;
-            };
-            let Some(ip) = endpoint.addresses.first() else {
-                continue;
-            };
-            let address = if slice.address_type == "IPv6" {
-                format!("[{ip}]:{port}")
-            } else {
-                format!("{ip}:{port}")
-            };
-            by_ordinal.entry(n).or_insert_with(|| {
-                let m = Member::active(pod, address);
-                if n >= active_below { m.draining() } else { m }
-            });
         }
     }
     by_ordinal.into_values().collect()
+}
+
+/// One EndpointSlice entry as an [`Endpoint`], if it is a ready, non-terminating pod of the
+/// StatefulSet with an address.
+fn slice_endpoint(
+    endpoint: &k8s_openapi::api::discovery::v1::Endpoint,
+    ipv6: bool,
+    port: i32,
+    statefulset: &str,
+) -> Option<Endpoint> {
+    let conditions = endpoint.conditions.as_ref();
+    // The API: a nil `ready` means unknown and is to be read as ready.
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    if !ready || terminating {
+        return None;
+    }
+    let pod = endpoint
+        .target_ref
+        .as_ref()
+        .filter(|r| r.kind.as_deref() == Some("Pod"))
+        .and_then(|r| r.name.as_deref())?;
+    let ordinal = ordinal(statefulset, pod)?;
+    let ip = endpoint.addresses.first()?;
+    let address = if ipv6 {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    Some(Endpoint {
+        id: pod.to_string(),
+        ordinal,
+        address,
+    })
+}
+
+/// Ring members from observed endpoints: the one membership rule of every platform. Every
+/// endpoint is a member, sorted by ordinal (the first endpoint of an ordinal wins); those with
+/// an ordinal at or above `active_below` are `draining`: they stay in the snapshot (so proxies
+/// know to reset their clients with reason `drain`) but own no keys.
+pub fn members_of(endpoints: &[Endpoint], active_below: i32) -> Vec<Member> {
+    let mut by_ordinal: BTreeMap<i32, Member> = BTreeMap::new();
+    for e in endpoints {
+        by_ordinal.entry(e.ordinal).or_insert_with(|| {
+            let m = Member::active(e.id.clone(), e.address.clone());
+            if e.ordinal >= active_below {
+                m.draining()
+            } else {
+                m
+            }
+        });
+    }
+    by_ordinal.into_values().collect()
+}
+
+/// Ring members from the EndpointSlices of Service `statefulset`: [`endpoints`] then
+/// [`members_of`].
+pub fn members(
+    slices: &[EndpointSlice],
+    statefulset: &str,
+    port_name: &str,
+    fallback_port: i32,
+    active_below: i32,
+) -> Vec<Member> {
+    members_of(
+        &endpoints(slices, statefulset, port_name, fallback_port),
+        active_below,
+    )
 }
 
 /// The snapshot recorded in a status, if any was ever published.

@@ -117,13 +117,51 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
         .previous
         .map(|p| p.conditions.as_slice())
         .unwrap_or(&[]);
+    let mut conditions = Vec::new();
+    let degraded = ConditionUpdate {
+        type_: CONDITION_DEGRADED,
+        status: false,
+        reason: "AsExpected",
+        message: "the spec is reconciled".into(),
+    };
+    for update in [
+        ready_condition(input),
+        progressing_condition(input),
+        degraded,
+    ] {
+        set_condition(
+            &mut conditions,
+            previous,
+            update,
+            input.generation,
+            input.now,
+        );
+    }
+    WsClusterStatus {
+        replicas: input.replicas,
+        ready_replicas: input.ready_replicas,
+        selector: input.selector.clone(),
+        ring_version: i64::try_from(input.ring.version).unwrap_or(i64::MAX),
+        ring_slots: i32::try_from(input.ring.params.slots).ok(),
+        members: member_statuses(input.ring),
+        proxies: count_i32(input.proxies.total),
+        proxies_in_sync: count_i32(input.proxies.in_sync),
+        drain: input.scale.drain.as_ref().map(|d| DrainStatus {
+            target_replicas: d.target,
+            since: Time(d.since),
+            ring_version: i64::try_from(d.ring_version).unwrap_or(i64::MAX),
+        }),
+        observed_generation: input.generation,
+        conditions,
+    }
+}
+
+/// `Ready`: nodes ready, a ring with active members, proxies available and in sync — the first
+/// that fails is the reason.
+fn ready_condition<'a>(input: &StatusInput<'_>) -> ConditionUpdate<'a> {
     let version = input.ring.version;
     let active = input.ring.active_members().count();
-    let mut conditions = Vec::new();
-
-    let nodes_ready = input.ready_replicas >= input.desired;
-    let proxies_ready = input.proxies.in_sync == input.proxies.total;
-    let (ready, reason, message) = if !nodes_ready {
+    let (status, reason, message) = if input.ready_replicas < input.desired {
         (
             false,
             "NodesNotReady",
@@ -144,15 +182,8 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
                 input.proxies_available, input.proxies_desired
             ),
         )
-    } else if !proxies_ready {
-        (
-            false,
-            "ProxiesNotInSync",
-            format!(
-                "{}/{} proxies run ring {version}",
-                input.proxies.in_sync, input.proxies.total
-            ),
-        )
+    } else if input.proxies.in_sync != input.proxies.total {
+        (false, "ProxiesNotInSync", proxies_in_sync_message(input))
     } else {
         (
             true,
@@ -163,20 +194,25 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
             ),
         )
     };
-    set_condition(
-        &mut conditions,
-        previous,
-        ConditionUpdate {
-            type_: CONDITION_READY,
-            status: ready,
-            reason,
-            message,
-        },
-        input.generation,
-        input.now,
-    );
+    ConditionUpdate {
+        type_: CONDITION_READY,
+        status,
+        reason,
+        message,
+    }
+}
 
-    let (progressing, reason, message) = match &input.scale.step {
+fn proxies_in_sync_message(input: &StatusInput<'_>) -> String {
+    format!(
+        "{}/{} proxies run ring {}",
+        input.proxies.in_sync, input.proxies.total, input.ring.version
+    )
+}
+
+/// `Progressing`: what the scaling step is doing, or what a steady cluster still waits for.
+fn progressing_condition<'a>(input: &StatusInput<'_>) -> ConditionUpdate<'a> {
+    let desired = input.desired;
+    let (status, reason, message) = match &input.scale.step {
         Step::Create => (
             true,
             "Creating",
@@ -185,12 +221,12 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
         Step::ScaleUp { from } => (
             true,
             "ScalingUp",
-            format!("scaling nodes from {from} to {}", input.desired),
+            format!("scaling nodes from {from} to {desired}"),
         ),
         Step::StartDrain => (
             true,
             "Draining",
-            format!("draining nodes down to {}", input.desired),
+            format!("draining nodes down to {desired}"),
         ),
         Step::WaitForProxies { acked, total } => (
             true,
@@ -205,14 +241,13 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
         Step::FinishDrain { from } => (
             true,
             "ScalingDown",
-            format!("scaling nodes from {from} to {}", input.desired),
+            format!("scaling nodes from {from} to {desired}"),
         ),
         Step::ForceDrain { from, acked, total } => (
             true,
             "ScalingDown",
             format!(
-                "drain forced after waiting for proxies ({acked}/{total} acked); scaling nodes from {from} to {}",
-                input.desired
+                "drain forced after waiting for proxies ({acked}/{total} acked); scaling nodes from {from} to {desired}"
             ),
         ),
         Step::CancelDrain => (
@@ -220,62 +255,35 @@ pub fn compute_status(input: &StatusInput<'_>) -> WsClusterStatus {
             "DrainCancelled",
             "replicas went back up; the draining members are active again".to_string(),
         ),
-        Step::Steady if !nodes_ready => (
+        Step::Steady => return steady_progress(input),
+    };
+    ConditionUpdate {
+        type_: CONDITION_PROGRESSING,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// `Progressing` of a cluster with nothing to scale: still waiting for nodes or proxies, or
+/// stable.
+fn steady_progress<'a>(input: &StatusInput<'_>) -> ConditionUpdate<'a> {
+    let (status, reason, message) = if input.ready_replicas < input.desired {
+        (
             true,
             "WaitingForNodes",
             format!("{}/{} nodes ready", input.ready_replicas, input.desired),
-        ),
-        Step::Steady if !proxies_ready => (
-            true,
-            "WaitingForProxies",
-            format!(
-                "{}/{} proxies run ring {version}",
-                input.proxies.in_sync, input.proxies.total
-            ),
-        ),
-        Step::Steady => (false, "Stable", "nothing to do".to_string()),
+        )
+    } else if input.proxies.in_sync != input.proxies.total {
+        (true, "WaitingForProxies", proxies_in_sync_message(input))
+    } else {
+        (false, "Stable", "nothing to do".to_string())
     };
-    set_condition(
-        &mut conditions,
-        previous,
-        ConditionUpdate {
-            type_: CONDITION_PROGRESSING,
-            status: progressing,
-            reason,
-            message,
-        },
-        input.generation,
-        input.now,
-    );
-    set_condition(
-        &mut conditions,
-        previous,
-        ConditionUpdate {
-            type_: CONDITION_DEGRADED,
-            status: false,
-            reason: "AsExpected",
-            message: "the spec is reconciled".into(),
-        },
-        input.generation,
-        input.now,
-    );
-
-    WsClusterStatus {
-        replicas: input.replicas,
-        ready_replicas: input.ready_replicas,
-        selector: input.selector.clone(),
-        ring_version: i64::try_from(version).unwrap_or(i64::MAX),
-        ring_slots: i32::try_from(input.ring.params.slots).ok(),
-        members: member_statuses(input.ring),
-        proxies: count_i32(input.proxies.total),
-        proxies_in_sync: count_i32(input.proxies.in_sync),
-        drain: input.scale.drain.as_ref().map(|d| DrainStatus {
-            target_replicas: d.target,
-            since: Time(d.since),
-            ring_version: i64::try_from(d.ring_version).unwrap_or(i64::MAX),
-        }),
-        observed_generation: input.generation,
-        conditions,
+    ConditionUpdate {
+        type_: CONDITION_PROGRESSING,
+        status,
+        reason,
+        message,
     }
 }
 

@@ -281,3 +281,161 @@ fn leaving_addresses(status: Option<&WsClusterStatus>) -> Vec<String> {
         .map(|m| m.address.clone())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{FakeHub, FakeProbe};
+
+    /// A platform of `n` ready nodes whose calls are logged, so the order of a pass shows.
+    struct Recorded {
+        replicas: Option<i32>,
+        ready: i32,
+        probe: FakeProbe,
+        log: Vec<String>,
+        status: Option<WsClusterStatus>,
+        hub: Arc<FakeHub>,
+    }
+
+    impl Recorded {
+        fn new(hub: Arc<FakeHub>) -> Recorded {
+            Recorded {
+                replicas: None,
+                ready: 0,
+                probe: FakeProbe::default(),
+                log: Vec::new(),
+                status: None,
+                hub,
+            }
+        }
+    }
+
+    impl Platform for Recorded {
+        async fn node_replicas(&mut self) -> Result<Option<i32>> {
+            Ok(self.replicas)
+        }
+        async fn set_node_replicas(&mut self, replicas: i32) -> Result<NodeCounts> {
+            self.log.push(format!("set_node_replicas {replicas}"));
+            self.replicas = Some(replicas);
+            self.ready = self.ready.min(replicas);
+            Ok(NodeCounts {
+                replicas,
+                ready_replicas: self.ready,
+            })
+        }
+        async fn sync_proxies(&mut self) -> Result<i32> {
+            Ok(1)
+        }
+        async fn endpoints(&mut self) -> Result<Vec<Endpoint>> {
+            Ok((0..self.ready)
+                .map(|o| Endpoint {
+                    id: format!("n-{o}"),
+                    ordinal: o,
+                    address: format!("10.0.0.{o}:8080"),
+                })
+                .collect())
+        }
+        fn probe(&self) -> &dyn ConnectionProbe {
+            &self.probe
+        }
+        async fn record_status(&mut self, status: &WsClusterStatus) -> Result<()> {
+            let published = self.hub.current("ns/c").map_or(0, |r| r.version);
+            self.log.push(format!(
+                "record ring {} while the hub serves {published}",
+                status.ring_version
+            ));
+            self.status = Some(status.clone());
+            Ok(())
+        }
+    }
+
+    fn spec(replicas: i32) -> WsClusterSpec {
+        WsClusterSpec {
+            replicas,
+            ..WsClusterSpec::default()
+        }
+    }
+
+    async fn pass(p: &mut Recorded, hub: &FakeHub, replicas: i32, second: i64) -> Pass {
+        let previous = p.status.clone();
+        let spec = spec(replicas);
+        let intent = Intent {
+            cluster_id: "ns/c",
+            spec: &spec,
+            generation: Some(1),
+            previous: previous.as_ref(),
+            selector: "s".into(),
+            now: Timestamp::from_second(1_800_000_000 + second).unwrap_or(Timestamp::UNIX_EPOCH),
+        };
+        converge(p, hub, &intent).await.expect("a pass")
+    }
+
+    #[tokio::test]
+    async fn a_pass_records_the_status_before_it_publishes_the_ring() {
+        let hub = FakeHub::new();
+        let mut p = Recorded::new(Arc::clone(&hub));
+        let first = pass(&mut p, &hub, 3, 0).await;
+        assert_eq!(first.scale.step, Step::Create);
+        p.ready = 3;
+        let second = pass(&mut p, &hub, 3, 1).await;
+        assert!(second.ring.publish && second.ring.changed);
+        assert_eq!(second.ring.snapshot.members.len(), 3);
+        assert_eq!(
+            p.log,
+            [
+                "set_node_replicas 3",
+                "record ring 1 while the hub serves 0",
+                "set_node_replicas 3",
+                "record ring 2 while the hub serves 1",
+            ]
+        );
+        assert_eq!(hub.current("ns/c").map(|r| r.version), Some(2));
+    }
+
+    #[tokio::test]
+    async fn scale_down_keeps_the_nodes_until_proxies_acked_and_the_leaving_are_empty() {
+        let hub = FakeHub::new();
+        let mut p = Recorded::new(Arc::clone(&hub));
+        pass(&mut p, &hub, 3, 0).await;
+        p.ready = 3;
+        let ring = pass(&mut p, &hub, 3, 1).await.ring.snapshot.version;
+        hub.set_proxies(&[Some(ring)]);
+
+        // Drain: the ring marks n-2 draining, the node set keeps 3.
+        let drain = pass(&mut p, &hub, 2, 2).await;
+        assert_eq!(drain.scale.step, Step::StartDrain);
+        assert_eq!(drain.scale.statefulset_replicas, 3);
+        let drain_version = drain.ring.snapshot.version;
+        assert!(!drain.ring.snapshot.members[2].is_active());
+        assert_eq!(
+            drain.status.drain.as_ref().map(|d| d.ring_version),
+            Some(i64::try_from(drain_version).unwrap_or(0))
+        );
+
+        // The proxy has not applied it: wait, even when the leaving node is empty.
+        p.probe.set("10.0.0.2:8080", 0);
+        let wait = pass(&mut p, &hub, 2, 3).await;
+        assert_eq!(wait.scale.step, Step::WaitForProxies { acked: 0, total: 1 });
+        assert_eq!(p.replicas, Some(3));
+
+        // Applied, but the leaving node still has sessions: wait for the timeout.
+        hub.set_proxies(&[Some(drain_version)]);
+        p.probe.set("10.0.0.2:8080", 4);
+        let timeout = pass(&mut p, &hub, 2, 4).await;
+        assert!(matches!(
+            timeout.scale.step,
+            Step::WaitForDrainTimeout { .. }
+        ));
+        assert_eq!(p.replicas, Some(3));
+
+        // Empty: the node set shrinks and the drain record is cleared.
+        p.probe.set("10.0.0.2:8080", 0);
+        let done = pass(&mut p, &hub, 2, 5).await;
+        assert_eq!(done.scale.step, Step::FinishDrain { from: 3 });
+        assert_eq!(p.replicas, Some(2));
+        assert!(done.status.drain.is_none());
+        let shrunk = pass(&mut p, &hub, 2, 6).await;
+        assert_eq!(shrunk.ring.snapshot.members.len(), 2);
+        assert!(shrunk.ring.snapshot.members.iter().all(|m| m.is_active()));
+    }
+}

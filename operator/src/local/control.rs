@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::{MAX_KEY_LEN, validate_key};
 
 use super::process::{HttpClient, http_call};
-use super::supervisor::{ApiError, Command, Request as SupervisorRequest, StateView};
+use super::supervisor::{ApiError, Command, Request as SupervisorRequest};
+use super::view::StateView;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");

@@ -18,14 +18,17 @@
 //! The first line on stdout is `listening on <control address>`, so scripts and tests that pass
 //! `--control-listen 127.0.0.1:0` learn the port; everything else is in `GET /api/state`.
 
+pub mod children;
 pub mod control;
-pub mod membership;
+pub mod platform;
 pub mod process;
+pub mod settings;
 pub mod supervisor;
+pub mod view;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -34,7 +37,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wscluster_ring_stream::RingHub;
 
-use self::supervisor::{Settings, Supervisor};
+use self::settings::Settings;
+use self::supervisor::Supervisor;
 
 /// Largest node count local mode runs: enough to show scaling, small enough for one laptop.
 pub const MAX_REPLICAS: u32 = 16;
@@ -78,12 +82,6 @@ pub struct LocalArgs {
     /// A proxy config file (YAML, see docs/proxy.md) passed to every proxy.
     #[arg(long, env = "WSCLUSTER_PROXY_CONFIG")]
     pub proxy_config: Option<PathBuf>,
-    /// The wscluster-node executable (default: next to this one).
-    #[arg(long, env = "WSCLUSTER_NODE_BIN")]
-    pub node_bin: Option<PathBuf>,
-    /// The wscluster-proxy executable (default: next to this one).
-    #[arg(long, env = "WSCLUSTER_PROXY_BIN")]
-    pub proxy_bin: Option<PathBuf>,
     /// Directory for the children's logs (default: a new one under the temp directory).
     #[arg(long, env = "WSCLUSTER_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
@@ -97,77 +95,17 @@ pub struct LocalArgs {
 
 /// Runs local mode until `shutdown` is cancelled, then stops every child and returns.
 pub async fn run(args: LocalArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    wscluster_ring::contract::validate_key(&args.cluster_id)
-        .ok()
-        .filter(|()| args.cluster_id.split('/').count() == 2 && !args.cluster_id.contains(' '))
-        .with_context(|| {
-            format!(
-                "--cluster-id must look like namespace/name, not {:?}",
-                args.cluster_id
-            )
-        })?;
-    let node_bin = executable(args.node_bin.as_deref(), "wscluster-node", "--node-bin")?;
-    let proxy_bin = executable(args.proxy_bin.as_deref(), "wscluster-proxy", "--proxy-bin")?;
-    let log_dir = match &args.log_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("wscluster-local-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("creating the log directory {}", log_dir.display()))?;
+    check_cluster_id(&args.cluster_id)?;
+    let listeners = Listeners::bind(&args).await?;
+    let settings = settings(&args, &listeners)?;
+    print_banner(&settings, listeners.control_addr)?;
 
-    let control_listener = tokio::net::TcpListener::bind(args.control_listen)
-        .await
-        .with_context(|| format!("binding the control API to {}", args.control_listen))?;
-    let control_addr = control_listener.local_addr()?;
-    let ring_listener = tokio::net::TcpListener::bind(args.ring_listen)
-        .await
-        .with_context(|| format!("binding the ring authority to {}", args.ring_listen))?;
-    let ring_addr = ring_listener.local_addr()?;
-    let mut proxy_addresses = Vec::new();
-    for i in 0..args.proxies {
-        let listen = if args.proxy_port == 0 {
-            free_port()?
-        } else {
-            let port = u16::try_from(u32::from(args.proxy_port) + i)
-                .context("--proxy-port + proxies exceeds 65535")?;
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            // Fail now, clearly, rather than in a child's log.
-            drop(StdListener::bind(addr).with_context(|| {
-                format!("port {port} for proxy {i} is in use; pass --proxy-port 0 or another port")
-            })?);
-            addr
-        };
-        proxy_addresses.push((listen, free_port()?));
-    }
-
-    let settings = Settings {
-        cluster_id: args.cluster_id.clone(),
-        token: random_token(),
-        nodes: args.nodes,
-        max_replicas: MAX_REPLICAS,
-        proxies: args.proxies,
-        node_bin,
-        proxy_bin,
-        redis_url: args.redis_url.clone(),
-        redis_prefix: args.redis_prefix.clone(),
-        amqp_url: args.amqp_url.clone(),
-        proxy_config: args.proxy_config.clone(),
-        proxy_addresses: proxy_addresses.clone(),
-        log_dir: log_dir.clone(),
-        node_grace: Duration::from_secs(args.node_grace_period_seconds),
-        drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
-        ring_addr,
-        control_url: format!("http://{control_addr}"),
-    };
-    print_banner(&settings, control_addr)?;
-
-    let hub = RingHub::new();
     let client = process::http_client();
     let (supervisor, view) = Supervisor::new(
         settings,
-        hub,
+        RingHub::new(),
         client.clone(),
-        ring_listener,
+        listeners.ring,
         shutdown.clone(),
     );
     let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -176,24 +114,120 @@ pub async fn run(args: LocalArgs, shutdown: CancellationToken) -> anyhow::Result
         view,
         client,
     };
-    let control_task = tokio::spawn(control::serve(control_listener, control, shutdown.clone()));
+    let control_task = tokio::spawn(control::serve(listeners.control, control, shutdown.clone()));
     let deadline = Duration::from_secs(args.node_grace_period_seconds + 15);
-    let supervisor_task = tokio::spawn(supervisor.run(commands_rx));
-    tokio::pin!(supervisor_task);
+    let result = supervise(supervisor.run(commands_rx), &shutdown, deadline).await;
+    control_task.abort();
+    result
+}
+
+/// Runs the supervisor until shutdown, then gives it `deadline` to stop the children.
+async fn supervise(
+    supervisor: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: &CancellationToken,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let task = tokio::spawn(supervisor);
+    tokio::pin!(task);
     tokio::select! {
-        result = &mut supervisor_task => {
+        result = &mut task => {
             result.context("the supervisor failed")?;
             bail!("the supervisor stopped before shutdown");
         }
         () = shutdown.cancelled() => {}
     }
     tracing::info!("shutting down local mode");
-    match tokio::time::timeout(deadline, supervisor_task).await {
-        Ok(result) => result.context("the supervisor failed")?,
+    match tokio::time::timeout(deadline, task).await {
+        Ok(result) => result.context("the supervisor failed"),
         Err(_) => bail!("children did not stop within {deadline:?}"),
     }
-    control_task.abort();
-    Ok(())
+}
+
+/// `--cluster-id` names Redis keys and the RabbitMQ exchange: `namespace/name`, a valid key.
+fn check_cluster_id(cluster_id: &str) -> anyhow::Result<()> {
+    wscluster_ring::contract::validate_key(cluster_id)
+        .ok()
+        .filter(|()| cluster_id.split('/').count() == 2 && !cluster_id.contains(' '))
+        .with_context(|| format!("--cluster-id must look like namespace/name, not {cluster_id:?}"))
+}
+
+/// Everything local mode binds or reserves before it starts a child, so a port in use fails
+/// at once with a clear message rather than in a child's log.
+struct Listeners {
+    /// The control API and demo page.
+    control: tokio::net::TcpListener,
+    /// Its address (port 0 resolved).
+    control_addr: SocketAddr,
+    /// The ring authority.
+    ring: tokio::net::TcpListener,
+    /// Its address.
+    ring_addr: SocketAddr,
+    /// Client and admin address of each proxy.
+    proxies: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Listeners {
+    async fn bind(args: &LocalArgs) -> anyhow::Result<Listeners> {
+        let control = tokio::net::TcpListener::bind(args.control_listen)
+            .await
+            .with_context(|| format!("binding the control API to {}", args.control_listen))?;
+        let ring = tokio::net::TcpListener::bind(args.ring_listen)
+            .await
+            .with_context(|| format!("binding the ring authority to {}", args.ring_listen))?;
+        let mut proxies = Vec::new();
+        for i in 0..args.proxies {
+            proxies.push((proxy_address(args.proxy_port, i)?, free_port()?));
+        }
+        Ok(Listeners {
+            control_addr: control.local_addr()?,
+            control,
+            ring_addr: ring.local_addr()?,
+            ring,
+            proxies,
+        })
+    }
+}
+
+/// The client address of proxy `i`: `--proxy-port` + i, checked free, or a free port for 0.
+fn proxy_address(first_port: u16, i: u32) -> anyhow::Result<SocketAddr> {
+    if first_port == 0 {
+        return free_port();
+    }
+    let port =
+        u16::try_from(u32::from(first_port) + i).context("--proxy-port + proxies exceeds 65535")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    drop(StdListener::bind(addr).with_context(|| {
+        format!("port {port} for proxy {i} is in use; pass --proxy-port 0 or another port")
+    })?);
+    Ok(addr)
+}
+
+fn settings(args: &LocalArgs, listeners: &Listeners) -> anyhow::Result<Settings> {
+    let log_dir = match &args.log_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("wscluster-local-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("creating the log directory {}", log_dir.display()))?;
+    Ok(Settings {
+        cluster_id: args.cluster_id.clone(),
+        token: random_token(),
+        nodes: args.nodes,
+        max_replicas: MAX_REPLICAS,
+        proxies: args.proxies,
+        // Children are this executable again, with the `node` and `proxy` subcommands.
+        program: std::env::current_exe().context("finding this executable")?,
+        redis_url: args.redis_url.clone(),
+        redis_prefix: args.redis_prefix.clone(),
+        amqp_url: args.amqp_url.clone(),
+        proxy_config: args.proxy_config.clone(),
+        proxy_addresses: listeners.proxies.clone(),
+        log_dir,
+        node_grace: Duration::from_secs(args.node_grace_period_seconds),
+        drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
+        ring_addr: listeners.ring_addr,
+        control_url: format!("http://{}", listeners.control_addr),
+    })
 }
 
 fn print_banner(settings: &Settings, control_addr: SocketAddr) -> anyhow::Result<()> {
@@ -250,24 +284,6 @@ fn print_banner(settings: &Settings, control_addr: SocketAddr) -> anyhow::Result
 fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = StdListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?)
-}
-
-fn executable(given: Option<&Path>, name: &str, flag: &str) -> anyhow::Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .context("finding this executable")?
-            .parent()
-            .context("this executable has no directory")?
-            .join(name),
-    };
-    if !path.is_file() {
-        bail!(
-            "{name} not found at {}: build it (cargo build -p {name}) or pass {flag}",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// 128 random bits as hex: the ring stream's bearer token for this run.

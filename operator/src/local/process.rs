@@ -76,7 +76,7 @@ impl ChildKind {
     /// The id the child gets with `--id` (its member or subscriber id).
     pub fn id(self) -> String {
         match self {
-            ChildKind::Node(o) => super::membership::node_id(o),
+            ChildKind::Node(o) => super::children::node_id(o),
             ChildKind::Proxy(i) => format!("local-proxy-{i}"),
         }
     }
@@ -114,6 +114,23 @@ pub enum ChildEvent {
         /// Exit status or the spawn error, for the state page.
         status: String,
     },
+}
+
+impl ChildEvent {
+    /// Which child and which spawn the event is about.
+    pub fn child(&self) -> (ChildKind, u64) {
+        match self {
+            ChildEvent::Started {
+                kind, generation, ..
+            }
+            | ChildEvent::Probed {
+                kind, generation, ..
+            }
+            | ChildEvent::Exited {
+                kind, generation, ..
+            } => (*kind, *generation),
+        }
+    }
 }
 
 /// A signal for a child.

@@ -7,16 +7,20 @@
 //! EndpointSlices of the node Service and publishes it to proxies and nodes through the ring
 //! stream (`wscluster-ring-stream`), and it scales down in order: drain first, pods last.
 //!
-//! Layout — decisions are pure functions, the I/O is in [`controller`]:
+//! Layout — decisions are pure functions, run by one decision core with two shells:
 //!
 //! * [`crd`] — the `WsCluster` types; `wscluster-operator crd` prints the CRD.
 //! * [`rbac`] — the exact API permissions, printed by `wscluster-operator rbac`.
 //! * [`validate`] — spec rules the schema cannot check.
 //! * [`resources`] — desired child objects from a spec.
-//! * [`membership`] — ring members from EndpointSlices, and ring versioning.
+//! * [`membership`] — endpoints from EndpointSlices, ring members from endpoints, ring versioning.
 //! * [`scaling`] — the scale-down state machine.
 //! * [`status`] — status and conditions.
-//! * [`controller`] — `reconcile` and `error_policy`.
+//! * [`converge`] — one pass of the decision core over a [`converge::Platform`]: the rules above,
+//!   in order, for Kubernetes and local mode alike.
+//! * [`controller`] — `reconcile` and `error_policy`: the Kubernetes shell (`KubePlatform`).
+//! * [`local`] — `wscluster-operator local`: the local shell (`LocalPlatform`), child processes,
+//!   the control API and demo page.
 //! * [`server`] — `run`: ring stream, admin endpoints, election and controller.
 //! * [`probe`] — asks draining nodes whether they are empty.
 //! * [`leader`], [`metrics`] — leader election through a Lease, Prometheus metrics.

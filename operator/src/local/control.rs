@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /` | the demo page (`/app.js`, `/style.css` beside it) |
 //! | `GET /api/state` | ring version, nodes, proxies, drain, ring snapshot and arcs |
-//! | `POST /api/scale` `{"replicas":N}` | desired node count, 1 to `--max-replicas` |
+//! | `POST /api/scale` `{"replicas":N}` | desired node count, 1 to [`super::MAX_REPLICAS`] (16) |
 //! | `POST /api/nodes/{ordinal}/kill` | SIGKILL a node |
 //! | `POST /api/nodes/{ordinal}/restart` | start it again (a live one is stopped first) |
 //! | `POST /api/proxies/{index}/kill`, `/restart` | the same for proxies |

@@ -6,14 +6,16 @@
 //! and a control API with a demo page on `--control-listen`. Ctrl-C (or SIGTERM) stops the
 //! children (SIGTERM, then SIGKILL after their grace period) and exits.
 //!
-//! Membership follows the Kubernetes rules ([`membership`]): a node joins the ring when its
-//! `/readyz` answers 200, leaves it at once when its process exits, and scale-down drains first.
-//! The only differences from a cluster are where membership comes from (child processes
-//! instead of EndpointSlices) and the backends.
+//! Scaling and membership are the operator's own decision code: the supervisor runs one pass of
+//! [`crate::converge::converge`] on [`platform::LocalPlatform`] after every event, so a node
+//! joins when its `/readyz` answers 200, leaves when its process exits, and a scale-down drains
+//! first exactly as in a cluster. The only differences are where membership comes from (child
+//! processes instead of EndpointSlices) and the backends.
 //!
-//! Layout: [`membership`] (pure state machine), [`process`] (child processes), [`supervisor`]
-//! (the loop that owns both and renders the state), [`control`] (HTTP API and demo page, whose
-//! assets are `operator/assets/`). `docs/local.md` is the user guide.
+//! Layout: [`settings`] (flags resolved, children's command lines), [`process`] (one child
+//! process), [`children`] (all of them), [`platform`] (the decision core's view of them),
+//! [`supervisor`] (the loop), [`view`] (`GET /api/state`), [`control`] (HTTP API and demo page,
+//! whose assets are `operator/assets/`). `docs/local.md` is the user guide.
 //!
 //! The first line on stdout is `listening on <control address>`, so scripts and tests that pass
 //! `--control-listen 127.0.0.1:0` learn the port; everything else is in `GET /api/state`.

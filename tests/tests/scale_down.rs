@@ -8,28 +8,21 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Started, delivery_problems, ring_of, run_bounded};
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+use wscluster_ring::contract::ResetReason;
+use wscluster_tests::{Scenario, Started, ensure_delivered, ring_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_drains_first_and_cuts_no_client_before_its_new_owner_is_in_the_ring() {
-    run_bounded(TEST_TIMEOUT, scenario()).await;
+    Scenario::new("scale-down", 4, "d", 500).run(scenario).await;
 }
 
-async fn scenario() -> anyhow::Result<()> {
-    let Started {
-        local,
-        proxies,
-        fleet,
-        clients,
-    } = Started::new("scale-down", 4, "d", 500).await?;
-    let old_ring = local.ring().await?;
+async fn scenario(mut s: Started) -> anyhow::Result<()> {
+    let old_ring = s.local.ring().await?;
 
     let started = Instant::now();
     // The scale call publishes the drain ring before it answers, and answers with it (a later
     // read of the state could already show the ring after the drain, once the nodes are empty).
-    let drain_ring = ring_of(&local.scale(2).await?)?;
+    let drain_ring = ring_of(&s.local.scale(2).await?)?;
     let draining: Vec<&str> = drain_ring
         .members()
         .iter()
@@ -44,35 +37,26 @@ async fn scenario() -> anyhow::Result<()> {
         drain_ring.members().len() == 4,
         "the leaving nodes are still in the ring while they drain"
     );
-    let predicted: BTreeSet<String> = fleet
+    let predicted: BTreeSet<String> = s
+        .fleet
         .clients
         .iter()
         .filter(|c| old_ring.diff(&drain_ring).moved(&c.user))
         .map(|c| c.user.clone())
         .collect();
 
-    let mut rounds = 1;
-    let final_state = loop {
-        rounds += 1;
-        fleet.send_round(&proxies, rounds, 64).await?;
-        let state = local.state().await?;
-        if wscluster_tests::settled(&state, 2) {
-            break state;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(90),
-            "the drain did not finish within 90 s"
-        );
-    };
+    let final_state = s
+        .send_until_settled(2, started, Duration::from_secs(90), "the drain to finish")
+        .await?;
     let new_ring = ring_of(&final_state)?;
-    let back = fleet
+    let back = s
+        .fleet
         .wait_on_owners(&new_ring, Duration::from_secs(30))
         .await?;
-    rounds += 1;
-    fleet.send_round(&proxies, rounds, 64).await?;
-    fleet.wait_messages(rounds, Duration::from_secs(60)).await?;
+    s.deliver_round().await?;
 
-    let records = fleet.records();
+    let (clients, rounds) = (s.clients, s.rounds);
+    let records = s.fleet.records();
     let reset: BTreeSet<String> = records
         .iter()
         .filter(|(_, r)| !r.resets.is_empty())
@@ -97,11 +81,18 @@ async fn scenario() -> anyhow::Result<()> {
                 r.resets.len(),
                 r.resets
             );
-            let (reason, version) = &r.resets[0];
-            anyhow::ensure!(reason == "drain", "{user} was reset for {reason}");
+            let reset = &r.resets[0];
             anyhow::ensure!(
-                version.is_some_and(|v| v >= drain_ring.version()),
-                "{user} was reset under ring {version:?}, before the drain ring {}",
+                reset.reason == ResetReason::Drain,
+                "{user} was reset for {}",
+                reset.reason.as_str()
+            );
+            anyhow::ensure!(
+                reset
+                    .ring_version
+                    .is_some_and(|v| v >= drain_ring.version()),
+                "{user} was reset under ring {:?}, before the drain ring {}",
+                reset.ring_version,
                 drain_ring.version()
             );
         }
@@ -115,13 +106,6 @@ async fn scenario() -> anyhow::Result<()> {
             "node {leaving} was stopped after its drain"
         );
     }
-    let problems = delivery_problems(&records, rounds);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "{} clients with delivery problems, e.g. {:?}",
-        problems.len(),
-        &problems[..problems.len().min(3)]
-    );
-    fleet.close();
-    local.stop().await
+    ensure_delivered(&records, rounds, "after the drain")?;
+    s.finish().await
 }

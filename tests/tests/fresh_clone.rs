@@ -218,3 +218,20 @@ fn stderr_head(path: &Path) -> String {
     let head: Vec<&str> = text.lines().take(STDERR_HEAD_LINES).collect();
     format!("wscluster-operator's stderr begins:\n{}", head.join("\n"))
 }
+
+#[test]
+fn only_log_files_count_as_what_a_run_may_leave() {
+    let dir = TempDir::new("wscluster-fresh-clone-logs").expect("creates");
+    let sub = dir.path().join("wscluster-local-1");
+    std::fs::create_dir_all(&sub).expect("creates");
+    for file in [
+        dir.path().join("a.log"),
+        sub.join("b.log"),
+        sub.join("ring.json"),
+    ] {
+        std::fs::write(file, b"x").expect("writes");
+    }
+    let mut stray = Vec::new();
+    non_logs(dir.path(), &mut stray).expect("reads");
+    assert_eq!(stray, [sub.join("ring.json")]);
+}

@@ -1,6 +1,6 @@
 //! Many [`Client`]s spread over the proxies, and the messages sent to them through `/send`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -53,6 +53,15 @@ impl Fleet {
         self.clients
             .iter()
             .map(|c| (c.user.clone(), c.snapshot()))
+            .collect()
+    }
+
+    /// The users for whom `select` holds (for example: whose key a ring change moved).
+    pub fn users(&self, select: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        self.clients
+            .iter()
+            .filter(|c| select(&c.user))
+            .map(|c| c.user.clone())
             .collect()
     }
 
@@ -135,6 +144,15 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The users whose record holds at least one reset frame.
+pub fn reset_users(records: &BTreeMap<String, Record>) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter(|(_, r)| !r.resets.is_empty())
+        .map(|(u, _)| u.clone())
+        .collect()
 }
 
 /// `GET /send?userId=…&message=…` through proxy `i % n` (`http://` base URLs), retried on the

@@ -5,10 +5,10 @@
 //!
 //! Client count: `WSCLUSTER_E2E_CLIENTS` (default 500).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Scenario, Started, ensure_delivered, ring_of};
+use wscluster_tests::{Record, Scenario, Started, ensure_delivered, ring_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_clients_reconnect_to_new_owners_and_lose_nothing() {
@@ -17,13 +17,7 @@ async fn a_killed_nodes_clients_reconnect_to_new_owners_and_lose_nothing() {
 
 async fn scenario(mut s: Started) -> anyhow::Result<()> {
     let old_ring = s.local.ring().await?;
-    let victims: BTreeSet<String> = s
-        .fleet
-        .clients
-        .iter()
-        .filter(|c| old_ring.owns("local-node-1", &c.user))
-        .map(|c| c.user.clone())
-        .collect();
+    let victims = s.fleet.users(|user| old_ring.owns("local-node-1", user));
 
     let started = Instant::now();
     s.local.post("nodes/1/kill", None).await?;
@@ -42,14 +36,7 @@ async fn scenario(mut s: Started) -> anyhow::Result<()> {
     let all_back = started.elapsed();
     s.deliver_round().await?;
     let records = s.fleet.records();
-    for (user, r) in &records {
-        if !victims.contains(user) {
-            anyhow::ensure!(
-                r.drops == 0 && r.resets.is_empty(),
-                "{user} was not on the killed node but was disturbed: {r:?}"
-            );
-        }
-    }
+    ensure_undisturbed(&records, &victims)?;
     ensure_delivered(&records, s.rounds, "after the kill")?;
     println!(
         "clients {}, on the killed node {}, all on new owners {all_back:?} after the kill",
@@ -78,4 +65,20 @@ async fn scenario(mut s: Started) -> anyhow::Result<()> {
         );
     }
     s.finish().await
+}
+
+/// Nobody but the killed node's clients lost a session or got a reset.
+fn ensure_undisturbed(
+    records: &BTreeMap<String, Record>,
+    victims: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    for (user, r) in records {
+        if !victims.contains(user) {
+            anyhow::ensure!(
+                r.drops == 0 && r.resets.is_empty(),
+                "{user} was not on the killed node but was disturbed: {r:?}"
+            );
+        }
+    }
+    Ok(())
 }

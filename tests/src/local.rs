@@ -132,7 +132,7 @@ pub struct Local {
     child: Option<Child>,
     /// `http://<addr>` of the control API, from the announcement line.
     pub control: String,
-    /// Where the children's logs are, when the harness chose it.
+    /// Where the children's logs are, when the harness chose it (removed after a clean stop).
     pub log_dir: Option<PathBuf>,
     /// Keys to delete at [`Local::stop`].
     redis_keys: Option<RedisKeys>,
@@ -249,17 +249,23 @@ impl Local {
     }
 
     /// Stops local mode (SIGTERM), fails unless it exits successfully within
-    /// [`STOP_TIMEOUT_SECONDS`], and deletes the run's Redis keys either way.
+    /// [`STOP_TIMEOUT_SECONDS`], and deletes the run's Redis keys either way. The log
+    /// directory the harness chose is removed after a clean exit and kept otherwise.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let exit = self.stop_process().await;
         if let Some(keys) = &self.redis_keys {
             delete_redis_keys(&keys.url, &keys.prefix).await?;
         }
         let status = exit?;
+        let logs = self.log_dir.as_ref().map(|d| d.display().to_string());
         anyhow::ensure!(
             status.success(),
-            "wscluster-operator local exited with {status}"
+            "wscluster-operator local exited with {status}; logs in {logs:?}"
         );
+        if let Some(dir) = &self.log_dir {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the logs of a clean run, {}", dir.display()))?;
+        }
         Ok(())
     }
 

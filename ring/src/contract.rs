@@ -5,6 +5,7 @@
 //! * [`stream`]: the operator's ring stream that proxies and nodes subscribe to.
 //! * [`bus`]: the RabbitMQ events (broadcasts and resets).
 //! * [`validate_key`]: the rules for a business key, shared by proxy and node.
+//! * [`percent_decode`] / [`percent_encode`]: the one strict URL-component codec.
 //!
 //! All are plain serde types; `docs/architecture.md` documents them for non-Rust peers.
 
@@ -247,6 +248,27 @@ pub fn percent_decode(raw: &str, plus_is_space: bool) -> Result<String, DecodeEr
         }
     }
     String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
+}
+
+/// Percent-encodes one URL component (RFC 3986 §2.1): every byte but the unreserved characters
+/// (§2.3: ASCII letters, digits, `-._~`) becomes `%XX` with upper-case hex digits.
+///
+/// The inverse of [`percent_decode`] with either `plus_is_space` (the output holds no `+`), so
+/// every string survives a round trip through a path segment or a query value. This is the one
+/// encoder, used by whoever builds a URL another wscluster process decodes.
+pub fn percent_encode(raw: &str) -> String {
+    const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
+        }
+    }
+    out
 }
 
 pub mod stream {
@@ -497,6 +519,24 @@ mod tests {
         );
         assert_eq!(percent_decode("%FF", false), Err(DecodeError::NotUtf8));
         assert_eq!(percent_decode("", true).as_deref(), Ok(""));
+    }
+
+    #[test]
+    fn url_components_encode_to_what_the_decoder_gives_back() {
+        assert_eq!(percent_encode("u-1_a.b~Z9"), "u-1_a.b~Z9");
+        assert_eq!(percent_encode("a b:c/d?é+"), "a%20b%3Ac%2Fd%3F%C3%A9%2B");
+        assert_eq!(percent_encode(""), "");
+        let every_ascii: String = (0u8..=127).map(char::from).collect();
+        for raw in [every_ascii.as_str(), "a+b c", "✓ %41 %zz", "\u{10ffff}\0"] {
+            let encoded = percent_encode(raw);
+            for plus_is_space in [false, true] {
+                assert_eq!(
+                    percent_decode(&encoded, plus_is_space).as_deref(),
+                    Ok(raw),
+                    "{raw:?} survives {encoded:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -5,60 +5,74 @@
 //!
 //! Client count: `WSCLUSTER_E2E_CLIENTS` (default 500).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Started, delivery_problems, ring_of, run_bounded};
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+use wscluster_tests::{Record, Scenario, Started, ensure_delivered, ring_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_clients_reconnect_to_new_owners_and_lose_nothing() {
-    run_bounded(TEST_TIMEOUT, scenario()).await;
+    Scenario::new("kill-node", 3, "k", 500).run(scenario).await;
 }
 
-async fn scenario() -> anyhow::Result<()> {
-    let Started {
-        local,
-        proxies,
-        fleet,
-        clients,
-    } = Started::new("kill-node", 3, "k", 500).await?;
-    let old_ring = local.ring().await?;
-    let victims: BTreeSet<String> = fleet
-        .clients
-        .iter()
-        .filter(|c| old_ring.owns("local-node-1", &c.user))
-        .map(|c| c.user.clone())
-        .collect();
+async fn scenario(mut s: Started) -> anyhow::Result<()> {
+    let old_ring = s.local.ring().await?;
+    let victims = s.fleet.users(|user| old_ring.owns("local-node-1", user));
 
     let started = Instant::now();
-    local.post("nodes/1/kill", None).await?;
-    let mut rounds = 1;
-    let after_kill = loop {
-        rounds += 1;
-        fleet.send_round(&proxies, rounds, 64).await?;
-        let state = local.state().await?;
-        if wscluster_tests::settled(&state, 2) {
-            break state;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "the killed node did not leave the ring within 30 s"
-        );
-    };
+    s.local.post("nodes/1/kill", None).await?;
+    let limit = Duration::from_secs(30);
+    let after_kill = s
+        .send_until_settled(2, started, limit, "the killed node to leave the ring")
+        .await?;
     let ring = ring_of(&after_kill)?;
     anyhow::ensure!(
         ring.members().iter().all(|m| m.id != "local-node-1"),
         "the killed node left the ring"
     );
-    fleet.wait_on_owners(&ring, Duration::from_secs(30)).await?;
+    s.fleet
+        .wait_on_owners(&ring, Duration::from_secs(30))
+        .await?;
     let all_back = started.elapsed();
-    rounds += 1;
-    fleet.send_round(&proxies, rounds, 64).await?;
-    fleet.wait_messages(rounds, Duration::from_secs(60)).await?;
-    let records = fleet.records();
+    s.deliver_round().await?;
+    let records = s.fleet.records();
+    ensure_undisturbed(&records, &victims)?;
+    ensure_delivered(&records, s.rounds, "after the kill")?;
+    println!(
+        "clients {}, on the killed node {}, all on new owners {all_back:?} after the kill",
+        s.clients,
+        victims.len(),
+    );
+
+    // The node comes back and takes its keys back; its clients move home without loss.
+    s.local.post("nodes/1/restart", None).await?;
+    let restarted = Instant::now();
+    let limit = Duration::from_secs(60);
+    let after_restart = s
+        .send_until_settled(3, restarted, limit, "the restarted node to rejoin")
+        .await?;
+    let ring = ring_of(&after_restart)?;
+    s.fleet
+        .wait_on_owners(&ring, Duration::from_secs(30))
+        .await?;
+    s.deliver_round().await?;
+    let records = s.fleet.records();
+    ensure_delivered(&records, s.rounds, "after the restart")?;
     for (user, r) in &records {
+        anyhow::ensure!(
+            r.node.as_deref() == ring.owner(user).ok().map(|m| m.id.as_str()),
+            "{user} is not on its owner"
+        );
+    }
+    s.finish().await
+}
+
+/// Nobody but the killed node's clients lost a session or got a reset.
+fn ensure_undisturbed(
+    records: &BTreeMap<String, Record>,
+    victims: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    for (user, r) in records {
         if !victims.contains(user) {
             anyhow::ensure!(
                 r.drops == 0 && r.resets.is_empty(),
@@ -66,52 +80,5 @@ async fn scenario() -> anyhow::Result<()> {
             );
         }
     }
-    let problems = delivery_problems(&records, rounds);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "after the kill: {} clients with delivery problems, e.g. {:?}",
-        problems.len(),
-        &problems[..problems.len().min(3)]
-    );
-    println!(
-        "clients {clients}, on the killed node {}, all on new owners {all_back:?} after the kill",
-        victims.len(),
-    );
-
-    // The node comes back and takes its keys back; its clients move home without loss.
-    local.post("nodes/1/restart", None).await?;
-    let restarted = Instant::now();
-    let after_restart = loop {
-        rounds += 1;
-        fleet.send_round(&proxies, rounds, 64).await?;
-        let state = local.state().await?;
-        if wscluster_tests::settled(&state, 3) {
-            break state;
-        }
-        anyhow::ensure!(
-            restarted.elapsed() < Duration::from_secs(60),
-            "the restarted node did not rejoin within 60 s"
-        );
-    };
-    let ring = ring_of(&after_restart)?;
-    fleet.wait_on_owners(&ring, Duration::from_secs(30)).await?;
-    rounds += 1;
-    fleet.send_round(&proxies, rounds, 64).await?;
-    fleet.wait_messages(rounds, Duration::from_secs(60)).await?;
-    let records = fleet.records();
-    let problems = delivery_problems(&records, rounds);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "after the restart: {} clients with delivery problems, e.g. {:?}",
-        problems.len(),
-        &problems[..problems.len().min(3)]
-    );
-    for (user, r) in &records {
-        anyhow::ensure!(
-            r.node.as_deref() == ring.owner(user).ok().map(|m| m.id.as_str()),
-            "{user} is not on its owner"
-        );
-    }
-    fleet.close();
-    local.stop().await
+    Ok(())
 }

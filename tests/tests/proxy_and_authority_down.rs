@@ -10,35 +10,24 @@
 
 use std::time::{Duration, Instant};
 
-use wscluster_tests::{Fleet, Started, delivery_problems, ring_of, run_bounded, wait_for};
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+use wscluster_tests::{Fleet, Scenario, Started, ensure_delivered, ring_of, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_survive_a_killed_proxy_and_proxies_keep_routing_while_the_ring_authority_is_down()
 {
-    run_bounded(TEST_TIMEOUT, scenario()).await;
+    Scenario::new("failures", 3, "p", 500).run(scenario).await;
 }
 
-async fn scenario() -> anyhow::Result<()> {
-    let Started {
-        local,
-        proxies,
-        fleet,
-        clients,
-    } = Started::new("failures", 3, "p", 500).await?;
-
+async fn scenario(mut s: Started) -> anyhow::Result<()> {
     // A proxy dies: half the clients lose their connection and come back through the other.
-    local.post("proxies/0/kill", None).await?;
+    s.local.post("proxies/0/kill", None).await?;
     let killed = Instant::now();
-    fleet.send_round(&proxies, 2, 64).await?;
-    fleet
-        .wait_connected(Duration::from_secs(30 + clients as u64 / 100))
-        .await?;
-    fleet.send_round(&proxies, 3, 64).await?;
-    fleet.wait_messages(3, Duration::from_secs(60)).await?;
-    let records = fleet.records();
+    s.send_round().await?;
+    s.fleet.wait_connected(s.connect_limit()).await?;
+    s.deliver_round().await?;
+    let records = s.fleet.records();
     let dropped = records.values().filter(|r| r.drops > 0).count();
+    let clients = s.clients;
     println!(
         "proxy killed: {dropped} of {clients} clients reconnected through the other proxy within {:?}",
         killed.elapsed()
@@ -47,53 +36,40 @@ async fn scenario() -> anyhow::Result<()> {
         dropped > 0 && dropped <= clients.div_ceil(2),
         "only the killed proxy's clients (about half) dropped, not {dropped}"
     );
-    let problems = delivery_problems(&records, 3);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "after the proxy kill: {} clients with delivery problems, e.g. {:?}",
-        problems.len(),
-        &problems[..problems.len().min(3)]
-    );
+    ensure_delivered(&records, s.rounds, "after the proxy kill")?;
 
     // The ring authority goes down: routing goes on with the last ring.
-    let before = local.state().await?;
-    local.post("authority/stop", None).await?;
+    let before = s.local.state().await?;
+    s.local.post("authority/stop", None).await?;
     wait_for(
         "the surviving proxy's ring stream to close",
         Duration::from_secs(10),
         || async {
-            let state = local.state().await?;
+            let state = s.local.state().await?;
             Ok((state["proxies"][1]["streamConnected"] == false).then_some(()))
         },
     )
     .await?;
-    fleet.send_round(&proxies, 4, 64).await?;
-    fleet.wait_messages(4, Duration::from_secs(60)).await?;
-    let late = Fleet::connect("late", 20, &proxies[1..]);
+    s.deliver_round().await?;
+    let late = Fleet::connect("late", 20, &s.proxies[1..]);
     late.wait_connected(Duration::from_secs(30)).await?;
 
     // A node added while the authority is down cannot join (it gets no ring, so it is not
     // ready); when the authority returns, it joins and the proxies apply the new ring.
-    local.scale(4).await?;
-    local.post("authority/start", None).await?;
-    let after = local.wait_settled(4, Duration::from_secs(60)).await?;
+    s.local.scale(4).await?;
+    s.local.post("authority/start", None).await?;
+    let after = s.local.wait_settled(4, Duration::from_secs(60)).await?;
     let ring = ring_of(&after)?;
     anyhow::ensure!(
         ring.version() > before["ringVersion"].as_u64().unwrap_or(0),
         "a newer ring reached the proxies after the authority returned"
     );
-    fleet.wait_on_owners(&ring, Duration::from_secs(30)).await?;
+    s.fleet
+        .wait_on_owners(&ring, Duration::from_secs(30))
+        .await?;
     late.wait_on_owners(&ring, Duration::from_secs(30)).await?;
-    fleet.send_round(&proxies, 5, 64).await?;
-    fleet.wait_messages(5, Duration::from_secs(60)).await?;
-    let problems = delivery_problems(&fleet.records(), 5);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "after the authority outage: {} clients with delivery problems, e.g. {:?}",
-        problems.len(),
-        &problems[..problems.len().min(3)]
-    );
-    fleet.close();
+    s.deliver_round().await?;
+    ensure_delivered(&s.fleet.records(), s.rounds, "after the authority outage")?;
     late.close();
-    local.stop().await
+    s.finish().await
 }

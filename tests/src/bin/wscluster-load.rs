@@ -20,12 +20,14 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Longest any run may last, whatever the flags say.
 const MAX_SECONDS: u64 = 600;
 /// Most connections any run may open.
 const MAX_CONNECTIONS: usize = 50_000;
+/// How long a paced connection waits for echoes still in flight after its last send.
+const IN_FLIGHT_GRACE_MS: u64 = 500;
 
 #[derive(Debug, Parser)]
 #[command(about = "Load generator and echo backend for wscluster proxy benchmarks (loopback only)")]
@@ -293,7 +295,7 @@ async fn paced(
         bail!("rate must be 1 to 1000000");
     }
     let conns = open_all(template, connections).await?;
-    let per_conn = Duration::from_secs_f64(connections as f64 / rate as f64);
+    let period = Duration::from_secs_f64(connections as f64 / rate as f64);
     let base = Instant::now();
     let end = base + Duration::from_secs(seconds);
     let pad = "x".repeat(size.saturating_sub(24));
@@ -301,88 +303,120 @@ async fn paced(
         .into_iter()
         .enumerate()
         .map(|(i, ws)| {
-            let pad = pad.clone();
-            tokio::spawn(async move {
-                let (mut tx, mut rx) = ws.split();
-                // Stagger connections evenly across one period.
-                let offset = per_conn.mul_f64(i as f64 / connections as f64);
-                let mut ticks = tokio::time::interval_at(
-                    tokio::time::Instant::from_std(base + offset),
-                    per_conn,
-                );
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut samples: Vec<u32> = Vec::new();
-                let (mut sent, mut received) = (0u64, 0u64);
-                loop {
-                    tokio::select! {
-                        _ = ticks.tick() => {
-                            if Instant::now() >= end {
-                                break;
-                            }
-                            let t = base.elapsed().as_nanos() as u64;
-                            if tx.send(Message::text(format!("{t:024}{pad}"))).await.is_err() {
-                                break;
-                            }
-                            sent += 1;
-                        }
-                        m = rx.next() => match m {
-                            Some(Ok(Message::Text(t))) => {
-                                if let Some(sent_at) = t.get(..24).and_then(|s| s.parse::<u64>().ok()) {
-                                    let rtt = base.elapsed().as_nanos() as u64 - sent_at;
-                                    samples.push((rtt / 1_000).min(u64::from(u32::MAX)) as u32);
-                                    received += 1;
-                                }
-                            }
-                            _ => break,
-                        },
-                    }
-                }
-                // Collect echoes still in flight, briefly.
-                let grace = tokio::time::sleep(Duration::from_millis(500));
-                tokio::pin!(grace);
-                while received < sent {
-                    tokio::select! {
-                        () = &mut grace => break,
-                        m = rx.next() => match m {
-                            Some(Ok(Message::Text(t))) => {
-                                if let Some(sent_at) = t.get(..24).and_then(|s| s.parse::<u64>().ok()) {
-                                    let rtt = base.elapsed().as_nanos() as u64 - sent_at;
-                                    samples.push((rtt / 1_000).min(u64::from(u32::MAX)) as u32);
-                                    received += 1;
-                                }
-                            }
-                            _ => break,
-                        },
-                    }
-                }
-                let _ = tx.send(Message::Close(None)).await;
-                (samples, sent, received)
-            })
+            // Stagger connections evenly across one period.
+            let pacing = Pacing {
+                base,
+                end,
+                period,
+                offset: period.mul_f64(i as f64 / connections as f64),
+            };
+            tokio::spawn(paced_connection(ws, pacing, pad.clone()))
         })
         .collect();
-    let mut all = Vec::new();
-    let (mut sent, mut received) = (0, 0);
+    let mut all = Echoes::default();
     for t in tasks {
-        if let Ok((s, a, b)) = t.await {
-            all.extend(s);
-            sent += a;
-            received += b;
+        if let Ok(echoes) = t.await {
+            all.samples_us.extend(echoes.samples_us);
+            all.sent += echoes.sent;
+            all.received += echoes.received;
         }
     }
-    all.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.is_empty() {
-            return f64::NAN;
-        }
-        let idx = ((all.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(all[idx]) / 1000.0
-    };
+    all.samples_us.sort_unstable();
+    let pct = |p| percentile_ms(&all.samples_us, p);
     Ok(json!({
         "mode": "paced", "connections": connections, "rate": rate, "seconds": seconds,
-        "sent": sent, "received": received,
-        "achieved_rate": received as f64 / seconds as f64,
+        "sent": all.sent, "received": all.received,
+        "achieved_rate": all.received as f64 / seconds as f64,
         "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0),
     }))
+}
+
+/// When one paced connection sends.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    /// The run's clock zero: timestamps in messages are nanoseconds since it.
+    base: Instant,
+    /// When sending stops.
+    end: Instant,
+    /// Time between two sends of this connection.
+    period: Duration,
+    /// This connection's first send after `base`, so connections do not send in lockstep.
+    offset: Duration,
+}
+
+/// What paced connections sent and got back.
+#[derive(Debug, Default)]
+struct Echoes {
+    /// Round trips in microseconds, one per echo.
+    samples_us: Vec<u32>,
+    /// Messages sent.
+    sent: u64,
+    /// Echoes received.
+    received: u64,
+}
+
+impl Echoes {
+    /// Takes one frame from the echo stream; false when the stream ended or failed.
+    fn take(&mut self, frame: Option<Result<Message, WsError>>, base: Instant) -> bool {
+        let Some(Ok(Message::Text(t))) = frame else {
+            return false;
+        };
+        if let Some(sent_at) = t.get(..24).and_then(|s| s.parse::<u64>().ok()) {
+            let rtt = base.elapsed().as_nanos() as u64 - sent_at;
+            self.samples_us
+                .push((rtt / 1_000).min(u64::from(u32::MAX)) as u32);
+            self.received += 1;
+        }
+        true
+    }
+}
+
+/// Sends a timestamped message every `pacing.period` until `pacing.end`, records each echo's
+/// round trip, then collects the echoes still in flight for a moment.
+async fn paced_connection(ws: Ws, pacing: Pacing, pad: String) -> Echoes {
+    let (mut tx, mut rx) = ws.split();
+    let first = tokio::time::Instant::from_std(pacing.base + pacing.offset);
+    let mut ticks = tokio::time::interval_at(first, pacing.period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut echoes = Echoes::default();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if Instant::now() >= pacing.end {
+                    break;
+                }
+                let t = pacing.base.elapsed().as_nanos() as u64;
+                if tx.send(Message::text(format!("{t:024}{pad}"))).await.is_err() {
+                    break;
+                }
+                echoes.sent += 1;
+            }
+            frame = rx.next() => if !echoes.take(frame, pacing.base) {
+                break;
+            },
+        }
+    }
+    let grace = tokio::time::sleep(Duration::from_millis(IN_FLIGHT_GRACE_MS));
+    tokio::pin!(grace);
+    while echoes.received < echoes.sent {
+        tokio::select! {
+            () = &mut grace => break,
+            frame = rx.next() => if !echoes.take(frame, pacing.base) {
+                break;
+            },
+        }
+    }
+    let _ = tx.send(Message::Close(None)).await;
+    echoes
+}
+
+/// The `p` quantile (0 to 1) of sorted microsecond samples, in milliseconds; NaN when empty.
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted_us[idx]) / 1000.0
 }
 
 async fn upgrades(
@@ -461,4 +495,29 @@ async fn idle(
         }
     }
     Ok(json!({"mode": "idle", "connections": connections, "alive_at_end": alive}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank_in_milliseconds() {
+        let sorted = [1_000, 2_000, 3_000, 4_000, 5_000];
+        assert_eq!(percentile_ms(&sorted, 0.5), 3.0);
+        assert_eq!(percentile_ms(&sorted, 1.0), 5.0);
+        assert_eq!(percentile_ms(&sorted, 0.0), 1.0);
+        assert!(percentile_ms(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn runs_stay_on_loopback_and_within_their_bounds() {
+        assert!(check_url("ws://127.0.0.1:8080/ws?userId=u{i}").is_ok());
+        assert!(check_url("ws://10.0.0.1:8080/").is_err());
+        assert!(check_url("wss://127.0.0.1:8080/").is_err());
+        assert!(bounded(1, 1).is_ok());
+        assert!(bounded(0, 1).is_err() && bounded(MAX_SECONDS + 1, 1).is_err());
+        assert!(bounded(1, 0).is_err() && bounded(1, MAX_CONNECTIONS + 1).is_err());
+        assert_eq!(url_for("ws://127.0.0.1:1/u{i}", 7), "ws://127.0.0.1:1/u7");
+    }
 }

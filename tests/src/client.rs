@@ -1,0 +1,313 @@
+//! One WebSocket client with the reconnect logic of `docs/client.md`, recording what it saw.
+//!
+//! It reads frames with the contract's own types ([`ResetFrame`], [`ClientMessage`]), so a
+//! frame the node or proxy sends in any other shape is counted ([`Record::unreadable`]) and
+//! reported by [`crate::delivery`], not skipped.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use wscluster_ring::contract::{
+    CLOSE_POLICY, CLOSE_REPLACED, ClientMessage, MessageKind, ResetFrame, percent_encode,
+};
+
+/// Longest a WebSocket handshake may take before the attempt counts as failed.
+pub const HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
+/// First wait after an unexpected drop or a failed connect.
+const BACKOFF_FIRST_MS: u64 = 100;
+/// Longest wait after repeated unexpected drops.
+const BACKOFF_MAX_MS: u64 = 2_000;
+/// The node's notice that a session is open and replayed.
+const READY_NOTICE: &str = "ready";
+
+/// What one client saw.
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    /// The node of the current (or last) session, from the `ready` notice.
+    pub node: Option<String>,
+    /// Whether a session is open and past its `ready` notice.
+    pub connected: bool,
+    /// Reset frames received, in order.
+    pub resets: Vec<ResetFrame>,
+    /// Sessions opened (1 + reconnects).
+    pub sessions: u64,
+    /// Established sessions that ended without a reset frame (cut).
+    pub drops: u64,
+    /// Connection attempts refused or failed before the WebSocket opened (for example a node
+    /// refusing a key it does not own yet under its ring, or a dead proxy).
+    pub failed_connects: u64,
+    /// The last such failure, for diagnostics.
+    pub last_connect_error: Option<String>,
+    /// Message contents accepted, in order, after de-duplication by offset.
+    pub messages: Vec<String>,
+    /// The highest offset accepted.
+    pub last_offset: u64,
+    /// Messages dropped as duplicates (offset already seen).
+    pub duplicates: u64,
+    /// Messages whose content names another user: must stay 0.
+    pub misdelivered: u64,
+    /// Text frames that are neither a reset frame nor a client message with what its kind
+    /// requires (a `message` without an offset): a contract break, must stay 0.
+    pub unreadable: u64,
+    /// When the last session became ready.
+    pub ready_at: Option<Instant>,
+}
+
+impl Record {
+    /// Takes one client message for `user`: a `ready` notice opens the session; a `message` is
+    /// kept once per offset and checked to be `user`'s own (`<user>:<seq>`).
+    fn accept(&mut self, user: &str, message: ClientMessage) {
+        match message.kind {
+            MessageKind::System if message.content == READY_NOTICE => {
+                self.node = Some(message.server);
+                self.connected = true;
+                self.sessions += 1;
+                self.ready_at = Some(Instant::now());
+            }
+            MessageKind::Message => {
+                let Some(offset) = message.offset else {
+                    self.unreadable += 1;
+                    return;
+                };
+                if offset <= self.last_offset {
+                    self.duplicates += 1;
+                    return;
+                }
+                self.last_offset = offset;
+                if message.content.rsplit_once(':').map(|(u, _)| u) != Some(user) {
+                    self.misdelivered += 1;
+                }
+                self.messages.push(message.content);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How a session ended, which decides what the client does next.
+enum SessionEnd {
+    /// A reset frame and its own close code: reconnect after this delay.
+    Planned(Duration),
+    /// 4002 (replaced) or 4008 (policy): stay away.
+    DoNotReconnect,
+    /// An open session ended any other way.
+    Unexpected,
+    /// The WebSocket never opened.
+    ConnectFailed(String),
+}
+
+impl SessionEnd {
+    /// The end a close frame with `code` means after the session's `resets`: planned only when
+    /// a reset frame announced exactly that close code.
+    fn after_close(code: Option<u16>, resets: &[ResetFrame]) -> SessionEnd {
+        match code {
+            Some(CLOSE_REPLACED | CLOSE_POLICY) => SessionEnd::DoNotReconnect,
+            Some(code) => resets
+                .iter()
+                .rev()
+                .find(|r| r.reason.close_code() == code)
+                .map_or(SessionEnd::Unexpected, |r| {
+                    SessionEnd::Planned(Duration::from_millis(r.retry_after_ms))
+                }),
+            None => SessionEnd::Unexpected,
+        }
+    }
+}
+
+/// One reconnecting client, sending nothing, recording all.
+#[derive(Clone)]
+pub struct Client {
+    /// Its user id: the key the proxy routes by and the owner of its messages.
+    pub user: String,
+    /// What it saw, shared with the task that runs it.
+    pub record: Arc<Mutex<Record>>,
+}
+
+impl Client {
+    /// A client for `user` that has seen nothing yet.
+    pub fn new(user: String) -> Client {
+        Client {
+            user,
+            record: Arc::default(),
+        }
+    }
+
+    /// A copy of its record.
+    pub fn snapshot(&self) -> Record {
+        self.update(|r| r.clone())
+    }
+
+    fn update<T>(&self, change: impl FnOnce(&mut Record) -> T) -> T {
+        change(&mut self.record.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Connects through `proxies[first]` (WebSocket base URLs), reconnects as `docs/client.md`
+    /// says — after a reset frame when it asks, else with backoff through the next proxy —
+    /// until `stop` is cancelled or the server says not to.
+    pub async fn run(self, proxies: Vec<String>, first: usize, stop: CancellationToken) {
+        let mut proxy = first;
+        let mut backoff = Duration::from_millis(BACKOFF_FIRST_MS);
+        loop {
+            let url = self.connect_url(&proxies[proxy % proxies.len()]);
+            let Some(end) = stop.run_until_cancelled(self.session(&url)).await else {
+                return;
+            };
+            self.update(|r| r.connected = false);
+            let delay = match end {
+                SessionEnd::Planned(retry) => {
+                    backoff = Duration::from_millis(BACKOFF_FIRST_MS);
+                    retry
+                }
+                SessionEnd::DoNotReconnect => return,
+                SessionEnd::Unexpected | SessionEnd::ConnectFailed(_) => {
+                    self.update(|r| match end {
+                        SessionEnd::ConnectFailed(e) => {
+                            r.failed_connects += 1;
+                            r.last_connect_error = Some(e);
+                        }
+                        _ => r.drops += 1,
+                    });
+                    proxy += 1;
+                    let delay = backoff;
+                    backoff = (backoff * 2).min(Duration::from_millis(BACKOFF_MAX_MS));
+                    delay
+                }
+            };
+            if stop
+                .run_until_cancelled(tokio::time::sleep(delay))
+                .await
+                .is_none()
+            {
+                return;
+            }
+        }
+    }
+
+    /// `<base>/connect/<user>`, with `?since=<last offset>` once it has seen one.
+    fn connect_url(&self, base: &str) -> String {
+        let since = self.update(|r| r.last_offset);
+        let mut url = format!("{base}/connect/{}", percent_encode(&self.user));
+        if since > 0 {
+            url.push_str(&format!("?since={since}"));
+        }
+        url
+    }
+
+    async fn session(&self, url: &str) -> SessionEnd {
+        let handshake = tokio::time::timeout(
+            Duration::from_secs(HANDSHAKE_TIMEOUT_SECONDS),
+            tokio_tungstenite::connect_async(url),
+        );
+        let mut ws = match handshake.await {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => return SessionEnd::ConnectFailed(e.to_string()),
+            Err(_) => {
+                return SessionEnd::ConnectFailed(format!(
+                    "no handshake within {HANDSHAKE_TIMEOUT_SECONDS} s"
+                ));
+            }
+        };
+        let mut resets = Vec::new();
+        while let Some(Ok(frame)) = ws.next().await {
+            match frame {
+                Message::Text(text) => resets.extend(self.on_text(text.as_str())),
+                Message::Close(close) => {
+                    let code = close.map(|c| u16::from(c.code));
+                    let _ = ws.close(None).await;
+                    return SessionEnd::after_close(code, &resets);
+                }
+                Message::Ping(p) => {
+                    let _ = ws.send(Message::Pong(p)).await;
+                }
+                _ => {}
+            }
+        }
+        SessionEnd::Unexpected
+    }
+
+    /// Records one text frame; answers it when it is a reset frame.
+    fn on_text(&self, text: &str) -> Option<ResetFrame> {
+        if let Ok(reset) = serde_json::from_str::<ResetFrame>(text) {
+            self.update(|r| r.resets.push(reset));
+            return Some(reset);
+        }
+        match serde_json::from_str::<ClientMessage>(text) {
+            Ok(message) => self.update(|r| r.accept(&self.user, message)),
+            Err(_) => self.update(|r| r.unreadable += 1),
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wscluster_ring::contract::{CLOSE_DRAIN, CLOSE_REBALANCE, ResetReason};
+
+    use super::*;
+
+    fn message(kind: MessageKind, content: &str, offset: Option<u64>) -> String {
+        let m = ClientMessage {
+            kind,
+            content: content.to_owned(),
+            server: "node-1".to_owned(),
+            server_user_count: 1,
+            timestamp: 0,
+            offset,
+        };
+        serde_json::to_string(&m).expect("serialises")
+    }
+
+    #[test]
+    fn frames_are_read_with_the_contract_types() {
+        let client = Client::new("alice".to_owned());
+        assert!(
+            client
+                .on_text(&message(MessageKind::System, "ready", None))
+                .is_none()
+        );
+        client.on_text(&message(MessageKind::Message, "alice:1", Some(1)));
+        client.on_text(&message(MessageKind::Message, "alice:1", Some(1)));
+        client.on_text(&message(MessageKind::Message, "bob:2", Some(2)));
+        client.on_text(&message(MessageKind::Message, "alice:3", None));
+        client.on_text(r#"{"type":"gossip"}"#);
+        let reset = ResetFrame::new(ResetReason::Drain, 250, Some(8));
+        assert_eq!(client.on_text(&reset.to_json()), Some(reset));
+        let r = client.snapshot();
+        assert_eq!(r.node.as_deref(), Some("node-1"));
+        assert!(r.connected && r.sessions == 1);
+        assert_eq!(r.messages, ["alice:1", "bob:2"]);
+        assert_eq!((r.last_offset, r.duplicates, r.misdelivered), (2, 1, 1));
+        assert_eq!(
+            r.unreadable, 2,
+            "a message without offset and an unknown type"
+        );
+        assert_eq!(r.resets, [reset]);
+    }
+
+    #[test]
+    fn only_a_close_code_announced_by_a_reset_frame_is_a_planned_move() {
+        let drain = [ResetFrame::new(ResetReason::Drain, 250, Some(3))];
+        let planned = |code, resets: &[ResetFrame]| match SessionEnd::after_close(code, resets) {
+            SessionEnd::Planned(d) => Some(d),
+            _ => None,
+        };
+        assert_eq!(
+            planned(Some(CLOSE_DRAIN), &drain),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(planned(Some(CLOSE_REBALANCE), &drain), None);
+        assert_eq!(planned(Some(CLOSE_DRAIN), &[]), None);
+        assert_eq!(planned(None, &drain), None);
+        assert!(matches!(
+            SessionEnd::after_close(Some(CLOSE_REPLACED), &drain),
+            SessionEnd::DoNotReconnect
+        ));
+        assert!(matches!(
+            SessionEnd::after_close(Some(CLOSE_POLICY), &[]),
+            SessionEnd::DoNotReconnect
+        ));
+    }
+}

@@ -1,0 +1,188 @@
+//! Many [`Client`]s spread over the proxies, and the messages sent to them through `/send`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures_util::StreamExt;
+use hyper::{Method, StatusCode};
+use tokio_util::sync::CancellationToken;
+use wscluster_ring::Ring;
+use wscluster_ring::contract::percent_encode;
+
+use crate::client::{Client, Record};
+use crate::http;
+use crate::wait::wait_for;
+
+/// How long [`send_with_retry`] keeps trying one message.
+pub const SEND_RETRY_SECONDS: u64 = 20;
+/// Pause between two attempts of one send.
+const SEND_RETRY_PAUSE_MS: u64 = 100;
+/// Users named in a "still waiting" error.
+const EXAMPLES_IN_ERRORS: usize = 5;
+
+/// Many clients, spread over the proxies, each in its own task; dropping it stops them all.
+pub struct Fleet {
+    /// The clients, in user order.
+    pub clients: Vec<Client>,
+    /// Cancelled to stop every client's task.
+    stop: CancellationToken,
+}
+
+impl Fleet {
+    /// Connects `count` users named `<prefix>-<i>`, client i through proxy `i % proxies`
+    /// (`http://` base URLs), falling over to the next proxy after an unexpected drop.
+    pub fn connect(prefix: &str, count: usize, proxies: &[String]) -> Fleet {
+        let stop = CancellationToken::new();
+        let ws: Vec<String> = proxies
+            .iter()
+            .map(|p| p.replacen("http://", "ws://", 1))
+            .collect();
+        let clients = (0..count)
+            .map(|i| {
+                let client = Client::new(format!("{prefix}-{i}"));
+                tokio::spawn(client.clone().run(ws.clone(), i, stop.clone()));
+                client
+            })
+            .collect();
+        Fleet { clients, stop }
+    }
+
+    /// Copies of every record, by user.
+    pub fn records(&self) -> BTreeMap<String, Record> {
+        self.clients
+            .iter()
+            .map(|c| (c.user.clone(), c.snapshot()))
+            .collect()
+    }
+
+    /// The users for whom `select` holds (for example: whose key a ring change moved).
+    pub fn users(&self, select: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        self.clients
+            .iter()
+            .filter(|c| select(&c.user))
+            .map(|c| c.user.clone())
+            .collect()
+    }
+
+    /// Waits until every client is connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_until_none("every client connected", timeout, |_, r| !r.connected)
+            .await
+            .map(drop)
+    }
+
+    /// Waits until every client accepted at least `count` messages.
+    pub async fn wait_messages(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let what = format!("{count} messages at every client");
+        self.wait_until_none(&what, timeout, |_, r| r.messages.len() < count)
+            .await
+            .map(drop)
+    }
+
+    /// Waits until every client is connected to the owner `ring` names for it; answers how
+    /// long that took.
+    pub async fn wait_on_owners(&self, ring: &Ring, timeout: Duration) -> anyhow::Result<Duration> {
+        self.wait_until_none("every client on its owner", timeout, |user, r| {
+            let owner = ring.owner(user).map(|m| m.id.as_str()).ok();
+            !r.connected || r.node.as_deref() != owner
+        })
+        .await
+    }
+
+    /// Waits until `lagging` holds for no client; answers how long that took.
+    async fn wait_until_none(
+        &self,
+        what: &str,
+        timeout: Duration,
+        lagging: impl Fn(&str, &Record) -> bool,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let lagging = &lagging;
+        wait_for(what, timeout, || async move {
+            let behind: Vec<&str> = self
+                .clients
+                .iter()
+                .filter(|c| lagging(&c.user, &c.snapshot()))
+                .map(|c| c.user.as_str())
+                .collect();
+            if behind.is_empty() {
+                return Ok(Some(started.elapsed()));
+            }
+            let examples = &behind[..behind.len().min(EXAMPLES_IN_ERRORS)];
+            bail!("{} clients not there yet, e.g. {examples:?}", behind.len())
+        })
+        .await
+    }
+
+    /// Sends message `<user>:<seq>` to every client through the proxies (round robin, each
+    /// send retried by [`send_with_retry`]), `concurrency` at a time.
+    pub async fn send_round(
+        &self,
+        proxies: &[String],
+        seq: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        let results: Vec<anyhow::Result<()>> =
+            futures_util::stream::iter(self.clients.iter().enumerate())
+                .map(|(i, c)| async move {
+                    send_with_retry(proxies, i, &c.user, &format!("{}:{seq}", c.user)).await
+                })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+        results.into_iter().collect()
+    }
+
+    /// Stops every client.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The users whose record holds at least one reset frame.
+pub fn reset_users(records: &BTreeMap<String, Record>) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter(|(_, r)| !r.resets.is_empty())
+        .map(|(u, _)| u.clone())
+        .collect()
+}
+
+/// `GET /send?userId=…&message=…` through proxy `i % n` (`http://` base URLs), retried on the
+/// next proxy while it fails (a proxy being killed, a node refusing under a newer ring), for up
+/// to [`SEND_RETRY_SECONDS`].
+pub async fn send_with_retry(
+    proxies: &[String],
+    i: usize,
+    user: &str,
+    message: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!proxies.is_empty(), "no proxy to send {message:?} through");
+    let deadline = Instant::now() + Duration::from_secs(SEND_RETRY_SECONDS);
+    let mut attempt = 0;
+    loop {
+        let proxy = &proxies[(i + attempt) % proxies.len()];
+        attempt += 1;
+        let url = format!(
+            "{proxy}/send?userId={}&message={}",
+            percent_encode(user),
+            percent_encode(message)
+        );
+        let error = match http::request(Method::GET, &url, None).await {
+            Ok(r) if r.status == StatusCode::OK => return Ok(()),
+            Ok(r) => format!("{} {}", r.status, r.text()),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("sending to {user} failed for {SEND_RETRY_SECONDS} s: {error}");
+        }
+        tokio::time::sleep(Duration::from_millis(SEND_RETRY_PAUSE_MS)).await;
+    }
+}

@@ -1,0 +1,154 @@
+//! How every end-to-end scenario begins, proceeds in rounds of messages, and ends.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::env::env_count;
+use crate::fleet::Fleet;
+use crate::local::{Local, LocalOptions, settled};
+use crate::wait::run_bounded;
+
+/// The variable that overrides a scenario's client count.
+pub const CLIENTS_ENV: &str = "WSCLUSTER_E2E_CLIENTS";
+/// Proxy processes in every scenario: enough to kill one and keep routing.
+pub const PROXIES: u32 = 2;
+/// `/send` calls in flight at once during a round.
+pub const SEND_CONCURRENCY: usize = 64;
+/// Longest a round may take to reach every client.
+pub const ROUND_TIMEOUT_SECONDS: u64 = 60;
+/// Longest one scenario may run, start-up and clean-up included.
+pub const SCENARIO_TIMEOUT_SECONDS: u64 = 300;
+
+/// What a scenario starts: its name (for unique cluster ids and key prefixes), its node
+/// count, its users' name prefix and its client count unless [`CLIENTS_ENV`] says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Base of the unique cluster id and Redis prefix.
+    pub name: &'static str,
+    /// Nodes local mode starts with.
+    pub nodes: u32,
+    /// Users are `<user_prefix>-<i>`.
+    pub user_prefix: &'static str,
+    /// Clients when [`CLIENTS_ENV`] is unset.
+    pub default_clients: usize,
+}
+
+impl Scenario {
+    /// A scenario description.
+    pub const fn new(
+        name: &'static str,
+        nodes: u32,
+        user_prefix: &'static str,
+        default_clients: usize,
+    ) -> Scenario {
+        Scenario {
+            name,
+            nodes,
+            user_prefix,
+            default_clients,
+        }
+    }
+
+    /// Starts the scenario ([`Started::new`]) and runs `body` on it, all within
+    /// [`SCENARIO_TIMEOUT_SECONDS`]; panics with the whole error chain on failure.
+    pub async fn run<F, Fut>(self, body: F)
+    where
+        F: FnOnce(Started) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let limit = Duration::from_secs(SCENARIO_TIMEOUT_SECONDS);
+        run_bounded(limit, async move { body(Started::new(self).await?).await }).await;
+    }
+}
+
+/// A started scenario: local mode with real backends, the clients connected through its
+/// proxies, and the rounds of messages sent so far (round 1 delivered to everyone).
+pub struct Started {
+    /// Local mode.
+    pub local: Local,
+    /// The proxies' base URLs (`http://…`).
+    pub proxies: Vec<String>,
+    /// The connected clients.
+    pub fleet: Fleet,
+    /// How many clients.
+    pub clients: usize,
+    /// Rounds sent so far; round `n` sends `<user>:<n>` to every user.
+    pub rounds: usize,
+}
+
+impl Started {
+    /// Starts local mode (`scenario.nodes` nodes, [`PROXIES`] proxies), connects the clients
+    /// and waits until the first round of messages reached them all.
+    pub async fn new(scenario: Scenario) -> anyhow::Result<Started> {
+        let clients = env_count(CLIENTS_ENV, scenario.default_clients);
+        let options = LocalOptions::real_backends(scenario.name, scenario.nodes, PROXIES);
+        let local = Local::start(options).await?;
+        let proxies = local.proxy_urls().await?;
+        let fleet = Fleet::connect(scenario.user_prefix, clients, &proxies);
+        let mut started = Started {
+            local,
+            proxies,
+            fleet,
+            clients,
+            rounds: 0,
+        };
+        started
+            .fleet
+            .wait_connected(started.connect_limit())
+            .await?;
+        started.deliver_round().await?;
+        Ok(started)
+    }
+
+    /// How long every client may take to (re)connect: more clients, more time.
+    pub fn connect_limit(&self) -> Duration {
+        Duration::from_secs(30 + self.clients as u64 / 100)
+    }
+
+    /// Sends the next round to every client; does not wait for it to arrive.
+    pub async fn send_round(&mut self) -> anyhow::Result<()> {
+        self.rounds += 1;
+        self.fleet
+            .send_round(&self.proxies, self.rounds, SEND_CONCURRENCY)
+            .await
+    }
+
+    /// Sends the next round and waits until every client has every round so far.
+    pub async fn deliver_round(&mut self) -> anyhow::Result<()> {
+        self.send_round().await?;
+        self.fleet
+            .wait_messages(self.rounds, Duration::from_secs(ROUND_TIMEOUT_SECONDS))
+            .await
+    }
+
+    /// Keeps sending rounds until local mode has `nodes` active members applied by every
+    /// proxy, or fails once `limit` has passed since `since`, naming `what` it waited for.
+    /// Answers that settled state.
+    pub async fn send_until_settled(
+        &mut self,
+        nodes: usize,
+        since: Instant,
+        limit: Duration,
+        what: &str,
+    ) -> anyhow::Result<Value> {
+        loop {
+            self.send_round().await?;
+            let state = self.local.state().await?;
+            if settled(&state, nodes) {
+                return Ok(state);
+            }
+            anyhow::ensure!(
+                since.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}"
+            );
+        }
+    }
+
+    /// Stops the clients, then local mode (see [`Local::stop`]).
+    pub async fn finish(self) -> anyhow::Result<()> {
+        self.fleet.close();
+        self.local.stop().await
+    }
+}

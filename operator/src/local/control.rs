@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use wscluster_ring::contract::{MAX_KEY_LEN, validate_key};
+use wscluster_ring::contract::{MAX_KEY_LEN, percent_encode as encode, validate_key};
 
 use super::process::{HttpClient, http_call};
 use super::supervisor::{ApiError, Command, Request as SupervisorRequest};
@@ -267,19 +267,6 @@ fn check_message(message: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986 §2.3).
-fn encode(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn proxy_url(control: &Control) -> Result<String, ApiError> {
@@ -579,12 +566,6 @@ mod tests {
         let state: Value = serde_json::from_slice(&body).expect("JSON");
         assert!(state.get("ringVersion").is_some());
         shutdown.cancel();
-    }
-
-    #[test]
-    fn encoding_keeps_unreserved_characters_and_escapes_the_rest() {
-        assert_eq!(encode("alice-1_2.3~"), "alice-1_2.3~");
-        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 
     #[test]

@@ -84,13 +84,13 @@ pub enum KeySourceSpec {
     Jwt(JwtSpec),
 }
 
-/// The YAML shape of a key source: a map with exactly one of these keys. (serde_yaml writes
-/// externally tagged enums as YAML tags, `!path ...`; the documented form is a plain map.)
-///
-/// `J` is the shape of the `jwt` entry: [`JwtSpec`] in `proxy.yaml`; the operator's
-/// `WsCluster` uses this same map with a jwt entry that names a Secret instead of a key file.
-/// (A missing `Option` field is `None` without `#[serde(default)]`, which would demand
-/// `J: Default`.)
+/// One place to find the business key: a map that sets exactly one of `path`, `query`,
+/// `header`, `cookie`, `jwt`. In a `WsCluster` the jwt entry names a Secret where `proxy.yaml`
+/// names a key file; the operator renders the one into the other.
+// This is the YAML shape of a `KeySourceSpec` (serde_yaml writes externally tagged enums as
+// YAML tags, `!path ...`; the documented form is a plain map). `J` is the jwt entry: `JwtSpec`
+// here, the operator's Secret-backed `JwtSource` in the CRD. A missing `Option` field is `None`
+// without `#[serde(default)]`, which would demand `J: Default`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

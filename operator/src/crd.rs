@@ -22,6 +22,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use wscluster_proxy::config::{
+    DEFAULT_JWT_CLAIM, DEFAULT_TOKEN_QUERY_PARAM, JwtSpec, MAX_KEY_SOURCE_NAME_CHARS,
+};
+pub use wscluster_proxy::config::{JwtAlgorithm, KeySourceMap, Limits, ResetConfig, TokenFrom};
 
 /// Default node image.
 pub const DEFAULT_NODE_IMAGE: &str = "ghcr.io/wscluster/wscluster-node:0.1.0";
@@ -106,9 +110,10 @@ pub struct WsClusterSpec {
     #[serde(default = "default_key_sources")]
     #[schemars(length(min = 1, max = 8))]
     pub key_sources: Vec<KeySource>,
-    /// Pacing of client resets when the ring changes.
+    /// Pacing of client resets when the ring changes, per proxy. Rendered 1:1 into
+    /// `proxy.yaml` (`resets`).
     #[serde(default)]
-    pub resets: ResetSpec,
+    pub resets: ResetConfig,
     /// How long draining nodes keep their pods after every proxy applied the ring that drains
     /// them, so their clients can be reset and reconnect elsewhere.
     #[serde(default = "default_drain_timeout_seconds")]
@@ -153,7 +158,7 @@ impl Default for WsClusterSpec {
             node: NodeSpec::default(),
             proxy: ProxySpec::default(),
             key_sources: default_key_sources(),
-            resets: ResetSpec::default(),
+            resets: ResetConfig::default(),
             drain_timeout_seconds: default_drain_timeout_seconds(),
             ring: RingSpec::default(),
             redis: None,
@@ -309,6 +314,9 @@ pub struct ProxySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
+    /// Resource limits of each proxy. Rendered 1:1 into `proxy.yaml` (`limits`).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_proxy_replicas() -> i32 {
@@ -334,81 +342,23 @@ impl Default for ProxySpec {
             node_port: None,
             resources: None,
             env: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
 
-/// One place to find the business key. Exactly one field is set; the shape is the proxy
-/// config's `keySources` entry, so the operator renders it unchanged (except `jwt.secretRef`,
-/// which becomes the mounted `keyFile`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "(has(self.path) ? 1 : 0) + (has(self.query) ? 1 : 0) + (has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.jwt) ? 1 : 0) == 1",
-        "message": "a keySource sets exactly one of path, query, header, cookie, jwt"
-    },
-    {
-        "rule": "!has(self.path) || (self.path.startsWith('/') && self.path.indexOf('{key}') >= 0 && self.path.indexOf('{key}') == self.path.lastIndexOf('{key}'))",
-        "message": "path must start with / and contain {key} exactly once"
-    }
-]))]
-pub struct KeySource {
-    /// A path pattern with one `{key}` segment, such as `/connect/{key}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub path: Option<String>,
-    /// A query parameter name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub query: Option<String>,
-    /// A request header name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"),
-        length(min = 1, max = 256)
-    )]
-    pub header: Option<String>,
-    /// A cookie name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub cookie: Option<String>,
-    /// A claim of a verified JWT. When configured it is authoritative: no valid token, no
-    /// connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwt: Option<JwtSource>,
-}
+/// One place to find the business key: the proxy's own `keySources` entry (its shape, its
+/// schema and its CEL rules), except that a jwt source names a Secret ([`JwtSource`]) where
+/// the proxy reads a file.
+pub type KeySource = KeySourceMap<JwtSource>;
 
-/// JWT signature algorithms the proxy verifies.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-pub enum JwtAlgorithm {
-    /// HMAC-SHA256 with a shared secret.
-    #[default]
-    HS256,
-    /// RSA PKCS#1 v1.5 with SHA-256; the key is a PEM public key.
-    RS256,
-    /// ECDSA P-256 with SHA-256; the key is a PEM public key.
-    ES256,
-}
-
-/// Where the proxy reads the token.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenLocation {
-    /// `Authorization: Bearer <token>`.
-    #[default]
-    Header,
-    /// A query parameter (`queryParam`), for browsers that cannot set headers on WebSockets.
-    Query,
-}
-
-/// The key is a claim of a verified JWT.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// The key is a claim of a verified JWT: the proxy's jwt source with the key in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JwtSource {
     /// The claim holding the key.
     #[serde(default = "default_claim")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = MAX_KEY_SOURCE_NAME_CHARS))]
     pub claim: String,
     /// The signature algorithm.
     #[serde(default)]
@@ -418,19 +368,33 @@ pub struct JwtSource {
     pub secret_ref: SecretKeyRef,
     /// Where the token is read.
     #[serde(default)]
-    pub from: TokenLocation,
+    pub from: TokenFrom,
     /// The query parameter for `from: query`.
     #[serde(default = "default_query_param")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = MAX_KEY_SOURCE_NAME_CHARS))]
     pub query_param: String,
 }
 
+impl JwtSource {
+    /// The proxy's jwt source: the same settings, with the key read from `key_file`, where
+    /// the operator mounts [`JwtSource::secret_ref`].
+    pub fn into_proxy(self, key_file: &str) -> JwtSpec {
+        JwtSpec {
+            claim: self.claim,
+            algorithm: self.algorithm,
+            key_file: key_file.into(),
+            from: self.from,
+            query_param: self.query_param,
+        }
+    }
+}
+
 fn default_claim() -> String {
-    "sub".into()
+    DEFAULT_JWT_CLAIM.into()
 }
 
 fn default_query_param() -> String {
-    "access_token".into()
+    DEFAULT_TOKEN_QUERY_PARAM.into()
 }
 
 /// A key of a Secret in the cluster's namespace.
@@ -451,37 +415,6 @@ pub struct SecretKeyRef {
 
 fn default_secret_key() -> String {
     "key".into()
-}
-
-/// Pacing of client resets when the ring changes (per proxy).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ResetSpec {
-    /// Resets started per second per proxy.
-    #[serde(default = "default_rate_per_second")]
-    #[schemars(range(min = 1, max = 100000))]
-    pub rate_per_second: i32,
-    /// `retryAfterMs` handed to clients is spread over `[0, jitterMs]`.
-    #[serde(default = "default_jitter_ms")]
-    #[schemars(range(min = 0, max = 600000))]
-    pub jitter_ms: i32,
-}
-
-fn default_rate_per_second() -> i32 {
-    500
-}
-
-fn default_jitter_ms() -> i32 {
-    2000
-}
-
-impl Default for ResetSpec {
-    fn default() -> Self {
-        ResetSpec {
-            rate_per_second: default_rate_per_second(),
-            jitter_ms: default_jitter_ms(),
-        }
-    }
 }
 
 /// Ring algorithm parameters (see `wscluster_ring::RingParams`).

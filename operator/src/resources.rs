@@ -27,9 +27,10 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
+use wscluster_proxy::config::{DEFAULT_JWT_KEY_FILE, KeySourceSpec, ProxyConfig};
+use wscluster_proxy::error::Error as ProxyError;
 
-use crate::crd::{ConnectionSpec, JwtAlgorithm, TokenLocation, WsCluster};
+use crate::crd::{ConnectionSpec, WsCluster, WsClusterSpec};
 use crate::error::{Error, Result};
 
 /// Port the proxy serves clients on inside its pod.
@@ -48,8 +49,9 @@ pub const PROXY_CONFIG_FILE: &str = "/etc/wscluster/proxy.yaml";
 pub const PROXY_CONFIG_KEY: &str = "proxy.yaml";
 /// Directory the JWT key Secret is mounted at.
 pub const JWT_KEY_DIR: &str = "/etc/wscluster/jwt";
-/// File of the JWT key inside proxy pods.
-pub const JWT_KEY_FILE: &str = "/etc/wscluster/jwt/key";
+/// File of the JWT key inside proxy pods (`JWT_KEY_DIR` + the Secret item's path `key`): the
+/// proxy's default `keyFile`.
+pub const JWT_KEY_FILE: &str = DEFAULT_JWT_KEY_FILE;
 /// Pod annotation holding a hash of the rendered proxy configuration, so a config change
 /// rolls the proxies.
 pub const CONFIG_HASH_ANNOTATION: &str = "wscluster.io/config-hash";
@@ -579,76 +581,41 @@ pub fn ring_token_secret(c: &WsCluster, token: &str) -> Result<Secret> {
     })
 }
 
-/// The proxy's configuration file (`keySources`, `resets`, `drainTimeoutSeconds`), the shape
-/// the proxy parses (unknown fields are rejected there, so only known ones are written).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ProxyConfigDoc {
-    key_sources: Vec<KeySourceDoc>,
-    resets: ResetsDoc,
-    drain_timeout_seconds: i32,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct KeySourceDoc {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    query: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    header: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cookie: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    jwt: Option<JwtDoc>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JwtDoc {
-    claim: String,
-    algorithm: JwtAlgorithm,
-    key_file: &'static str,
-    from: TokenLocation,
-    query_param: String,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResetsDoc {
-    rate_per_second: i32,
-    jitter_ms: i32,
-}
-
-/// Renders `proxy.yaml` from the spec.
-pub fn proxy_config_yaml(c: &WsCluster) -> Result<String> {
-    let doc = ProxyConfigDoc {
-        key_sources: c
-            .spec
-            .key_sources
-            .iter()
-            .map(|s| KeySourceDoc {
-                path: s.path.clone(),
-                query: s.query.clone(),
-                header: s.header.clone(),
-                cookie: s.cookie.clone(),
-                jwt: s.jwt.as_ref().map(|j| JwtDoc {
-                    claim: j.claim.clone(),
-                    algorithm: j.algorithm,
-                    key_file: JWT_KEY_FILE,
-                    from: j.from,
-                    query_param: j.query_param.clone(),
-                }),
-            })
-            .collect(),
-        resets: ResetsDoc {
-            rate_per_second: c.spec.resets.rate_per_second,
-            jitter_ms: c.spec.resets.jitter_ms,
-        },
-        drain_timeout_seconds: c.spec.drain_timeout_seconds,
+/// The proxy's configuration for a spec, as the proxy's own type: `keySources` (a jwt
+/// `secretRef` becomes [`JWT_KEY_FILE`], where [`proxy_deployment`] mounts it), `resets`,
+/// `drainTimeoutSeconds` and `proxy.limits`, checked by [`ProxyConfig::validate`] so the
+/// operator never renders a file the proxy would refuse. The error names the spec field.
+pub fn proxy_config(spec: &WsClusterSpec) -> Result<ProxyConfig, String> {
+    let key_sources = spec
+        .key_sources
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let source = source.clone().map_jwt(|jwt| jwt.into_proxy(JWT_KEY_FILE));
+            KeySourceSpec::try_from(source).map_err(|e| format!("keySources[{i}] {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let drain_timeout_seconds = u64::try_from(spec.drain_timeout_seconds)
+        .map_err(|_| "drainTimeoutSeconds must not be negative".to_string())?;
+    let config = ProxyConfig {
+        key_sources,
+        resets: spec.resets,
+        drain_timeout_seconds,
+        limits: spec.proxy.limits,
     };
-    serde_yaml::to_string(&doc).map_err(|e| Error::Render {
+    config.validate().map_err(|e| match e {
+        // `limits` is the one field the spec nests elsewhere (under `proxy`).
+        ProxyError::Config(m) if m.starts_with("limits.") => format!("proxy.{m}"),
+        ProxyError::Config(m) => m,
+        other => other.to_string(),
+    })?;
+    Ok(config)
+}
+
+/// Renders `proxy.yaml` from the spec: [`proxy_config`], serialised.
+pub fn proxy_config_yaml(c: &WsCluster) -> Result<String> {
+    let config = proxy_config(&c.spec).map_err(Error::InvalidSpec)?;
+    serde_yaml::to_string(&config).map_err(|e| Error::Render {
         what: "proxy.yaml",
         message: e.to_string(),
     })
@@ -662,6 +629,10 @@ pub fn config_hash(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
+
+    use wscluster_proxy::config::{JwtAlgorithm, JwtSpec, Limits, ResetConfig, TokenFrom};
+
     use crate::crd::{JwtSource, KeySource, SecretKeyRef};
     use crate::fixtures::WsClusterExt;
 
@@ -775,35 +746,118 @@ mod tests {
         assert_eq!(ports[1].port, 9090);
     }
 
+    /// What the proxy reads from the rendered file: parsed and validated by its own loader.
+    fn rendered(c: &WsCluster) -> ProxyConfig {
+        let yaml = proxy_config_yaml(c).expect("renders");
+        ProxyConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("the proxy refuses {yaml}: {e}"))
+    }
+
+    fn jwt_source(algorithm: JwtAlgorithm, from: TokenFrom) -> KeySource {
+        KeySource {
+            jwt: Some(JwtSource {
+                claim: "uid".into(),
+                algorithm,
+                secret_ref: SecretKeyRef {
+                    name: "jwt-pub".into(),
+                    key: "pem".into(),
+                },
+                from,
+                query_param: "t".into(),
+            }),
+            ..KeySource::default()
+        }
+    }
+
     #[test]
-    fn proxy_yaml_matches_the_proxy_config_contract() {
-        let yaml = proxy_config_yaml(&WsCluster::test()).expect("yaml");
-        assert_eq!(
-            yaml,
-            "keySources:\n- path: /connect/{key}\n- query: userId\nresets:\n  ratePerSecond: 500\n  jitterMs: 2000\ndrainTimeoutSeconds: 30\n"
-        );
+    fn the_default_spec_renders_the_proxy_s_own_defaults() {
+        assert_eq!(rendered(&WsCluster::test()), ProxyConfig::default());
+    }
+
+    #[test]
+    fn every_option_of_the_spec_reaches_the_proxy_as_written() {
+        let limits = Limits {
+            max_connections: 5_000,
+            header_read_timeout_ms: 3_000,
+            max_header_bytes: 8_192,
+            idle_timeout_seconds: 60,
+            max_frame_bytes: 65_536,
+            connect_timeout_ms: 500,
+        };
+        let resets = ResetConfig {
+            rate_per_second: 42,
+            jitter_ms: 0,
+        };
+        for from in [TokenFrom::Header, TokenFrom::Query] {
+            let mut c = WsCluster::test();
+            c.spec.key_sources = vec![
+                jwt_source(JwtAlgorithm::ES256, from),
+                KeySource {
+                    path: Some("/ws/{key}/chat".into()),
+                    ..KeySource::default()
+                },
+                KeySource {
+                    query: Some("room".into()),
+                    ..KeySource::default()
+                },
+                KeySource {
+                    header: Some("X-Room".into()),
+                    ..KeySource::default()
+                },
+                KeySource {
+                    cookie: Some("room".into()),
+                    ..KeySource::default()
+                },
+            ];
+            c.spec.resets = resets;
+            c.spec.drain_timeout_seconds = 7;
+            c.spec.proxy.limits = limits;
+            let expected = ProxyConfig {
+                key_sources: vec![
+                    KeySourceSpec::Jwt(JwtSpec {
+                        claim: "uid".into(),
+                        algorithm: JwtAlgorithm::ES256,
+                        key_file: PathBuf::from("/etc/wscluster/jwt/key"),
+                        from,
+                        query_param: "t".into(),
+                    }),
+                    KeySourceSpec::Path("/ws/{key}/chat".into()),
+                    KeySourceSpec::Query("room".into()),
+                    KeySourceSpec::Header("X-Room".into()),
+                    KeySourceSpec::Cookie("room".into()),
+                ],
+                resets,
+                drain_timeout_seconds: 7,
+                limits,
+            };
+            assert_eq!(rendered(&c), expected, "from {from:?}");
+        }
+    }
+
+    #[test]
+    fn a_spec_the_proxy_would_refuse_is_not_rendered() {
+        let mut c = WsCluster::test();
+        c.spec.proxy.limits.max_frame_bytes = 1;
+        match proxy_config_yaml(&c) {
+            Err(Error::InvalidSpec(m)) => assert!(m.contains("proxy.limits.maxFrameBytes"), "{m}"),
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
     }
 
     #[test]
     fn a_jwt_source_renders_the_mounted_key_file_and_mounts_the_secret() {
         let mut c = WsCluster::test();
-        c.spec.key_sources = vec![KeySource {
-            jwt: Some(JwtSource {
-                claim: "uid".into(),
-                algorithm: JwtAlgorithm::RS256,
-                secret_ref: SecretKeyRef {
-                    name: "jwt-pub".into(),
-                    key: "pem".into(),
-                },
-                from: TokenLocation::Query,
-                query_param: "t".into(),
-            }),
-            ..KeySource::default()
-        }];
-        let yaml = proxy_config_yaml(&c).expect("yaml");
-        assert!(
-            yaml.contains("- jwt:\n    claim: uid\n    algorithm: RS256\n    keyFile: /etc/wscluster/jwt/key\n    from: query\n    queryParam: t\n"),
-            "{yaml}"
+        c.spec.key_sources = vec![jwt_source(JwtAlgorithm::RS256, TokenFrom::Query)];
+        let KeySourceSpec::Jwt(jwt) = &rendered(&c).key_sources[0] else {
+            panic!("expected a jwt source");
+        };
+        assert_eq!(
+            (
+                jwt.claim.as_str(),
+                jwt.algorithm,
+                jwt.from,
+                jwt.query_param.as_str()
+            ),
+            ("uid", JwtAlgorithm::RS256, TokenFrom::Query, "t")
         );
         let dep = proxy_deployment(&c, &settings(), "h").expect("deployment");
         let pod = dep.spec.expect("spec").template.spec.expect("pod");
@@ -815,9 +869,16 @@ mod tests {
             .expect("jwt volume");
         let secret = vol.secret.expect("secret");
         assert_eq!(secret.secret_name.as_deref(), Some("jwt-pub"));
-        assert_eq!(secret.items.expect("items")[0].key, "pem");
+        let item = &secret.items.expect("items")[0];
+        assert_eq!(item.key, "pem");
         let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
-        assert!(mounts.iter().any(|m| m.mount_path == JWT_KEY_DIR));
+        let mount = mounts
+            .iter()
+            .find(|m| m.name == "jwt-key")
+            .expect("jwt mount");
+        assert_eq!(mount.mount_path, JWT_KEY_DIR);
+        // The file the proxy is told to read is the one the Secret's item becomes.
+        assert_eq!(jwt.key_file, Path::new(&mount.mount_path).join(&item.path));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Checks of a spec that the CRD schema cannot express, or that an API server without CEL
-//! would not enforce. Pure; a failure becomes a `Degraded` condition with reason
-//! `InvalidSpec`, never a crash, and touches no other cluster.
+//! would not enforce. The key sources, resets and limits are checked by the proxy's own
+//! `ProxyConfig::validate`, on the configuration rendered from them. Pure; a failure becomes a
+//! `Degraded` condition with reason `InvalidSpec`, never a crash, and touches no other cluster.
 
 use crate::crd::{SecretKeyRef, WsClusterSpec};
-use crate::resources::RESERVED_ENV;
+use crate::resources::{RESERVED_ENV, proxy_config};
 
 /// A Secret key the spec depends on, and what for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,38 +36,12 @@ pub fn referenced_secrets(spec: &WsClusterSpec) -> Vec<SecretUse> {
 }
 
 /// Checks the rules the schema also states (for API servers that do not run CEL) and those it
-/// cannot (reserved environment variables). The message names the field.
+/// cannot (reserved environment variables, the proxy's own checks of its configuration). The
+/// message names the field.
 pub fn validate_spec(spec: &WsClusterSpec) -> Result<(), String> {
-    for (i, source) in spec.key_sources.iter().enumerate() {
-        let set = [
-            source.path.is_some(),
-            source.query.is_some(),
-            source.header.is_some(),
-            source.cookie.is_some(),
-            source.jwt.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if set != 1 {
-            return Err(format!(
-                "keySources[{i}] sets {set} of path, query, header, cookie, jwt; exactly one is needed"
-            ));
-        }
-        if let Some(path) = &source.path
-            && (!path.starts_with('/') || path.matches("{key}").count() != 1)
-        {
-            return Err(format!(
-                "keySources[{i}].path {path:?} must start with / and contain {{key}} exactly once"
-            ));
-        }
-    }
-    if spec.key_sources.is_empty() {
-        return Err("keySources is empty; at least one is needed".into());
-    }
-    if spec.key_sources.iter().filter(|s| s.jwt.is_some()).count() > 1 {
-        return Err("at most one keySource may be a jwt source".into());
-    }
+    // Key sources, resets and limits: exactly the checks the proxy runs on the file rendered
+    // from them.
+    proxy_config(spec)?;
     for (conn, field) in [(&spec.redis, "redis"), (&spec.rabbitmq, "rabbitmq")] {
         if let Some(c) = conn
             && c.url.is_some() == c.secret_ref.is_some()
@@ -88,8 +63,10 @@ pub fn validate_spec(spec: &WsClusterSpec) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ConnectionSpec, KeySource};
+    use crate::crd::{ConnectionSpec, JwtSource, KeySource, WsCluster};
     use k8s_openapi::api::core::v1::EnvVar;
+    use kube::CustomResourceExt;
+    use serde_json::Value;
 
     #[test]
     fn the_default_spec_is_valid_and_references_no_secret() {
@@ -156,5 +133,98 @@ mod tests {
                 field: "redis.secretRef"
             }]
         );
+    }
+
+    fn jwt_source() -> KeySource {
+        KeySource {
+            jwt: Some(JwtSource {
+                claim: "sub".into(),
+                algorithm: Default::default(),
+                secret_ref: SecretKeyRef {
+                    name: "jwt".into(),
+                    key: "key".into(),
+                },
+                from: Default::default(),
+                query_param: "access_token".into(),
+            }),
+            ..KeySource::default()
+        }
+    }
+
+    #[test]
+    fn a_value_the_proxy_would_refuse_is_refused_with_the_spec_field_named() {
+        type Break = fn(&mut WsClusterSpec);
+        let cases: [(Break, &str); 8] = [
+            (
+                |s| s.proxy.limits.max_header_bytes = 100,
+                "proxy.limits.maxHeaderBytes must be 8192 to 1048576",
+            ),
+            (
+                |s| s.proxy.limits.connect_timeout_ms = 0,
+                "proxy.limits.connectTimeoutMs must be at least 1",
+            ),
+            (|s| s.resets.rate_per_second = 0, "resets.ratePerSecond"),
+            (|s| s.drain_timeout_seconds = -1, "drainTimeoutSeconds"),
+            (|s| s.key_sources.clear(), "at least one"),
+            (
+                // The CEL rule refuses it too; an API server without CEL does not.
+                |s| s.key_sources[0].path = Some("/connect/x{key}".into()),
+                "keySources[0]: path pattern",
+            ),
+            (
+                |s| s.key_sources[1].query = None,
+                "keySources[1] sets 0 of path, query, header, cookie, jwt",
+            ),
+            (
+                |s| s.key_sources = vec![jwt_source(), jwt_source()],
+                "at most one jwt",
+            ),
+        ];
+        for (break_it, needle) in cases {
+            let mut spec = WsClusterSpec::default();
+            break_it(&mut spec);
+            let err = validate_spec(&spec).expect_err(needle);
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    /// `spec` with the integer at `path` set to `value`, if the types can hold it.
+    fn spec_with(path: &[&str], value: i64) -> Option<WsClusterSpec> {
+        let mut json = serde_json::to_value(WsClusterSpec::default()).expect("serialises");
+        let field = path.iter().try_fold(&mut json, |v, key| v.get_mut(*key))?;
+        *field = Value::from(value);
+        serde_json::from_value(json).ok()
+    }
+
+    #[test]
+    fn every_bound_the_crd_states_for_resets_and_limits_is_the_proxy_s() {
+        let crd = serde_json::to_value(WsCluster::crd()).expect("serialises");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let mut checked = 0;
+        for parent in [&["resets"][..], &["proxy", "limits"]] {
+            let schema = parent.iter().fold(spec, |s, key| &s["properties"][*key]);
+            let fields = schema["properties"].as_object().expect("properties");
+            for (name, field) in fields {
+                let path = [parent, &[name.as_str()][..]].concat();
+                for (bound, step) in [("minimum", -1), ("maximum", 1)] {
+                    let Some(at) = field[bound].as_f64().map(|b| b as i64) else {
+                        continue;
+                    };
+                    let on = spec_with(&path, at).expect("the bound fits the type");
+                    assert_eq!(validate_spec(&on), Ok(()), "{path:?} = {at}");
+                    if let Some(past) = spec_with(&path, at + step) {
+                        let err = validate_spec(&past).expect_err(name);
+                        assert!(
+                            err.contains(name.as_str()),
+                            "{path:?} = {}: {err}",
+                            at + step
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        // resets: 2 + 1 maximum; limits: 6 minimums + 1 maximum.
+        assert!(checked >= 10, "only {checked} bounds found");
     }
 }

@@ -20,6 +20,24 @@ use crate::error::{Error, Result};
 
 /// Smallest header buffer hyper accepts (its `max_buf_size` minimum).
 pub const MIN_HEADER_BYTES: usize = 8192;
+/// Largest `limits.maxHeaderBytes` accepted (1 MiB).
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// Smallest `limits.maxFrameBytes`: the largest control frame payload (RFC 6455 §5.5).
+pub const MIN_FRAME_BYTES: u64 = 125;
+/// Largest `resets.ratePerSecond`: far above what one proxy can reset, and a bound the
+/// `WsCluster` schema can state.
+pub const MAX_RESETS_PER_SECOND: u32 = 100_000;
+/// Largest `resets.jitterMs` (10 minutes).
+pub const MAX_JITTER_MS: u64 = 600_000;
+/// Longest name a key source may use in a `WsCluster` (the schema needs a bound so the API
+/// server can cost its CEL rules; the proxy itself accepts longer ones).
+pub const MAX_KEY_SOURCE_NAME_CHARS: usize = 256;
+/// The default `jwt.keyFile`: where the operator mounts the key Secret.
+pub const DEFAULT_JWT_KEY_FILE: &str = "/etc/wscluster/jwt/key";
+/// The default `jwt.claim`.
+pub const DEFAULT_JWT_CLAIM: &str = "sub";
+/// The default `jwt.queryParam`.
+pub const DEFAULT_TOKEN_QUERY_PARAM: &str = "access_token";
 
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +70,7 @@ impl Default for ProxyConfig {
 /// One place a key can come from. In YAML a one-entry map: `path: "/connect/{key}"`,
 /// `query: userId`, `header: X-User-Id`, `cookie: uid`, `jwt: {...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawKeySource", into = "RawKeySource")]
+#[serde(try_from = "KeySourceMap<JwtSpec>", into = "KeySourceMap<JwtSpec>")]
 pub enum KeySourceSpec {
     /// A path pattern with exactly one `{key}` segment, e.g. `/connect/{key}`.
     Path(String),
@@ -66,85 +84,161 @@ pub enum KeySourceSpec {
     Jwt(JwtSpec),
 }
 
-/// The YAML shape of a key source: a map with exactly one of these keys. (serde_yaml writes
-/// externally tagged enums as YAML tags, `!path ...`; the documented form is a plain map.)
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// One place to find the business key: a map that sets exactly one of `path`, `query`,
+/// `header`, `cookie`, `jwt`. In a `WsCluster` the jwt entry names a Secret where `proxy.yaml`
+/// names a key file; the operator renders the one into the other.
+// This is the YAML shape of a `KeySourceSpec` (serde_yaml writes externally tagged enums as
+// YAML tags, `!path ...`; the documented form is a plain map). `J` is the jwt entry: `JwtSpec`
+// here, the operator's Secret-backed `JwtSource` in the CRD. A missing `Option` field is `None`
+// without `#[serde(default)]`, which would demand `J: Default`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawKeySource {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    query: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    header: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cookie: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    jwt: Option<JwtSpec>,
+#[cfg_attr(feature = "schema", schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.path) ? 1 : 0) + (has(self.query) ? 1 : 0) + (has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.jwt) ? 1 : 0) == 1",
+        "message": "a keySource sets exactly one of path, query, header, cookie, jwt"
+    },
+    {
+        "rule": "!has(self.path) || self.path.matches('^/([^{}/]*/)*[{]key[}](/[^{}/]*)*$')",
+        "message": "path must start with / and contain {key} exactly once, as a whole segment"
+    }
+])))]
+pub struct KeySourceMap<J> {
+    /// A path pattern with exactly one `{key}` segment, such as `/connect/{key}`; other
+    /// segments are literal and may not contain braces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = MAX_KEY_SOURCE_NAME_CHARS))
+    )]
+    pub path: Option<String>,
+    /// A query parameter name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = MAX_KEY_SOURCE_NAME_CHARS))
+    )]
+    pub query: Option<String>,
+    /// A request header name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"),
+            length(min = 1, max = MAX_KEY_SOURCE_NAME_CHARS)
+        )
+    )]
+    pub header: Option<String>,
+    /// A cookie name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = MAX_KEY_SOURCE_NAME_CHARS))
+    )]
+    pub cookie: Option<String>,
+    /// A claim of a verified JWT. When configured it is authoritative: no valid token, no
+    /// connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<J>,
 }
 
-impl TryFrom<RawKeySource> for KeySourceSpec {
+impl<J> Default for KeySourceMap<J> {
+    fn default() -> Self {
+        KeySourceMap {
+            path: None,
+            query: None,
+            header: None,
+            cookie: None,
+            jwt: None,
+        }
+    }
+}
+
+impl<J> KeySourceMap<J> {
+    /// The same entry with its jwt source converted (the operator turns a Secret reference
+    /// into the file it mounts).
+    pub fn map_jwt<K>(self, f: impl FnOnce(J) -> K) -> KeySourceMap<K> {
+        KeySourceMap {
+            path: self.path,
+            query: self.query,
+            header: self.header,
+            cookie: self.cookie,
+            jwt: self.jwt.map(f),
+        }
+    }
+
+    fn set_count(&self) -> usize {
+        [
+            self.path.is_some(),
+            self.query.is_some(),
+            self.header.is_some(),
+            self.cookie.is_some(),
+            self.jwt.is_some(),
+        ]
+        .into_iter()
+        .filter(|set| *set)
+        .count()
+    }
+}
+
+impl TryFrom<KeySourceMap<JwtSpec>> for KeySourceSpec {
     type Error = String;
 
-    fn try_from(raw: RawKeySource) -> std::result::Result<Self, String> {
-        let mut found = Vec::new();
-        if let Some(p) = raw.path {
-            found.push(KeySourceSpec::Path(p));
-        }
-        if let Some(q) = raw.query {
-            found.push(KeySourceSpec::Query(q));
-        }
-        if let Some(h) = raw.header {
-            found.push(KeySourceSpec::Header(h));
-        }
-        if let Some(c) = raw.cookie {
-            found.push(KeySourceSpec::Cookie(c));
-        }
-        if let Some(j) = raw.jwt {
-            found.push(KeySourceSpec::Jwt(j));
-        }
-        match found.len() {
-            1 => Ok(found.remove(0)),
-            n => Err(format!(
-                "a key source needs exactly one of path, query, header, cookie, jwt; found {n}"
+    /// The one entry that is set; the message (without a subject, so callers can prefix the
+    /// entry's position) says how many were.
+    fn try_from(map: KeySourceMap<JwtSpec>) -> std::result::Result<Self, String> {
+        let set = map.set_count();
+        match (map.path, map.query, map.header, map.cookie, map.jwt) {
+            (Some(p), None, None, None, None) => Ok(KeySourceSpec::Path(p)),
+            (None, Some(q), None, None, None) => Ok(KeySourceSpec::Query(q)),
+            (None, None, Some(h), None, None) => Ok(KeySourceSpec::Header(h)),
+            (None, None, None, Some(c), None) => Ok(KeySourceSpec::Cookie(c)),
+            (None, None, None, None, Some(j)) => Ok(KeySourceSpec::Jwt(j)),
+            _ => Err(format!(
+                "sets {set} of path, query, header, cookie, jwt; exactly one is needed"
             )),
         }
     }
 }
 
-impl From<KeySourceSpec> for RawKeySource {
+impl From<KeySourceSpec> for KeySourceMap<JwtSpec> {
     fn from(spec: KeySourceSpec) -> Self {
-        let mut raw = RawKeySource::default();
+        let mut map = KeySourceMap::default();
         match spec {
-            KeySourceSpec::Path(p) => raw.path = Some(p),
-            KeySourceSpec::Query(q) => raw.query = Some(q),
-            KeySourceSpec::Header(h) => raw.header = Some(h),
-            KeySourceSpec::Cookie(c) => raw.cookie = Some(c),
-            KeySourceSpec::Jwt(j) => raw.jwt = Some(j),
+            KeySourceSpec::Path(p) => map.path = Some(p),
+            KeySourceSpec::Query(q) => map.query = Some(q),
+            KeySourceSpec::Header(h) => map.header = Some(h),
+            KeySourceSpec::Cookie(c) => map.cookie = Some(c),
+            KeySourceSpec::Jwt(j) => map.jwt = Some(j),
         }
-        raw
+        map
     }
 }
 
 /// Signature algorithms accepted for JWTs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum JwtAlgorithm {
-    /// HMAC-SHA256 with a shared secret (the key file's bytes, trailing newline trimmed).
+    /// HMAC-SHA256 with a shared secret (the key's bytes, trailing newline trimmed).
+    #[default]
     HS256,
-    /// RSA PKCS#1 v1.5 with SHA-256; the key file is a PEM public key.
+    /// RSA PKCS#1 v1.5 with SHA-256; the key is a PEM public key.
     RS256,
-    /// ECDSA P-256 with SHA-256; the key file is a PEM public key.
+    /// ECDSA P-256 with SHA-256; the key is a PEM public key.
     ES256,
 }
 
 /// Where the token is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TokenFrom {
     /// `Authorization: Bearer <token>`.
     #[default]
     Header,
-    /// A query parameter (browsers cannot set headers on a WebSocket upgrade).
+    /// A query parameter (`queryParam`), for browsers that cannot set headers on a
+    /// WebSocket upgrade.
     Query,
 }
 
@@ -156,9 +250,9 @@ pub struct JwtSpec {
     #[serde(default = "default_claim")]
     pub claim: String,
     /// The signature algorithm (default HS256); tokens signed otherwise are refused.
-    #[serde(default = "default_algorithm")]
+    #[serde(default)]
     pub algorithm: JwtAlgorithm,
-    /// The HS256 secret or the PEM public key (default `/etc/wscluster/jwt/key`, where the
+    /// The HS256 secret or the PEM public key (default [`DEFAULT_JWT_KEY_FILE`], where the
     /// operator mounts it).
     #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
@@ -170,29 +264,31 @@ pub struct JwtSpec {
     pub query_param: String,
 }
 
-fn default_algorithm() -> JwtAlgorithm {
-    JwtAlgorithm::HS256
-}
-
 fn default_key_file() -> PathBuf {
-    PathBuf::from("/etc/wscluster/jwt/key")
+    PathBuf::from(DEFAULT_JWT_KEY_FILE)
 }
 
 fn default_claim() -> String {
-    "sub".into()
+    DEFAULT_JWT_CLAIM.into()
 }
 
 fn default_query_param() -> String {
-    "access_token".into()
+    DEFAULT_TOKEN_QUERY_PARAM.into()
 }
 
-/// Reset pacing.
+/// Pacing of resets after a ring change (per proxy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ResetConfig {
-    /// Resets started per second by this proxy.
+    /// Resets started per second by each proxy.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(range(min = 1, max = MAX_RESETS_PER_SECOND))
+    )]
     pub rate_per_second: u32,
     /// `retryAfterMs` handed to clients is uniform over `[0, jitterMs]`.
+    #[cfg_attr(feature = "schema", schemars(range(max = MAX_JITTER_MS)))]
     pub jitter_ms: u64,
 }
 
@@ -205,21 +301,31 @@ impl Default for ResetConfig {
     }
 }
 
-/// Resource limits.
+/// Resource limits of each proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Limits {
     /// Client connections held at once (HTTP and WebSocket); more are closed at accept.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_connections: usize,
     /// Time a client has to send complete request headers (slowloris defence).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub header_read_timeout_ms: u64,
     /// Largest request head accepted; larger gets 431.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(range(min = MIN_HEADER_BYTES, max = MAX_HEADER_BYTES))
+    )]
     pub max_header_bytes: usize,
     /// A spliced WebSocket with no bytes in either direction for this long is closed.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub idle_timeout_seconds: u64,
     /// Largest WebSocket frame payload passed through in either direction.
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_FRAME_BYTES)))]
     pub max_frame_bytes: u64,
     /// Time allowed to connect to an owner before answering 502.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub connect_timeout_ms: u64,
 }
 
@@ -273,65 +379,86 @@ impl ProxyConfig {
         ProxyConfig::from_yaml(&text)
     }
 
-    /// Checks the rules the types cannot express.
+    /// Checks the rules the types cannot express. Messages name the field, with the
+    /// position of a key source (`keySources[2]: ...`).
     pub fn validate(&self) -> Result<()> {
-        let fail = |m: String| Err(Error::Config(m));
-        if self.key_sources.is_empty() {
-            return fail("keySources must list at least one source".into());
+        validate_key_sources(&self.key_sources)
+            .and_then(|()| self.resets.validate())
+            .and_then(|()| self.limits.validate())
+            .map_err(Error::Config)
+    }
+}
+
+fn validate_key_sources(sources: &[KeySourceSpec]) -> std::result::Result<(), String> {
+    if sources.is_empty() {
+        return Err("keySources must list at least one source".into());
+    }
+    for (i, source) in sources.iter().enumerate() {
+        validate_key_source(source).map_err(|m| format!("keySources[{i}]: {m}"))?;
+    }
+    let jwt = sources
+        .iter()
+        .filter(|s| matches!(s, KeySourceSpec::Jwt(_)))
+        .count();
+    if jwt > 1 {
+        return Err("at most one jwt key source may be configured".into());
+    }
+    Ok(())
+}
+
+fn validate_key_source(source: &KeySourceSpec) -> std::result::Result<(), String> {
+    match source {
+        KeySourceSpec::Path(p) => crate::key::PathPattern::parse(p).map(drop),
+        KeySourceSpec::Query(n) | KeySourceSpec::Cookie(n) if n.is_empty() => {
+            Err("query and cookie key sources need a non-empty name".into())
         }
-        let mut jwt = 0;
-        for source in &self.key_sources {
-            match source {
-                KeySourceSpec::Path(p) => {
-                    crate::key::PathPattern::parse(p).map_err(Error::Config)?;
-                }
-                KeySourceSpec::Query(n) | KeySourceSpec::Cookie(n) if n.is_empty() => {
-                    return fail("query and cookie key sources need a non-empty name".into());
-                }
-                KeySourceSpec::Header(n) if http::HeaderName::from_bytes(n.as_bytes()).is_err() => {
-                    return fail(format!("header key source {n:?} is not a header name"));
-                }
-                KeySourceSpec::Jwt(j) => {
-                    jwt += 1;
-                    if j.claim.is_empty() {
-                        return fail("jwt.claim must not be empty".into());
-                    }
-                    if j.from == TokenFrom::Query && j.query_param.is_empty() {
-                        return fail("jwt.queryParam must not be empty".into());
-                    }
-                }
-                _ => {}
-            }
+        KeySourceSpec::Header(n) if http::HeaderName::from_bytes(n.as_bytes()).is_err() => {
+            Err(format!("header key source {n:?} is not a header name"))
         }
-        if jwt > 1 {
-            return fail("at most one jwt key source may be configured".into());
+        KeySourceSpec::Jwt(j) if j.claim.is_empty() => Err("jwt.claim must not be empty".into()),
+        KeySourceSpec::Jwt(j) if j.from == TokenFrom::Query && j.query_param.is_empty() => {
+            Err("jwt.queryParam must not be empty".into())
         }
-        if self.resets.rate_per_second == 0 {
-            return fail("resets.ratePerSecond must be at least 1".into());
-        }
-        if self.resets.jitter_ms > 600_000 {
-            return fail("resets.jitterMs must be at most 600000 (10 minutes)".into());
-        }
-        let l = &self.limits;
-        if l.max_connections == 0 {
-            return fail("limits.maxConnections must be at least 1".into());
-        }
-        if l.header_read_timeout_ms == 0 {
-            return fail("limits.headerReadTimeoutMs must be at least 1".into());
-        }
-        if l.max_header_bytes < MIN_HEADER_BYTES || l.max_header_bytes > 1 << 20 {
-            return fail(format!(
-                "limits.maxHeaderBytes must be {MIN_HEADER_BYTES} to 1048576"
+        _ => Ok(()),
+    }
+}
+
+impl ResetConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=MAX_RESETS_PER_SECOND).contains(&self.rate_per_second) {
+            return Err(format!(
+                "resets.ratePerSecond must be 1 to {MAX_RESETS_PER_SECOND}"
             ));
         }
-        if l.idle_timeout_seconds == 0 {
-            return fail("limits.idleTimeoutSeconds must be at least 1".into());
+        if self.jitter_ms > MAX_JITTER_MS {
+            return Err(format!(
+                "resets.jitterMs must be at most {MAX_JITTER_MS} (10 minutes)"
+            ));
         }
-        if l.max_frame_bytes < 125 {
-            return fail("limits.maxFrameBytes must be at least 125 (a control frame)".into());
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> std::result::Result<(), String> {
+        let zero = [
+            ("maxConnections", self.max_connections == 0),
+            ("headerReadTimeoutMs", self.header_read_timeout_ms == 0),
+            ("idleTimeoutSeconds", self.idle_timeout_seconds == 0),
+            ("connectTimeoutMs", self.connect_timeout_ms == 0),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
+            return Err(format!("limits.{name} must be at least 1"));
         }
-        if l.connect_timeout_ms == 0 {
-            return fail("limits.connectTimeoutMs must be at least 1".into());
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return Err(format!(
+                "limits.maxHeaderBytes must be {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"
+            ));
+        }
+        if self.max_frame_bytes < MIN_FRAME_BYTES {
+            return Err(format!(
+                "limits.maxFrameBytes must be at least {MIN_FRAME_BYTES} (a control frame)"
+            ));
         }
         Ok(())
     }
@@ -413,5 +540,106 @@ resets: {ratePerSecond: 10, jitterMs: 0}
             let err = ProxyConfig::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.contains(needle), "{yaml}: {err}");
         }
+    }
+
+    #[test]
+    fn the_limits_of_each_field_are_refused_just_past_their_bound() {
+        for (yaml, needle) in [
+            (
+                "resets: {ratePerSecond: 100001}",
+                "resets.ratePerSecond must be 1 to 100000",
+            ),
+            (
+                "resets: {jitterMs: 600001}",
+                "resets.jitterMs must be at most 600000",
+            ),
+            (
+                "limits: {maxConnections: 0}",
+                "limits.maxConnections must be at least 1",
+            ),
+            (
+                "limits: {headerReadTimeoutMs: 0}",
+                "limits.headerReadTimeoutMs",
+            ),
+            (
+                "limits: {idleTimeoutSeconds: 0}",
+                "limits.idleTimeoutSeconds",
+            ),
+            (
+                "limits: {maxHeaderBytes: 1048577}",
+                "limits.maxHeaderBytes must be 8192 to",
+            ),
+            (
+                "limits: {maxFrameBytes: 124}",
+                "limits.maxFrameBytes must be at least 125",
+            ),
+        ] {
+            let err = ProxyConfig::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.contains(needle), "{yaml}: {err}");
+        }
+        let edges = "resets: {ratePerSecond: 100000, jitterMs: 600000}\nlimits: {maxConnections: 1, headerReadTimeoutMs: 1, maxHeaderBytes: 1048576, idleTimeoutSeconds: 1, maxFrameBytes: 125, connectTimeoutMs: 1}";
+        ProxyConfig::from_yaml(edges).expect("every bound itself is accepted");
+    }
+
+    #[test]
+    fn a_broken_key_source_is_named_by_its_position() {
+        for (yaml, needle) in [
+            (
+                "keySources: [{query: a}, {path: /connect}]",
+                "keySources[1]: path pattern",
+            ),
+            (
+                "keySources: [{cookie: \"\"}]",
+                "keySources[0]: query and cookie",
+            ),
+            // serde_yaml names the list (and where it starts) rather than the entry.
+            (
+                "keySources: [{query: a}, {query: b, cookie: c}]",
+                "keySources: sets 2 of path, query, header, cookie, jwt; exactly one is needed",
+            ),
+        ] {
+            let err = ProxyConfig::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.contains(needle), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_config_written_by_serde_reads_back_equal() {
+        // The operator renders proxy.yaml by serialising this type; what it writes must be
+        // what the proxy reads.
+        let config = ProxyConfig {
+            key_sources: vec![
+                KeySourceSpec::Jwt(JwtSpec {
+                    claim: "uid".into(),
+                    algorithm: JwtAlgorithm::ES256,
+                    key_file: PathBuf::from("/k"),
+                    from: TokenFrom::Query,
+                    query_param: "t".into(),
+                }),
+                KeySourceSpec::Path("/c/{key}".into()),
+                KeySourceSpec::Query("u".into()),
+                KeySourceSpec::Header("X-U".into()),
+                KeySourceSpec::Cookie("c".into()),
+            ],
+            resets: ResetConfig {
+                rate_per_second: 7,
+                jitter_ms: 0,
+            },
+            drain_timeout_seconds: 9,
+            limits: Limits {
+                max_connections: 3,
+                header_read_timeout_ms: 4,
+                max_header_bytes: 9000,
+                idle_timeout_seconds: 5,
+                max_frame_bytes: 126,
+                connect_timeout_ms: 6,
+            },
+        };
+        let yaml = serde_yaml::to_string(&config).expect("serialises");
+        assert!(
+            yaml.contains("- header: X-U\n"),
+            "plain maps, not tags: {yaml}"
+        );
+        assert_eq!(ProxyConfig::from_yaml(&yaml).expect("parses"), config);
     }
 }

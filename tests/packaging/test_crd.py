@@ -186,8 +186,11 @@ def test_an_invalid_wscluster_is_rejected_with_a_readable_message_per_mistake(cr
     problems = lib.custom_resource_problems(crd, bad)
     expected = [
         "spec.keySources.0: Additional properties are not allowed ('form' was unexpected)",
+        "spec.proxy.limits: Additional properties are not allowed ('maxConection' was unexpected)",
+        r"spec.proxy.limits.maxHeaderBytes: 100 is less than the minimum of 8192(\.0)?",
         "spec.proxy.serviceType: 'Ingress' is not one of ['ClusterIP', 'NodePort', 'LoadBalancer']",
         r"spec.replicas: -1 is less than the minimum of 0(\.0)?",  # schemars writes 0.0
+        r"spec.resets.ratePerSecond: 0 is less than the minimum of 1(\.0)?",
         "spec.ring: Additional properties are not allowed ('slot' was unexpected)",
     ]
     assert len(problems) == len(expected), problems
@@ -211,8 +214,9 @@ def test_a_wscluster_breaking_the_crds_cel_rules_is_rejected_with_each_rules_mes
     assert sorted(problems) == sorted([
         "spec: redis.url must start with redis:// or rediss://",
         "spec.proxy: nodePort needs serviceType NodePort or LoadBalancer",
-        "spec.keySources.0: path must start with / and contain {key} exactly once",
-        "spec.keySources.1: a keySource sets exactly one of path, query, header, cookie, jwt",
+        "spec.keySources.0: path must start with / and contain {key} exactly once, as a whole segment",
+        "spec.keySources.1: path must start with / and contain {key} exactly once, as a whole segment",
+        "spec.keySources.2: a keySource sets exactly one of path, query, header, cookie, jwt",
         "spec.rabbitmq: set exactly one of url or secretRef",
     ])
 

@@ -7,8 +7,8 @@
 //! greater than the last one sent. A message appended around the registration is therefore in
 //! the replay, in the queue, or both — and sent exactly once, in offset order.
 //!
-//! [`drive`] is generic over any `Sink + Stream` of tungstenite messages, so tests run it over
-//! an in-memory duplex pipe. It runs in two steps: the greeting (a `since` error or the replay,
+//! [`drive`] is generic over any [`Socket`] (a `Sink + Stream` of tungstenite messages), so
+//! tests run it over an in-memory duplex pipe. It runs in two steps: the greeting (a `since` error or the replay,
 //! then `ready`), then the live loop, whose every event (a close command, a queued message, a
 //! client frame, a keepalive tick) has its own handler.
 
@@ -81,17 +81,26 @@ pub enum End {
     Keepalive,
 }
 
+/// What a session runs on: a WebSocket as a sink and a stream of tungstenite messages (the
+/// upgraded connection, or an in-memory pipe in tests).
+pub trait Socket:
+    Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin
+{
+}
+
+impl<S> Socket for S where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin
+{
+}
+
 /// Runs a session on an upgraded socket until it ends, then cleans up.
-pub async fn run<S>(
+pub async fn run<S: Socket>(
     state: Arc<NodeState>,
     ws: S,
     key: Arc<str>,
     since: Since,
     _permit: OwnedSemaphorePermit,
-) -> End
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
+) -> End {
     let (conn, conn_tag) = state.next_conn();
     let (data, control) = register(&state, &key, conn, &conn_tag);
     let entry = PresenceEntry {
@@ -147,10 +156,7 @@ fn register(
 }
 
 /// Writes one frame with a timeout.
-async fn send<S>(ws: &mut S, msg: Message) -> Result<(), End>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
+async fn send<S: Socket>(ws: &mut S, msg: Message) -> Result<(), End> {
     match tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(End::WriteFailed),
@@ -158,10 +164,7 @@ where
 }
 
 /// Sends a close frame and waits briefly for the client's close (or the end of the stream).
-async fn close<S>(ws: &mut S, code: u16, reason: &str)
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
+async fn close<S: Socket>(ws: &mut S, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from(reason),
@@ -253,15 +256,12 @@ impl SinceGap {
 
 /// Reads one mailbox page after `after`. A failed read is told to the client in an `error`
 /// frame and ends the replay (None); the session goes on with live messages.
-async fn read_page<S>(
+async fn read_page<S: Socket>(
     state: &NodeState,
     ws: &mut S,
     key: &str,
     after: u64,
-) -> Result<Option<MailboxPage>, End>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
+) -> Result<Option<MailboxPage>, End> {
     match state.mailbox.read(key, after, READ_PAGE).await {
         Ok(page) => Ok(Some(page)),
         Err(e) => {
@@ -277,15 +277,12 @@ where
 }
 
 /// Sends replayed entries, oldest first; returns the last offset sent (`after` if none).
-async fn send_entries<S>(
+async fn send_entries<S: Socket>(
     state: &NodeState,
     ws: &mut S,
     entries: Vec<MailboxEntry>,
     mut after: u64,
-) -> Result<u64, End>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
+) -> Result<u64, End> {
     for entry in entries {
         let text = state.client_message(
             MessageKind::Message,
@@ -301,10 +298,12 @@ where
 }
 
 /// Sends the replay after `since`; returns the last offset the client now has.
-async fn replay<S>(state: &NodeState, ws: &mut S, key: &str, since: u64) -> Result<u64, End>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
+async fn replay<S: Socket>(
+    state: &NodeState,
+    ws: &mut S,
+    key: &str,
+    since: u64,
+) -> Result<u64, End> {
     let Some(mut page) = read_page(state, ws, key, since).await? else {
         return Ok(since);
     };
@@ -331,10 +330,12 @@ where
 
 /// What comes before live messages: a `since` error or the replay, then `ready`. Returns the
 /// last offset the client has.
-async fn greet<S>(state: &NodeState, ws: &mut S, key: &str, since: &Since) -> Result<u64, End>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
+async fn greet<S: Socket>(
+    state: &NodeState,
+    ws: &mut S,
+    key: &str,
+    since: &Since,
+) -> Result<u64, End> {
     let last = match since {
         Since::Absent => 0,
         Since::Invalid(raw) => {
@@ -352,99 +353,149 @@ where
 }
 
 /// The session loop; see the module docs. Returns why it ended (the socket is closed).
-pub async fn drive<S>(
+pub async fn drive<S: Socket>(
     state: &NodeState,
     mut ws: S,
     key: &str,
     since: Since,
     data: mpsc::Receiver<Outbound>,
     control: mpsc::Receiver<Close>,
-) -> End
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
+) -> End {
     match greet(state, &mut ws, key, &since).await {
-        Ok(last) => live(state, ws, last, data, control).await,
+        Ok(last) => {
+            let session = Live {
+                state,
+                ws,
+                last,
+                last_seen: Instant::now(),
+            };
+            session.run(data, control).await
+        }
         Err(end) => end,
     }
 }
 
-/// Live delivery after the greeting, `last` being the last offset the client has. Close
-/// commands go first, then queued messages, client frames and the keepalive.
-async fn live<S>(
-    state: &NodeState,
-    mut ws: S,
-    mut last: u64,
-    mut data: mpsc::Receiver<Outbound>,
-    mut control: mpsc::Receiver<Close>,
-) -> End
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    let period = state.config.ping_interval();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    loop {
-        let step = tokio::select! {
-            biased;
-            cmd = control.recv() => Break(on_close_command(state, &mut ws, cmd).await),
-            out = data.recv() => deliver(state, &mut ws, out, &mut last).await,
-            frame = ws.next() => {
-                last_seen = Instant::now();
-                on_client_frame(state, &mut ws, frame).await
+/// A session after its greeting: live delivery until it ends.
+struct Live<'a, S> {
+    /// The node.
+    state: &'a NodeState,
+    /// The client's socket.
+    ws: S,
+    /// The last mailbox offset the client has; queued messages at or below it are skipped.
+    last: u64,
+    /// When the client last sent a frame (any frame counts as liveness).
+    last_seen: Instant,
+}
+
+impl<S: Socket> Live<'_, S> {
+    /// The loop: close commands go first, then queued messages, client frames and the
+    /// keepalive.
+    async fn run(
+        mut self,
+        mut data: mpsc::Receiver<Outbound>,
+        mut control: mpsc::Receiver<Close>,
+    ) -> End {
+        let period = self.state.config.ping_interval();
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                biased;
+                cmd = control.recv() => Break(self.on_close_command(cmd).await),
+                out = data.recv() => self.deliver(out).await,
+                frame = self.ws.next() => self.on_client_frame(frame).await,
+                _ = ping.tick() => self.keepalive(period).await,
+            };
+            if let Break(end) = step {
+                return end;
             }
-            _ = ping.tick() => keepalive(state, &mut ws, last_seen.elapsed(), period).await,
+        }
+    }
+
+    /// A close command (reset, drain, replaced, slow consumer): its frame, then the close
+    /// code. The queue ending means the registry dropped the session.
+    async fn on_close_command(&mut self, cmd: Option<Close>) -> End {
+        let Some(cmd) = cmd else {
+            return End::Closed("removed");
         };
-        if let Break(end) = step {
-            return end;
+        if let Some(frame) = cmd.frame
+            && send(&mut self.ws, Message::Text(frame)).await.is_err()
+        {
+            return End::WriteFailed;
+        }
+        self.state.metrics.reset(cmd.reason);
+        close(&mut self.ws, cmd.code, cmd.reason).await;
+        End::Closed(cmd.reason)
+    }
+
+    /// A queued message, skipped if its offset is not past `last` (the replay sent it).
+    async fn deliver(&mut self, out: Option<Outbound>) -> ControlFlow<End> {
+        let Some(out) = out else {
+            return Break(End::Closed("removed"));
+        };
+        if let Some(offset) = out.offset {
+            if offset <= self.last {
+                return Continue(());
+            }
+            self.last = offset;
+        }
+        if send(&mut self.ws, Message::Text(out.text)).await.is_err() {
+            return Break(End::WriteFailed);
+        }
+        self.state.metrics.delivered(out.kind);
+        Continue(())
+    }
+
+    /// A frame from the client (or the end of its stream). Every frame counts as liveness;
+    /// text, pings and pongs need nothing else; a close ends the session; a binary or broken
+    /// frame closes it.
+    async fn on_client_frame(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+    ) -> ControlFlow<End> {
+        self.last_seen = Instant::now();
+        match frame {
+            None | Some(Ok(Message::Close(_))) => {
+                // Drive the queued close reply (tungstenite answers a close itself).
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
+                Break(End::Client)
+            }
+            Some(Ok(
+                Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
+            )) => Continue(()),
+            Some(Ok(Message::Binary(_))) => Break(self.refuse(Violation::BINARY_FRAME).await),
+            Some(Err(e)) => match Violation::of(&e) {
+                Some(violation) => {
+                    tracing::debug!(error = %e, "client protocol error");
+                    Break(self.refuse(violation).await)
+                }
+                None => Break(End::Client),
+            },
         }
     }
-}
 
-/// A close command (reset, drain, replaced, slow consumer): its frame, then the close code.
-/// The queue ending means the registry dropped the session.
-async fn on_close_command<S>(state: &NodeState, ws: &mut S, cmd: Option<Close>) -> End
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    let Some(cmd) = cmd else {
-        return End::Closed("removed");
-    };
-    if let Some(frame) = cmd.frame
-        && send(ws, Message::Text(frame)).await.is_err()
-    {
-        return End::WriteFailed;
+    /// Counts the violation and closes the session with its code.
+    async fn refuse(&mut self, violation: Violation) -> End {
+        self.state.metrics.error(violation.metric);
+        close(&mut self.ws, violation.code, violation.reason).await;
+        End::Protocol(violation.code)
     }
-    state.metrics.reset(cmd.reason);
-    close(ws, cmd.code, cmd.reason).await;
-    End::Closed(cmd.reason)
-}
 
-/// A queued message, skipped if its offset is not past `last` (the replay sent it already).
-async fn deliver<S>(
-    state: &NodeState,
-    ws: &mut S,
-    out: Option<Outbound>,
-    last: &mut u64,
-) -> ControlFlow<End>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    let Some(out) = out else {
-        return Break(End::Closed("removed"));
-    };
-    if let Some(offset) = out.offset {
-        if offset <= *last {
-            return Continue(());
+    /// A keepalive tick: closes a client silent for two intervals, else pings it.
+    async fn keepalive(&mut self, period: Duration) -> ControlFlow<End> {
+        if self.last_seen.elapsed() > 2 * period {
+            self.state.metrics.reset("keepalive");
+            close(&mut self.ws, CLOSE_GOING_AWAY, "keepalive timeout").await;
+            return Break(End::Keepalive);
         }
-        *last = offset;
+        if send(&mut self.ws, Message::Ping(Default::default()))
+            .await
+            .is_err()
+        {
+            return Break(End::WriteFailed);
+        }
+        Continue(())
     }
-    if send(ws, Message::Text(out.text)).await.is_err() {
-        return Break(End::WriteFailed);
-    }
-    state.metrics.delivered(out.kind);
-    Continue(())
 }
 
 /// A client input the node answers by closing the session.
@@ -493,67 +544,6 @@ impl Violation {
             _ => None,
         }
     }
-}
-
-/// Counts the violation and closes the session with its code.
-async fn refuse<S>(state: &NodeState, ws: &mut S, violation: Violation) -> End
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    state.metrics.error(violation.metric);
-    close(ws, violation.code, violation.reason).await;
-    End::Protocol(violation.code)
-}
-
-/// A frame from the client (or the end of its stream). Text, pings and pongs only count as
-/// liveness; a close ends the session; a binary frame or a broken frame closes it.
-async fn on_client_frame<S>(
-    state: &NodeState,
-    ws: &mut S,
-    frame: Option<Result<Message, WsError>>,
-) -> ControlFlow<End>
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    match frame {
-        None | Some(Ok(Message::Close(_))) => {
-            // Drive the queued close reply (tungstenite answers a close itself).
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
-            Break(End::Client)
-        }
-        Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-            Continue(())
-        }
-        Some(Ok(Message::Binary(_))) => Break(refuse(state, ws, Violation::BINARY_FRAME).await),
-        Some(Err(e)) => match Violation::of(&e) {
-            Some(violation) => {
-                tracing::debug!(error = %e, "client protocol error");
-                Break(refuse(state, ws, violation).await)
-            }
-            None => Break(End::Client),
-        },
-    }
-}
-
-/// A keepalive tick: closes a client silent for two intervals, else pings it.
-async fn keepalive<S>(
-    state: &NodeState,
-    ws: &mut S,
-    silent: Duration,
-    period: Duration,
-) -> ControlFlow<End>
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    if silent > 2 * period {
-        state.metrics.reset("keepalive");
-        close(ws, CLOSE_GOING_AWAY, "keepalive timeout").await;
-        return Break(End::Keepalive);
-    }
-    if send(ws, Message::Ping(Default::default())).await.is_err() {
-        return Break(End::WriteFailed);
-    }
-    Continue(())
 }
 
 #[cfg(test)]

@@ -511,29 +511,29 @@ struct Violation {
 
 impl Violation {
     /// A binary frame: the node speaks text only.
-    const BINARY_FRAME: Violation = Violation {
-        code: CLOSE_POLICY,
-        metric: "binary-frame",
-        reason: "binary frames are not accepted",
-    };
+    const BINARY_FRAME: Violation = Violation::new(
+        CLOSE_POLICY,
+        "binary-frame",
+        "binary frames are not accepted",
+    );
     /// A frame or message over `--max-frame-bytes`.
-    const TOO_BIG: Violation = Violation {
-        code: CLOSE_TOO_BIG,
-        metric: "frame-too-big",
-        reason: "message too big",
-    };
+    const TOO_BIG: Violation = Violation::new(CLOSE_TOO_BIG, "frame-too-big", "message too big");
     /// A text frame that is not UTF-8.
-    const INVALID_UTF8: Violation = Violation {
-        code: CLOSE_INVALID_PAYLOAD,
-        metric: "invalid-utf8",
-        reason: "invalid UTF-8 in a text frame",
-    };
+    const INVALID_UTF8: Violation = Violation::new(
+        CLOSE_INVALID_PAYLOAD,
+        "invalid-utf8",
+        "invalid UTF-8 in a text frame",
+    );
     /// Any other breach of RFC 6455.
-    const PROTOCOL: Violation = Violation {
-        code: CLOSE_PROTOCOL_ERROR,
-        metric: "protocol",
-        reason: "protocol error",
-    };
+    const PROTOCOL: Violation = Violation::new(CLOSE_PROTOCOL_ERROR, "protocol", "protocol error");
+
+    const fn new(code: u16, metric: &'static str, reason: &'static str) -> Self {
+        Violation {
+            code,
+            metric,
+            reason,
+        }
+    }
 
     /// The violation behind a read error; None when the connection just failed.
     fn of(e: &WsError) -> Option<Violation> {

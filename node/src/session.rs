@@ -527,6 +527,7 @@ impl Violation {
     /// Any other breach of RFC 6455.
     const PROTOCOL: Violation = Violation::new(CLOSE_PROTOCOL_ERROR, "protocol", "protocol error");
 
+    /// A violation closed with `code`, counted as `metric`, explained by `reason`.
     const fn new(code: u16, metric: &'static str, reason: &'static str) -> Self {
         Violation {
             code,

@@ -17,6 +17,7 @@
 //!
 //! Every phase is bounded by a count and a deadline.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -164,9 +165,8 @@ async fn open_reader(addr: String, user: String, received: Arc<AtomicU64>) -> an
     Ok(())
 }
 
-/// Opens `n` sockets `u0..u{n}`; returns how many opened.
-async fn open_many(addr: &str, n: u64, received: &Arc<AtomicU64>) -> u64 {
-    let users: Vec<u64> = (0..n).collect();
+/// Opens sockets for users `u{i}`, `i` in `users`; returns how many opened.
+async fn open_many(addr: &str, users: Range<u64>, received: &Arc<AtomicU64>) -> u64 {
     let opened = futures_util::stream::iter(users)
         .map(|i| open_reader(addr.to_owned(), format!("u{i}"), received.clone()))
         .buffer_unordered(OPEN_PARALLELISM)
@@ -247,85 +247,128 @@ async fn latency(addr: &str, ops: u64) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e6 / ops as f64)
 }
 
-async fn bench(args: Args) -> anyhow::Result<()> {
-    let limit = fd_limit();
-    let sockets = args.sockets.min(limit.saturating_sub(FD_HEADROOM));
+/// What phase 1 measured: idle sockets held and the node's memory around them.
+struct IdleSockets {
+    /// Sockets open at the end (warm-up ones included), all connected as `u0..`.
+    opened: u64,
+    /// Node RSS after the warm-up sockets, before the measured ones.
+    rss_before: u64,
+    /// Node RSS with every socket open.
+    rss_after: u64,
+    /// RSS growth per measured socket, in bytes.
+    per_socket: f64,
+}
 
-    // Phase 1: idle sockets on an in-memory node.
-    let node = spawn_node(&[]).await?;
+/// Phase 1: `sockets` idle WebSockets on `node`; the first 100 warm the node up and are not
+/// counted in the per-socket figure. Frames they receive are counted into `received`.
+async fn idle_sockets(
+    node: &NodeProc,
+    sockets: u64,
+    received: &Arc<AtomicU64>,
+) -> anyhow::Result<IdleSockets> {
+    const WARM_SOCKETS: u64 = 100;
     let pid = node
         .child
         .id()
         .ok_or_else(|| anyhow::anyhow!("node exited"))?;
-    let received = Arc::new(AtomicU64::new(0));
-    let warm = open_many(&node.addr, 100, &received).await;
+    let warm = open_many(&node.addr, 0..WARM_SOCKETS, received).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_bytes(pid);
-    let opened = warm + open_many_from(&node.addr, 100, sockets, &received).await;
+    let opened = warm + open_many(&node.addr, WARM_SOCKETS..sockets, received).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_bytes(pid);
-    let per_socket =
-        (rss_after.saturating_sub(rss_before)) as f64 / (opened.saturating_sub(warm)).max(1) as f64;
+    let measured = opened.saturating_sub(warm).max(1);
+    Ok(IdleSockets {
+        opened,
+        rss_before,
+        rss_after,
+        per_socket: rss_after.saturating_sub(rss_before) as f64 / measured as f64,
+    })
+}
 
-    // Phase 2: /send throughput and latency, in memory, with those sockets connected.
-    let receivers = args.receivers.min(opened);
-    let mem_tput = throughput(
+/// What a /send run measured on one node.
+struct SendFigures {
+    /// Messages per second delivered with `--concurrency` senders.
+    throughput: f64,
+    /// Mean latency of one sequential /send, in microseconds.
+    latency_us: f64,
+}
+
+/// Throughput to `receivers` connected users, then sequential latency, on `node`.
+async fn send_figures(
+    args: &Args,
+    node: &NodeProc,
+    receivers: u64,
+    received: &Arc<AtomicU64>,
+) -> anyhow::Result<SendFigures> {
+    let throughput = throughput(
         &node.addr,
         args.messages,
         args.concurrency,
         receivers,
-        &received,
+        received,
     )
     .await?;
-    let mem_lat = latency(&node.addr, args.mailbox_ops).await?;
+    let latency_us = latency(&node.addr, args.mailbox_ops).await?;
+    Ok(SendFigures {
+        throughput,
+        latency_us,
+    })
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let limit = fd_limit();
+    let sockets = args.sockets.min(limit.saturating_sub(FD_HEADROOM));
+
+    // Phases 1 and 2: idle sockets, then /send with them connected, on an in-memory node.
+    let node = spawn_node(&[]).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let idle = idle_sockets(&node, sockets, &received).await?;
+    let receivers = args.receivers.min(idle.opened);
+    let memory = send_figures(&args, &node, receivers, &received).await?;
     drop(node);
 
-    // Phase 3: the same with Redis.
+    // Phase 3: the same /send runs with the Redis mailbox and presence.
     let prefix = format!("wsc-bench-{}", std::process::id());
     let node = spawn_node(&["--redis-url", &args.redis_url, "--redis-prefix", &prefix]).await?;
     let received = Arc::new(AtomicU64::new(0));
-    let r_open = open_many(&node.addr, receivers, &received).await;
-    let redis_tput = throughput(
-        &node.addr,
-        args.messages,
-        args.concurrency,
-        r_open.max(1),
-        &received,
-    )
-    .await?;
-    let redis_lat = latency(&node.addr, args.mailbox_ops).await?;
+    let r_open = open_many(&node.addr, 0..receivers, &received).await;
+    let redis = send_figures(&args, &node, r_open.max(1), &received).await?;
     drop(node);
     cleanup_redis(&args.redis_url, &prefix).await;
 
-    let report = serde_json::json!({
-        "fd_limit": limit,
-        "idle_sockets": opened,
-        "node_rss_bytes_before": rss_before,
-        "node_rss_bytes_after": rss_after,
-        "rss_bytes_per_socket": per_socket.round(),
-        "send_messages": args.messages,
-        "send_concurrency": args.concurrency,
-        "send_receivers": receivers,
-        "send_msgs_per_sec_memory": mem_tput.round(),
-        "send_msgs_per_sec_redis": redis_tput.round(),
-        "send_latency_us_memory": (mem_lat * 10.0).round() / 10.0,
-        "send_latency_us_redis": (redis_lat * 10.0).round() / 10.0,
-        "redis_vs_memory_latency_ratio": ((redis_lat / mem_lat) * 100.0).round() / 100.0,
-    });
-    println!("{report}");
+    println!(
+        "{}",
+        report(&args, limit, receivers, &idle, &memory, &redis)
+    );
     Ok(())
 }
 
-/// Opens users `u{from}..u{to}`.
-async fn open_many_from(addr: &str, from: u64, to: u64, received: &Arc<AtomicU64>) -> u64 {
-    let opened = futures_util::stream::iter(from..to)
-        .map(|i| open_reader(addr.to_owned(), format!("u{i}"), received.clone()))
-        .buffer_unordered(OPEN_PARALLELISM)
-        .filter(|r| std::future::ready(r.is_ok()))
-        .count();
-    tokio::time::timeout(PHASE_DEADLINE, opened)
-        .await
-        .unwrap_or(0) as u64
+/// The one JSON object the benchmark prints.
+fn report(
+    args: &Args,
+    fd_limit: u64,
+    receivers: u64,
+    idle: &IdleSockets,
+    memory: &SendFigures,
+    redis: &SendFigures,
+) -> serde_json::Value {
+    let tenths = |v: f64| (v * 10.0).round() / 10.0;
+    serde_json::json!({
+        "fd_limit": fd_limit,
+        "idle_sockets": idle.opened,
+        "node_rss_bytes_before": idle.rss_before,
+        "node_rss_bytes_after": idle.rss_after,
+        "rss_bytes_per_socket": idle.per_socket.round(),
+        "send_messages": args.messages,
+        "send_concurrency": args.concurrency,
+        "send_receivers": receivers,
+        "send_msgs_per_sec_memory": memory.throughput.round(),
+        "send_msgs_per_sec_redis": redis.throughput.round(),
+        "send_latency_us_memory": tenths(memory.latency_us),
+        "send_latency_us_redis": tenths(redis.latency_us),
+        "redis_vs_memory_latency_ratio": ((redis.latency_us / memory.latency_us) * 100.0).round() / 100.0,
+    })
 }
 
 async fn cleanup_redis(url: &str, prefix: &str) {

@@ -20,9 +20,6 @@ pub enum Error {
     /// A backend answered something the node did not expect.
     #[error("unexpected backend reply: {0}")]
     Protocol(String),
-    /// The ring source could not be read or is invalid.
-    #[error("ring: {0}")]
-    Ring(String),
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -42,7 +39,6 @@ impl Error {
             Error::Amqp(_) => "amqp",
             Error::BusUnavailable => "bus-unavailable",
             Error::Protocol(_) => "backend-protocol",
-            Error::Ring(_) => "ring",
             Error::Config(_) => "config",
             Error::Io(_) => "io",
             Error::Json(_) => "json",

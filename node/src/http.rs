@@ -12,9 +12,11 @@ use http::header::{
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -63,6 +65,19 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 503 for a backend (mailbox, presence, bus) that failed; the failure is logged and
+    /// counted under the backend's own label too.
+    fn unavailable(
+        state: &NodeState,
+        error: &crate::Error,
+        code: &'static str,
+        message: &'static str,
+    ) -> Self {
+        tracing::warn!(%error, code, "backend unavailable");
+        state.metrics.error(error.metric_label());
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
     fn into_response(self) -> Resp {
         let mut body = json!({"error": self.code, "message": self.message});
         if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
@@ -99,15 +114,7 @@ pub async fn handle(state: Arc<NodeState>, mut req: Request<Incoming>) -> Resp {
         (Method::GET, p) if p == "/connect" || p.starts_with("/connect/") => {
             upgrade(&state, &mut req).await
         }
-        (
-            _,
-            "/healthz" | "/readyz" | "/metrics" | "/count" | "/send" | "/broadcast" | "/connect",
-        ) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            format!("{method} is not allowed on {path}"),
-        )),
-        (_, p) if p.starts_with("/users/") || p.starts_with("/connect/") => Err(ApiError::new(
+        (_, p) if is_route(p) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             format!("{method} is not allowed on {path}"),
@@ -125,6 +132,15 @@ pub async fn handle(state: Arc<NodeState>, mut req: Request<Incoming>) -> Resp {
             e.into_response()
         }
     }
+}
+
+/// Whether `path` is one of the API's routes, whatever the method.
+fn is_route(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/count" | "/send" | "/broadcast" | "/connect"
+    ) || path.starts_with("/users/")
+        || path.starts_with("/connect/")
 }
 
 fn readyz(state: &NodeState) -> Resp {
@@ -190,27 +206,26 @@ pub fn check_user(user: Option<String>) -> Result<String, ApiError> {
 
 /// The key of a `/connect` request: the path segment, else `?userId=`.
 fn connect_key(req: &Request<Incoming>) -> Result<String, ApiError> {
-    let path = req.uri().path();
-    let from_path = match path.strip_prefix("/connect/") {
-        Some("") | None => None,
-        Some(seg) if seg.contains('/') => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "expected /connect/{userId} (encode a slash in userId as %2F)",
-            ));
-        }
-        Some(seg) => Some(percent_decode(seg, false).map_err(|_| {
-            ApiError::bad(
-                "invalid-user-id",
-                "userId is not valid percent-encoded UTF-8",
-            )
-        })?),
-    };
-    match from_path {
-        Some(k) => check_user(Some(k)),
-        None => check_user(query_param(req.uri().query(), "userId")?),
+    match req.uri().path().strip_prefix("/connect/") {
+        Some("") | None => check_user(query_param(req.uri().query(), "userId")?),
+        Some(seg) if seg.contains('/') => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "expected /connect/{userId} (encode a slash in userId as %2F)",
+        )),
+        Some(seg) => user_from_path(seg),
     }
+}
+
+/// A user id given as a path segment (`/connect/{userId}`, `/users/{userId}`), decoded.
+fn user_from_path(segment: &str) -> Result<String, ApiError> {
+    let user = percent_decode(segment, false).map_err(|_| {
+        ApiError::bad(
+            "invalid-user-id",
+            "userId is not valid percent-encoded UTF-8",
+        )
+    })?;
+    check_user(Some(user))
 }
 
 /// How long a request routed under a newer ring than the node's waits for that ring before the
@@ -280,7 +295,8 @@ fn header_has_token(req: &Request<Incoming>, name: http::HeaderName, token: &str
     })
 }
 
-/// `GET /connect/{userId}`: checks, answers 101 and spawns the session.
+/// `GET /connect/{userId}`: checks, answers 101 and spawns the session. The checks run in
+/// this order, so a request with several faults gets the first one's refusal.
 async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<Resp, ApiError> {
     let key = connect_key(req)?;
     if state.is_draining() {
@@ -291,6 +307,16 @@ async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<
         ));
     }
     check_owner_routed(state, &key, routed_version(req)).await?;
+    let accept = handshake_accept(req)?;
+    let since = Since::parse(query_param(req.uri().query(), "since")?.as_deref());
+    let permit = session_permit(state)?;
+    spawn_session(state, hyper::upgrade::on(req), key, since, permit);
+    Ok(switching_protocols(&accept))
+}
+
+/// Checks that the request is a WebSocket version 13 handshake (RFC 6455 §4.2.1) and returns
+/// the `Sec-WebSocket-Accept` value that answers it.
+fn handshake_accept(req: &Request<Incoming>) -> Result<String, ApiError> {
     if !header_has_token(req, UPGRADE, "websocket") || !header_has_token(req, CONNECTION, "upgrade")
     {
         return Err(ApiError::bad(
@@ -312,28 +338,34 @@ async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<
         e.extra = Some(json!({"supported": 13}));
         return Err(e);
     }
-    let Some(accept) = req
-        .headers()
+    req.headers()
         .get(SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()))
-    else {
-        return Err(ApiError::bad(
-            "not-a-websocket-upgrade",
-            "Sec-WebSocket-Key is missing",
-        ));
-    };
-    let since = Since::parse(query_param(req.uri().query(), "since")?.as_deref());
-    let Ok(permit) = state.conn_limit.clone().try_acquire_owned() else {
-        return Err(ApiError::new(
+        .ok_or_else(|| ApiError::bad("not-a-websocket-upgrade", "Sec-WebSocket-Key is missing"))
+}
+
+/// A place under `--max-connections`, held for the session's life.
+fn session_permit(state: &NodeState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state.conn_limit.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too-many-connections",
             format!(
                 "the node holds its maximum of {} connections",
                 state.config.max_connections
             ),
-        ));
-    };
-    let on_upgrade = hyper::upgrade::on(req);
+        )
+    })
+}
+
+/// Runs the session once hyper hands over the upgraded connection (after the 101 is sent).
+fn spawn_session(
+    state: &Arc<NodeState>,
+    on_upgrade: OnUpgrade,
+    key: String,
+    since: Since,
+    permit: OwnedSemaphorePermit,
+) {
     let frame_limit = state.config.max_frame();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
@@ -358,15 +390,19 @@ async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<
         }
         .instrument(span),
     );
+}
+
+/// The 101 answer to a handshake whose accept value is `accept`.
+fn switching_protocols(accept: &str) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
-    Ok(resp)
+    resp
 }
 
 /// Body of `POST /send` and `POST /broadcast`.
@@ -449,15 +485,12 @@ async fn send(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, Ap
                 &json!({"delivered": outcome.delivered, "offset": outcome.offset, "server": &*state.id}),
             ))
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "send failed");
-            state.metrics.error(e.metric_label());
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "mailbox-unavailable",
-                "the message could not be stored; retry",
-            ))
-        }
+        Err(e) => Err(ApiError::unavailable(
+            state,
+            &e,
+            "mailbox-unavailable",
+            "the message could not be stored; retry",
+        )),
     }
 }
 
@@ -489,26 +522,18 @@ async fn broadcast(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Res
             StatusCode::ACCEPTED,
             &json!({"id": event.id}),
         )),
-        Err(e) => {
-            tracing::warn!(error = %e, "broadcast not published");
-            state.metrics.error(e.metric_label());
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "bus-unavailable",
-                "the message bus is not connected; retry",
-            ))
-        }
+        Err(e) => Err(ApiError::unavailable(
+            state,
+            &e,
+            "bus-unavailable",
+            "the message bus is not connected; retry",
+        )),
     }
 }
 
 /// `GET /users/{userId}`: presence.
 async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
-    let user = check_user(Some(percent_decode(raw, false).map_err(|_| {
-        ApiError::bad(
-            "invalid-user-id",
-            "userId is not valid percent-encoded UTF-8",
-        )
-    })?))?;
+    let user = user_from_path(raw)?;
     match state.presence.get(&user).await {
         Ok(Some(entry)) => Ok(json_response(
             StatusCode::OK,
@@ -526,14 +551,12 @@ async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
             message: "the user is not connected to any node".into(),
             extra: Some(json!({"userId": user})),
         }),
-        Err(e) => {
-            state.metrics.error(e.metric_label());
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "presence-unavailable",
-                "presence could not be read; retry",
-            ))
-        }
+        Err(e) => Err(ApiError::unavailable(
+            state,
+            &e,
+            "presence-unavailable",
+            "presence could not be read; retry",
+        )),
     }
 }
 

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
+use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use crate::error::{Error, Result};
@@ -49,22 +49,13 @@ pub struct MailboxPage {
 
 /// Where messages wait for their user. Implemented by [`MemoryMailbox`] and [`RedisMailbox`];
 /// local mode or another embedding can bring its own.
+#[async_trait]
 pub trait Mailbox: Send + Sync + 'static {
     /// Appends a message for `user` and returns its offset.
-    fn append<'a>(
-        &'a self,
-        user: &'a str,
-        content: &'a str,
-        timestamp: u64,
-    ) -> BoxFuture<'a, Result<u64>>;
+    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<u64>;
 
     /// Reads up to `limit` entries with offset greater than `after`.
-    fn read<'a>(
-        &'a self,
-        user: &'a str,
-        after: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<MailboxPage>>;
+    async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage>;
 }
 
 /// Retention settings shared by both implementations.
@@ -123,67 +114,54 @@ impl MemoryMailbox {
     }
 }
 
+#[async_trait]
 impl Mailbox for MemoryMailbox {
-    fn append<'a>(
-        &'a self,
-        user: &'a str,
-        content: &'a str,
-        timestamp: u64,
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            let n = self
-                .appends
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n % SWEEP_EVERY_APPENDS == SWEEP_EVERY_APPENDS - 1 {
-                self.sweep();
-            }
-            let now = Instant::now();
-            let mut boxes = self.lock()?;
-            let b = boxes.entry(user.to_owned()).or_insert_with(|| MemoryBox {
-                seq: 0,
-                entries: VecDeque::new(),
-                expires: now,
-            });
-            if b.expires <= now {
-                b.seq = 0;
-                b.entries.clear();
-            }
-            b.seq += 1;
-            b.entries.push_back(MailboxEntry {
-                offset: b.seq,
-                content: content.to_owned(),
-                timestamp,
-            });
-            while b.entries.len() as u64 > self.retention.max_len {
-                b.entries.pop_front();
-            }
-            b.expires = now + self.retention.ttl;
-            Ok(b.seq)
-        })
+    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<u64> {
+        let n = self
+            .appends
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY_APPENDS == SWEEP_EVERY_APPENDS - 1 {
+            self.sweep();
+        }
+        let now = Instant::now();
+        let mut boxes = self.lock()?;
+        let b = boxes.entry(user.to_owned()).or_insert_with(|| MemoryBox {
+            seq: 0,
+            entries: VecDeque::new(),
+            expires: now,
+        });
+        if b.expires <= now {
+            b.seq = 0;
+            b.entries.clear();
+        }
+        b.seq += 1;
+        b.entries.push_back(MailboxEntry {
+            offset: b.seq,
+            content: content.to_owned(),
+            timestamp,
+        });
+        while b.entries.len() as u64 > self.retention.max_len {
+            b.entries.pop_front();
+        }
+        b.expires = now + self.retention.ttl;
+        Ok(b.seq)
     }
 
-    fn read<'a>(
-        &'a self,
-        user: &'a str,
-        after: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<MailboxPage>> {
-        Box::pin(async move {
-            let boxes = self.lock()?;
-            let Some(b) = boxes.get(user).filter(|b| b.expires > Instant::now()) else {
-                return Ok(MailboxPage::default());
-            };
-            Ok(MailboxPage {
-                entries: b
-                    .entries
-                    .iter()
-                    .filter(|e| e.offset > after)
-                    .take(limit)
-                    .cloned()
-                    .collect(),
-                oldest: b.entries.front().map(|e| e.offset),
-                latest: b.seq,
-            })
+    async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage> {
+        let boxes = self.lock()?;
+        let Some(b) = boxes.get(user).filter(|b| b.expires > Instant::now()) else {
+            return Ok(MailboxPage::default());
+        };
+        Ok(MailboxPage {
+            entries: b
+                .entries
+                .iter()
+                .filter(|e| e.offset > after)
+                .take(limit)
+                .cloned()
+                .collect(),
+            oldest: b.entries.front().map(|e| e.offset),
+            latest: b.seq,
         })
     }
 }
@@ -256,69 +234,56 @@ fn parse_entry(id: &str, mut fields: HashMap<String, String>) -> Result<MailboxE
     })
 }
 
+#[async_trait]
 impl Mailbox for RedisMailbox {
-    fn append<'a>(
-        &'a self,
-        user: &'a str,
-        content: &'a str,
-        timestamp: u64,
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            let seq: u64 = self
-                .append
-                .key(self.stream_key(user))
-                .key(self.seq_key(user))
-                .arg(content)
-                .arg(timestamp)
-                .arg(self.retention.max_len)
-                .arg(self.retention.ttl.as_secs().max(1))
-                .invoke_async(&mut con)
-                .await?;
-            Ok(seq)
-        })
+    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<u64> {
+        let mut con = self.con.clone();
+        let seq: u64 = self
+            .append
+            .key(self.stream_key(user))
+            .key(self.seq_key(user))
+            .arg(content)
+            .arg(timestamp)
+            .arg(self.retention.max_len)
+            .arg(self.retention.ttl.as_secs().max(1))
+            .invoke_async(&mut con)
+            .await?;
+        Ok(seq)
     }
 
-    fn read<'a>(
-        &'a self,
-        user: &'a str,
-        after: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<MailboxPage>> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            let stream = self.stream_key(user);
-            let (latest, first, page): (Option<u64>, RangeReply, RangeReply) = redis::pipe()
-                .atomic()
-                .cmd("GET")
-                .arg(self.seq_key(user))
-                .cmd("XRANGE")
-                .arg(&stream)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .cmd("XRANGE")
-                .arg(&stream)
-                .arg(format!("(0-{after}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit.max(1))
-                .query_async(&mut con)
-                .await?;
-            let oldest = match first.first() {
-                Some((id, _)) => Some(parse_entry_id(id)?),
-                None => None,
-            };
-            let entries = page
-                .into_iter()
-                .map(|(id, fields)| parse_entry(&id, fields))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(MailboxPage {
-                entries,
-                oldest,
-                latest: latest.unwrap_or(0),
-            })
+    async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage> {
+        let mut con = self.con.clone();
+        let stream = self.stream_key(user);
+        let (latest, first, page): (Option<u64>, RangeReply, RangeReply) = redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(self.seq_key(user))
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("(0-{after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut con)
+            .await?;
+        let oldest = match first.first() {
+            Some((id, _)) => Some(parse_entry_id(id)?),
+            None => None,
+        };
+        let entries = page
+            .into_iter()
+            .map(|(id, fields)| parse_entry(&id, fields))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MailboxPage {
+            entries,
+            oldest,
+            latest: latest.unwrap_or(0),
         })
     }
 }

@@ -4,7 +4,14 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
+
+/// A new metric of type `M`, registered in `registry` under `name`.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
 
 /// One label, `kind` or `reason`.
 type Label = [(&'static str, &'static str); 1];
@@ -24,7 +31,7 @@ pub struct Metrics {
     pub messages_delivered: Family<Label, Counter>,
     /// Broadcast events received from the bus and fanned out locally.
     pub broadcasts: Counter,
-    /// Sessions closed by the node, by reason (`rebalance`, `drain`, `not-owner`, `replaced`,
+    /// Sessions closed by the node, by reason (`rebalance`, `drain`, `replaced`,
     /// `slow-consumer`, `keepalive`).
     pub resets: Family<Label, Counter>,
     /// Errors by kind (bad requests, protocol errors, backend failures).
@@ -44,61 +51,35 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wscluster_node");
-        let m = Metrics {
-            registry: Registry::default(),
-            connections: Gauge::default(),
-            connections_opened: Counter::default(),
-            messages_appended: Counter::default(),
-            messages_delivered: Family::default(),
-            broadcasts: Counter::default(),
-            resets: Family::default(),
-            errors: Family::default(),
-            ring_version: Gauge::default(),
-            bus_connected: Gauge::default(),
-        };
-        registry.register(
-            "connections",
-            "Open WebSocket sessions",
-            m.connections.clone(),
-        );
-        registry.register(
-            "connections_opened",
-            "WebSocket sessions opened",
-            m.connections_opened.clone(),
-        );
-        registry.register(
-            "messages_appended",
-            "Messages appended to user mailboxes",
-            m.messages_appended.clone(),
-        );
-        registry.register(
-            "messages_delivered",
-            "Frames delivered to clients by kind",
-            m.messages_delivered.clone(),
-        );
-        registry.register(
-            "broadcasts",
-            "Broadcast events fanned out to local users",
-            m.broadcasts.clone(),
-        );
-        registry.register(
-            "resets",
-            "Sessions closed by the node by reason",
-            m.resets.clone(),
-        );
-        registry.register("errors", "Errors by kind", m.errors.clone());
-        registry.register(
-            "ring_version",
-            "Ring version in use",
-            m.ring_version.clone(),
-        );
-        registry.register(
-            "bus_connected",
-            "1 while the message bus is connected",
-            m.bus_connected.clone(),
-        );
-        Metrics { registry, ..m }
+        let mut r = Registry::with_prefix("wscluster_node");
+        Metrics {
+            connections: register(&mut r, "connections", "Open WebSocket sessions"),
+            connections_opened: register(&mut r, "connections_opened", "WebSocket sessions opened"),
+            messages_appended: register(
+                &mut r,
+                "messages_appended",
+                "Messages appended to user mailboxes",
+            ),
+            messages_delivered: register(
+                &mut r,
+                "messages_delivered",
+                "Frames delivered to clients by kind",
+            ),
+            broadcasts: register(
+                &mut r,
+                "broadcasts",
+                "Broadcast events fanned out to local users",
+            ),
+            resets: register(&mut r, "resets", "Sessions closed by the node by reason"),
+            errors: register(&mut r, "errors", "Errors by kind"),
+            ring_version: register(&mut r, "ring_version", "Ring version in use"),
+            bus_connected: register(
+                &mut r,
+                "bus_connected",
+                "1 while the message bus is connected",
+            ),
+            registry: r,
+        }
     }
 
     /// Counts an error of `kind`.
@@ -125,5 +106,32 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exposed_under_the_node_prefix() {
+        let m = Metrics::new();
+        m.error("redis");
+        m.reset("drain");
+        m.delivered("replay");
+        let text = m.encode();
+        for line in [
+            "# TYPE wscluster_node_connections gauge",
+            "# TYPE wscluster_node_connections_opened counter",
+            "# TYPE wscluster_node_messages_appended counter",
+            "wscluster_node_messages_delivered_total{kind=\"replay\"} 1",
+            "# TYPE wscluster_node_broadcasts counter",
+            "wscluster_node_resets_total{reason=\"drain\"} 1",
+            "wscluster_node_errors_total{kind=\"redis\"} 1",
+            "# TYPE wscluster_node_ring_version gauge",
+            "# TYPE wscluster_node_bus_connected gauge",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
     }
 }

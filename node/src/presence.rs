@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
+use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
@@ -30,15 +30,16 @@ pub struct PresenceEntry {
 }
 
 /// Where presence is kept. Implemented by [`MemoryPresence`] and [`RedisPresence`].
+#[async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Records that `user` is connected (overwriting any older entry).
-    fn set<'a>(&'a self, user: &'a str, entry: &'a PresenceEntry) -> BoxFuture<'a, Result<()>>;
+    async fn set(&self, user: &str, entry: &PresenceEntry) -> Result<()>;
     /// Extends the expiry of each `(user, conn)` whose entry still names `conn`.
-    fn refresh<'a>(&'a self, live: &'a [(String, String)]) -> BoxFuture<'a, Result<()>>;
+    async fn refresh(&self, live: &[(String, String)]) -> Result<()>;
     /// Removes `user`'s entry if it still names `conn`.
-    fn remove<'a>(&'a self, user: &'a str, conn: &'a str) -> BoxFuture<'a, Result<()>>;
+    async fn remove(&self, user: &str, conn: &str) -> Result<()>;
     /// The user's entry, if any.
-    fn get<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceEntry>>>;
+    async fn get(&self, user: &str) -> Result<Option<PresenceEntry>>;
 }
 
 /// In-process presence (local mode, tests).
@@ -66,51 +67,44 @@ impl MemoryPresence {
     }
 }
 
+#[async_trait]
 impl Presence for MemoryPresence {
-    fn set<'a>(&'a self, user: &'a str, entry: &'a PresenceEntry) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let deadline = Instant::now() + self.ttl;
-            self.lock()?
-                .insert(user.to_owned(), (entry.clone(), deadline));
-            Ok(())
-        })
+    async fn set(&self, user: &str, entry: &PresenceEntry) -> Result<()> {
+        let deadline = Instant::now() + self.ttl;
+        self.lock()?
+            .insert(user.to_owned(), (entry.clone(), deadline));
+        Ok(())
     }
 
-    fn refresh<'a>(&'a self, live: &'a [(String, String)]) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let now = Instant::now();
-            let mut entries = self.lock()?;
-            entries.retain(|_, (_, deadline)| *deadline > now);
-            for (user, conn) in live {
-                if let Some((entry, deadline)) = entries.get_mut(user)
-                    && &entry.conn == conn
-                {
-                    *deadline = now + self.ttl;
-                }
+    async fn refresh(&self, live: &[(String, String)]) -> Result<()> {
+        let now = Instant::now();
+        let mut entries = self.lock()?;
+        entries.retain(|_, (_, deadline)| *deadline > now);
+        for (user, conn) in live {
+            if let Some((entry, deadline)) = entries.get_mut(user)
+                && &entry.conn == conn
+            {
+                *deadline = now + self.ttl;
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
-    fn remove<'a>(&'a self, user: &'a str, conn: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let mut entries = self.lock()?;
-            if entries.get(user).is_some_and(|(e, _)| e.conn == conn) {
-                entries.remove(user);
-            }
-            Ok(())
-        })
+    async fn remove(&self, user: &str, conn: &str) -> Result<()> {
+        let mut entries = self.lock()?;
+        if entries.get(user).is_some_and(|(e, _)| e.conn == conn) {
+            entries.remove(user);
+        }
+        Ok(())
     }
 
-    fn get<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceEntry>>> {
-        Box::pin(async move {
-            let now = Instant::now();
-            Ok(self
-                .lock()?
-                .get(user)
-                .filter(|(_, deadline)| *deadline > now)
-                .map(|(e, _)| e.clone()))
-        })
+    async fn get(&self, user: &str) -> Result<Option<PresenceEntry>> {
+        let now = Instant::now();
+        Ok(self
+            .lock()?
+            .get(user)
+            .filter(|(_, deadline)| *deadline > now)
+            .map(|(e, _)| e.clone()))
     }
 }
 
@@ -175,69 +169,62 @@ impl RedisPresence {
     }
 }
 
+#[async_trait]
 impl Presence for RedisPresence {
-    fn set<'a>(&'a self, user: &'a str, entry: &'a PresenceEntry) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            let value = serde_json::to_string(entry)?;
-            let () = redis::cmd("SET")
-                .arg(self.key(user))
-                .arg(value)
-                .arg("EX")
-                .arg(self.ttl.as_secs().max(1))
-                .query_async(&mut con)
-                .await?;
-            Ok(())
-        })
+    async fn set(&self, user: &str, entry: &PresenceEntry) -> Result<()> {
+        let mut con = self.con.clone();
+        let value = serde_json::to_string(entry)?;
+        let () = redis::cmd("SET")
+            .arg(self.key(user))
+            .arg(value)
+            .arg("EX")
+            .arg(self.ttl.as_secs().max(1))
+            .query_async(&mut con)
+            .await?;
+        Ok(())
     }
 
-    fn refresh<'a>(&'a self, live: &'a [(String, String)]) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            // Load once so the pipeline can use EVALSHA.
-            let mut con = self.con.clone();
-            let _: String = self.refresh.load_async(&mut con).await?;
-            for chunk in live.chunks(REFRESH_BATCH) {
-                let mut pipe = redis::pipe();
-                for (user, conn) in chunk {
-                    pipe.cmd("EVALSHA")
-                        .arg(self.refresh.get_hash())
-                        .arg(1)
-                        .arg(self.key(user))
-                        .arg(conn)
-                        .arg(self.ttl.as_secs().max(1))
-                        .ignore();
-                }
-                let () = pipe.query_async(&mut con).await?;
+    async fn refresh(&self, live: &[(String, String)]) -> Result<()> {
+        // Load once so the pipeline can use EVALSHA.
+        let mut con = self.con.clone();
+        let _: String = self.refresh.load_async(&mut con).await?;
+        for chunk in live.chunks(REFRESH_BATCH) {
+            let mut pipe = redis::pipe();
+            for (user, conn) in chunk {
+                pipe.cmd("EVALSHA")
+                    .arg(self.refresh.get_hash())
+                    .arg(1)
+                    .arg(self.key(user))
+                    .arg(conn)
+                    .arg(self.ttl.as_secs().max(1))
+                    .ignore();
             }
-            Ok(())
-        })
+            let () = pipe.query_async(&mut con).await?;
+        }
+        Ok(())
     }
 
-    fn remove<'a>(&'a self, user: &'a str, conn: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            let _: i64 = self
-                .remove
-                .key(self.key(user))
-                .arg(conn)
-                .invoke_async(&mut con)
-                .await?;
-            Ok(())
-        })
+    async fn remove(&self, user: &str, conn: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        let _: i64 = self
+            .remove
+            .key(self.key(user))
+            .arg(conn)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
     }
 
-    fn get<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<PresenceEntry>>> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            let value: Option<String> = redis::cmd("GET")
-                .arg(self.key(user))
-                .query_async(&mut con)
-                .await?;
-            match value {
-                None => Ok(None),
-                Some(v) => Ok(Some(serde_json::from_str(&v)?)),
-            }
-        })
+    async fn get(&self, user: &str) -> Result<Option<PresenceEntry>> {
+        let mut con = self.con.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.key(user))
+            .query_async(&mut con)
+            .await?;
+        match value {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_str(&v)?)),
+        }
     }
 }
 

@@ -5,52 +5,68 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use wscluster_ring::contract::CLOSE_REBALANCE;
 use wscluster_ring::contract::bus::reset_routing_key;
-use wscluster_ring::{Member, Ring, RingSnapshot};
+use wscluster_ring::{Member, RingSnapshot};
+
+/// `/send` of `message` to `user` on `node`: the status and body.
+async fn send(node: &Node, user: &str, message: &str) -> (u16, Value) {
+    node.http(
+        "GET",
+        &format!("/send?userId={user}&message={message}"),
+        None,
+    )
+    .await
+}
+
+/// Waits until `node` routes with ring `version`.
+async fn wait_ring_version(node: &Node, version: u64) {
+    node.poll("the node applies the new ring", "/readyz", |_, r| {
+        r["ringVersion"] == version
+    })
+    .await;
+}
+
+/// Ring v1 (n-a alone) and v2 (n-a and n-b) of `cluster`.
+fn rings(cluster: &str) -> (RingSnapshot, RingSnapshot) {
+    let a = Member::active("n-a", "127.0.0.1:1");
+    let b = Member::active("n-b", "127.0.0.1:2");
+    (
+        RingSnapshot::new(cluster, 1, vec![a.clone()]),
+        RingSnapshot::new(cluster, 2, vec![a, b]),
+    )
+}
+
+/// Nodes n-a and n-b on the test's Redis and exchange, following `ring`, once both buses are up.
+async fn spawn_pair(store: &RedisScope, broker: &AmqpScope, ring: &RingFile) -> (Node, Node) {
+    let args = [
+        &store.args()[..],
+        &broker.args()[..],
+        &["--ring-file", ring.path.as_str()],
+    ]
+    .concat();
+    let a = Node::spawn("n-a", &args).await;
+    let b = Node::spawn("n-b", &args).await;
+    for node in [&a, &b] {
+        node.wait_bus_connected().await;
+    }
+    (a, b)
+}
 
 #[tokio::test]
 async fn a_message_sent_while_its_user_moves_to_another_node_is_replayed_there_with_since() {
-    tokio::time::timeout(STEP * 6, async {
-        let _ = redis().await;
-        let probe = amqp().await;
-        let _ = probe.close(200, "probe".into()).await;
-        let cluster = unique("test/move");
-        let prefix = unique("wsc-test");
-        let dir = std::env::temp_dir().join(unique("wsc-move"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("ring.json");
-        let v1 = RingSnapshot::new(&cluster, 1, vec![Member::active("n-a", "127.0.0.1:1")]);
-        let v2 = RingSnapshot::new(
-            &cluster,
-            2,
-            vec![Member::active("n-a", "127.0.0.1:1"), Member::active("n-b", "127.0.0.1:2")],
-        );
-        let ring2 = Ring::build(v2.clone()).expect("ring");
-        let user = (0..10_000)
-            .map(|i| format!("mover-{i}"))
-            .find(|k| ring2.owns("n-b", k))
-            .expect("a key that moves to n-b");
-        std::fs::write(&file, v1.to_json()).expect("write ring");
-        let ring_path = file.to_string_lossy().into_owned();
-        let (redis, amqp) = (redis_url(), amqp_url());
-        let args = [
-            "--cluster-id", cluster.as_str(), "--ring-file", ring_path.as_str(),
-            "--redis-url", redis.as_str(), "--redis-prefix", prefix.as_str(), "--amqp-url", amqp.as_str(),
-        ];
-        let a = Node::spawn("n-a", &args).await;
-        let b = Node::spawn("n-b", &args).await;
-        for node in [&a, &b] {
-            eventually("the node connects to rabbitmq", || async {
-                let (_, r) = node.http("GET", "/readyz", None).await;
-                (r["busConnected"] == true).then_some(())
-            })
-            .await;
-        }
+    within(STEP * 6, async {
+        let store = RedisScope::new().await;
+        let broker = AmqpScope::new("test/move").await;
+        let cluster = broker.cluster.clone();
+        let (v1, v2) = rings(&cluster);
+        let user = key_owned_by(&v2, "n-b");
+        let ring = RingFile::holding(&v1);
+        let (a, b) = spawn_pair(&store, &broker, &ring).await;
 
         let (mut ws, _) = a.connect(&format!("/connect/{user}")).await;
-        let (status, _) = a.http("GET", &format!("/send?userId={user}&message=before"), None).await;
+        let (status, _) = send(&a, &user, "before").await;
         assert_eq!(status, 200);
         let first = next_json(&mut ws).await;
         assert_eq!(first["offset"], 1);
@@ -58,15 +74,11 @@ async fn a_message_sent_while_its_user_moves_to_another_node_is_replayed_there_w
         assert_eq!(presence["node"], "n-a");
 
         // The ring grows: the user now belongs to n-b; n-a refuses new work for it.
-        std::fs::write(&file, v2.to_json()).expect("write ring");
+        ring.write(&v2);
         for node in [&a, &b] {
-            eventually("both nodes apply ring v2", || async {
-                let (_, r) = node.http("GET", "/readyz", None).await;
-                (r["ringVersion"] == 2).then_some(())
-            })
-            .await;
+            wait_ring_version(node, 2).await;
         }
-        let (status, body) = a.http("GET", &format!("/send?userId={user}&message=x"), None).await;
+        let (status, body) = send(&a, &user, "x").await;
         assert_eq!((status, body["owner"].as_str()), (421, Some("n-b")));
 
         // The proxy's reset event moves the user off n-a.
@@ -77,25 +89,25 @@ async fn a_message_sent_while_its_user_moves_to_another_node_is_replayed_there_w
         assert_eq!(texts[0]["type"], "reset");
 
         // Sent during the gap, to the new owner: stored, not delivered.
-        let (status, body) = b.http("GET", &format!("/send?userId={user}&message=during"), None).await;
+        let (status, body) = send(&b, &user, "during").await;
         assert_eq!(status, 202, "{body}");
         assert_eq!(body["offset"], 2);
 
         let (mut ws, replay) = b.connect(&format!("/connect/{user}?since=1")).await;
         assert_eq!(replay.len(), 1, "{replay:?}");
-        assert_eq!((replay[0]["content"].as_str(), replay[0]["offset"].as_u64()), (Some("during"), Some(2)));
+        assert_eq!(
+            (replay[0]["content"].as_str(), replay[0]["offset"].as_u64()),
+            (Some("during"), Some(2))
+        );
         assert_eq!(replay[0]["server"], "n-b");
-        let (status, _) = b.http("GET", &format!("/send?userId={user}&message=after"), None).await;
+        let (status, _) = send(&b, &user, "after").await;
         assert_eq!(status, 200);
         assert_eq!(next_json(&mut ws).await["offset"], 3);
         let (_, presence) = a.http("GET", &format!("/users/{user}"), None).await;
         assert_eq!(presence["node"], "n-b");
 
-        drop((a, b));
-        let _ = std::fs::remove_dir_all(&dir);
-        redis_cleanup(&prefix).await;
-        amqp_cleanup(&cluster, &["n-a", "n-b"]).await;
+        broker.finish(vec![a, b]).await;
+        store.finish().await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }

@@ -9,7 +9,7 @@ use common::*;
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::stream::SubscriberKind;
 use wscluster_ring::contract::{CLOSE_DRAIN, ResetReason};
-use wscluster_ring::{Member, Ring, RingSnapshot};
+use wscluster_ring::{Member, RingSnapshot};
 use wscluster_ring_stream::RingHub;
 
 fn snapshot(version: u64, draining_n0: bool) -> RingSnapshot {
@@ -22,25 +22,17 @@ fn snapshot(version: u64, draining_n0: bool) -> RingSnapshot {
     )
 }
 
-/// A key owned by `member` under `snap`.
-fn key_owned_by(snap: &RingSnapshot, member: &str) -> String {
-    let ring = Ring::build(snap.clone()).expect("ring");
-    (0..10_000)
-        .map(|i| format!("user-{i}"))
-        .find(|k| ring.owns(member, k))
-        .expect("some key")
+/// A node `id` of cluster `test/own` following `ring`.
+async fn ring_node(id: &str, ring: &RingFile) -> Node {
+    Node::spawn(id, &["--cluster-id", "test/own", "--ring-file", &ring.path]).await
 }
 
 #[tokio::test]
 async fn a_node_refuses_upgrades_and_sends_for_keys_it_does_not_own_under_its_newest_ring() {
-    tokio::time::timeout(STEP * 3, async {
-        let dir = std::env::temp_dir().join(unique("wsc-ring"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("ring.json");
+    within(STEP * 3, async {
         let v1 = snapshot(1, false);
-        std::fs::write(&file, v1.to_json()).expect("write ring");
-        let path = file.to_string_lossy().into_owned();
-        let node = Node::spawn("n-0", &["--cluster-id", "test/own", "--ring-file", &path]).await;
+        let ring = RingFile::holding(&v1);
+        let node = ring_node("n-0", &ring).await;
 
         let mine = key_owned_by(&v1, "n-0");
         let theirs = key_owned_by(&v1, "n-1");
@@ -56,21 +48,18 @@ async fn a_node_refuses_upgrades_and_sends_for_keys_it_does_not_own_under_its_ne
         let (_ws, _) = node.connect(&format!("/connect/{mine}")).await;
 
         // n-0 starts draining in v2: it owns nothing, n-1 owns everything.
-        std::fs::write(&file, snapshot(2, true).to_json()).expect("write ring");
-        let body = eventually("the node applies ring v2", || async {
-            let (status, body) = node
-                .http("GET", &format!("/send?userId={mine}&message=x"), None)
-                .await;
-            (status == 421 && body["ringVersion"] == 2).then_some(body)
-        })
-        .await;
+        ring.write(&snapshot(2, true));
+        let send_mine = format!("/send?userId={mine}&message=x");
+        let body = node
+            .poll("the node applies ring v2", &send_mine, |status, body| {
+                status == 421 && body["ringVersion"] == 2
+            })
+            .await;
         assert_eq!(body["owner"], "n-1");
         let (status, _) = node.refused(&format!("/connect/{mine}")).await;
         assert_eq!(status, 421);
-        let _ = std::fs::remove_dir_all(&dir);
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 /// An upgrade carrying the proxy's ring-version header, answered with the status it got.
@@ -92,14 +81,10 @@ async fn upgrade_routed_with(addr: &str, path: &str, version: &str) -> u16 {
 
 #[tokio::test]
 async fn a_request_routed_under_a_newer_ring_waits_for_it_instead_of_being_refused() {
-    tokio::time::timeout(STEP * 3, async {
-        let dir = std::env::temp_dir().join(unique("wsc-ring"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("ring.json");
+    within(STEP * 3, async {
         let v1 = snapshot(1, false);
-        std::fs::write(&file, v1.to_json()).expect("write ring");
-        let path = file.to_string_lossy().into_owned();
-        let node = Node::spawn("n-1", &["--cluster-id", "test/own", "--ring-file", &path]).await;
+        let ring = RingFile::holding(&v1);
+        let node = ring_node("n-1", &ring).await;
         // Under v1 n-0 owns `moved`; in v2 n-0 drains and n-1 (this node) owns every key.
         let moved = key_owned_by(&v1, "n-0");
         let connect = format!("/connect/{moved}");
@@ -122,7 +107,7 @@ async fn a_request_routed_under_a_newer_ring_waits_for_it_instead_of_being_refus
             "answered before the node had ring v2: {early:?}"
         );
         // ...and accepts it once v2 arrives.
-        std::fs::write(&file, snapshot(2, true).to_json()).expect("write ring");
+        ring.write(&snapshot(2, true));
         assert_eq!(pending.await.expect("task"), 101);
 
         // A version that never comes: refused, but only once the bounded wait is over.
@@ -134,12 +119,10 @@ async fn a_request_routed_under_a_newer_ring_waits_for_it_instead_of_being_refus
                 Member::active("n-1", "127.0.0.1:2").draining(),
             ],
         );
-        std::fs::write(&file, v3.to_json()).expect("write ring");
-        eventually("the node applies ring v3", || async {
-            let (status, body) = node
-                .http("GET", &format!("/send?userId={moved}&message=x"), None)
-                .await;
-            (status == 421 && body["ringVersion"] == 3).then_some(())
+        ring.write(&v3);
+        let send_moved = format!("/send?userId={moved}&message=x");
+        node.poll("the node applies ring v3", &send_moved, |status, body| {
+            status == 421 && body["ringVersion"] == 3
         })
         .await;
         let started = std::time::Instant::now();
@@ -149,15 +132,13 @@ async fn a_request_routed_under_a_newer_ring_waits_for_it_instead_of_being_refus
             "the node waited for the newer ring before refusing: {:?}",
             started.elapsed()
         );
-        let _ = std::fs::remove_dir_all(&dir);
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn a_node_follows_the_ring_stream_and_acks_the_version_it_applies() {
-    tokio::time::timeout(STEP * 3, async {
+    within(STEP * 3, async {
         let hub = RingHub::new();
         hub.set_token("test/own", "secret".into());
         hub.publish(snapshot(7, false)).expect("publish");
@@ -198,13 +179,12 @@ async fn a_node_follows_the_ring_stream_and_acks_the_version_it_applies() {
         assert_eq!((status, body["ringVersion"].as_u64()), (421, Some(7)));
         stop.cancel();
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn sigterm_sends_every_client_a_drain_reset_and_the_node_exits_within_the_grace_period() {
-    tokio::time::timeout(STEP * 3, async {
+    within(STEP * 3, async {
         let mut node = Node::spawn("n-0", &["--grace-period-seconds", "5"]).await;
         let (mut a, _) = node.connect("/connect/alice").await;
         let (mut b, _) = node.connect("/connect/bob").await;
@@ -223,18 +203,14 @@ async fn sigterm_sends_every_client_a_drain_reset_and_the_node_exits_within_the_
             .expect("wait");
         assert!(status.success(), "{status:?}");
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn until_its_ring_arrives_a_node_is_not_ready_and_refuses_upgrades_with_ring_unknown() {
-    tokio::time::timeout(STEP * 3, async {
-        let dir = std::env::temp_dir().join(unique("wsc-ring"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("ring.json");
-        let path = file.to_string_lossy().into_owned();
-        let node = Node::spawn("n-0", &["--cluster-id", "test/own", "--ring-file", &path]).await;
+    within(STEP * 3, async {
+        let ring = RingFile::empty();
+        let node = ring_node("n-0", &ring).await;
         let (status, body) = node.http("GET", "/readyz", None).await;
         assert_eq!((status, body["ringKnown"].as_bool()), (503, Some(false)));
         let (status, body) = node.refused("/connect/alice").await;
@@ -244,16 +220,13 @@ async fn until_its_ring_arrives_a_node_is_not_ready_and_refuses_upgrades_with_ri
         );
 
         let v1 = snapshot(1, false);
-        std::fs::write(&file, v1.to_json()).expect("write ring");
-        eventually("the node becomes ready", || async {
-            let (status, _) = node.http("GET", "/readyz", None).await;
-            (status == 200).then_some(())
+        ring.write(&v1);
+        node.poll("the node becomes ready", "/readyz", |status, _| {
+            status == 200
         })
         .await;
         let mine = key_owned_by(&v1, "n-0");
         let (_ws, _) = node.connect(&format!("/connect/{mine}")).await;
-        let _ = std::fs::remove_dir_all(&dir);
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }

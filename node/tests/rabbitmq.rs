@@ -9,19 +9,6 @@ use serde_json::{Value, json};
 use wscluster_ring::contract::bus::reset_routing_key;
 use wscluster_ring::contract::{CLOSE_REBALANCE, ResetFrame, ResetReason};
 
-async fn amqp_node(id: &str, cluster: &str) -> Node {
-    let conn = amqp().await; // fail clearly if RabbitMQ is down
-    let _ = conn.close(200, "probe".into()).await;
-    let url = amqp_url();
-    let node = Node::spawn(id, &["--cluster-id", cluster, "--amqp-url", &url]).await;
-    eventually("the node connects to rabbitmq", || async {
-        let (_, r) = node.http("GET", "/readyz", None).await;
-        (r["busConnected"] == true).then_some(())
-    })
-    .await;
-    node
-}
-
 /// Sends a marker with `/send` and asserts it is the very next frame the user sees, which
 /// proves nothing (such as a duplicate broadcast) is queued in between.
 async fn assert_next_is_marker(node: &Node, user: &str, ws: &mut Ws) {
@@ -40,10 +27,10 @@ async fn assert_next_is_marker(node: &Node, user: &str, ws: &mut Ws) {
 
 #[tokio::test]
 async fn a_broadcast_reaches_every_user_of_every_node_exactly_once() {
-    tokio::time::timeout(STEP * 4, async {
-        let cluster = unique("test/bc");
-        let a = amqp_node("n-a", &cluster).await;
-        let b = amqp_node("n-b", &cluster).await;
+    within(STEP * 4, async {
+        let broker = AmqpScope::new("test/bc").await;
+        let a = broker.node("n-a").await;
+        let b = broker.node("n-b").await;
         let (mut alice, _) = a.connect("/connect/alice").await;
         let (mut carol, _) = a.connect("/connect/carol").await;
         let (mut bob, _) = b.connect("/connect/bob").await;
@@ -63,27 +50,26 @@ async fn a_broadcast_reaches_every_user_of_every_node_exactly_once() {
             assert!(v.get("offset").is_none());
             assert_next_is_marker(node, user, ws).await;
         }
-        drop((a, b));
-        amqp_cleanup(&cluster, &["n-a", "n-b"]).await;
+        broker.finish(vec![a, b]).await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn a_reset_event_closes_exactly_the_named_users_with_the_contract_frame_and_code() {
-    tokio::time::timeout(STEP * 4, async {
-        let cluster = unique("test/reset");
-        let node = amqp_node("n-r", &cluster).await;
+    within(STEP * 4, async {
+        let broker = AmqpScope::new("test/reset").await;
+        let cluster = broker.cluster.as_str();
+        let node = broker.node("n-r").await;
         let (mut u1, _) = node.connect("/connect/u1").await;
         let (mut u2, _) = node.connect("/connect/u2").await;
         let (mut u3, _) = node.connect("/connect/u3").await;
 
         // A reset for another member must not reach this node.
         let other = json!({"member": "n-x", "ringVersion": 9, "reason": "rebalance", "keys": ["u2"], "retryAfterMs": 300});
-        amqp_publish(&cluster, &reset_routing_key("n-x"), &other).await;
+        amqp_publish(cluster, &reset_routing_key("n-x"), &other).await;
         let event = json!({"member": "n-r", "ringVersion": 9, "reason": "rebalance", "keys": ["u1", "u3", "nobody"], "retryAfterMs": 300});
-        amqp_publish(&cluster, &reset_routing_key("n-r"), &event).await;
+        amqp_publish(cluster, &reset_routing_key("n-r"), &event).await;
 
         let expected: Value = serde_json::from_str(&ResetFrame::new(ResetReason::Rebalance, 300, Some(9)).to_json())
             .expect("frame json");
@@ -93,16 +79,15 @@ async fn a_reset_event_closes_exactly_the_named_users_with_the_contract_frame_an
             assert_eq!(texts, vec![expected.clone()]);
         }
         assert_next_is_marker(&node, "u2", &mut u2).await;
-        eventually("the reset sessions are gone and the other stays", || async {
-            let (_, count) = node.http("GET", "/count", None).await;
-            (count["count"] == 1).then_some(())
-        })
+        node.poll(
+            "the reset sessions are gone and the other stays",
+            "/count",
+            |_, count| count["count"] == 1,
+        )
         .await;
-        drop(node);
-        amqp_cleanup(&cluster, &["n-r"]).await;
+        broker.finish(vec![node]).await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 /// `rabbitmqctl list_connections` rows whose connection_name is `wanted`: their pids.
@@ -134,11 +119,11 @@ async fn broker_connections(wanted: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn losing_the_rabbitmq_connection_drops_no_socket_and_broadcasts_resume_after_reconnect() {
-    tokio::time::timeout(STEP * 6, async {
-        let cluster = unique("test/loss");
-        let node = amqp_node("n-l", &cluster).await;
+    within(STEP * 6, async {
+        let broker = AmqpScope::new("test/loss").await;
+        let node = broker.node("n-l").await;
         let (mut alice, _) = node.connect("/connect/alice").await;
-        let conn_name = format!("wscluster-node {cluster} n-l");
+        let conn_name = format!("wscluster-node {} n-l", broker.cluster);
         let before = eventually("the broker lists the node's connection", || async {
             let names = broker_connections(&conn_name).await;
             (names.len() == 1).then_some(names)
@@ -160,11 +145,7 @@ async fn losing_the_rabbitmq_connection_drops_no_socket_and_broadcasts_resume_af
             (names.len() == 1 && names != before).then_some(())
         })
         .await;
-        eventually("the bus reports connected again", || async {
-            let (_, r) = node.http("GET", "/readyz", None).await;
-            (r["busConnected"] == true).then_some(())
-        })
-        .await;
+        node.wait_bus_connected().await;
         // The socket survived and broadcasts flow again.
         let (status, body) = node
             .http("POST", "/broadcast", Some(r#"{"message":"after"}"#))
@@ -176,9 +157,7 @@ async fn losing_the_rabbitmq_connection_drops_no_socket_and_broadcasts_resume_af
             (Some("broadcast"), Some("after"))
         );
         assert_next_is_marker(&node, "alice", &mut alice).await;
-        drop(node);
-        amqp_cleanup(&cluster, &["n-l"]).await;
+        broker.finish(vec![node]).await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }

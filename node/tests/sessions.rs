@@ -11,19 +11,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use wscluster_ring::contract::CLOSE_REPLACED;
 
-async fn redis_node(id: &str, prefix: &str, extra: &[&str]) -> Node {
-    let _ = redis().await; // fail clearly if Redis is down
-    let url = redis_url();
-    let mut args = vec!["--redis-url", url.as_str(), "--redis-prefix", prefix];
-    args.extend_from_slice(extra);
-    Node::spawn(id, &args).await
-}
-
 #[tokio::test]
 async fn a_message_sent_to_a_connected_user_is_delivered_with_its_offset() {
-    tokio::time::timeout(STEP * 3, async {
-        let prefix = unique("wsc-test");
-        let node = redis_node("n-0", &prefix, &[]).await;
+    within(STEP * 3, async {
+        let store = RedisScope::new().await;
+        let node = store.node("n-0", &[]).await;
         let (mut ws, before) = node.connect("/connect/alice").await;
         assert!(before.is_empty());
         let (status, body) = node
@@ -62,32 +54,27 @@ async fn a_message_sent_to_a_connected_user_is_delivered_with_its_offset() {
         assert_eq!(presence["connectedHere"], true);
 
         ws.close(None).await.expect("close");
-        eventually("presence removed", || async {
-            let (status, _) = node.http("GET", "/users/alice", None).await;
-            (status == 404).then_some(())
+        node.poll("presence removed", "/users/alice", |status, _| {
+            status == 404
         })
         .await;
-        redis_cleanup(&prefix).await;
+        store.finish().await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_with_since() {
-    tokio::time::timeout(STEP * 3, async {
-        let prefix = unique("wsc-test");
-        let node = redis_node("n-0", &prefix, &[]).await;
+    within(STEP * 3, async {
+        let store = RedisScope::new().await;
+        let node = store.node("n-0", &[]).await;
         let (mut ws, _) = node.connect("/connect/bob").await;
         node.http("GET", "/send?userId=bob&message=m1", None).await;
         let m1 = next_json(&mut ws).await;
         assert_eq!(m1["offset"], 1);
         ws.close(None).await.expect("close");
-        eventually("bob disconnected", || async {
-            let (_, c) = node.http("GET", "/count", None).await;
-            (c["count"] == 0).then_some(())
-        })
-        .await;
+        node.poll("bob disconnected", "/count", |_, c| c["count"] == 0)
+            .await;
 
         for i in 2..=4 {
             let (status, body) = node
@@ -98,8 +85,8 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
             assert_eq!(body["offset"], i);
         }
         // A restart must not lose them: the mailbox is in Redis.
-        drop(node);
-        let node = redis_node("n-0", &prefix, &[]).await;
+        node.stop().await;
+        let node = store.node("n-0", &[]).await;
         let (mut ws, replay) = node.connect("/connect/bob?since=1").await;
         let got: Vec<(String, u64)> = replay
             .iter()
@@ -121,17 +108,16 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
             (live["content"].as_str(), live["offset"].as_u64()),
             (Some("live"), Some(5))
         );
-        redis_cleanup(&prefix).await;
+        store.finish().await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn since_older_than_retention_or_not_a_number_gets_an_error_frame_then_replay_or_live() {
-    tokio::time::timeout(STEP * 3, async {
-        let prefix = unique("wsc-test");
-        let node = redis_node("n-0", &prefix, &["--mailbox-max-len", "3"]).await;
+    within(STEP * 3, async {
+        let store = RedisScope::new().await;
+        let node = store.node("n-0", &["--mailbox-max-len", "3"]).await;
         for i in 1..=6 {
             node.http("GET", &format!("/send?userId=carol&message=m{i}"), None)
                 .await;
@@ -159,15 +145,14 @@ async fn since_older_than_retention_or_not_a_number_gets_an_error_frame_then_rep
         node.http("GET", "/send?userId=carol&message=live", None)
             .await;
         assert_eq!(next_json(&mut ws).await["offset"], 7);
-        redis_cleanup(&prefix).await;
+        store.finish().await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn a_second_connection_for_the_same_user_replaces_the_first_with_close_4002() {
-    tokio::time::timeout(STEP * 3, async {
+    within(STEP * 3, async {
         let node = Node::spawn("n-0", &[]).await;
         let (mut first, _) = node.connect("/connect/dave").await;
         let (mut second, _) = node.connect("/connect/dave").await;
@@ -179,13 +164,12 @@ async fn a_second_connection_for_the_same_user_replaces_the_first_with_close_400
         let (_, c) = node.http("GET", "/count", None).await;
         assert_eq!(c["count"], 1);
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_disturb_no_other_session() {
-    tokio::time::timeout(STEP * 4, async {
+    within(STEP * 4, async {
         let node = Node::spawn("n-0", &["--max-frame-bytes", "1024"]).await;
         let (mut bystander, _) = node.connect("/connect/eve").await;
 
@@ -233,14 +217,13 @@ async fn bad_requests_get_clear_errors_and_disturb_no_other_session() {
         let v: Value = next_json(&mut bystander).await;
         assert_eq!(v["content"], "still-here");
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn without_rabbitmq_a_broadcast_reaches_the_users_of_a_standalone_node_through_the_in_memory_bus()
  {
-    tokio::time::timeout(STEP * 3, async {
+    within(STEP * 3, async {
         let node = Node::spawn("n-0", &[]).await;
         let (mut a, _) = node.connect("/connect/ann").await;
         let (mut b, _) = node.connect("/connect/ben").await;
@@ -265,22 +248,21 @@ async fn without_rabbitmq_a_broadcast_reaches_the_users_of_a_standalone_node_thr
             (400, Some("unexpected-user-id"))
         );
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn presence_is_refreshed_in_redis_while_the_socket_lives_and_deleted_when_it_closes() {
-    tokio::time::timeout(STEP * 3, async {
-        let prefix = unique("wsc-test");
-        let node = redis_node(
-            "n-0",
-            &prefix,
-            &["--presence-ttl-seconds", "3", "--cluster-id", "t/p"],
-        )
-        .await;
+    within(STEP * 3, async {
+        let store = RedisScope::new().await;
+        let node = store
+            .node(
+                "n-0",
+                &["--presence-ttl-seconds", "3", "--cluster-id", "t/p"],
+            )
+            .await;
         let (ws, _) = node.connect("/connect/henry").await;
-        let key = format!("{prefix}:t/p:presence:henry");
+        let key = format!("{}:t/p:presence:henry", store.prefix);
         let mut con = redis().await;
         let raw: String = redis::cmd("GET")
             .arg(&key)
@@ -321,15 +303,14 @@ async fn presence_is_refreshed_in_redis_while_the_socket_lives_and_deleted_when_
             }
         })
         .await;
-        redis_cleanup(&prefix).await;
+        store.finish().await;
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_refused_with_503() {
-    tokio::time::timeout(STEP * 3, async {
+    within(STEP * 3, async {
         let node = Node::spawn("n-0", &["--max-connections", "1"]).await;
         let (_first, _) = node.connect("/connect/ivy").await;
         let (status, body) = node.refused("/connect/jack").await;
@@ -338,14 +319,13 @@ async fn connections_beyond_max_connections_are_refused_with_503() {
             (503, Some("too-many-connections"))
         );
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }
 
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed_with_1001_after_two_intervals() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tokio::time::timeout(STEP * 3, async {
+    within(STEP * 3, async {
         let node = Node::spawn("n-0", &["--ping-interval-seconds", "1"]).await;
         // A raw client: handshake by hand, then read without ever answering a ping.
         let mut tcp = tokio::net::TcpStream::connect(&node.addr).await.expect("connect");
@@ -385,6 +365,5 @@ async fn a_client_that_never_answers_pings_is_closed_with_1001_after_two_interva
         assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 101"));
         assert_eq!(code, 1001);
     })
-    .await
-    .expect("test finished in time");
+    .await;
 }

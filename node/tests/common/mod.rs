@@ -1,7 +1,10 @@
 //! Helpers shared by the node's integration tests: spawn the real binary, talk HTTP and
-//! WebSocket to it, reach the real Redis and RabbitMQ.
+//! WebSocket to it, reach the real Redis and RabbitMQ, and give each test its own Redis
+//! prefix, RabbitMQ exchange and ring file, cleaned up afterwards.
 #![allow(dead_code)]
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -15,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wscluster_ring::{Ring, RingSnapshot};
 
 /// Longest wait for any single expected event in a test.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -22,6 +26,13 @@ pub const STEP: Duration = Duration::from_secs(10);
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a test body under a deadline, so a hung test fails instead of blocking the run.
+pub async fn within<F: Future>(limit: Duration, test: F) -> F::Output {
+    tokio::time::timeout(limit, test)
+        .await
+        .expect("test finished in time")
+}
 
 /// A name unique to this test process and call.
 pub fn unique(name: &str) -> String {
@@ -116,6 +127,131 @@ pub async fn amqp_cleanup(cluster: &str, members: &[&str]) {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// Redis for one test: a key prefix of its own (checked to be reachable first); `finish`
+/// deletes every key under it.
+pub struct RedisScope {
+    /// The node's `--redis-url`.
+    pub url: String,
+    /// The node's `--redis-prefix`, unique to this test.
+    pub prefix: String,
+}
+
+impl RedisScope {
+    /// A fresh prefix on the test Redis; fails clearly if Redis is down.
+    pub async fn new() -> Self {
+        let _ = redis().await;
+        RedisScope {
+            url: redis_url(),
+            prefix: unique("wsc-test"),
+        }
+    }
+
+    /// The node flags that put it on this Redis and prefix.
+    pub fn args(&self) -> [&str; 4] {
+        ["--redis-url", &self.url, "--redis-prefix", &self.prefix]
+    }
+
+    /// A node on this Redis, with `extra` flags.
+    pub async fn node(&self, id: &str, extra: &[&str]) -> Node {
+        Node::spawn(id, &[&self.args()[..], extra].concat()).await
+    }
+
+    /// Deletes the test's keys.
+    pub async fn finish(self) {
+        redis_cleanup(&self.prefix).await;
+    }
+}
+
+/// RabbitMQ for one test: a cluster id of its own, so its own exchange (checked to be
+/// reachable first); `finish` stops the test's nodes, then deletes the exchange and their
+/// queues.
+pub struct AmqpScope {
+    /// The node's `--amqp-url`.
+    pub url: String,
+    /// The node's `--cluster-id`, unique to this test; it names the exchange.
+    pub cluster: String,
+}
+
+impl AmqpScope {
+    /// A fresh cluster id starting with `name`; fails clearly if RabbitMQ is down.
+    pub async fn new(name: &str) -> Self {
+        let probe = amqp().await;
+        let _ = probe.close(200, "probe".into()).await;
+        AmqpScope {
+            url: amqp_url(),
+            cluster: unique(name),
+        }
+    }
+
+    /// The node flags that put it on this cluster's exchange.
+    pub fn args(&self) -> [&str; 4] {
+        ["--cluster-id", &self.cluster, "--amqp-url", &self.url]
+    }
+
+    /// A node on this exchange, returned once its bus is connected.
+    pub async fn node(&self, id: &str) -> Node {
+        let node = Node::spawn(id, &self.args()).await;
+        node.wait_bus_connected().await;
+        node
+    }
+
+    /// Stops `nodes` (so none redeclares its queue), then deletes the exchange and their queues.
+    pub async fn finish(self, nodes: Vec<Node>) {
+        let mut members = Vec::new();
+        for node in nodes {
+            members.push(node.id.clone());
+            node.stop().await;
+        }
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        amqp_cleanup(&self.cluster, &members).await;
+    }
+}
+
+/// A ring file in a temporary directory of its own, removed when dropped.
+pub struct RingFile {
+    /// The directory, removed with the file.
+    dir: PathBuf,
+    /// The node's `--ring-file`.
+    pub path: String,
+}
+
+impl RingFile {
+    /// A path for a ring file; nothing is written yet (a node waits for it to appear).
+    pub fn empty() -> Self {
+        let dir = std::env::temp_dir().join(unique("wsc-ring"));
+        std::fs::create_dir_all(&dir).expect("ring file dir");
+        let path = dir.join("ring.json").to_string_lossy().into_owned();
+        RingFile { dir, path }
+    }
+
+    /// A ring file holding `snapshot`.
+    pub fn holding(snapshot: &RingSnapshot) -> Self {
+        let file = RingFile::empty();
+        file.write(snapshot);
+        file
+    }
+
+    /// Replaces the file's snapshot (nodes watching it apply the new one).
+    pub fn write(&self, snapshot: &RingSnapshot) {
+        std::fs::write(&self.path, snapshot.to_json()).expect("write ring file");
+    }
+}
+
+impl Drop for RingFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A key that `member` owns under `snapshot`.
+pub fn key_owned_by(snapshot: &RingSnapshot, member: &str) -> String {
+    let ring = Ring::build(snapshot.clone()).expect("ring");
+    (0..10_000)
+        .map(|i| format!("user-{i}"))
+        .find(|k| ring.owns(member, k))
+        .unwrap_or_else(|| panic!("no key owned by {member}"))
+}
+
 /// A node process, killed when dropped.
 pub struct Node {
     pub child: Child,
@@ -155,6 +291,30 @@ impl Node {
             addr,
             id: id.to_owned(),
         }
+    }
+
+    /// Kills the process and waits until it is gone.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Polls `GET path` until `done(status, body)` holds, or fails after [`STEP`]; returns the
+    /// body that satisfied it.
+    pub async fn poll(&self, what: &str, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+        let done = &done;
+        eventually(what, || async move {
+            let (status, body) = self.http("GET", path, None).await;
+            done(status, &body).then_some(body)
+        })
+        .await
+    }
+
+    /// Waits until `/readyz` reports the message bus connected.
+    pub async fn wait_bus_connected(&self) {
+        self.poll("the node connects to rabbitmq", "/readyz", |_, r| {
+            r["busConnected"] == true
+        })
+        .await;
     }
 
     /// Sends SIGTERM.

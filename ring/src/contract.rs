@@ -21,9 +21,6 @@ pub const CLOSE_DRAIN: u16 = 4001;
 /// Close code when a newer connection for the same key replaced this one on the same node.
 /// Do not reconnect automatically (the other connection is yours).
 pub const CLOSE_REPLACED: u16 = 4002;
-/// Close code when the node does not own the key under its newest ring (a stale route).
-/// Reconnect after `retryAfterMs`.
-pub const CLOSE_NOT_OWNER: u16 = 4003;
 /// Close code for a protocol-level misuse the node refuses (for example a binary frame where
 /// text is expected). Standard codes are used where RFC 6455 has one: 1007 invalid UTF-8,
 /// 1009 message too big.
@@ -37,8 +34,6 @@ pub enum ResetReason {
     Rebalance,
     /// The node is draining (scale-down or shutdown).
     Drain,
-    /// The node refused the key because another node owns it.
-    NotOwner,
 }
 
 impl ResetReason {
@@ -47,7 +42,6 @@ impl ResetReason {
         match self {
             ResetReason::Rebalance => CLOSE_REBALANCE,
             ResetReason::Drain => CLOSE_DRAIN,
-            ResetReason::NotOwner => CLOSE_NOT_OWNER,
         }
     }
 
@@ -56,7 +50,6 @@ impl ResetReason {
         match self {
             ResetReason::Rebalance => "rebalance",
             ResetReason::Drain => "drain",
-            ResetReason::NotOwner => "not-owner",
         }
     }
 }

@@ -48,6 +48,8 @@ pub type HttpClient = Client<HttpConnector, Incoming>;
 /// Pause after an accept error (such as running out of file descriptors) so the loop does not
 /// spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// The field that lists the addresses a request came through.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -527,14 +529,18 @@ fn set_ring_version(headers: &mut HeaderMap, version: Option<u64>) {
     }
 }
 
+/// Replaces the client's `X-Forwarded-For` fields with the one the proxy passes on
+/// ([`upstream::push_forwarded_for`], as for upgrades).
 fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+    let mut value = Vec::with_capacity(64);
+    let prior = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    upstream::push_forwarded_for(&mut value, prior, peer.ip());
+    // Built from valid field values and an address: it is one, too.
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -826,5 +832,10 @@ mod tests {
         add_forwarded_for(&mut h, "10.1.2.3:5".parse().expect("addr"));
         add_forwarded_for(&mut h, "10.9.9.9:5".parse().expect("addr"));
         assert_eq!(h["x-forwarded-for"], "10.1.2.3, 10.9.9.9");
+        // Several fields from the client: all of them, in order, in one field.
+        h.append("x-forwarded-for", HeaderValue::from_static("10.5.5.5"));
+        add_forwarded_for(&mut h, "10.7.7.7:5".parse().expect("addr"));
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.1.2.3, 10.9.9.9, 10.5.5.5, 10.7.7.7"]);
     }
 }

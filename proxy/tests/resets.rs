@@ -209,11 +209,8 @@ async fn pacing_spreads_resets_over_the_configured_rate_and_jitter() {
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let config = "limits: {idleTimeoutSeconds: 2}";
-        let BehindProxy {
-            backends: _backends,
-            proxy,
-            ..
-        } = BehindProxy::start("idle", &["node-a"], config, 1).await;
+        let behind = BehindProxy::start("idle", &["node-a"], config, 1).await;
+        let proxy = &behind.proxy;
         let (mut idle, _) = connect(&proxy.ws_url("/connect/idle")).await;
         let (mut busy, _) = connect(&proxy.ws_url("/connect/busy")).await;
         let started = tokio::time::Instant::now();
@@ -240,11 +237,8 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
 async fn shutdown_waits_the_grace_period_then_resets_with_reason_drain() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let config = "drainTimeoutSeconds: 1";
-        let BehindProxy {
-            backends: _backends,
-            mut proxy,
-            ..
-        } = BehindProxy::start("shutdown", &["node-a"], config, 1).await;
+        let mut behind = BehindProxy::start("shutdown", &["node-a"], config, 1).await;
+        let proxy = &mut behind.proxy;
         let (mut ws, _) = connect(&proxy.ws_url("/connect/alice")).await;
         let pid = proxy.pid().to_string();
         let killed = tokio::process::Command::new("kill")

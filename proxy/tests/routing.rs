@@ -62,13 +62,8 @@ async fn get_on_kept_alive(s: &mut tokio::net::TcpStream, path: &str) -> String 
 #[tokio::test]
 async fn the_same_key_always_reaches_the_same_backend_over_websocket_and_http() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        // The backends are bound so they live to the end of the test.
-        let BehindProxy {
-            backends: _backends,
-            ring,
-            proxy,
-            ..
-        } = BehindProxy::start("same-key", &THREE, "", 1).await;
+        let behind = BehindProxy::start("same-key", &THREE, "", 1).await;
+        let (proxy, ring) = (&behind.proxy, &behind.ring);
         let mut per_backend: HashMap<String, usize> = HashMap::new();
         for i in 0..60 {
             let key = format!("user-{i}");
@@ -99,13 +94,8 @@ async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_routed_too()
     // A fresh connection's first upgrade takes the proxy's fast path; an upgrade that follows
     // a plain request on a kept-alive connection goes through hyper. Both reach the owner.
     tokio::time::timeout(TEST_TIMEOUT, async {
-        // The backends are bound so they live to the end of the test.
-        let BehindProxy {
-            backends: _backends,
-            ring,
-            proxy,
-            ..
-        } = BehindProxy::start("keepalive-upgrade", &THREE, "", 1).await;
+        let behind = BehindProxy::start("keepalive-upgrade", &THREE, "", 1).await;
+        let (proxy, ring) = (&behind.proxy, &behind.ring);
         for key in ["carol", "dave", "erin"] {
             let expected = ring.owner(key).expect("owner").id.clone();
             let mut s = tokio::net::TcpStream::connect(proxy.addr)
@@ -161,12 +151,8 @@ async fn a_fragment_in_the_target_is_not_part_of_the_key_on_either_path() {
     // Clients should not send a fragment, but some do; hyper (and so the node) drops it, and
     // the fast path, which reads the raw head, must cut the target the same way.
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let BehindProxy {
-            backends: _backends,
-            ring,
-            proxy,
-            ..
-        } = BehindProxy::start("fragment", &THREE, "", 1).await;
+        let behind = BehindProxy::start("fragment", &THREE, "", 1).await;
+        let (proxy, ring) = (&behind.proxy, &behind.ring);
         // A key whose owner is not that of the key with the fragment glued on, so routing by
         // the whole target would reach the wrong backend.
         let owner = |k: &str| ring.owner(k).expect("owner").id.clone();
@@ -229,11 +215,8 @@ async fn readiness_waits_for_a_ring_and_requests_before_it_get_503_with_retry_af
 #[tokio::test]
 async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let BehindProxy {
-            backends: _backends,
-            proxy,
-            ..
-        } = BehindProxy::start("bad-key", &["node-a"], "", 1).await;
+        let behind = BehindProxy::start("bad-key", &["node-a"], "", 1).await;
+        let proxy = &behind.proxy;
         let (status, body) = http_get(proxy.addr, "/send?message=hi", &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -406,11 +389,8 @@ async fn an_unreachable_owner_is_a_quick_502_never_a_hang() {
 async fn oversized_headers_get_431_and_a_slow_client_is_cut_off() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let limits = "limits: {maxHeaderBytes: 8192, headerReadTimeoutMs: 500}";
-        let BehindProxy {
-            backends: _backends,
-            proxy,
-            ..
-        } = BehindProxy::start("limits", &["node-a"], limits, 1).await;
+        let behind = BehindProxy::start("limits", &["node-a"], limits, 1).await;
+        let proxy = &behind.proxy;
         let big = "y".repeat(20_000);
         let mut s = tokio::net::TcpStream::connect(proxy.addr)
             .await
@@ -452,11 +432,8 @@ async fn oversized_headers_get_431_and_a_slow_client_is_cut_off() {
 async fn connections_over_the_limit_are_refused_and_frames_over_the_limit_close_with_1009() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let limits = "limits: {maxConnections: 2, maxFrameBytes: 1000}";
-        let BehindProxy {
-            backends: _backends,
-            proxy,
-            ..
-        } = BehindProxy::start("conn-limit", &["node-a"], limits, 1).await;
+        let behind = BehindProxy::start("conn-limit", &["node-a"], limits, 1).await;
+        let proxy = &behind.proxy;
         let (mut a, _) = connect(&proxy.ws_url("/connect/a")).await;
         let (_b, _) = connect(&proxy.ws_url("/connect/b")).await;
         assert!(

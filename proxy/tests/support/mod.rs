@@ -466,7 +466,7 @@ pub async fn read_ending(ws: &mut Ws, within: Duration) -> Ending {
 
 /// Backends behind a proxy that has applied ring `version` of all of them, read from a ring
 /// file in the proxy's own temp directory: the set-up most proxy tests start from. A backend
-/// stops when dropped, so keep `backends` bound (`backends: _backends`) while they must answer.
+/// stops when dropped: keep the whole value (or its `backends`) while they must answer.
 pub struct BehindProxy {
     /// The backends, in the order their ids were given (alive as long as this is).
     pub backends: Vec<Backend>,

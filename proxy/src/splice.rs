@@ -443,6 +443,7 @@ impl<'a> Splice<'a> {
 /// ways (§7.1.1) with one peer having closed TCP ends it (both sockets close, as the server
 /// would); otherwise a FIN from one peer is relayed to the other as a half-close, and the
 /// splice ends once both are.
+#[inline]
 fn closing<'s>(
     cx: &mut Context<'_>,
     c2u: &mut Dir,
@@ -450,6 +451,11 @@ fn closing<'s>(
     upstream_wr: &mut WriteHalf<'s>,
     client_wr: &mut WriteHalf<'s>,
 ) -> Poll<Stop> {
+    // Every wake-up of a live connection asks; without a FIN (`shut` follows `eof`) nothing
+    // below can apply.
+    if !c2u.eof && !u2c.eof {
+        return Poll::Pending;
+    }
     let flushed = c2u.pending.is_none() && u2c.pending.is_none();
     if flushed && (c2u.eof || u2c.eof) && c2u.tracker.closed() && u2c.tracker.closed() {
         return Poll::Ready(Stop::Closed);

@@ -1,6 +1,6 @@
 // wscluster local demo page. Plain JavaScript, no dependencies, works offline.
 // It polls the control API (/api/state) every second, draws the ring, and runs WebSocket
-// clients with the reconnect logic of docs/client.md: reset frames, close codes 4000-4003,
+// clients with the reconnect logic of docs/client.md: reset frames, close codes 4000-4002,
 // `since` offsets and de-duplication by offset.
 "use strict";
 
@@ -156,7 +156,7 @@ function connectUser(userId) {
         return;
       }
       let delay;
-      if (u.retryAfterMs !== null && event.code >= 4000 && event.code <= 4003) {
+      if (u.retryAfterMs !== null && (event.code === 4000 || event.code === 4001)) {
         delay = u.retryAfterMs; // planned move: the server chose the delay
       } else {
         delay = u.backoffMs / 2 + Math.random() * u.backoffMs; // unexpected: backoff, jitter

@@ -16,7 +16,10 @@ use http::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use wscluster_ring::contract::{RequestTarget, split_target};
+
 use crate::key::KeyInput;
+use crate::route::RequestHead;
 
 /// Most header fields in a request head the fast path takes (hyper's own default is 100).
 pub const MAX_HEADERS: usize = 100;
@@ -92,49 +95,42 @@ pub fn lists_token<'a>(mut values: impl Iterator<Item = &'a [u8]>, token: &[u8])
 /// and forwards, with no allocation.
 #[derive(Debug)]
 pub struct RawHead<'h> {
-    /// The request target, path and query (origin form).
-    pub target: &'h str,
-    path: &'h str,
-    query: Option<&'h str>,
+    /// The request target's path and query, cut as hyper's path cuts them.
+    target: RequestTarget<'h>,
     /// The header fields as sent.
-    pub fields: &'h [httparse::Header<'h>],
+    fields: &'h [httparse::Header<'h>],
+    /// The head's length in bytes: what follows it in the buffer are early frames.
+    pub len: usize,
 }
 
 impl<'h> RawHead<'h> {
-    /// Parses the head at the start of `bytes` into `fields`: the head and its length in
-    /// bytes, if it is a WebSocket upgrade the fast path takes; `None` for anything else.
+    /// Parses the head at the start of `bytes` into `fields`, if it is a WebSocket upgrade the
+    /// fast path takes; `None` for anything else.
     pub fn parse(
         bytes: &'h [u8],
         fields: &'h mut [httparse::Header<'h>; MAX_HEADERS],
-    ) -> Option<(RawHead<'h>, usize)> {
+    ) -> Option<RawHead<'h>> {
         let mut parsed = httparse::Request::new(fields);
         let Ok(httparse::Status::Complete(len)) = parsed.parse(bytes) else {
             return None;
         };
-        RawHead::of(parsed.version, parsed.method, parsed.path, parsed.headers)
-            .map(|head| (head, len))
+        RawHead::of(parsed, len)
     }
 
     /// The head, if it is an HTTP/1.1 `GET` in origin form asking for a WebSocket upgrade with
     /// no body.
-    fn of(
-        version: Option<u8>,
-        method: Option<&str>,
-        target: Option<&'h str>,
-        fields: &'h [httparse::Header<'h>],
-    ) -> Option<RawHead<'h>> {
-        if version != Some(1) || method != Some("GET") {
+    fn of(parsed: httparse::Request<'h, 'h>, len: usize) -> Option<RawHead<'h>> {
+        if parsed.version != Some(1) || parsed.method != Some("GET") {
             return None;
         }
-        let target = target?;
+        let target = parsed.path?;
         if !target.starts_with('/') {
             return None;
         }
         let head = RawHead {
-            target,
-            path: target.split_once('?').map_or(target, |(p, _)| p),
-            query: target.split_once('?').map(|(_, q)| q),
-            fields,
+            target: split_target(target),
+            fields: parsed.headers,
+            len,
         };
         let body = head.header_values("transfer-encoding").next().is_some()
             || head.header_values("content-length").any(|v| v != b"0");
@@ -142,20 +138,11 @@ impl<'h> RawHead<'h> {
             && lists_token(head.header_values("connection"), b"upgrade");
         (!body && upgrade).then_some(head)
     }
-
-    /// The fields as (name, value) byte pairs, for [`crate::upstream::write_request`].
-    pub fn field_pairs(&self) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + 'h {
-        self.fields.iter().map(|h| (h.name.as_bytes(), h.value))
-    }
 }
 
 impl KeyInput for RawHead<'_> {
-    fn path(&self) -> &str {
-        self.path
-    }
-
-    fn query(&self) -> Option<&str> {
-        self.query
+    fn target(&self) -> RequestTarget<'_> {
+        self.target
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -163,6 +150,17 @@ impl KeyInput for RawHead<'_> {
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
+    }
+}
+
+impl RequestHead for RawHead<'_> {
+    fn method(&self) -> &str {
+        // `RawHead::of` takes nothing else.
+        "GET"
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|h| (h.name.as_bytes(), h.value))
     }
 }
 
@@ -334,15 +332,15 @@ mod tests {
         let bytes = [UPGRADE.as_bytes(), &[0x81, 0x80]].concat();
         assert_eq!(head_complete(&bytes), Some(true));
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (head, len) = RawHead::parse(&bytes, &mut fields).expect("upgrade");
-        assert_eq!(len, UPGRADE.len());
-        assert_eq!(head.target, "/connect/u1?since=4");
-        assert_eq!(head.path(), "/connect/u1");
-        assert_eq!(head.query(), Some("since=4"));
+        let head = RawHead::parse(&bytes, &mut fields).expect("upgrade");
+        assert_eq!(head.len, UPGRADE.len());
+        assert_eq!(head.target().path_and_query, "/connect/u1?since=4");
+        assert_eq!(head.target().path, "/connect/u1");
+        assert_eq!(head.target().query, Some("since=4"));
         assert_eq!(head.fields.len(), 5);
         let version: Vec<&[u8]> = head.header_values("sec-websocket-version").collect();
         assert_eq!(version, [b"13"]);
-        assert_eq!(head.field_pairs().count(), 5);
+        assert_eq!(head.fields().count(), 5);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use http::{HeaderName, Request, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 use wscluster_ring::KeyHash;
-use wscluster_ring::contract::{DecodeError, percent_decode, validate_key};
+use wscluster_ring::contract::{
+    DecodeError, RequestTarget, percent_decode, split_target, validate_key,
+};
 
 use crate::config::{JwtAlgorithm, JwtSpec, KeySourceSpec, TokenFrom};
 use crate::error::{Error, Result};
@@ -303,7 +305,8 @@ impl JwtSource {
         })
     }
 
-    fn key<I: KeyInput + ?Sized>(&self, req: &I) -> Result<Key, KeyError> {
+    /// The verified key of a request whose query is `query`.
+    fn key<I: KeyInput + ?Sized>(&self, req: &I, query: Option<&str>) -> Result<Key, KeyError> {
         let unauthorized = |reason: &str| KeyError::Unauthorized {
             reason: reason.to_owned(),
         };
@@ -311,7 +314,7 @@ impl JwtSource {
             TokenFrom::Header => {
                 bearer(req).ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?
             }
-            TokenFrom::Query => query_param(req.query(), &self.query_param)
+            TokenFrom::Query => query_param(query, &self.query_param)
                 .ok_or_else(|| {
                     unauthorized(&format!("missing token in query {}", self.query_param))
                 })?
@@ -338,21 +341,15 @@ impl JwtSource {
 /// raw head the upgrade fast path parses ([`crate::head::RawHead`]), so both paths apply the
 /// same rules.
 pub trait KeyInput {
-    /// The path, without the query.
-    fn path(&self) -> &str;
-    /// The query, without the `?`.
-    fn query(&self) -> Option<&str>;
+    /// The request target's path and query, cut by [`split_target`] on both paths.
+    fn target(&self) -> RequestTarget<'_>;
     /// Every value of the header field `name` (given in lowercase), in order.
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
 }
 
 impl<B> KeyInput for Request<B> {
-    fn path(&self) -> &str {
-        self.uri().path()
-    }
-
-    fn query(&self) -> Option<&str> {
-        self.uri().query()
+    fn target(&self) -> RequestTarget<'_> {
+        split_target(self.uri().path_and_query().map_or("/", |p| p.as_str()))
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -374,14 +371,15 @@ fn visible(value: &[u8]) -> Option<&str> {
 
 /// Takes the routing key from a request head. See the module docs for the rules.
 pub fn extract_key<I: KeyInput + ?Sized>(req: &I, sources: &KeySources) -> Result<Key, KeyError> {
+    let target = req.target();
     let verified = match &sources.jwt {
-        Some(jwt) => Some(jwt.key(req)?),
+        Some(jwt) => Some(jwt.key(req, target.query)?),
         None => None,
     };
     for source in &sources.sources {
         let raw: Option<Result<String, &'static str>> = match source {
-            Source::Path(p) => p.capture(req.path()).map(|s| decode(s, false)),
-            Source::Query(q) => query_param(req.query(), q),
+            Source::Path(p) => p.capture(target.path).map(|s| decode(s, false)),
+            Source::Query(q) => query_param(target.query, q),
             Source::Header(h) => req.header_values(h.as_str()).next().map(|v| {
                 visible(v)
                     .map(str::to_owned)

@@ -9,12 +9,15 @@
 //! change are never touched.
 //!
 //! Layout: [`config`] (the YAML file), [`key`] (pure key extraction, JWT verification),
-//! [`registry`] (live connections, pure reset planning), [`resets`] (ring application, pacer,
-//! idle sweep, drain), [`frame`] (RFC 6455 frame boundaries and the frames the proxy writes),
-//! [`splice`] (the low-memory copy loop), [`upstream`] (the owner's side of an upgrade, spoken
-//! directly), [`server`] (accept loop, routing, HTTP forwarding),
-//! [`admin`] (`/healthz`, `/readyz`, `/metrics`), [`bus`] (reset events to RabbitMQ),
-//! [`state`] (what tasks share), [`error`].
+//! [`route`] (the routing decision, key → ring → owner, and the upgrade request for the owner,
+//! for both upgrade paths and plain HTTP), [`head`] (the first request head read raw, for the
+//! upgrade fast path), [`registry`] (live connections, pure reset planning), [`resets`] (ring
+//! application, pacer, idle sweep, drain), [`frame`] (RFC 6455 frame boundaries and the frames
+//! the proxy writes), [`splice`] (the low-memory copy loop), [`upstream`] (the owner's side of
+//! an upgrade, spoken directly), [`server`] (accept loop, the fast path and hyper's path, HTTP
+//! forwarding, every answer before the upgrade), [`admin`] (`/healthz`, `/readyz`,
+//! `/metrics`), [`bus`] (reset events to RabbitMQ), [`metrics`], [`state`] (what tasks share),
+//! [`error`].
 //!
 //! Flags (each also read from `WSCLUSTER_<FLAG>`): `--listen 0.0.0.0:8080`,
 //! `--admin-listen 0.0.0.0:9090`, `--id` (default `POD_NAME`, else the hostname),
@@ -49,6 +52,7 @@ pub mod key;
 pub mod metrics;
 pub mod registry;
 pub mod resets;
+pub mod route;
 pub mod server;
 pub mod splice;
 pub mod state;

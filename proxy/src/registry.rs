@@ -280,20 +280,28 @@ pub fn reason_leaving(ring: &Ring, member: &str) -> ResetReason {
     }
 }
 
-/// The connections among `conns` that must reset when `new` replaces `old`, by index into
-/// `conns`, with their reason.
+/// One connection a ring change resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedReset {
+    /// Its position among the connections planned for.
+    pub index: usize,
+    /// The reason it is given.
+    pub reason: ResetReason,
+}
+
+/// The connections among `conns` that must reset when `new` replaces `old`, in order.
 pub fn plan_resets<'a>(
     old: &Ring,
     new: &Ring,
     conns: impl IntoIterator<Item = ConnView<'a>>,
-) -> Vec<(usize, ResetReason)> {
+) -> Vec<PlannedReset> {
     let diff = old.diff(new);
     conns
         .into_iter()
         .enumerate()
-        .filter_map(|(i, c)| match decide(old, new, &diff, c) {
+        .filter_map(|(index, c)| match decide(old, new, &diff, c) {
             Decision::Keep => None,
-            Decision::Reset(r) => Some((i, r)),
+            Decision::Reset(reason) => Some(PlannedReset { index, reason }),
         })
         .collect()
 }
@@ -313,13 +321,31 @@ mod tests {
             .collect()
     }
 
-    fn conns(r: &Ring, n: usize) -> Vec<(KeyHash, String)> {
+    /// A live connection in these tests: its key's hash and the member it is connected to.
+    struct Live {
+        hash: KeyHash,
+        member: String,
+    }
+
+    /// `n` connections `user-0..n`, each on its owner under `r`.
+    fn conns(r: &Ring, n: usize) -> Vec<Live> {
         (0..n)
             .map(|i| {
-                let h = KeyHash::of(format!("user-{i}"));
-                (h, r.owner_of_hash(h).expect("owner").id.clone())
+                let hash = KeyHash::of(format!("user-{i}"));
+                let member = r.owner_of_hash(hash).expect("owner").id.clone();
+                Live { hash, member }
             })
             .collect()
+    }
+
+    /// The plan for `live`, all routed under `old`.
+    fn plan(old: &Ring, new: &Ring, live: &[Live]) -> Vec<PlannedReset> {
+        let views = live.iter().map(|c| ConnView {
+            hash: c.hash,
+            member: &c.member,
+            version: old.version(),
+        });
+        plan_resets(old, new, views)
     }
 
     #[test]
@@ -327,23 +353,15 @@ mod tests {
         let old = ring(1, members(3));
         let new = ring(2, members(4));
         let live = conns(&old, 10_000);
-        let plan = plan_resets(
-            &old,
-            &new,
-            live.iter().map(|(h, m)| ConnView {
-                hash: *h,
-                member: m,
-                version: 1,
-            }),
-        );
+        let plan = plan(&old, &new, &live);
         let expected: Vec<usize> = live
             .iter()
             .enumerate()
-            .filter(|(_, (h, m))| new.owner_of_hash(*h).expect("owner").id != *m)
+            .filter(|(_, c)| new.owner_of_hash(c.hash).expect("owner").id != c.member)
             .map(|(i, _)| i)
             .collect();
-        assert_eq!(plan.iter().map(|p| p.0).collect::<Vec<_>>(), expected);
-        assert!(plan.iter().all(|p| p.1 == ResetReason::Rebalance));
+        assert_eq!(plan.iter().map(|p| p.index).collect::<Vec<_>>(), expected);
+        assert!(plan.iter().all(|p| p.reason == ResetReason::Rebalance));
         // About a quarter moves onto the fourth member.
         assert!((2_000..3_000).contains(&plan.len()), "{}", plan.len());
     }
@@ -355,20 +373,12 @@ mod tests {
         m[1] = m[1].clone().draining();
         let new = ring(2, m);
         let live = conns(&old, 3_000);
-        let plan = plan_resets(
-            &old,
-            &new,
-            live.iter().map(|(h, m)| ConnView {
-                hash: *h,
-                member: m,
-                version: 1,
-            }),
-        );
-        let on_n1 = live.iter().filter(|(_, m)| m == "n-1").count();
+        let plan = plan(&old, &new, &live);
+        let on_n1 = live.iter().filter(|c| c.member == "n-1").count();
         assert_eq!(plan.len(), on_n1);
         assert!(
             plan.iter()
-                .all(|&(i, r)| live[i].1 == "n-1" && r == ResetReason::Drain)
+                .all(|p| live[p.index].member == "n-1" && p.reason == ResetReason::Drain)
         );
     }
 
@@ -403,7 +413,13 @@ mod tests {
                 version: 0,
             }],
         );
-        assert_eq!(plan, vec![(0, ResetReason::Rebalance)]);
+        assert_eq!(
+            plan,
+            vec![PlannedReset {
+                index: 0,
+                reason: ResetReason::Rebalance
+            }]
+        );
     }
 
     #[test]

@@ -109,21 +109,8 @@ pub enum Applied {
 /// Makes `ring` current if it is newer, and queues the connections whose owner changed.
 pub fn apply_ring(shared: &Shared, ring: Arc<Ring>) -> Applied {
     let old = shared.routing.load_full();
-    if ring.snapshot().cluster_id != shared.cluster_id {
-        shared.metrics.error("ring-wrong-cluster");
-        return Applied::Ignored(format!(
-            "ring is for cluster {:?}, this proxy serves {:?}",
-            ring.snapshot().cluster_id,
-            shared.cluster_id
-        ));
-    }
-    if old.known && ring.version() <= old.ring.version() {
-        shared.metrics.error("ring-not-newer");
-        return Applied::Ignored(format!(
-            "ring version {} is not newer than {}",
-            ring.version(),
-            old.ring.version()
-        ));
+    if let Err(why) = check_successor(shared, &old, &ring) {
+        return Applied::Ignored(why);
     }
     let version = ring.version();
     shared
@@ -134,31 +121,7 @@ pub fn apply_ring(shared: &Shared, ring: Arc<Ring>) -> Applied {
         return Applied::Applied { version, queued: 0 };
     }
     let started = Instant::now();
-    let (old_ring, new_ring) = (&*old.ring, &*ring);
-    let diff = old_ring.diff(new_ring);
-    let mut queued = Vec::new();
-    shared.registry.for_each(|entry| {
-        if entry.queued {
-            return;
-        }
-        let view = ConnView {
-            hash: entry.control.hash,
-            member: &entry.member,
-            version: entry.version,
-        };
-        match decide(old_ring, new_ring, &diff, view) {
-            Decision::Keep => entry.version = version,
-            Decision::Reset(reason) => {
-                entry.queued = true;
-                queued.push(Queued {
-                    control: Arc::downgrade(&entry.control),
-                    member: Arc::clone(&entry.member),
-                    reason,
-                    ring_version: version,
-                });
-            }
-        }
-    });
+    let queued = moved_connections(shared, &old.ring, &ring);
     let scan = started.elapsed();
     shared
         .metrics
@@ -178,6 +141,59 @@ pub fn apply_ring(shared: &Shared, ring: Arc<Ring>) -> Applied {
         version,
         queued: count,
     }
+}
+
+/// Whether `ring` may replace the routing in use, `old`: same cluster, newer version. The
+/// reason (also counted) if not.
+fn check_successor(shared: &Shared, old: &Routing, ring: &Ring) -> Result<(), String> {
+    if ring.snapshot().cluster_id != shared.cluster_id {
+        shared.metrics.error("ring-wrong-cluster");
+        return Err(format!(
+            "ring is for cluster {:?}, this proxy serves {:?}",
+            ring.snapshot().cluster_id,
+            shared.cluster_id
+        ));
+    }
+    if old.known && ring.version() <= old.ring.version() {
+        shared.metrics.error("ring-not-newer");
+        return Err(format!(
+            "ring version {} is not newer than {}",
+            ring.version(),
+            old.ring.version()
+        ));
+    }
+    Ok(())
+}
+
+/// Scans the registry once when `new` replaces `old`: the connections whose owner changed are
+/// marked and returned for the pacer; the others are confirmed under `new`'s version.
+fn moved_connections(shared: &Shared, old: &Ring, new: &Ring) -> Vec<Queued> {
+    let version = new.version();
+    let diff = old.diff(new);
+    let mut queued = Vec::new();
+    shared.registry.for_each(|entry| {
+        if entry.queued {
+            return;
+        }
+        let view = ConnView {
+            hash: entry.control.hash,
+            member: &entry.member,
+            version: entry.version,
+        };
+        match decide(old, new, &diff, view) {
+            Decision::Keep => entry.version = version,
+            Decision::Reset(reason) => {
+                entry.queued = true;
+                queued.push(Queued {
+                    control: Arc::downgrade(&entry.control),
+                    member: Arc::clone(&entry.member),
+                    reason,
+                    ring_version: version,
+                });
+            }
+        }
+    });
+    queued
 }
 
 /// For a connection just registered under `version`: if a newer ring was applied meanwhile and
@@ -210,18 +226,10 @@ pub fn check_late_registration(
 pub async fn run_pacer(shared: Arc<Shared>, shutdown: CancellationToken) {
     let rate = f64::from(shared.config.resets.rate_per_second.max(1));
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let jitter = shared.config.resets.jitter_ms;
     let mut next = tokio::time::Instant::now();
     loop {
-        let item = loop {
-            if let Some(item) = shared.resets.pop() {
-                break item;
-            }
-            shared.metrics.reset_queue.set(0);
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = shared.resets.notify.notified() => {}
-            }
+        let Some(item) = next_queued(&shared, &shutdown).await else {
+            return;
         };
         let Some(control) = item.control.upgrade() else {
             continue;
@@ -248,32 +256,58 @@ pub async fn run_pacer(shared: Arc<Shared>, shutdown: CancellationToken) {
             next = now;
         }
         next += interval;
-        let retry_after_ms = if jitter == 0 {
-            0
-        } else {
-            rand::random_range(0..=jitter)
-        };
-        let sent = control.send(Command::Reset {
-            reason: item.reason,
-            retry_after_ms,
-            ring_version: Some(item.ring_version),
-        });
-        if sent {
-            shared.metrics.reset(item.reason.as_str());
-            if let Some(sink) = &shared.reset_sink {
-                let note = ResetNote {
-                    member: item.member,
-                    key: control.key.clone(),
-                    reason: item.reason,
-                    ring_version: item.ring_version,
-                    retry_after_ms,
-                };
-                if sink.0.try_send(note).is_err() {
-                    shared.metrics.error("reset-event-dropped");
-                }
-            }
-        }
+        send_reset(&shared, item, &control);
         shared.metrics.reset_queue.set(shared.resets.len() as i64);
+    }
+}
+
+/// The next queued reset, waiting for one; `None` at shutdown.
+async fn next_queued(shared: &Shared, shutdown: &CancellationToken) -> Option<Queued> {
+    loop {
+        if let Some(item) = shared.resets.pop() {
+            return Some(item);
+        }
+        shared.metrics.reset_queue.set(0);
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = shared.resets.notify.notified() => {}
+        }
+    }
+}
+
+/// Tells the connection to reset, counts it, and reports it to the old owner over the bus.
+fn send_reset(shared: &Shared, item: Queued, control: &ConnControl) {
+    let retry_after_ms = retry_after_ms(shared.config.resets.jitter_ms);
+    let sent = control.send(Command::Reset {
+        reason: item.reason,
+        retry_after_ms,
+        ring_version: Some(item.ring_version),
+    });
+    if !sent {
+        return;
+    }
+    shared.metrics.reset(item.reason.as_str());
+    if let Some(sink) = &shared.reset_sink {
+        let note = ResetNote {
+            member: item.member,
+            key: control.key.clone(),
+            reason: item.reason,
+            ring_version: item.ring_version,
+            retry_after_ms,
+        };
+        if sink.0.try_send(note).is_err() {
+            shared.metrics.error("reset-event-dropped");
+        }
+    }
+}
+
+/// The `retryAfterMs` a reset client is told: uniform over `[0, jitter_ms]`, so the
+/// reconnects of a ring change are spread.
+fn retry_after_ms(jitter_ms: u64) -> u64 {
+    if jitter_ms == 0 {
+        0
+    } else {
+        rand::random_range(0..=jitter_ms)
     }
 }
 
@@ -316,14 +350,9 @@ pub fn drain_all(shared: &Shared) -> usize {
     let version = shared.routing.load().ring.version();
     let mut count = 0;
     shared.registry.for_each(|entry| {
-        let retry_after_ms = if jitter == 0 {
-            0
-        } else {
-            rand::random_range(0..=jitter)
-        };
         if entry.control.send(Command::Reset {
             reason: ResetReason::Drain,
-            retry_after_ms,
+            retry_after_ms: retry_after_ms(jitter),
             ring_version: Some(version),
         }) {
             count += 1;

@@ -1,6 +1,8 @@
-//! The client-facing listener: accept loop, per-request routing, WebSocket upgrades handed to
-//! the [`crate::splice`], plain HTTP forwarded to the same owner, and every failure before the
-//! upgrade mapped to one JSON response here.
+//! The client-facing listener: the accept loop, the two ways an upgrade is served — the fast
+//! path from the first request head read raw ([`crate::head`]) and hyper's path for everything
+//! else — both routed by the one decision in [`crate::route`] and handed to the
+//! [`crate::splice`]; plain HTTP forwarded to the same owner; and every answer the proxy gives
+//! before an upgrade ([`Reply`]) made here.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,12 +33,12 @@ use tracing::{Instrument, debug, debug_span, warn};
 use wscluster_ring::contract::RING_VERSION_HEADER;
 
 use crate::head::{self, First, Prefixed, RawHead};
-use crate::key::{KeyError, extract_key};
+use crate::key::KeyError;
 use crate::resets::check_late_registration;
+use crate::route::{Route, Target, Unrouted, route};
 use crate::splice::{End, Splice};
-use crate::state::{MemberRoute, Routing, Shared};
+use crate::state::{MemberRoute, Shared};
 use crate::upstream;
-use prometheus_client::metrics::gauge::Gauge;
 
 /// Response body: our own JSON or a forwarded upstream body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -45,6 +48,8 @@ pub type HttpClient = Client<HttpConnector, Incoming>;
 /// Pause after an accept error (such as running out of file descriptors) so the loop does not
 /// spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// The field that lists the addresses a request came through.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -59,20 +64,87 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    Reply::json(status, body).into_response()
 }
 
-/// A failure before the upgrade, tagged with its side; the one place errors become responses.
+/// A whole answer to a client that is not (or not yet) an upgrade: ours or an owner's refusal
+/// passed on. Hyper's path sends it as a response; the fast path writes it and closes.
+#[derive(Debug)]
+struct Reply {
+    /// The status.
+    status: StatusCode,
+    /// The header fields, without framing fields (the body is framed when sent).
+    headers: HeaderMap,
+    /// The whole body.
+    body: Bytes,
+}
+
+impl Reply {
+    /// A JSON answer.
+    fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Reply {
+            status,
+            headers,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    /// An owner's refusal of an upgrade as passed on to the client, on either upgrade path:
+    /// its status, body and fields, without hop-by-hop fields and without `Content-Length`,
+    /// since the proxy frames the body it read.
+    fn refused(refusal: upstream::Refusal) -> Reply {
+        let upstream::Refusal {
+            status,
+            mut headers,
+            body,
+        } = refusal;
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::CONTENT_LENGTH);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The answer for a request that has no owner to go to, counted by its kind.
+    fn unrouted(unrouted: Unrouted, shared: &Shared) -> Reply {
+        match unrouted {
+            Unrouted::Key(e) => {
+                shared.metrics.error(e.metric_label());
+                Reply::json(e.status(), &e.body())
+            }
+            Unrouted::NoRing => Failure::NoRing.reply(shared, None),
+            Unrouted::NoOwner => Failure::NoOwner.reply(shared, None),
+        }
+    }
+
+    /// As hyper's response.
+    fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(
+            Full::new(self.body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+
+    /// As the bytes of a response that ends the connection (the fast path's answer).
+    fn closing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        head::write_closing_response(&mut out, self.status, &self.headers, &self.body);
+        out
+    }
+}
+
+/// A failure to reach an owner, or to find one; the one place such failures become answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     /// No ring yet.
@@ -101,22 +173,9 @@ impl Failure {
         }
     }
 
-    fn response(self, shared: &Shared, member: Option<&str>) -> Response<Body> {
-        let (status, headers, body) = self.parts(shared, member);
-        let mut resp = Response::new(
-            Full::new(body)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
-        *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
-        resp
-    }
-
-    /// Counts the failure and gives its status, header fields and JSON body.
-    fn parts(self, shared: &Shared, member: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
-        shared.metrics.error(self.label());
-        let (status, message) = match self {
+    /// Its status and message for people.
+    fn status_and_message(self) -> (StatusCode, &'static str) {
+        match self {
             Failure::NoRing => (StatusCode::SERVICE_UNAVAILABLE, "the proxy has no ring yet"),
             Failure::NoOwner => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -137,20 +196,24 @@ impl Failure {
                 StatusCode::GATEWAY_TIMEOUT,
                 "the key's owner did not answer in time",
             ),
-        };
+        }
+    }
+
+    /// Counts the failure and gives its answer; `member` names the owner it concerns.
+    fn reply(self, shared: &Shared, member: Option<&str>) -> Reply {
+        shared.metrics.error(self.label());
+        let (status, message) = self.status_and_message();
         let mut body = serde_json::json!({"error": self.label(), "message": message});
         if let Some(m) = member {
             body["member"] = m.into();
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut reply = Reply::json(status, &body);
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            reply
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        (status, headers, Bytes::from(body.to_string()))
+        reply
     }
 }
 
@@ -220,17 +283,24 @@ pub async fn serve(
 
 /// What every connection's task shares, built once per listener.
 struct ConnCtx {
+    /// What every task shares (routing, config, metrics).
     shared: Arc<Shared>,
+    /// The pooled client plain HTTP is forwarded with.
     client: HttpClient,
+    /// Hyper's connection settings (timeouts, buffer limit).
     builder: http1::Builder,
+    /// Where spliced connections run, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Cancelled when the proxy stops accepting.
     shutdown: CancellationToken,
 }
 
 /// One client connection's task. Kept small: its future lives as long as the connection, and
 /// for a spliced connection it is most of what an idle connection costs.
 struct Conn {
+    /// The client's address, for `X-Forwarded-For`.
     peer: SocketAddr,
+    /// What the listener's connections share.
     ctx: Arc<ConnCtx>,
 }
 
@@ -250,17 +320,46 @@ enum Fast {
     Declined(Bytes, TcpStream),
     /// Answered (an error or the owner's refusal) and done.
     Answered,
-    /// Upgraded: splice these.
-    Switched(Switched),
+    /// Upgraded: splice it.
+    Switched(Upgraded),
+}
+
+/// An upgrade the fast path routed, before the owner is asked.
+struct FastRoute {
+    /// The decision.
+    route: Route,
+    /// The request head for the owner.
+    request: Vec<u8>,
+    /// Length of the client's head; bytes after it are early frames.
+    head_len: usize,
+}
+
+/// One side of an upgraded connection.
+struct Leg {
+    /// Its socket.
+    socket: TcpStream,
+    /// What it sent right after the handshake and was already read with the head: forwarded
+    /// first.
+    early: Bytes,
+}
+
+/// The owner switched protocols.
+struct Switched {
+    /// The owner's side, ready to splice.
+    upstream: Leg,
+    /// The owner's 101 head as it came: written to the client as is on the fast path, parsed
+    /// by [`upstream::fields`] for hyper's.
+    head: Bytes,
 }
 
 /// An upgraded connection ready to splice.
-struct Switched {
-    key: crate::key::Key,
-    member: (Arc<str>, Gauge),
-    version: u64,
-    client: (TcpStream, Bytes),
-    upstream: (TcpStream, Bytes),
+struct Upgraded {
+    /// Whom it was routed to.
+    target: Target,
+    /// The client's side.
+    client: Leg,
+    /// The owner's side.
+    upstream: Leg,
 }
 
 impl Conn {
@@ -280,8 +379,7 @@ impl Conn {
     /// Reads the first request head and takes the fast path when it applies; says what the
     /// connection does next.
     async fn start(self, mut stream: TcpStream, permit: OwnedSemaphorePermit) -> Next {
-        let shared = Arc::clone(&self.ctx.shared);
-        let limits = shared.config.limits;
+        let limits = self.ctx.shared.config.limits;
         let first = tokio::select! {
             () = self.ctx.shutdown.cancelled() => return Next::Done,
             first = tokio::time::timeout(
@@ -293,33 +391,22 @@ impl Conn {
             // Slow or silent: closed, as hyper does for a head not read in time.
             Err(_) | Ok(Err(_)) | Ok(Ok(First::Closed)) => return Next::Done,
             Ok(Ok(First::Other(prefix))) => prefix,
-            Ok(Ok(First::Head(raw))) => {
-                match self.fast_upgrade(raw, stream).await {
-                    Fast::Declined(raw, back) => {
-                        stream = back;
-                        raw
-                    }
-                    Fast::Answered => return Next::Done,
-                    Fast::Switched(switched) => {
-                        let span =
-                            debug_span!("ws", key = %switched.key.key, member = %switched.member.0);
-                        // Boxed directly: wrapping it in another async block would store it
-                        // twice (the captured future and the awaited one).
-                        return Next::Splice(Box::pin(
-                            spliced(
-                                shared,
-                                switched.key,
-                                switched.member,
-                                switched.version,
-                                switched.client,
-                                switched.upstream,
-                                permit,
-                            )
-                            .instrument(span),
-                        ));
-                    }
+            Ok(Ok(First::Head(raw))) => match self.fast_upgrade(raw, stream).await {
+                Fast::Declined(raw, back) => {
+                    stream = back;
+                    raw
                 }
-            }
+                Fast::Answered => return Next::Done,
+                Fast::Switched(upgraded) => {
+                    let shared = Arc::clone(&self.ctx.shared);
+                    let span = splice_span(&upgraded.target);
+                    // Boxed directly: wrapping it in another async block would store it
+                    // twice (the captured future and the awaited one).
+                    return Next::Splice(Box::pin(
+                        spliced(shared, upgraded, permit).instrument(span),
+                    ));
+                }
+            },
         };
         Next::Http(self, Prefixed::new(prefix, stream), permit)
     }
@@ -331,11 +418,9 @@ impl Conn {
         let permit = Arc::new(permit);
         let service_ctx = Arc::clone(&ctx);
         let service = service_fn(move |req| {
-            let shared = Arc::clone(&service_ctx.shared);
+            let ctx = Arc::clone(&service_ctx);
             let permit = Arc::clone(&permit);
-            let tracker = service_ctx.tracker.clone();
-            let client = service_ctx.client.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer, shared, client, permit, tracker).await) }
+            async move { Ok::<_, Infallible>(handle(req, peer, ctx, permit).await) }
         });
         let conn = ctx
             .builder
@@ -358,80 +443,51 @@ impl Conn {
     /// that are answered here, closing the connection.
     async fn fast_upgrade(&self, raw: Bytes, mut client: TcpStream) -> Fast {
         let shared = &self.ctx.shared;
-        let Some(routed) = self.route(&raw) else {
-            return Fast::Declined(raw, client);
-        };
-        let Some(member) = routed.routing.members.get(routed.index) else {
+        let Some(fast) = self.route(&raw) else {
             return Fast::Declined(raw, client);
         };
         let write_wait = shared.config.limits.header_read_timeout();
-        let (status, headers, body) = match ask_owner(&routed.request, member, shared).await {
-            Ok((upstream, upstream::Answer::Switched { head, early })) => {
-                if !matches!(
-                    tokio::time::timeout(write_wait, client.write_all(&head)).await,
-                    Ok(Ok(()))
-                ) {
+        let reply = match ask_owner(&fast.request, fast.route.owner(), shared).await {
+            Ok(switched) => {
+                let written = tokio::time::timeout(write_wait, client.write_all(&switched.head));
+                if !matches!(written.await, Ok(Ok(()))) {
                     return Fast::Answered;
                 }
-                return Fast::Switched(Switched {
-                    key: routed.key,
-                    member: (Arc::clone(&member.id), member.connections.clone()),
-                    version: routed.routing.ring.version(),
-                    client: (client, Bytes::copy_from_slice(&raw[routed.head_len..])),
-                    upstream: (upstream, early),
+                return Fast::Switched(Upgraded {
+                    target: fast.route.into_target(),
+                    client: Leg {
+                        socket: client,
+                        early: Bytes::copy_from_slice(&raw[fast.head_len..]),
+                    },
+                    upstream: switched.upstream,
                 });
             }
-            Ok((_, upstream::Answer::Refused(refusal))) => for_client(refusal),
-            Err(failure) => failure.parts(shared, Some(&member.id)),
+            Err(reply) => reply,
         };
-        let mut out = Vec::new();
-        head::write_closing_response(&mut out, status, &headers, &body);
-        let _ = tokio::time::timeout(write_wait, client.write_all(&out)).await;
+        let _ = tokio::time::timeout(write_wait, client.write_all(&reply.closing_bytes())).await;
         Fast::Answered
     }
 
-    /// Routes an upgrade head straight from its bytes (no `HeaderMap`, no `Uri`): its key, the
-    /// ring and owner it maps to, and the request head for the owner. `None` when hyper's path
-    /// should answer instead (not an upgrade the fast path takes, no key, a bad token, no
-    /// ring, no owner).
-    fn route(&self, bytes: &[u8]) -> Option<Routed> {
+    /// Routes an upgrade head straight from its bytes (no `HeaderMap`, no `Uri`) and builds
+    /// the request head for the owner. `None` when hyper's path should answer instead (not an
+    /// upgrade the fast path takes, or [`Unrouted`]).
+    fn route(&self, bytes: &[u8]) -> Option<FastRoute> {
         let shared = &self.ctx.shared;
         let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
-        let (head, head_len) = RawHead::parse(bytes, &mut fields)?;
-        let key = extract_key(&head, &shared.keys).ok()?;
-        let routing = shared.routing.load_full();
-        if !routing.known {
-            return None;
-        }
-        let index = routing.ring.owner_index(key.hash).ok()?;
-        let mut request = Vec::with_capacity(bytes.len() + 96);
-        upstream::write_request(
-            &mut request,
-            "GET",
-            head.target,
-            head.field_pairs(),
-            self.peer.ip(),
-            routing.ring.version(),
-        );
-        Some(Routed {
-            key,
-            routing,
-            index,
+        let head = RawHead::parse(bytes, &mut fields)?;
+        let route = route(&head, &shared.keys, &shared.routing).ok()?;
+        let request = route.upgrade_request(&head, self.peer.ip());
+        Some(FastRoute {
+            route,
             request,
-            head_len,
+            head_len: head.len,
         })
     }
 }
 
-/// An upgrade routed by the fast path.
-struct Routed {
-    key: crate::key::Key,
-    routing: Arc<Routing>,
-    index: usize,
-    /// The request head for the owner.
-    request: Vec<u8>,
-    /// Length of the client's head; bytes after it are early frames.
-    head_len: usize,
+/// The span a spliced connection's logs carry.
+fn splice_span(target: &Target) -> tracing::Span {
+    debug_span!("ws", key = %target.key.key, member = %target.member)
 }
 
 /// Whether a request asks for a WebSocket upgrade (RFC 6455 §4.1).
@@ -439,20 +495,6 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let values = |name| headers.get_all(name).into_iter().map(HeaderValue::as_bytes);
     head::lists_token(values(header::CONNECTION), b"upgrade")
         && head::lists_token(values(header::UPGRADE), b"websocket")
-}
-
-/// An owner's refusal of an upgrade as passed on to the client, on either upgrade path: its
-/// status and body, and its header fields without hop-by-hop fields and without
-/// `Content-Length`, since the proxy frames the body it read.
-fn for_client(refusal: upstream::Refusal) -> (StatusCode, HeaderMap, Bytes) {
-    let upstream::Refusal {
-        status,
-        mut headers,
-        body,
-    } = refusal;
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::CONTENT_LENGTH);
-    (status, headers, body)
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -487,90 +529,87 @@ fn set_ring_version(headers: &mut HeaderMap, version: Option<u64>) {
     }
 }
 
+/// Replaces the client's `X-Forwarded-For` fields with the one the proxy passes on
+/// ([`upstream::push_forwarded_for`], as for upgrades).
 fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+    let mut value = Vec::with_capacity(64);
+    let prior = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    upstream::push_forwarded_for(&mut value, prior, peer.ip());
+    // Built from valid field values and an address: it is one, too.
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
+/// Hyper's path: routes a request and forwards it, upgrades included.
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
-    shared: Arc<Shared>,
-    client: HttpClient,
+    ctx: Arc<ConnCtx>,
     permit: Arc<OwnedSemaphorePermit>,
-    tracker: TaskTracker,
 ) -> Response<Body> {
-    let key = match extract_key(&req, &shared.keys) {
-        Ok(k) => k,
-        Err(KeyError::Missing { .. })
-            if shared.fallback_upstream.is_some() && !is_websocket_upgrade(req.headers()) =>
+    let shared = &ctx.shared;
+    let upgrade = is_websocket_upgrade(req.headers());
+    let route = match route(&req, &shared.keys, &shared.routing) {
+        Ok(route) => route,
+        Err(Unrouted::Key(KeyError::Missing { .. }))
+            if !upgrade && shared.fallback_upstream.is_some() =>
         {
-            let upstream = shared.fallback_upstream.as_deref().unwrap_or_default();
-            return forward(req, peer, upstream, "fallback", None, &shared, &client).await;
+            let fallback = Destination {
+                address: shared.fallback_upstream.as_deref().unwrap_or_default(),
+                name: "fallback",
+                ring_version: None,
+            };
+            return forward(req, peer, fallback, shared, &ctx.client).await;
         }
-        Err(e) => {
-            shared.metrics.error(e.metric_label());
-            return json_response(e.status(), &e.body());
-        }
+        Err(unrouted) => return Reply::unrouted(unrouted, shared).into_response(),
     };
-    let routing = shared.routing.load_full();
-    if !routing.known {
-        return Failure::NoRing.response(&shared, None);
+    if upgrade {
+        return upgrade_with_hyper(req, peer, route, &ctx, permit).await;
     }
-    let Ok(index) = routing.ring.owner_index(key.hash) else {
-        return Failure::NoOwner.response(&shared, None);
+    let owner = route.owner();
+    let destination = Destination {
+        address: &owner.address,
+        name: &owner.id,
+        ring_version: Some(route.ring_version()),
     };
-    if is_websocket_upgrade(req.headers()) {
-        upgrade(req, peer, key, routing, index, shared, permit, tracker).await
-    } else {
-        let Some(member) = routing.members.get(index) else {
-            return Failure::NoOwner.response(&shared, None);
-        };
-        let version = Some(routing.ring.version());
-        forward(
-            req,
-            peer,
-            &member.address,
-            &member.id,
-            version,
-            &shared,
-            &client,
-        )
-        .await
-    }
+    forward(req, peer, destination, shared, &ctx.client).await
 }
 
-/// Forwards a plain HTTP request to `address` (`host:port`); `target` names it in errors and logs
-/// (the owning member's id, or "fallback"); `ring_version` is the ring it was routed with.
+/// Where a plain HTTP request is forwarded.
+#[derive(Debug, Clone, Copy)]
+struct Destination<'a> {
+    /// `host:port`.
+    address: &'a str,
+    /// What errors and logs call it: the owning member's id, or "fallback".
+    name: &'a str,
+    /// The ring it was routed with, sent along as [`RING_VERSION_HEADER`]; none for the
+    /// fallback, which is not a member.
+    ring_version: Option<u64>,
+}
+
+/// Forwards a plain HTTP request to `to`.
 async fn forward(
     req: Request<Incoming>,
     peer: SocketAddr,
-    address: &str,
-    target: &str,
-    ring_version: Option<u64>,
+    to: Destination<'_>,
     shared: &Shared,
     client: &HttpClient,
 ) -> Response<Body> {
+    let failed = |failure: Failure| failure.reply(shared, Some(to.name)).into_response();
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let Ok(uri) = format!("http://{address}{path}").parse::<http::Uri>() else {
-        return Failure::UpstreamUnreachable.response(shared, Some(target));
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("http://{}{path}", to.address).parse::<http::Uri>() else {
+        return failed(Failure::UpstreamUnreachable);
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded_for(&mut parts.headers, peer);
-    set_ring_version(&mut parts.headers, ring_version);
+    set_ring_version(&mut parts.headers, to.ring_version);
     shared.metrics.http_requests.inc();
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
@@ -579,110 +618,92 @@ async fn forward(
             Response::from_parts(parts, body.boxed_unsync())
         }
         Err(e) if e.is_connect() => {
-            debug!(error = %e, member = %target, "upstream unreachable");
-            Failure::UpstreamUnreachable.response(shared, Some(target))
+            debug!(error = %e, member = %to.name, "upstream unreachable");
+            failed(Failure::UpstreamUnreachable)
         }
         Err(e) => {
-            debug!(error = %e, member = %target, "forwarding failed");
-            Failure::UpstreamError.response(shared, Some(target))
+            debug!(error = %e, member = %to.name, "forwarding failed");
+            failed(Failure::UpstreamError)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn upgrade(
+/// Hyper's path for an upgrade: asks the owner, answers the client with the owner's 101
+/// fields, and splices once hyper hands the client's socket over.
+async fn upgrade_with_hyper(
     mut req: Request<Incoming>,
     peer: SocketAddr,
-    key: crate::key::Key,
-    routing: Arc<Routing>,
-    index: usize,
-    shared: Arc<Shared>,
+    route: Route,
+    ctx: &ConnCtx,
     permit: Arc<OwnedSemaphorePermit>,
-    tracker: TaskTracker,
 ) -> Response<Body> {
-    let Some(member) = routing.members.get(index) else {
-        return Failure::NoOwner.response(&shared, None);
+    let shared = &ctx.shared;
+    let request = route.upgrade_request(&req, peer.ip());
+    let switched = match ask_owner(&request, route.owner(), shared).await {
+        Ok(switched) => switched,
+        Err(reply) => return reply.into_response(),
     };
-    let version = routing.ring.version();
-    let mut request = Vec::with_capacity(512);
-    upstream::write_request(
-        &mut request,
-        req.method().as_str(),
-        req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        req.headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-        peer.ip(),
-        version,
-    );
-    let (upstream, head, early) = match ask_owner(&request, member, &shared).await {
-        Ok((upstream, upstream::Answer::Switched { head, early })) => (upstream, head, early),
-        Ok((_, upstream::Answer::Refused(refusal))) => {
-            // The owner refused the upgrade: its answer goes to the client whole.
-            let (status, headers, body) = for_client(refusal);
-            let mut resp = Response::new(
-                Full::new(body)
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            );
-            *resp.status_mut() = status;
-            *resp.headers_mut() = headers;
-            return resp;
+    let Ok(headers) = upstream::fields(&switched.head) else {
+        let member = Some(&*route.owner().id);
+        return Failure::UpstreamError.reply(shared, member).into_response();
+    };
+    let client = hyper::upgrade::on(&mut req);
+    let target = route.into_target();
+    let span = splice_span(&target);
+    let shared = Arc::clone(shared);
+    let splice = splice_after_101(client, shared, target, switched.upstream, permit);
+    ctx.tracker.spawn(splice.instrument(span));
+    let mut resp = Response::new(empty_body());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Waits for hyper to hand over the client's socket after the 101, then splices it to
+/// `upstream`.
+async fn splice_after_101(
+    client: OnUpgrade,
+    shared: Arc<Shared>,
+    target: Target,
+    upstream: Leg,
+    permit: Arc<OwnedSemaphorePermit>,
+) {
+    let client = match client.await {
+        Ok(client) => client,
+        Err(e) => {
+            shared.metrics.error("upgrade");
+            debug!(error = %e, "upgrade did not complete");
+            return;
         }
-        Err(failure) => return failure.response(&shared, Some(&member.id)),
     };
-    let Ok(headers) = upstream::fields(&head) else {
-        return Failure::UpstreamError.response(&shared, Some(&member.id));
+    let Ok(client) = client.downcast::<TokioIo<Prefixed>>() else {
+        shared.metrics.error("upgrade");
+        return;
     };
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let mut client_resp = empty_body_response(StatusCode::SWITCHING_PROTOCOLS);
-    *client_resp.headers_mut() = headers;
-    let member = (Arc::clone(&member.id), member.connections.clone());
-    let span = debug_span!("ws", key = %key.key, member = %member.0);
-    tracker.spawn(
-        async move {
-            let client = match client_upgrade.await {
-                Ok(client) => client,
-                Err(e) => {
-                    shared.metrics.error("upgrade");
-                    debug!(error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            let Ok(client) = client.downcast::<TokioIo<Prefixed>>() else {
-                shared.metrics.error("upgrade");
-                return;
-            };
-            // Bytes still in front of the socket (unlikely: hyper reads the prefix first), then
-            // hyper's read-ahead, copied out so hyper's buffer is freed now.
-            let (prefix, socket) = client.io.into_inner().into_parts();
-            let mut client_pre = Vec::with_capacity(client.read_buf.len() + prefix.len());
-            client_pre.extend_from_slice(&client.read_buf);
-            client_pre.extend_from_slice(&prefix);
-            drop((client.read_buf, prefix));
-            spliced(
-                shared,
-                key,
-                member,
-                version,
-                (socket, Bytes::from(client_pre)),
-                (upstream, early),
-                permit,
-            )
-            .await;
-        }
-        .instrument(span),
-    );
-    client_resp
+    // Bytes still in front of the socket (unlikely: hyper reads the prefix first), then
+    // hyper's read-ahead, copied out so hyper's buffer is freed now.
+    let (prefix, socket) = client.io.into_inner().into_parts();
+    let mut early = Vec::with_capacity(client.read_buf.len() + prefix.len());
+    early.extend_from_slice(&client.read_buf);
+    early.extend_from_slice(&prefix);
+    drop((client.read_buf, prefix));
+    let client = Leg {
+        socket,
+        early: Bytes::from(early),
+    };
+    let upgraded = Upgraded {
+        target,
+        client,
+        upstream,
+    };
+    spliced(shared, upgraded, permit).await;
 }
 
 /// Connects to `member` and sends it `head`, an upgrade request from
-/// [`upstream::write_request`], within the connect and header-read timeouts.
-async fn ask_owner(
-    head: &[u8],
-    member: &MemberRoute,
-    shared: &Shared,
-) -> Result<(TcpStream, upstream::Answer), Failure> {
+/// [`Route::upgrade_request`], within the connect and header-read timeouts. Anything but a
+/// 101 comes back as the client's answer: the owner's refusal, or the proxy's failure.
+async fn ask_owner(head: &[u8], member: &MemberRoute, shared: &Shared) -> Result<Switched, Reply> {
+    let failed = |failure: Failure| failure.reply(shared, Some(&member.id));
     let limits = shared.config.limits;
     let connect = async {
         match member.socket {
@@ -694,9 +715,9 @@ async fn ask_owner(
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             debug!(error = %e, member = %member.id, "owner unreachable");
-            return Err(Failure::UpstreamUnreachable);
+            return Err(failed(Failure::UpstreamUnreachable));
         }
-        Err(_) => return Err(Failure::UpstreamConnectTimeout),
+        Err(_) => return Err(failed(Failure::UpstreamConnectTimeout)),
     };
     let _ = tcp.set_nodelay(true);
     let exchange = async {
@@ -704,58 +725,57 @@ async fn ask_owner(
         upstream::read_answer(&mut tcp, limits.max_header_bytes).await
     };
     match tokio::time::timeout(limits.header_read_timeout(), exchange).await {
-        Ok(Ok(answer)) => Ok((tcp, answer)),
+        Ok(Ok(upstream::Answer::Switched { head, early })) => Ok(Switched {
+            upstream: Leg { socket: tcp, early },
+            head,
+        }),
+        // The owner refused the upgrade: its answer goes to the client whole.
+        Ok(Ok(upstream::Answer::Refused(refusal))) => Err(Reply::refused(refusal)),
         Ok(Err(e)) => {
             debug!(error = %e, member = %member.id, "upgrade request failed");
-            Err(Failure::UpstreamError)
+            Err(failed(Failure::UpstreamError))
         }
-        Err(_) => Err(Failure::UpstreamTimeout),
+        Err(_) => Err(failed(Failure::UpstreamTimeout)),
     }
 }
 
-/// Registers an upgraded connection and splices it until it ends. `member` is the owner's id
-/// and connection gauge; `client` and `upstream` each come with the bytes that side sent right
-/// after the handshake; `permit` is the connection's slot under `maxConnections`, held until it
-/// ends.
-async fn spliced(
-    shared: Arc<Shared>,
-    key: crate::key::Key,
-    member: (Arc<str>, Gauge),
-    version: u64,
-    client: (TcpStream, Bytes),
-    upstream: (TcpStream, Bytes),
-    permit: impl Send,
-) {
+/// Registers an upgraded connection and splices it until it ends; `permit` is the
+/// connection's slot under `maxConnections`, held until it ends.
+async fn spliced(shared: Arc<Shared>, upgraded: Upgraded, permit: impl Send) {
     let _permit = permit;
-    let (member_id, gauge) = member;
+    let Upgraded {
+        target,
+        client,
+        upstream,
+    } = upgraded;
+    let Target {
+        key,
+        member,
+        connections,
+        ring_version,
+    } = target;
     let registration =
         shared
             .registry
-            .register(&key.key, key.hash, Arc::clone(&member_id), version);
-    check_late_registration(&shared, &registration.control, &member_id, version);
+            .register(&key.key, key.hash, Arc::clone(&member), ring_version);
+    check_late_registration(&shared, &registration.control, &member, ring_version);
     drop(key);
     shared.metrics.upgrades.inc();
-    gauge.inc();
+    connections.inc();
     let end = Splice::new(
-        client.0,
-        upstream.0,
+        client.socket,
+        upstream.socket,
         shared.config.limits.max_frame_bytes,
         &registration.control,
         &shared.registry,
     )
-    .run(client.1, upstream.1)
+    .run(client.early, upstream.early)
     .await;
-    gauge.dec();
+    connections.dec();
     if let End::FrameTooBig { .. } = end {
         shared.metrics.error("frame-too-big");
     }
     debug!(end = end.label(), "connection ended");
-}
-
-fn empty_body_response(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(empty_body());
-    *resp.status_mut() = status;
-    resp
 }
 
 /// The body type's empty value, for tests and the admin server.
@@ -812,5 +832,10 @@ mod tests {
         add_forwarded_for(&mut h, "10.1.2.3:5".parse().expect("addr"));
         add_forwarded_for(&mut h, "10.9.9.9:5".parse().expect("addr"));
         assert_eq!(h["x-forwarded-for"], "10.1.2.3, 10.9.9.9");
+        // Several fields from the client: all of them, in order, in one field.
+        h.append("x-forwarded-for", HeaderValue::from_static("10.5.5.5"));
+        add_forwarded_for(&mut h, "10.7.7.7:5".parse().expect("addr"));
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.1.2.3, 10.9.9.9, 10.5.5.5, 10.7.7.7"]);
     }
 }

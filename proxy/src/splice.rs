@@ -53,6 +53,31 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code "message too big" (§7.4.1), sent to the side that exceeded `maxFrameBytes`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
+/// A close frame the proxy sends (RFC 6455 §5.5.1): its code and reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Close {
+    /// The status code.
+    code: u16,
+    /// The reason, for people reading logs.
+    reason: &'static str,
+}
+
+/// To the side that is not at fault when the proxy ends a connection.
+const GOING_AWAY: Close = Close {
+    code: CLOSE_GOING_AWAY,
+    reason: "going away",
+};
+/// To both sides of a connection idle for `idleTimeoutSeconds`.
+const IDLE_TIMEOUT: Close = Close {
+    code: CLOSE_GOING_AWAY,
+    reason: "idle timeout",
+};
+/// To the side that sent a frame over `maxFrameBytes`.
+const TOO_BIG: Close = Close {
+    code: CLOSE_TOO_BIG,
+    reason: "message too big",
+};
+
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
@@ -205,34 +230,22 @@ impl<'a> Splice<'a> {
                 ring_version,
             }) => {
                 let text = ResetFrame::new(reason, retry_after_ms, ring_version).to_json();
-                Box::pin(self.finish(
-                    Some(text),
-                    (reason.close_code(), reason.as_str()),
-                    (CLOSE_GOING_AWAY, "going away"),
-                ))
-                .await;
+                let to_client = Close {
+                    code: reason.close_code(),
+                    reason: reason.as_str(),
+                };
+                Box::pin(self.finish(Some(text), to_client, GOING_AWAY)).await;
                 End::Reset(reason)
             }
             Stop::Command(Command::Idle) => {
-                Box::pin(self.finish(
-                    None,
-                    (CLOSE_GOING_AWAY, "idle timeout"),
-                    (CLOSE_GOING_AWAY, "idle timeout"),
-                ))
-                .await;
+                Box::pin(self.finish(None, IDLE_TIMEOUT, IDLE_TIMEOUT)).await;
                 End::Idle
             }
             Stop::TooBig { from_client } => {
                 let (to_client, to_upstream) = if from_client {
-                    (
-                        (CLOSE_TOO_BIG, "message too big"),
-                        (CLOSE_GOING_AWAY, "going away"),
-                    )
+                    (TOO_BIG, GOING_AWAY)
                 } else {
-                    (
-                        (CLOSE_GOING_AWAY, "going away"),
-                        (CLOSE_TOO_BIG, "message too big"),
-                    )
+                    (GOING_AWAY, TOO_BIG)
                 };
                 Box::pin(self.finish(None, to_client, to_upstream)).await;
                 End::FrameTooBig { from_client }
@@ -318,25 +331,7 @@ impl<'a> Splice<'a> {
                     .last_active
                     .store(registry.now_secs(), Ordering::Relaxed);
             }
-            let flushed = c2u.pending.is_none() && u2c.pending.is_none();
-            // The close handshake is complete both ways (§7.1.1) and one peer has closed TCP:
-            // close both sockets now, as the server would, instead of relaying half-closes.
-            if flushed && (c2u.eof || u2c.eof) && c2u.tracker.closed() && u2c.tracker.closed() {
-                return Poll::Ready(Stop::Closed);
-            }
-            // Otherwise relay a half-close: FIN from one peer becomes FIN to the other.
-            for (dir, dst) in [(&mut *c2u, &mut upstream_wr), (&mut *u2c, &mut client_wr)] {
-                if dir.eof && dir.pending.is_none() && !dir.shut {
-                    match Pin::new(dst).poll_shutdown(cx) {
-                        Poll::Ready(_) => dir.shut = true,
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            }
-            if c2u.shut && u2c.shut {
-                return Poll::Ready(Stop::Closed);
-            }
-            Poll::Pending
+            closing(cx, c2u, u2c, &mut upstream_wr, &mut client_wr)
         }))
         .await
     }
@@ -344,12 +339,7 @@ impl<'a> Splice<'a> {
     /// Ends the connection with the proxy's own frames: waits briefly for the upstream's current
     /// message to end, writes `text` (if any) and a close frame to the client, a masked close to
     /// the upstream, shuts both down and lingers for their FINs.
-    async fn finish(
-        &mut self,
-        text: Option<String>,
-        to_client: (u16, &str),
-        to_upstream: (u16, &str),
-    ) {
+    async fn finish(&mut self, text: Option<String>, to_client: Close, to_upstream: Close) {
         let at_message = tokio::time::timeout(BOUNDARY_WAIT, self.reach_message_boundary())
             .await
             .unwrap_or(false);
@@ -367,7 +357,7 @@ impl<'a> Splice<'a> {
             if let Some(text) = text.as_deref().filter(|_| at_message) {
                 server_text(&mut out, text);
             }
-            server_close(&mut out, to_client.0, to_client.1);
+            server_close(&mut out, to_client.code, to_client.reason);
         }
         let _ = tokio::time::timeout(WRITE_WAIT, async {
             self.client.write_all(&out).await?;
@@ -376,7 +366,12 @@ impl<'a> Splice<'a> {
         .await;
         let mut up = Vec::new();
         if self.c2u.can_inject() {
-            client_close(&mut up, to_upstream.0, to_upstream.1, rand::random());
+            client_close(
+                &mut up,
+                to_upstream.code,
+                to_upstream.reason,
+                rand::random(),
+            );
         }
         let _ = tokio::time::timeout(WRITE_WAIT, async {
             self.upstream.write_all(&up).await?;
@@ -444,6 +439,41 @@ impl<'a> Splice<'a> {
     }
 }
 
+/// After a wake-up's copying: whether the splice is over. The close handshake complete both
+/// ways (§7.1.1) with one peer having closed TCP ends it (both sockets close, as the server
+/// would); otherwise a FIN from one peer is relayed to the other as a half-close, and the
+/// splice ends once both are.
+#[inline]
+fn closing<'s>(
+    cx: &mut Context<'_>,
+    c2u: &mut Dir,
+    u2c: &mut Dir,
+    upstream_wr: &mut WriteHalf<'s>,
+    client_wr: &mut WriteHalf<'s>,
+) -> Poll<Stop> {
+    // Every wake-up of a live connection asks; without a FIN (`shut` follows `eof`) nothing
+    // below can apply.
+    if !c2u.eof && !u2c.eof {
+        return Poll::Pending;
+    }
+    let flushed = c2u.pending.is_none() && u2c.pending.is_none();
+    if flushed && (c2u.eof || u2c.eof) && c2u.tracker.closed() && u2c.tracker.closed() {
+        return Poll::Ready(Stop::Closed);
+    }
+    for (dir, dst) in [(&mut *c2u, upstream_wr), (&mut *u2c, client_wr)] {
+        if dir.eof && dir.pending.is_none() && !dir.shut {
+            match Pin::new(dst).poll_shutdown(cx) {
+                Poll::Ready(_) => dir.shut = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+    if c2u.shut && u2c.shut {
+        return Poll::Ready(Stop::Closed);
+    }
+    Poll::Pending
+}
+
 /// Moves what `src` has to `dst` until one of them would block (or the fairness budget is
 /// spent). Bytes are read into `scratch` and written on from it at once; only what `dst` cannot
 /// take yet stays behind, in that very buffer (`scratch` is then replaced from the pool), so
@@ -460,19 +490,9 @@ fn drive(
 ) -> Result<bool, Stop> {
     let mut moved = false;
     for _ in 0..STEPS_PER_POLL {
-        if let Some(p) = dir.pending.as_mut() {
-            match Pin::new(&mut *dst).poll_write(cx, &p.buf[p.start..p.end]) {
-                Poll::Pending => return Ok(moved),
-                Poll::Ready(Err(e)) => return Err(Stop::Error(e)),
-                Poll::Ready(Ok(0)) => return Err(Stop::Error(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(w)) => {
-                    p.start += w;
-                    if p.start == p.end
-                        && let Some(done) = dir.pending.take()
-                    {
-                        give_buf(done.buf);
-                    }
-                }
+        if dir.pending.is_some() {
+            if !write_pending(cx, dst, dir)? {
+                return Ok(moved);
             }
             continue;
         }
@@ -495,12 +515,7 @@ fn drive(
             tracing::debug!(len = e.len, from_client, "frame over maxFrameBytes");
             return Err(Stop::TooBig { from_client });
         }
-        let written = match Pin::new(&mut *dst).poll_write(cx, &scratch[..n]) {
-            Poll::Pending => 0,
-            Poll::Ready(Err(e)) => return Err(Stop::Error(e)),
-            Poll::Ready(Ok(0)) => return Err(Stop::Error(io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(w)) => w,
-        };
+        let written = written(Pin::new(&mut *dst).poll_write(cx, &scratch[..n]))?.unwrap_or(0);
         if written < n {
             dir.pending = Some(Pending {
                 buf: std::mem::replace(scratch, take_buf()),
@@ -512,6 +527,39 @@ fn drive(
     // Budget spent with bytes still flowing: come back after the other tasks had a turn.
     cx.waker().wake_by_ref();
     Ok(moved)
+}
+
+/// Writes on some of the bytes `dir` holds back, giving the buffer back to the pool once they
+/// are all written. False when `dst` would block.
+fn write_pending(
+    cx: &mut Context<'_>,
+    dst: &mut WriteHalf<'_>,
+    dir: &mut Dir,
+) -> Result<bool, Stop> {
+    let Some(p) = dir.pending.as_mut() else {
+        return Ok(true);
+    };
+    let Some(w) = written(Pin::new(dst).poll_write(cx, &p.buf[p.start..p.end]))? else {
+        return Ok(false);
+    };
+    p.start += w;
+    if p.start == p.end
+        && let Some(done) = dir.pending.take()
+    {
+        give_buf(done.buf);
+    }
+    Ok(true)
+}
+
+/// A write's outcome: how much was written, `None` if the socket would block; writing zero
+/// bytes to a socket is an error (it cannot take more, ever).
+fn written(poll: Poll<io::Result<usize>>) -> Result<Option<usize>, Stop> {
+    match poll {
+        Poll::Pending => Ok(None),
+        Poll::Ready(Err(e)) => Err(Stop::Error(e)),
+        Poll::Ready(Ok(0)) => Err(Stop::Error(io::ErrorKind::WriteZero.into())),
+        Poll::Ready(Ok(w)) => Ok(Some(w)),
+    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ pub struct Refusal {
 }
 
 /// Appends the upgrade request head for the owner to `out`: the client's method, path and
-/// header fields, except that `X-Forwarded-For` gains `peer_ip`, the routed ring version
+/// header fields, except that `X-Forwarded-For` gains `peer_ip` ([`push_forwarded_for`]), the routed ring version
 /// replaces anything the client sent under [`RING_VERSION_HEADER`], and the framing fields
 /// (`Content-Length`, `Transfer-Encoding`) are dropped because no body is forwarded with an
 /// upgrade. `fields` are (name, value) pairs as parsed (by hyper or `httparse`, both of which
@@ -92,11 +92,16 @@ pub fn write_request<'a>(
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The client's own X-Forwarded-For values, joined into one field after the others; a
+    // second one is rare, so only it costs an allocation.
     let mut forwarded_for: Option<&[u8]> = None;
+    let mut more_forwarded_for: Vec<&[u8]> = Vec::new();
     for (name, value) in fields {
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            // Only one prior value is kept, as `add_forwarded_for` does for plain HTTP.
-            forwarded_for = Some(value);
+            match forwarded_for {
+                None => forwarded_for = Some(value),
+                Some(_) => more_forwarded_for.push(value),
+            }
             continue;
         }
         if name.eq_ignore_ascii_case(RING_VERSION_HEADER.as_bytes())
@@ -108,11 +113,11 @@ pub fn write_request<'a>(
         push_field(out, name, value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = forwarded_for {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
-    }
-    push_ip(out, peer_ip);
+    push_forwarded_for(
+        out,
+        forwarded_for.into_iter().chain(more_forwarded_for),
+        peer_ip,
+    );
     out.extend_from_slice(b"\r\n");
     push_field(
         out,
@@ -120,6 +125,20 @@ pub fn write_request<'a>(
         ring_version.to_string().as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the `X-Forwarded-For` value a request is passed on with (on upgrades and plain
+/// HTTP alike): the values the client sent, in order, then `peer_ip`, comma-separated.
+pub fn push_forwarded_for<'a>(
+    out: &mut Vec<u8>,
+    prior: impl IntoIterator<Item = &'a [u8]>,
+    peer_ip: std::net::IpAddr,
+) {
+    for value in prior {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, peer_ip);
 }
 
 /// Writes an address in its usual text form; IPv4 by hand, being on every upgrade's path
@@ -545,6 +564,7 @@ mod tests {
             (b"sec-websocket-protocol", b"b"),
             (b"X-Forwarded-For", b"10.0.0.1"),
             (ring_upper.as_bytes(), b"999"),
+            (b"x-forwarded-for", b"10.0.0.5"),
             (b"Content-Length", b"4"),
         ];
         let mut out = Vec::new();
@@ -566,7 +586,7 @@ mod tests {
             "Host: chat.example\r\n",
             "upgrade: websocket\r\n",
             "Sec-WebSocket-Protocol: a\r\nsec-websocket-protocol: b\r\n",
-            "x-forwarded-for: 10.0.0.1, 10.0.0.2\r\n",
+            "x-forwarded-for: 10.0.0.1, 10.0.0.5, 10.0.0.2\r\n",
             &format!("{RING_VERSION_HEADER}: 7\r\n"),
         ] {
             assert!(text.contains(line), "missing {line:?} in {text}");

@@ -12,39 +12,76 @@ use support::*;
 use wscluster_ring::{Ring, RingSnapshot};
 use wscluster_ring_stream::{RingHub, serve};
 
-/// Opens `n` connections with keys `user-0..n`; returns them with their keys and backends.
-async fn open(proxy: &Proxy, n: usize) -> Vec<(String, Ws, String)> {
+/// A connection a test opened through the proxy.
+struct Open {
+    /// Its key.
+    key: String,
+    /// The socket.
+    ws: Ws,
+}
+
+/// Opens `n` connections with keys `user-0..n`.
+async fn open(proxy: &Proxy, n: usize) -> Vec<Open> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let key = format!("user-{i}");
-        let (ws, id) = connect(&proxy.ws_url(&format!("/connect/{key}"))).await;
-        out.push((key, ws, id));
+        let (ws, _) = connect(&proxy.ws_url(&format!("/connect/{key}"))).await;
+        out.push(Open { key, ws });
     }
     out
+}
+
+/// The keys of the sessions `backends` saw closed, each with close code 1001 (going away):
+/// waits until `want` are in or 10 s have passed, then takes any already reported on top, so
+/// a close too many shows.
+async fn closed_keys(backends: &mut [Backend], want: usize) -> HashSet<String> {
+    let mut closed = HashSet::new();
+    let mut note = |event: BackendEvent| {
+        if let BackendEvent::Closed { path, code } = event {
+            assert_eq!(code, Some(1001), "{path}");
+            closed.insert(path.trim_start_matches("/connect/").to_string());
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = 0;
+    while seen < want && tokio::time::Instant::now() < deadline {
+        for b in backends.iter_mut() {
+            if let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(50), b.events.recv()).await
+            {
+                seen += usize::from(matches!(event, BackendEvent::Closed { .. }));
+                note(event);
+            }
+        }
+    }
+    for b in backends.iter_mut() {
+        while let Ok(event) = b.events.try_recv() {
+            note(event);
+        }
+    }
+    closed
+}
+
+/// The keys of `conns` whose owner under `new` is not their owner under `old`.
+fn moved_keys(conns: &[Open], old: &Ring, new: &Ring) -> HashSet<String> {
+    conns
+        .iter()
+        .filter(|c| old.owner(&c.key).expect("o").id != new.owner(&c.key).expect("o").id)
+        .map(|c| c.key.clone())
+        .collect()
 }
 
 #[tokio::test]
 async fn a_ring_change_resets_exactly_the_moved_connections_and_no_others() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let mut backends = vec![
-            Backend::start("node-a").await,
-            Backend::start("node-b").await,
-            Backend::start("node-c").await,
-        ];
-        let dir = temp_dir("exact");
-        let ring_path = dir.join("ring.json");
-        let v1 = write_ring(
-            &ring_path,
-            1,
-            backends.iter().map(Backend::member).collect(),
-        );
-        let proxy = Proxy::spawn(
-            &dir,
-            "resets: {ratePerSecond: 1000, jitterMs: 500}",
-            support::Ring::File(&ring_path),
-        )
-        .await;
-        proxy.wait_ring_version(1).await;
+        let config = "resets: {ratePerSecond: 1000, jitterMs: 500}";
+        let BehindProxy {
+            mut backends,
+            ring_path,
+            ring: r1,
+            proxy,
+            ..
+        } = BehindProxy::start("exact", &["node-a", "node-b", "node-c"], config, 1).await;
         let mut conns = open(&proxy, 120).await;
 
         backends.push(Backend::start("node-d").await);
@@ -53,12 +90,7 @@ async fn a_ring_change_resets_exactly_the_moved_connections_and_no_others() {
             2,
             backends.iter().map(Backend::member).collect(),
         );
-        let (r1, r2) = (Ring::build(v1).expect("v1"), Ring::build(v2).expect("v2"));
-        let moved: HashSet<String> = conns
-            .iter()
-            .filter(|(k, _, _)| r1.owner(k).expect("o").id != r2.owner(k).expect("o").id)
-            .map(|(k, _, _)| k.clone())
-            .collect();
+        let moved = moved_keys(&conns, &r1, &Ring::build(v2).expect("v2"));
         assert!(
             !moved.is_empty() && moved.len() < conns.len(),
             "{}",
@@ -66,8 +98,9 @@ async fn a_ring_change_resets_exactly_the_moved_connections_and_no_others() {
         );
         proxy.wait_ring_version(2).await;
 
-        for (key, ws, _) in conns.iter_mut().filter(|(k, _, _)| moved.contains(k)) {
-            let ending = read_ending(ws, Duration::from_secs(10)).await;
+        for c in conns.iter_mut().filter(|c| moved.contains(&c.key)) {
+            let ending = read_ending(&mut c.ws, Duration::from_secs(10)).await;
+            let key = &c.key;
             let reset = ending
                 .reset
                 .unwrap_or_else(|| panic!("{key}: no reset frame"));
@@ -78,36 +111,15 @@ async fn a_ring_change_resets_exactly_the_moved_connections_and_no_others() {
             assert_eq!(ending.code, Some(4000), "{key}");
         }
         // Everyone else is untouched and still spliced to the same backend.
-        for (key, ws, _) in conns.iter_mut().filter(|(k, _, _)| !moved.contains(k)) {
-            echo(ws, &format!("still {key}")).await;
+        for c in conns.iter_mut().filter(|c| !moved.contains(&c.key)) {
+            echo(&mut c.ws, &format!("still {}", c.key)).await;
         }
         let resets = proxy
             .metric("wscluster_proxy_resets_total{reason=\"rebalance\"}")
             .await;
         assert_eq!(resets, Some(moved.len() as f64));
         // The backends saw a clean close (1001 going away) for exactly the moved keys.
-        let mut closed = HashSet::new();
-        for b in backends.iter_mut().take(3) {
-            while let Ok(ev) = b.events.try_recv() {
-                if let BackendEvent::Closed { path, code } = ev {
-                    assert_eq!(code, Some(1001), "{path}");
-                    closed.insert(path.trim_start_matches("/connect/").to_string());
-                }
-            }
-        }
-        // Closes may still be in flight; wait for the rest with a deadline.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while closed.len() < moved.len() && tokio::time::Instant::now() < deadline {
-            for b in backends.iter_mut().take(3) {
-                if let Ok(Some(BackendEvent::Closed { path, code })) =
-                    tokio::time::timeout(Duration::from_millis(50), b.events.recv()).await
-                {
-                    assert_eq!(code, Some(1001), "{path}");
-                    closed.insert(path.trim_start_matches("/connect/").to_string());
-                }
-            }
-        }
-        assert_eq!(closed, moved);
+        assert_eq!(closed_keys(&mut backends[..3], moved.len()).await, moved);
         // Reconnecting lands on the new owner.
         for key in moved.iter().take(5) {
             let (_ws, id) = connect(&proxy.ws_url(&format!("/connect/{key}"))).await;
@@ -118,51 +130,66 @@ async fn a_ring_change_resets_exactly_the_moved_connections_and_no_others() {
     .expect("test finished in time");
 }
 
+/// Asserts that resets ending at `times` came `1 / rate` apart: the whole set over about
+/// (n-1)/rate, and no burst (at most rate/4 + 2 in any 250 ms window).
+fn assert_paced(mut times: Vec<tokio::time::Instant>, rate: f64) {
+    times.sort();
+    let span = times[times.len() - 1] - times[0];
+    let expected = Duration::from_secs_f64((times.len() - 1) as f64 / rate);
+    assert!(
+        span >= expected.mul_f64(0.8),
+        "span {span:?} < {expected:?}"
+    );
+    assert!(
+        span <= expected.mul_f64(2.0) + Duration::from_secs(1),
+        "span {span:?}"
+    );
+    let most_per_window = (rate / 4.0) as usize + 2;
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| **u - *t < Duration::from_millis(250))
+            .count();
+        assert!(
+            in_window <= most_per_window,
+            "{in_window} resets within 250 ms"
+        );
+    }
+}
+
+/// Asserts that the `retryAfterMs` values are spread over `[0, 3000]`.
+fn assert_spread_over_3000_ms(retries: &[u64]) {
+    assert!(retries.iter().all(|r| *r <= 3000));
+    let distinct: HashSet<_> = retries.iter().collect();
+    assert!(distinct.len() > 20, "retryAfterMs not spread: {retries:?}");
+    let (lo, hi) = (retries.iter().min(), retries.iter().max());
+    assert!(lo < Some(&1000) && hi > Some(&2000), "{lo:?}..{hi:?}");
+}
+
 #[tokio::test]
 async fn pacing_spreads_resets_over_the_configured_rate_and_jitter() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let a = Backend::start("node-a").await;
+        let config = "resets: {ratePerSecond: 20, jitterMs: 3000}";
+        let BehindProxy {
+            backends,
+            ring_path,
+            proxy,
+            ..
+        } = BehindProxy::start("pacing", &["node-a"], config, 1).await;
         let b = Backend::start("node-b").await;
-        let dir = temp_dir("pacing");
-        let ring_path = dir.join("ring.json");
-        write_ring(&ring_path, 1, vec![a.member()]);
-        let rate = 20.0;
-        let proxy = Proxy::spawn(
-            &dir,
-            "resets: {ratePerSecond: 20, jitterMs: 3000}",
-            support::Ring::File(&ring_path),
-        )
-        .await;
-        proxy.wait_ring_version(1).await;
         let mut conns = open(&proxy, 40).await;
         // Drain node-a: every connection moves, with reason "drain".
-        write_ring(&ring_path, 2, vec![a.member().draining(), b.member()]);
+        write_ring(
+            &ring_path,
+            2,
+            vec![backends[0].member().draining(), b.member()],
+        );
         proxy.wait_ring_version(2).await;
         let mut endings = Vec::new();
-        for (_, ws, _) in conns.iter_mut() {
-            endings.push(read_ending(ws, Duration::from_secs(20)).await);
+        for c in conns.iter_mut() {
+            endings.push(read_ending(&mut c.ws, Duration::from_secs(20)).await);
         }
-        let mut times: Vec<_> = endings.iter().map(|e| e.at).collect();
-        times.sort();
-        let span = times[times.len() - 1] - times[0];
-        let expected = Duration::from_secs_f64((endings.len() - 1) as f64 / rate);
-        // Resets arrive at the configured rate: the whole set takes about (n-1)/rate.
-        assert!(
-            span >= expected.mul_f64(0.8),
-            "span {span:?} < {expected:?}"
-        );
-        assert!(
-            span <= expected.mul_f64(2.0) + Duration::from_secs(1),
-            "span {span:?}"
-        );
-        // No burst: in any 250 ms window at most rate/4 + 2 resets.
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..]
-                .iter()
-                .take_while(|u| **u - *t < Duration::from_millis(250))
-                .count();
-            assert!(in_window <= 7, "{in_window} resets within 250 ms");
-        }
+        assert_paced(endings.iter().map(|e| e.at).collect(), 20.0);
         let retries: Vec<u64> = endings
             .iter()
             .map(|e| {
@@ -172,11 +199,7 @@ async fn pacing_spreads_resets_over_the_configured_rate_and_jitter() {
             })
             .collect();
         assert!(endings.iter().all(|e| e.code == Some(4001)));
-        assert!(retries.iter().all(|r| *r <= 3000));
-        let distinct: HashSet<_> = retries.iter().collect();
-        assert!(distinct.len() > 20, "retryAfterMs not spread: {retries:?}");
-        let (lo, hi) = (retries.iter().min(), retries.iter().max());
-        assert!(lo < Some(&1000) && hi > Some(&2000), "{lo:?}..{hi:?}");
+        assert_spread_over_3000_ms(&retries);
     })
     .await
     .expect("test finished in time");
@@ -185,17 +208,9 @@ async fn pacing_spreads_resets_over_the_configured_rate_and_jitter() {
 #[tokio::test]
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let a = Backend::start("node-a").await;
-        let dir = temp_dir("idle");
-        let ring_path = dir.join("ring.json");
-        write_ring(&ring_path, 1, vec![a.member()]);
-        let proxy = Proxy::spawn(
-            &dir,
-            "limits: {idleTimeoutSeconds: 2}",
-            support::Ring::File(&ring_path),
-        )
-        .await;
-        proxy.wait_ring_version(1).await;
+        let config = "limits: {idleTimeoutSeconds: 2}";
+        let behind = BehindProxy::start("idle", &["node-a"], config, 1).await;
+        let proxy = &behind.proxy;
         let (mut idle, _) = connect(&proxy.ws_url("/connect/idle")).await;
         let (mut busy, _) = connect(&proxy.ws_url("/connect/busy")).await;
         let started = tokio::time::Instant::now();
@@ -221,17 +236,9 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
 #[tokio::test]
 async fn shutdown_waits_the_grace_period_then_resets_with_reason_drain() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let a = Backend::start("node-a").await;
-        let dir = temp_dir("shutdown");
-        let ring_path = dir.join("ring.json");
-        write_ring(&ring_path, 1, vec![a.member()]);
-        let mut proxy = Proxy::spawn(
-            &dir,
-            "drainTimeoutSeconds: 1",
-            support::Ring::File(&ring_path),
-        )
-        .await;
-        proxy.wait_ring_version(1).await;
+        let config = "drainTimeoutSeconds: 1";
+        let mut behind = BehindProxy::start("shutdown", &["node-a"], config, 1).await;
+        let proxy = &mut behind.proxy;
         let (mut ws, _) = connect(&proxy.ws_url("/connect/alice")).await;
         let pid = proxy.pid().to_string();
         let killed = tokio::process::Command::new("kill")
@@ -257,6 +264,56 @@ async fn shutdown_waits_the_grace_period_then_resets_with_reason_drain() {
     .expect("test finished in time");
 }
 
+/// The ring stream served from a [`RingHub`] on a listener, until stopped.
+struct HubServer {
+    /// Stops it.
+    stop: tokio_util::sync::CancellationToken,
+    /// Its task, done once stopped.
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HubServer {
+    fn start(listener: tokio::net::TcpListener, hub: &Arc<RingHub>) -> HubServer {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(serve(listener, Arc::clone(hub), stop.clone()));
+        HubServer { stop, task }
+    }
+
+    /// Stops serving and waits until it has.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Waits until the test proxy has acknowledged ring `version` on `hub`.
+async fn wait_for_ack(hub: &RingHub, version: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs = hub.subscribers(CLUSTER);
+        if subs
+            .iter()
+            .any(|s| s.id == "test-proxy" && s.applied_version == Some(version))
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ack: {subs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `proxy` reports its ring stream disconnected.
+async fn wait_for_stream_down(proxy: &Proxy) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.metric("wscluster_proxy_ring_stream_connected").await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream never seen down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_stream_going_down_keeps_the_last_ring_and_reconnecting_applies_newer_ones() {
     tokio::time::timeout(TEST_TIMEOUT, async {
@@ -271,39 +328,19 @@ async fn the_stream_going_down_keeps_the_last_ring_and_reconnecting_applies_newe
             .await
             .expect("bind");
         let hub_addr = listener.local_addr().expect("addr");
-        let stop = tokio_util::sync::CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::clone(&hub), stop.clone()));
+        let server = HubServer::start(listener, &hub);
         let url = format!("http://{hub_addr}");
         let dir = temp_dir("stream");
         let proxy = Proxy::spawn(&dir, "", support::Ring::Url(&url, token)).await;
         proxy.wait_ring_version(1).await;
         // The proxy reports the version it applied.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let subs = hub.subscribers(CLUSTER);
-            if subs
-                .iter()
-                .any(|s| s.id == "test-proxy" && s.applied_version == Some(1))
-            {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no ack: {subs:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_ack(&hub, 1).await;
         let (mut ws, id) = connect(&proxy.ws_url("/connect/alice")).await;
         assert_eq!(id, "node-a");
 
         // The stream goes away: routing continues on the last ring.
-        stop.cancel();
-        let _ = server.await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while proxy.metric("wscluster_proxy_ring_stream_connected").await != Some(0.0) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stream never seen down"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        server.stop().await;
+        wait_for_stream_down(&proxy).await;
         echo(&mut ws, "still routed").await;
         let (_ws2, id) = connect(&proxy.ws_url("/connect/bob")).await;
         assert_eq!(id, "node-a");
@@ -321,14 +358,13 @@ async fn the_stream_going_down_keeps_the_last_ring_and_reconnecting_applies_newe
         let listener = tokio::net::TcpListener::bind(hub_addr)
             .await
             .expect("rebind");
-        let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(serve(listener, Arc::clone(&hub), stop.clone()));
+        let server = HubServer::start(listener, &hub);
         proxy.wait_ring_version(2).await;
         let ending = read_ending(&mut ws, Duration::from_secs(10)).await;
         assert_eq!(ending.code, Some(4001));
         let (_ws3, id) = connect(&proxy.ws_url("/connect/alice")).await;
         assert_eq!(id, "node-b");
-        stop.cancel();
+        server.stop().await;
     })
     .await
     .expect("test finished in time");

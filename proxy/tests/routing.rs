@@ -11,57 +11,59 @@ use http::StatusCode;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use wscluster_ring::{Member, Ring, RingSnapshot};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wscluster_ring::{Member, RingSnapshot};
 
-async fn three_backends() -> Vec<Backend> {
-    vec![
-        Backend::start("node-a").await,
-        Backend::start("node-b").await,
-        Backend::start("node-c").await,
-    ]
+/// The ids of the three backends most tests route over.
+const THREE: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+/// The HTTP answer a WebSocket upgrade to `url` was refused with.
+async fn refused_upgrade(url: &str) -> http::Response<Option<Vec<u8>>> {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => *resp,
+        Err(other) => panic!("{url}: expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("{url}: expected an HTTP refusal, got an upgrade"),
+    }
 }
 
-/// Three backends behind a proxy that has applied ring `version` of all three, read from a
-/// ring file in its own directory.
-struct ThreeBehindProxy {
-    backends: Vec<Backend>,
-    dir: std::path::PathBuf,
-    ring_path: std::path::PathBuf,
-    ring: Ring,
-    proxy: Proxy,
-}
-
-async fn three_backends_behind_a_proxy(name: &str, version: u64) -> ThreeBehindProxy {
-    let backends = three_backends().await;
-    let dir = temp_dir(name);
-    let ring_path = dir.join("ring.json");
-    let snap = write_ring(
-        &ring_path,
-        version,
-        backends.iter().map(Backend::member).collect(),
-    );
-    let ring = Ring::build(snap).expect("ring");
-    let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
-    proxy.wait_ring_version(version).await;
-    ThreeBehindProxy {
-        backends,
-        dir,
-        ring_path,
-        ring,
-        proxy,
+/// Sends a plain GET for `path` on `s` and reads exactly one response, framed by its
+/// Content-Length, leaving the connection open: its body.
+async fn get_on_kept_alive(s: &mut tokio::net::TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        if body.len() >= len {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            return body.to_owned();
+        }
     }
 }
 
 #[tokio::test]
 async fn the_same_key_always_reaches_the_same_backend_over_websocket_and_http() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        // The backends are bound so they live to the end of the test.
-        let ThreeBehindProxy {
-            backends: _backends,
-            ring,
-            proxy,
-            ..
-        } = three_backends_behind_a_proxy("same-key", 1).await;
+        let behind = BehindProxy::start("same-key", &THREE, "", 1).await;
+        let (proxy, ring) = (&behind.proxy, &behind.ring);
         let mut per_backend: HashMap<String, usize> = HashMap::new();
         for i in 0..60 {
             let key = format!("user-{i}");
@@ -92,71 +94,86 @@ async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_routed_too()
     // A fresh connection's first upgrade takes the proxy's fast path; an upgrade that follows
     // a plain request on a kept-alive connection goes through hyper. Both reach the owner.
     tokio::time::timeout(TEST_TIMEOUT, async {
-        // The backends are bound so they live to the end of the test.
-        let ThreeBehindProxy {
-            backends: _backends,
-            ring,
-            proxy,
-            ..
-        } = three_backends_behind_a_proxy("keepalive-upgrade", 1).await;
+        let behind = BehindProxy::start("keepalive-upgrade", &THREE, "", 1).await;
+        let (proxy, ring) = (&behind.proxy, &behind.ring);
         for key in ["carol", "dave", "erin"] {
             let expected = ring.owner(key).expect("owner").id.clone();
             let mut s = tokio::net::TcpStream::connect(proxy.addr)
                 .await
                 .expect("connect");
-            s.write_all(format!("GET /send?userId={key} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-                .await
-                .expect("write");
-            // Read exactly one response, framed by its Content-Length.
-            let mut got = Vec::new();
-            let body = loop {
-                let mut chunk = [0u8; 1024];
-                let n = s.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&got).to_string();
-                let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                    continue;
-                };
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(str::to_owned)
-                    })
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("content-length");
-                if body.len() >= len {
-                    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-                    break body.to_owned();
-                }
-            };
+            let body = get_on_kept_alive(&mut s, &format!("/send?userId={key}")).await;
             assert_eq!(body, expected, "{key} over HTTP");
-            let (mut ws, _) =
-                tokio_tungstenite::client_async(format!("ws://{}/ws?userId={key}", proxy.addr), s)
-                    .await
-                    .expect("upgrade on the kept-alive connection");
-            let hello = loop {
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    futures_util::StreamExt::next(&mut ws),
-                )
+            let url = format!("ws://{}/ws?userId={key}", proxy.addr);
+            let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(s))
                 .await
-                .expect("hello in time")
-                .expect("open")
-                .expect("frame")
-                {
-                    Message::Text(t) => break t.to_string(),
-                    _ => continue,
-                }
-            };
-            let v: serde_json::Value = serde_json::from_str(&hello).expect("json");
-            assert_eq!(v["server"], expected.as_str(), "{key} over the upgrade");
+                .expect("upgrade on the kept-alive connection");
+            let hello: serde_json::Value =
+                serde_json::from_str(&next_text(&mut ws).await).expect("json");
+            assert_eq!(hello["server"], expected.as_str(), "{key} over the upgrade");
             ws.send(Message::text("still spliced")).await.expect("send");
         }
         let upgrades = proxy.metric("wscluster_proxy_upgrades_total").await;
         assert_eq!(upgrades, Some(3.0));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Upgrades `s` with a hand-written request for `target` (sent as is, fragment and all) and
+/// returns the id the backend reports.
+async fn upgrade_raw(mut s: tokio::net::TcpStream, target: &str) -> String {
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let head_len = loop {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_len]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{target}: {head}");
+    let rest = got.split_off(head_len);
+    let mut ws =
+        WebSocketStream::from_partially_read(MaybeTlsStream::Plain(s), rest, Role::Client, None)
+            .await;
+    let hello: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).expect("json");
+    hello["server"].as_str().expect("server id").to_owned()
+}
+
+#[tokio::test]
+async fn a_fragment_in_the_target_is_not_part_of_the_key_on_either_path() {
+    // Clients should not send a fragment, but some do; hyper (and so the node) drops it, and
+    // the fast path, which reads the raw head, must cut the target the same way.
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let behind = BehindProxy::start("fragment", &THREE, "", 1).await;
+        let (proxy, ring) = (&behind.proxy, &behind.ring);
+        // A key whose owner is not that of the key with the fragment glued on, so routing by
+        // the whole target would reach the wrong backend.
+        let owner = |k: &str| ring.owner(k).expect("owner").id.clone();
+        let key = (0..)
+            .map(|i| format!("user-{i}"))
+            .find(|k| owner(k) != owner(&format!("{k}#frag")))
+            .expect("such a key");
+        let fresh = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let id = upgrade_raw(fresh, &format!("/connect/{key}#frag")).await;
+        assert_eq!(id, owner(&key), "the fast path");
+        let mut kept = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let body = get_on_kept_alive(&mut kept, &format!("/send?userId={key}#frag")).await;
+        assert_eq!(body, owner(&key), "plain HTTP");
+        let id = upgrade_raw(kept, &format!("/ws?userId={key}#frag")).await;
+        assert_eq!(id, owner(&key), "hyper's path");
+        let upgrades = proxy.metric("wscluster_proxy_upgrades_total").await;
+        assert_eq!(upgrades, Some(2.0));
     })
     .await
     .expect("test finished in time");
@@ -198,12 +215,8 @@ async fn readiness_waits_for_a_ring_and_requests_before_it_get_503_with_retry_af
 #[tokio::test]
 async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let backend = Backend::start("node-a").await;
-        let dir = temp_dir("bad-key");
-        let ring_path = dir.join("ring.json");
-        write_ring(&ring_path, 1, vec![backend.member()]);
-        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
-        proxy.wait_ring_version(1).await;
+        let behind = BehindProxy::start("bad-key", &["node-a"], "", 1).await;
+        let proxy = &behind.proxy;
         let (status, body) = http_get(proxy.addr, "/send?message=hi", &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -219,29 +232,15 @@ async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
             assert!(body.contains("invalid-key"), "{path}: {body}");
         }
         // A WebSocket upgrade without a key is refused the same way.
-        let err = tokio_tungstenite::connect_async(proxy.ws_url("/elsewhere"))
-            .await
-            .expect_err("refused");
-        match err {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                assert_eq!(resp.status(), StatusCode::BAD_REQUEST)
-            }
-            other => panic!("expected an HTTP refusal, got {other}"),
-        }
+        let resp = refused_upgrade(&proxy.ws_url("/elsewhere")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         // Nothing else was disturbed.
         let (_ws, id) = connect(&proxy.ws_url("/connect/alice")).await;
         assert_eq!(id, "node-a");
         // A backend's refusal of the upgrade reaches the client whole, body included.
-        let err = tokio_tungstenite::connect_async(proxy.ws_url("/connect/refuse-me"))
-            .await
-            .expect_err("refused by the backend");
-        match err {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-                assert_eq!(resp.body().as_deref(), Some(&b"refused by node-a"[..]));
-            }
-            other => panic!("expected an HTTP refusal, got {other}"),
-        }
+        let resp = refused_upgrade(&proxy.ws_url("/connect/refuse-me")).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.body().as_deref(), Some(&b"refused by node-a"[..]));
     })
     .await
     .expect("test finished in time");
@@ -275,15 +274,8 @@ async fn keyless_plain_http_goes_to_the_fallback_upstream_but_keyless_upgrades_a
         let (status, _) = http_get(proxy.addr, "/x?userId=", &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         // An upgrade without a key is refused, never handed to the fallback.
-        let err = tokio_tungstenite::connect_async(proxy.ws_url("/elsewhere"))
-            .await
-            .expect_err("refused");
-        match err {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                assert_eq!(resp.status(), StatusCode::BAD_REQUEST)
-            }
-            other => panic!("expected an HTTP refusal, got {other}"),
-        }
+        let resp = refused_upgrade(&proxy.ws_url("/elsewhere")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     })
     .await
     .expect("test finished in time");
@@ -381,15 +373,8 @@ async fn an_unreachable_owner_is_a_quick_502_never_a_hang() {
         let (status, body) = http_get(proxy.addr, "/send?userId=alice", &[]).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
         assert!(body.contains("upstream-unreachable"), "{body}");
-        let err = tokio_tungstenite::connect_async(proxy.ws_url("/connect/alice"))
-            .await
-            .expect_err("refused");
-        match err {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                assert_eq!(resp.status(), StatusCode::BAD_GATEWAY)
-            }
-            other => panic!("expected an HTTP refusal, got {other}"),
-        }
+        let resp = refused_upgrade(&proxy.ws_url("/connect/alice")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
@@ -403,17 +388,9 @@ async fn an_unreachable_owner_is_a_quick_502_never_a_hang() {
 #[tokio::test]
 async fn oversized_headers_get_431_and_a_slow_client_is_cut_off() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let backend = Backend::start("node-a").await;
-        let dir = temp_dir("limits");
-        let ring_path = dir.join("ring.json");
-        write_ring(&ring_path, 1, vec![backend.member()]);
-        let proxy = Proxy::spawn(
-            &dir,
-            "limits: {maxHeaderBytes: 8192, headerReadTimeoutMs: 500}",
-            support::Ring::File(&ring_path),
-        )
-        .await;
-        proxy.wait_ring_version(1).await;
+        let limits = "limits: {maxHeaderBytes: 8192, headerReadTimeoutMs: 500}";
+        let behind = BehindProxy::start("limits", &["node-a"], limits, 1).await;
+        let proxy = &behind.proxy;
         let big = "y".repeat(20_000);
         let mut s = tokio::net::TcpStream::connect(proxy.addr)
             .await
@@ -454,17 +431,9 @@ async fn oversized_headers_get_431_and_a_slow_client_is_cut_off() {
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_and_frames_over_the_limit_close_with_1009() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let backend = Backend::start("node-a").await;
-        let dir = temp_dir("conn-limit");
-        let ring_path = dir.join("ring.json");
-        write_ring(&ring_path, 1, vec![backend.member()]);
-        let proxy = Proxy::spawn(
-            &dir,
-            "limits: {maxConnections: 2, maxFrameBytes: 1000}",
-            support::Ring::File(&ring_path),
-        )
-        .await;
-        proxy.wait_ring_version(1).await;
+        let limits = "limits: {maxConnections: 2, maxFrameBytes: 1000}";
+        let behind = BehindProxy::start("conn-limit", &["node-a"], limits, 1).await;
+        let proxy = &behind.proxy;
         let (mut a, _) = connect(&proxy.ws_url("/connect/a")).await;
         let (_b, _) = connect(&proxy.ws_url("/connect/b")).await;
         assert!(
@@ -504,13 +473,13 @@ async fn connections_over_the_limit_are_refused_and_frames_over_the_limit_close_
 #[tokio::test]
 async fn a_stale_or_foreign_ring_is_ignored_and_routing_continues() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let ThreeBehindProxy {
+        let BehindProxy {
             backends,
             dir,
             ring_path,
             proxy,
             ..
-        } = three_backends_behind_a_proxy("stale", 5).await;
+        } = BehindProxy::start("stale", &THREE, "", 5).await;
         let (mut ws, _) = connect(&proxy.ws_url("/connect/alice")).await;
         // An older ring with a single member would move most keys: it must be ignored.
         write_ring(&ring_path, 3, vec![backends[0].member()]);

@@ -6,6 +6,7 @@
 //! * [`bus`]: the RabbitMQ events (broadcasts and resets).
 //! * [`validate_key`]: the rules for a business key, shared by proxy and node.
 //! * [`percent_decode`] / [`percent_encode`]: the one strict URL-component codec.
+//! * [`split_target`]: a request target's path and query, as proxy and node both read them.
 //!
 //! All are plain serde types; `docs/architecture.md` documents them for non-Rust peers.
 
@@ -21,9 +22,6 @@ pub const CLOSE_DRAIN: u16 = 4001;
 /// Close code when a newer connection for the same key replaced this one on the same node.
 /// Do not reconnect automatically (the other connection is yours).
 pub const CLOSE_REPLACED: u16 = 4002;
-/// Close code when the node does not own the key under its newest ring (a stale route).
-/// Reconnect after `retryAfterMs`.
-pub const CLOSE_NOT_OWNER: u16 = 4003;
 /// Close code for a protocol-level misuse the node refuses (for example a binary frame where
 /// text is expected). Standard codes are used where RFC 6455 has one: 1007 invalid UTF-8,
 /// 1009 message too big.
@@ -37,8 +35,6 @@ pub enum ResetReason {
     Rebalance,
     /// The node is draining (scale-down or shutdown).
     Drain,
-    /// The node refused the key because another node owns it.
-    NotOwner,
 }
 
 impl ResetReason {
@@ -47,7 +43,6 @@ impl ResetReason {
         match self {
             ResetReason::Rebalance => CLOSE_REBALANCE,
             ResetReason::Drain => CLOSE_DRAIN,
-            ResetReason::NotOwner => CLOSE_NOT_OWNER,
         }
     }
 
@@ -56,7 +51,6 @@ impl ResetReason {
         match self {
             ResetReason::Rebalance => "rebalance",
             ResetReason::Drain => "drain",
-            ResetReason::NotOwner => "not-owner",
         }
     }
 }
@@ -147,6 +141,37 @@ pub struct ClientMessage {
 /// version before refusing, so a client moved by a new ring is not bounced by a new owner that
 /// has not applied it yet. Proxies overwrite any value a client sent.
 pub const RING_VERSION_HEADER: &str = "x-wscluster-ring-version";
+
+/// A request target (origin form, RFC 9112 §3.2.1) cut into the parts a business key is read
+/// from: see [`split_target`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTarget<'t> {
+    /// The path: up to the first `?` or `#`.
+    pub path: &'t str,
+    /// The query, without its `?`: up to the next `#`. `None` without a `?`; `Some("")` for a
+    /// bare `?`.
+    pub query: Option<&'t str>,
+    /// Path and query as sent, without the fragment: what is forwarded to a member.
+    pub path_and_query: &'t str,
+}
+
+/// Splits a request target into path and query the way `http::Uri` does (the node's parser):
+/// the path ends at the first `?` or `#`, the query at the next `#`, and a fragment, which
+/// clients must not send (RFC 9110 §7.1) but some do, is dropped. The proxy reads keys from
+/// raw request heads with this, so proxy and node agree on a target's key (and so on its
+/// owner) whichever parser read it.
+pub fn split_target(target: &str) -> RequestTarget<'_> {
+    let path_and_query = target.split_once('#').map_or(target, |(before, _)| before);
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    RequestTarget {
+        path,
+        query,
+        path_and_query,
+    }
+}
 
 /// Longest business key accepted, in bytes. Keys are user ids, room ids and the like; 128 bytes
 /// holds a UUID with a prefix or an email address, and bounds the memory a key costs per
@@ -472,6 +497,36 @@ mod tests {
         let parsed: ResetFrame = serde_json::from_str(&f.to_json()).expect("parses");
         assert_eq!(parsed, f);
         assert_eq!(ResetReason::Drain.close_code(), 4001);
+    }
+
+    #[test]
+    fn a_target_splits_at_the_first_question_mark_and_drops_the_fragment() {
+        let cases: [(&str, &str, Option<&str>, &str); 8] = [
+            ("/connect/alice", "/connect/alice", None, "/connect/alice"),
+            (
+                "/ws?userId=a&b=c",
+                "/ws",
+                Some("userId=a&b=c"),
+                "/ws?userId=a&b=c",
+            ),
+            ("/ws?", "/ws", Some(""), "/ws?"),
+            ("/ws?a=1?b=2", "/ws", Some("a=1?b=2"), "/ws?a=1?b=2"),
+            ("/connect/alice#x", "/connect/alice", None, "/connect/alice"),
+            ("/ws?userId=a#b", "/ws", Some("userId=a"), "/ws?userId=a"),
+            ("/ws#frag?userId=a", "/ws", None, "/ws"),
+            ("/", "/", None, "/"),
+        ];
+        for (target, path, query, path_and_query) in cases {
+            assert_eq!(
+                split_target(target),
+                RequestTarget {
+                    path,
+                    query,
+                    path_and_query
+                },
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -463,3 +463,43 @@ pub async fn read_ending(ws: &mut Ws, within: Duration) -> Ending {
         }
     }
 }
+
+/// Backends behind a proxy that has applied ring `version` of all of them, read from a ring
+/// file in the proxy's own temp directory: the set-up most proxy tests start from. A backend
+/// stops when dropped: keep the whole value (or its `backends`) while they must answer.
+pub struct BehindProxy {
+    /// The backends, in the order their ids were given (alive as long as this is).
+    pub backends: Vec<Backend>,
+    /// The proxy's directory.
+    pub dir: PathBuf,
+    /// The ring file the proxy watches; rewrite it with [`write_ring`].
+    pub ring_path: PathBuf,
+    /// The ring the proxy applied, to compute owners with.
+    pub ring: wscluster_ring::Ring,
+    /// The proxy.
+    pub proxy: Proxy,
+}
+
+impl BehindProxy {
+    /// Backends `ids` behind a proxy with `config_yaml` that has applied ring `version`.
+    pub async fn start(name: &str, ids: &[&str], config_yaml: &str, version: u64) -> BehindProxy {
+        let mut backends = Vec::with_capacity(ids.len());
+        for id in ids {
+            backends.push(Backend::start(id).await);
+        }
+        let dir = temp_dir(name);
+        let ring_path = dir.join("ring.json");
+        let members = backends.iter().map(Backend::member).collect();
+        let ring =
+            wscluster_ring::Ring::build(write_ring(&ring_path, version, members)).expect("ring");
+        let proxy = Proxy::spawn(&dir, config_yaml, Ring::File(&ring_path)).await;
+        proxy.wait_ring_version(version).await;
+        BehindProxy {
+            backends,
+            dir,
+            ring_path,
+            ring,
+            proxy,
+        }
+    }
+}

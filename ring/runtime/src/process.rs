@@ -76,6 +76,15 @@ where
     report(&result, &mut std::io::stderr().lock())
 }
 
+/// Reports a failure that happened before [`run`] could start (a flag that only the program
+/// can check, read before the runtime exists): the same one line and exit code 1.
+pub fn fail(error: impl Into<BoxError>) -> ExitCode {
+    report(
+        &Err(ProcessError::Failed(error.into())),
+        &mut std::io::stderr().lock(),
+    )
+}
+
 /// Logging, then the runtime.
 fn start(spec: &ProcessSpec) -> Result<tokio::runtime::Runtime, ProcessError> {
     log::init(&spec.log)?;

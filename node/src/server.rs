@@ -184,9 +184,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 /// Why the node process stopped with an error ([`main`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    /// The flags or the backends they name are unusable.
-    #[error("invalid configuration")]
-    Config(#[source] Error),
+    /// The flags or the backends they name are unusable (the error says which).
+    #[error(transparent)]
+    Config(Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {

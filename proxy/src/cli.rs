@@ -93,9 +93,9 @@ pub enum ProcessError {
     /// The ring token flags are unusable.
     #[error(transparent)]
     Token(#[from] TokenError),
-    /// The config file is unusable.
-    #[error("invalid configuration")]
-    Config(#[source] crate::error::Error),
+    /// The config file is unusable (the error says why).
+    #[error(transparent)]
+    Config(crate::error::Error),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {

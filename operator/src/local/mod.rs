@@ -198,7 +198,11 @@ pub async fn run(args: LocalArgs, shutdown: CancellationToken) -> anyhow::Result
 
 fn print_banner(settings: &Settings, control_addr: SocketAddr) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {control_addr}")?;
+    writeln!(
+        out,
+        "{}",
+        wscluster_runtime::Announcement::new(control_addr)
+    )?;
     writeln!(
         out,
         "wscluster local: cluster {}, {} node(s), {} proxy(ies), mailbox {}, bus {}",

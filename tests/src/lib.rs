@@ -454,8 +454,8 @@ impl Local {
         // The address line comes first; skip anything a wrapper may log before it.
         let find = async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(address) = line.trim().strip_prefix("listening on ") {
-                    return anyhow::Ok(Some(address.to_string()));
+                if let Ok(announced) = line.parse::<wscluster_runtime::Announcement>() {
+                    return anyhow::Ok(Some(announced.addr.to_string()));
                 }
             }
             anyhow::Ok(None)

@@ -260,4 +260,35 @@ mod tests {
             Err(AnnounceError::TooLong)
         );
     }
+
+    /// The shell scripts parse the line with `wait_announced` in `scripts/bench-lib.sh`; feed it
+    /// what [`Announcement`] prints.
+    #[test]
+    fn the_shell_helper_reads_what_an_announcement_prints() {
+        let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench-lib.sh");
+        let dir = std::env::temp_dir().join(format!("wscluster-announce-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = dir.join("stdout");
+        let announcement =
+            Announcement::new(addr("127.0.0.1:8080")).with("admin", addr("[::1]:9090"));
+        std::fs::write(&out, format!("{announcement}\nlater output\n")).expect("write");
+        let read = |name: &str| {
+            let script = format!(
+                "log() {{ echo \"$*\" >&2; }}; source '{lib}'; trap - EXIT; wait_announced '{}' 5 {name}",
+                out.display()
+            );
+            let result = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .output()
+                .expect("run bash");
+            (
+                result.status.success(),
+                String::from_utf8_lossy(&result.stdout).trim().to_owned(),
+            )
+        };
+        assert_eq!(read(""), (true, "127.0.0.1:8080".to_owned()));
+        assert_eq!(read("admin"), (true, "[::1]:9090".to_owned()));
+        assert!(!read("ring").0, "an unknown name fails");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -3,12 +3,12 @@
 //! pod environments from.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use wscluster_runtime::flags::{self, node as flag};
 use wscluster_runtime::log::LogArgs;
+use wscluster_runtime::ring_args::RingArgs;
 
 /// How the node is configured. The flag set is a cross-component contract (the operator and the
 /// Helm chart set these through the environment), documented in `docs/node.md`.
@@ -16,7 +16,8 @@ use wscluster_runtime::log::LogArgs;
 #[command(
     name = "wscluster-node",
     version,
-    about = "Reference stateful WebSocket server for wscluster"
+    about = "Reference stateful WebSocket server for wscluster",
+    after_help = "Without --ring-url or --ring-file the node owns every key (standalone)."
 )]
 pub struct Config {
     /// Address to serve WebSocket, the HTTP API, /healthz, /readyz and /metrics on.
@@ -37,19 +38,9 @@ pub struct Config {
     /// RabbitMQ URL for broadcasts and reset events; absent means an in-process bus.
     #[arg(long = flag::AMQP_URL.long, env = flag::AMQP_URL.env)]
     pub amqp_url: Option<String>,
-    /// Base URL of the ring stream (the operator), e.g. `http://wscluster-operator:7400`.
-    #[arg(long = flag::RING_URL.long, env = flag::RING_URL.env, conflicts_with = "ring_file")]
-    pub ring_url: Option<String>,
-    /// File holding the bearer token for the ring stream.
-    #[arg(long = flag::RING_TOKEN_FILE.long, env = flag::RING_TOKEN_FILE.env, conflicts_with = "ring_token")]
-    pub ring_token_file: Option<PathBuf>,
-    /// Bearer token for the ring stream (prefer --ring-token-file; the two conflict).
-    #[arg(long = flag::RING_TOKEN.long, env = flag::RING_TOKEN.env, hide_env_values = true)]
-    pub ring_token: Option<String>,
-    /// A JSON ring snapshot file, re-read when it changes. Without --ring-url or --ring-file
-    /// the node owns every key (standalone).
-    #[arg(long = flag::RING_FILE.long, env = flag::RING_FILE.env)]
-    pub ring_file: Option<PathBuf>,
+    /// The ring source: `--ring-url` with its token, or `--ring-file`, or neither (standalone).
+    #[command(flatten)]
+    pub ring: RingArgs,
     /// Messages kept per user mailbox (older ones are trimmed).
     #[arg(long = flag::MAILBOX_MAX_LEN.long, env = flag::MAILBOX_MAX_LEN.env, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub mailbox_max_len: u64,
@@ -150,41 +141,16 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::ffi::OsString;
 
     use clap::CommandFactory as _;
 
     use super::*;
 
-    /// `(long, env)` of every parser argument that has an environment variable.
-    fn parser_flags() -> BTreeSet<(String, String)> {
-        Config::command()
-            .get_arguments()
-            .filter_map(|a| {
-                let env = a.get_env()?.to_str()?.to_owned();
-                Some((a.get_long()?.to_owned(), env))
-            })
-            .collect()
-    }
-
     #[test]
     fn the_parser_reads_exactly_the_defined_node_flags() {
-        let defined: BTreeSet<(String, String)> = flag::ALL
-            .iter()
-            .map(|f| (f.long.to_owned(), f.env.to_owned()))
-            .collect();
-        assert_eq!(parser_flags(), defined);
-        let without_env: Vec<_> = Config::command()
-            .get_arguments()
-            .filter(|a| a.get_env().is_none())
-            .filter_map(|a| a.get_long().map(str::to_owned))
-            .filter(|l| l != "help" && l != "version")
-            .collect();
-        assert!(
-            without_env.is_empty(),
-            "flags without a variable: {without_env:?}"
-        );
+        let problems = flags::parser_mismatches(&Config::command(), flag::ALL);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]
@@ -207,8 +173,11 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:0".parse().expect("addr"));
         assert_eq!(config.member_id(), "chat-node-3");
         assert_eq!(config.cluster_id, "prod/chat");
-        assert_eq!(config.ring_url.as_deref(), Some("http://127.0.0.1:7400"));
-        assert_eq!(config.ring_token.as_deref(), Some("t0ken"));
+        assert_eq!(
+            config.ring.ring_url.as_deref(),
+            Some("http://127.0.0.1:7400")
+        );
+        assert_eq!(config.ring.ring_token.as_deref(), Some("t0ken"));
         assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(config.redis_prefix, "p");
         assert_eq!(config.amqp_url.as_deref(), Some("amqp://127.0.0.1:5672"));

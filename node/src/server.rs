@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wscluster_ring::Ring;
+use wscluster_runtime::Announcement;
 use wscluster_runtime::process::{self, ProcessSpec};
+use wscluster_runtime::ring_args::RingSource;
 use wscluster_runtime::serve::{ServeOptions, serve};
-use wscluster_runtime::{Announcement, flags, token};
 
 use crate::bus::{AmqpBus, AmqpSettings, Bus, BusEvent, MemoryBus};
 use crate::config::Config;
@@ -61,43 +62,21 @@ impl Backends {
         config.validate()?;
         let member = config.member_id();
         let (ring, ack) = ring_source(config, &member, shutdown.clone())?;
-        let (mailbox, presence): (Arc<dyn Mailbox>, Arc<dyn Presence>) = match &config.redis_url {
-            Some(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(REDIS_CONNECT_TIMEOUT));
-                let con = tokio::time::timeout(
-                    REDIS_CONNECT_TIMEOUT,
-                    ConnectionManager::new_with_config(client, manager_config),
-                )
-                .await
-                .map_err(|_| Error::Config(format!("redis at {} did not answer", redact(url))))??;
-                let ns = format!("{}:{}:", config.redis_prefix, config.cluster_id);
-                (
-                    Arc::new(RedisMailbox::new(
-                        con.clone(),
-                        ns.clone(),
-                        retention(config),
-                    )),
-                    Arc::new(RedisPresence::new(con, ns, config.presence_ttl())),
-                )
-            }
+        let (mailbox, presence) = match &config.redis_url {
+            Some(url) => redis_backends(config, url).await?,
             None => (
-                Arc::new(MemoryMailbox::new(retention(config))),
-                Arc::new(MemoryPresence::new(config.presence_ttl())),
+                Arc::new(MemoryMailbox::new(retention(config))) as Arc<dyn Mailbox>,
+                Arc::new(MemoryPresence::new(config.presence_ttl())) as Arc<dyn Presence>,
             ),
         };
         let (bus, bus_events): (Arc<dyn Bus>, _) = match &config.amqp_url {
             Some(url) => {
-                let (bus, rx) = AmqpBus::start(
-                    AmqpSettings {
-                        url: url.clone(),
-                        cluster_id: config.cluster_id.clone(),
-                        member: member.clone(),
-                    },
-                    shutdown,
-                );
+                let settings = AmqpSettings {
+                    url: url.clone(),
+                    cluster_id: config.cluster_id.clone(),
+                    member: member.clone(),
+                };
+                let (bus, rx) = AmqpBus::start(settings, shutdown);
                 (bus, rx)
             }
             None => {
@@ -115,6 +94,32 @@ impl Backends {
             ack,
         })
     }
+}
+
+/// Mailbox and presence on Redis at `url`, which must answer within [`REDIS_CONNECT_TIMEOUT`].
+async fn redis_backends(
+    config: &Config,
+    url: &str,
+) -> Result<(Arc<dyn Mailbox>, Arc<dyn Presence>)> {
+    let client = redis::Client::open(url)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+        .set_response_timeout(Some(REDIS_CONNECT_TIMEOUT));
+    let con = tokio::time::timeout(
+        REDIS_CONNECT_TIMEOUT,
+        ConnectionManager::new_with_config(client, manager_config),
+    )
+    .await
+    .map_err(|_| Error::Config(format!("redis at {} did not answer", redact(url))))??;
+    let ns = format!("{}:{}:", config.redis_prefix, config.cluster_id);
+    Ok((
+        Arc::new(RedisMailbox::new(
+            con.clone(),
+            ns.clone(),
+            retention(config),
+        )),
+        Arc::new(RedisPresence::new(con, ns, config.presence_ttl())),
+    ))
 }
 
 /// Hides a password in a URL for logs.
@@ -141,35 +146,31 @@ fn ring_source(
     member: &str,
     shutdown: CancellationToken,
 ) -> Result<(RingView, Ack)> {
-    if let Some(url) = &config.ring_url {
-        let token = token::RING_TOKEN
-            .require(
-                config.ring_token.as_deref(),
-                config.ring_token_file.as_deref(),
-                flags::RING_URL,
-            )
-            .map_err(|e| Error::Config(process::chain(&e)))?;
-        let subscription = Arc::new(Subscription::spawn(
-            SubscriberConfig {
-                base_url: url.clone(),
-                cluster_id: config.cluster_id.clone(),
-                token,
-                kind: SubscriberKind::Node,
-                subscriber_id: member.to_owned(),
-            },
-            shutdown,
-        ));
-        let rings = subscription.rings();
-        let ack: Ack = Some(Box::new(move |v| subscription.ack(v)));
-        return Ok((RingView::Watched(rings), ack));
+    let source = config
+        .ring
+        .source()
+        .map_err(|e| Error::Config(process::chain(&e)))?;
+    match source {
+        Some(RingSource::Stream { url, token }) => {
+            let subscription = Arc::new(Subscription::spawn(
+                SubscriberConfig {
+                    base_url: url,
+                    cluster_id: config.cluster_id.clone(),
+                    token,
+                    kind: SubscriberKind::Node,
+                    subscriber_id: member.to_owned(),
+                },
+                shutdown,
+            ));
+            let rings = subscription.rings();
+            let ack: Ack = Some(Box::new(move |v| subscription.ack(v)));
+            Ok((RingView::Watched(rings), ack))
+        }
+        Some(RingSource::File(path)) => {
+            Ok((RingView::Watched(watch_ring_file(path, shutdown)), None))
+        }
+        None => Ok((RingView::Standalone, None)),
     }
-    if let Some(path) = &config.ring_file {
-        return Ok((
-            RingView::Watched(watch_ring_file(path.clone(), shutdown)),
-            None,
-        ));
-    }
-    Ok((RingView::Standalone, None))
 }
 
 /// Runs a node with the backends its configuration names until `shutdown`, then drains.
@@ -255,22 +256,7 @@ pub async fn run_with(
 ) -> Result<()> {
     let grace = config.grace_period();
     // 1. The shared state, and the bus events and ring acks it does not hold.
-    let Backends {
-        mailbox,
-        presence,
-        bus,
-        bus_events,
-        ring,
-        ack,
-    } = backends;
-    let state = Arc::new(NodeState::new(
-        config,
-        mailbox,
-        presence,
-        bus,
-        ring,
-        shutdown.clone(),
-    ));
+    let (state, bus_events, ack) = node_state(config, backends, &shutdown);
     // 2. Background work, stopped after the drain.
     let background = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -306,6 +292,25 @@ pub async fn run_with(
     let _ = tokio::time::timeout(HTTP_DRAIN, tracker.wait()).await;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// The state every request and session shares, built from the backends; returns the parts of
+/// the backends the state does not keep (the bus events and the ring ack).
+fn node_state(
+    config: Config,
+    backends: Backends,
+    shutdown: &CancellationToken,
+) -> (Arc<NodeState>, mpsc::Receiver<BusEvent>, Ack) {
+    let Backends {
+        mailbox,
+        presence,
+        bus,
+        bus_events,
+        ring,
+        ack,
+    } = backends;
+    let state = NodeState::new(config, mailbox, presence, bus, ring, shutdown.clone());
+    (Arc::new(state), bus_events, ack)
 }
 
 /// The node's HTTP listener: at most `--max-connections` connections at once (every session

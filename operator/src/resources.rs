@@ -957,9 +957,9 @@ mod tests {
         let args = as_command_line("wscluster-node", &env, flags::node::ALL);
         let config = wscluster_node::Config::try_parse_from(&args).expect("the node parses it");
         assert_eq!(config.cluster_id, "default/chat");
-        assert_eq!(config.ring_url.as_deref(), Some("http://op:7400"));
+        assert_eq!(config.ring.ring_url.as_deref(), Some("http://op:7400"));
         assert_eq!(
-            config.ring_token_file.as_deref(),
+            config.ring.ring_token_file.as_deref(),
             Some(std::path::Path::new(RING_TOKEN_FILE))
         );
         assert_eq!(config.amqp_url.as_deref(), Some("amqp://rabbit:5672/%2f"));
@@ -981,9 +981,9 @@ mod tests {
         let parsed =
             wscluster_proxy::cli::Args::try_parse_from(&args).expect("the proxy parses it");
         assert_eq!(parsed.cluster_id, "default/chat");
-        assert_eq!(parsed.ring_url.as_deref(), Some("http://op:7400"));
+        assert_eq!(parsed.ring.ring_url.as_deref(), Some("http://op:7400"));
         assert_eq!(
-            parsed.ring_token_file.as_deref(),
+            parsed.ring.ring_token_file.as_deref(),
             Some(std::path::Path::new(RING_TOKEN_FILE))
         );
         assert_eq!(parsed.listen.to_string(), format!("0.0.0.0:{PROXY_PORT}"));

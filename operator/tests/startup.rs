@@ -8,7 +8,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, ChildStdout, Command};
+use wscluster_runtime::Announcement;
 use wscluster_runtime::announce::read_announcement;
 
 /// Upper bound of every step.
@@ -37,6 +38,22 @@ async fn output(args: &[&str]) -> Output {
         .await
         .expect("the process ended in time")
         .expect("the process ran")
+}
+
+/// Spawns the operator with `args` and reads its first stdout line; returns the child, the rest
+/// of its stdout and the announcement.
+async fn announced(args: &[&str], stderr: Stdio) -> (Child, BufReader<ChildStdout>, Announcement) {
+    let mut child = operator(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let announcement = tokio::time::timeout(STEP, read_announcement(&mut stdout))
+        .await
+        .expect("announced in time")
+        .expect("an announcement");
+    (child, stdout, announcement)
 }
 
 /// A port something listens on for as long as the returned listener lives.
@@ -100,7 +117,7 @@ async fn a_failure_at_start_is_one_line_without_a_backtrace() {
 
 #[tokio::test]
 async fn a_node_announces_its_address_logs_json_to_stderr_and_stops_on_sigterm() {
-    let mut child = operator(&[
+    let args = [
         "node",
         "--listen",
         "127.0.0.1:0",
@@ -108,16 +125,8 @@ async fn a_node_announces_its_address_logs_json_to_stderr_and_stops_on_sigterm()
         "startup-node",
         "--log-format",
         "json",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let announced = tokio::time::timeout(STEP, read_announcement(&mut stdout))
-        .await
-        .expect("announced in time")
-        .expect("an announcement");
+    ];
+    let (mut child, mut stdout, announced) = announced(&args, Stdio::piped()).await;
     assert!(announced.addr.ip().is_loopback() && announced.addr.port() != 0);
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let first_log = tokio::time::timeout(STEP, stderr.next_line())
@@ -154,7 +163,7 @@ async fn a_proxy_announces_its_client_and_admin_addresses() {
         r#"{"clusterId":"default/chat","version":1,"members":[{"id":"n-0","address":"127.0.0.1:9"}]}"#,
     )
     .expect("ring");
-    let mut child = operator(&[
+    let args = [
         "proxy",
         "--listen",
         "127.0.0.1:0",
@@ -162,16 +171,8 @@ async fn a_proxy_announces_its_client_and_admin_addresses() {
         "127.0.0.1:0",
         "--ring-file",
         ring.to_str().expect("utf-8 path"),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let announced = tokio::time::timeout(STEP, read_announcement(&mut stdout))
-        .await
-        .expect("announced in time")
-        .expect("an announcement");
+    ];
+    let (mut child, _stdout, announced) = announced(&args, Stdio::null()).await;
     let admin = announced.get("admin").expect("the admin address");
     assert_ne!(admin, announced.addr);
     let probe = tokio::net::TcpStream::connect(admin).await;

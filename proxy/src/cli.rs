@@ -15,10 +15,10 @@ use wscluster_runtime::Announcement;
 use wscluster_runtime::flags::{self, proxy as flag};
 use wscluster_runtime::log::LogArgs;
 use wscluster_runtime::process::{self, ProcessSpec};
-use wscluster_runtime::token::{self, TokenError};
+use wscluster_runtime::ring_args::{RingArgs, RingArgsError};
 
+use crate::Settings;
 use crate::config::ProxyConfig;
-use crate::{RingSource, Settings};
 
 /// Time allowed after the drain for the drain resets to complete before the process gives up:
 /// the proxy waits `drainTimeoutSeconds`, resets the rest, then lingers a few seconds.
@@ -44,18 +44,9 @@ pub struct Args {
     /// The YAML config file (optional; every field has a default).
     #[arg(long = flag::CONFIG.long, env = flag::CONFIG.env)]
     pub config: Option<PathBuf>,
-    /// Base URL of the operator's ring stream.
-    #[arg(long = flag::RING_URL.long, env = flag::RING_URL.env, conflicts_with = "ring_file")]
-    pub ring_url: Option<String>,
-    /// File holding the ring stream's bearer token.
-    #[arg(long = flag::RING_TOKEN_FILE.long, env = flag::RING_TOKEN_FILE.env, conflicts_with = "ring_token")]
-    pub ring_token_file: Option<PathBuf>,
-    /// The ring stream's bearer token (prefer --ring-token-file; the two conflict).
-    #[arg(long = flag::RING_TOKEN.long, env = flag::RING_TOKEN.env, hide_env_values = true)]
-    pub ring_token: Option<String>,
-    /// A JSON RingSnapshot file, watched for changes (tests and local runs).
-    #[arg(long = flag::RING_FILE.long, env = flag::RING_FILE.env)]
-    pub ring_file: Option<PathBuf>,
+    /// The ring source: `--ring-url` with its token, or `--ring-file` (exactly one).
+    #[command(flatten)]
+    pub ring: RingArgs,
     /// RabbitMQ URL; when set, reset events are published for the old owners.
     #[arg(long = flag::AMQP_URL.long, env = flag::AMQP_URL.env, hide_env_values = true)]
     pub amqp_url: Option<String>,
@@ -90,9 +81,9 @@ pub enum ProcessError {
     /// `--ring-url` and `--ring-file` are both absent.
     #[error("give one of --{} or --{}", flags::RING_URL.long, flags::RING_FILE.long)]
     NoRingSource,
-    /// The ring token flags are unusable.
+    /// The ring flags are unusable (a missing or empty token, say).
     #[error(transparent)]
-    Token(#[from] TokenError),
+    Ring(#[from] RingArgsError),
     /// The config file is unusable (the error says why).
     #[error(transparent)]
     Config(crate::error::Error),
@@ -159,18 +150,7 @@ impl Args {
             None => ProxyConfig::default(),
         };
         config.validate().map_err(ProcessError::Config)?;
-        let ring = match (self.ring_url, self.ring_file) {
-            (Some(url), None) => RingSource::Stream {
-                token: token::RING_TOKEN.require(
-                    self.ring_token.as_deref(),
-                    self.ring_token_file.as_deref(),
-                    flags::RING_URL,
-                )?,
-                url,
-            },
-            (None, Some(path)) => RingSource::File(path),
-            _ => return Err(ProcessError::NoRingSource),
-        };
+        let ring = self.ring.source()?.ok_or(ProcessError::NoRingSource)?;
         let settings = Settings {
             id: self.id.unwrap_or_else(default_id),
             cluster_id: self.cluster_id,
@@ -231,8 +211,9 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ProcessErro
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::ffi::OsString;
+
+    use crate::RingSource;
 
     use clap::CommandFactory as _;
 
@@ -240,28 +221,8 @@ mod tests {
 
     #[test]
     fn the_parser_reads_exactly_the_defined_proxy_flags() {
-        let parsed: BTreeSet<(String, String)> = Args::command()
-            .get_arguments()
-            .filter_map(|a| {
-                let env = a.get_env()?.to_str()?.to_owned();
-                Some((a.get_long()?.to_owned(), env))
-            })
-            .collect();
-        let defined: BTreeSet<(String, String)> = flag::ALL
-            .iter()
-            .map(|f| (f.long.to_owned(), f.env.to_owned()))
-            .collect();
-        assert_eq!(parsed, defined);
-        let without_env: Vec<_> = Args::command()
-            .get_arguments()
-            .filter(|a| a.get_env().is_none())
-            .filter_map(|a| a.get_long().map(str::to_owned))
-            .filter(|l| l != "help" && l != "version")
-            .collect();
-        assert!(
-            without_env.is_empty(),
-            "flags without a variable: {without_env:?}"
-        );
+        let problems = flags::parser_mismatches(&Args::command(), flag::ALL);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

@@ -57,7 +57,6 @@ pub mod splice;
 pub mod state;
 pub mod upstream;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,19 +82,8 @@ use crate::state::{Routing, Shared};
 /// (the splice lingers up to about 3 s: boundary wait, write, linger).
 const AFTER_DRAIN: Duration = Duration::from_secs(4);
 
-/// Where rings come from.
-#[derive(Debug, Clone)]
-pub enum RingSource {
-    /// A JSON `RingSnapshot` file, re-read when it changes.
-    File(PathBuf),
-    /// The operator's ring stream.
-    Stream {
-        /// Base URL, e.g. `http://wscluster-operator.wscluster-system.svc:7400`.
-        url: String,
-        /// Bearer token.
-        token: String,
-    },
-}
+/// Where rings come from: the ring-source flags' value, shared with the node.
+pub use wscluster_runtime::ring_args::RingSource;
 
 /// Everything [`run`] needs besides its listeners.
 #[derive(Debug, Clone)]

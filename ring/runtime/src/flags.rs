@@ -101,6 +101,37 @@ flags! {
 /// id to it. Not a flag: Kubernetes names it.
 pub const POD_NAME_ENV: &str = "POD_NAME";
 
+/// What differs between a clap parser and the flags it should read: every flag in `defined` must
+/// be an argument with that long name and variable, and every other argument except `--help` and
+/// `--version` must not exist. Empty when they agree; the binaries' tests assert that.
+pub fn parser_mismatches(command: &clap::Command, defined: &[Flag]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for flag in defined {
+        match command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.long))
+        {
+            None => problems.push(format!("--{} is not an argument", flag.long)),
+            Some(arg) if arg.get_env().and_then(|e| e.to_str()) != Some(flag.env) => {
+                problems.push(format!(
+                    "--{} reads {:?}, not {}",
+                    flag.long,
+                    arg.get_env(),
+                    flag.env
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for arg in command.get_arguments() {
+        let long = arg.get_long().unwrap_or_else(|| arg.get_id().as_str());
+        if !matches!(long, "help" | "version") && !defined.iter().any(|f| f.long == long) {
+            problems.push(format!("--{long} is not a defined flag"));
+        }
+    }
+    problems
+}
+
 /// The node's flags (`wscluster-node`, `wscluster-operator node`).
 pub mod node {
     use super::Flag;
@@ -189,6 +220,30 @@ mod tests {
             let expected = format!("WSCLUSTER_{}", flag.long.replace('-', "_").to_uppercase());
             assert_eq!(flag.env, expected, "{flag:?}");
         }
+    }
+
+    #[test]
+    fn a_parser_that_differs_from_its_definitions_is_reported() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[arg(long = LISTEN.long, env = LISTEN.env)]
+            listen: Option<String>,
+            #[arg(long = "ring-url", env = "WSCLUSTER_RING")]
+            ring_url: Option<String>,
+            #[arg(long)]
+            extra: Option<String>,
+        }
+        let command = <Cli as clap::CommandFactory>::command();
+        assert!(parser_mismatches(&command, &[LISTEN]).len() == 2);
+        let problems = parser_mismatches(&command, &[LISTEN, RING_URL, ID]);
+        assert_eq!(
+            problems,
+            [
+                "--ring-url reads Some(\"WSCLUSTER_RING\"), not WSCLUSTER_RING_URL",
+                "--id is not an argument",
+                "--extra is not a defined flag",
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   deadline after the signal, and turns any failure into one `error: …` line and exit code 1.
 //! * [`announce`] — the first stdout line, `listening on <addr> [name=<addr>…]`, printed and
 //!   parsed by one type.
-//! * [`token`] — a bearer token from `--…-token` or `--…-token-file`, by one rule.
+//! * [`token`] — a bearer token from `--…-token` or `--…-token-file`, by one rule;
+//!   [`ring_args`] — the ring-source flags (`--ring-url` and its token, or `--ring-file`).
 //! * [`serve`] — the HTTP/1.1 accept loop of every hyper listener: connection cap, header-read
 //!   timeout, upgrades, tracked graceful shutdown.
 //! * [`backoff`] — exponential backoff with full jitter for every reconnect loop.
@@ -49,6 +50,7 @@ pub mod flags;
 pub mod json;
 pub mod log;
 pub mod process;
+pub mod ring_args;
 pub mod serve;
 pub mod signal;
 pub mod token;

@@ -222,7 +222,7 @@ async fn supervise(
     let stdout = child.stdout.take();
     let address = match &spec.known_address {
         Some(address) => {
-            // Proxies print logs on stdout; keep the pipe drained.
+            // Proxies announce the addresses local mode chose for them; keep the pipe drained.
             if let Some(stdout) = stdout {
                 tokio::spawn(drain(BufReader::new(stdout)));
             }

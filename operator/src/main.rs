@@ -33,6 +33,7 @@ const LOCAL_HARD_DEADLINE_EXTRA: Duration = Duration::from_secs(20);
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// What to run.
     #[command(subcommand)]
     command: Command,
 }
@@ -93,6 +94,7 @@ struct RunArgs {
 /// Flags of `local`: local mode's own and the logging flags.
 #[derive(Args, Debug)]
 struct LocalCli {
+    /// Local mode's own flags.
     #[command(flatten)]
     args: wscluster_operator::local::LocalArgs,
     /// Logging (`--log-format`).

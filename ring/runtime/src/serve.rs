@@ -42,7 +42,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct ServeOptions {
     /// Names the listener in log lines and connection spans (`admin`, `ring-stream`).
     pub name: &'static str,
-    /// Most connections served at once; the next waits in the backlog until one closes.
+    /// Most connections served at once (at least 1); the next waits in the backlog until one
+    /// closes.
     pub max_connections: usize,
     /// How long a client may take to send a request head, on every request of a connection
     /// (so it also closes idle keep-alive connections).
@@ -80,7 +81,9 @@ pub async fn serve<H, Fut, B>(
     B::Error: Into<BoxError>,
 {
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(options.max_connections));
+    // 0 would serve nothing and more than MAX_PERMITS would panic: clamp to what works.
+    let cap = options.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(cap));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

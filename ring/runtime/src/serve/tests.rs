@@ -158,6 +158,21 @@ async fn the_connection_cap_holds_the_next_client_until_one_leaves() {
 }
 
 #[tokio::test]
+async fn an_out_of_range_cap_still_serves() {
+    for max_connections in [0, usize::MAX] {
+        let shutdown = CancellationToken::new();
+        let options = ServeOptions {
+            max_connections,
+            ..ServeOptions::new("test")
+        };
+        let (addr, _server) = start(options, hello, &shutdown).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        assert!(get(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
+        shutdown.cancel();
+    }
+}
+
+#[tokio::test]
 async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     let shutdown = CancellationToken::new();
     let (entered_tx, mut entered) = mpsc::unbounded_channel();

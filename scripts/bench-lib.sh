@@ -20,6 +20,29 @@ wait_port() {
   log "port $port never opened"; return 1
 }
 
+# wait_announced FILE [SECONDS] [NAME]: until FILE, the stdout of a wscluster process, starts
+# with its `listening on <addr> [name=<addr>...]` line (wscluster_runtime::announce; default
+# 10 s); prints the main address, or the one announced as NAME (e.g. admin).
+wait_announced() {
+  local file=$1 tries=$(( ${2:-10} * 20 )) name=${3:-} line
+  for _ in $(seq 1 "$tries"); do
+    line=$(head -n 1 "$file" 2>/dev/null || true)
+    case $line in
+      "listening on "*)
+        if [ -z "$name" ]; then
+          line=${line#listening on }
+          echo "${line%% *}"
+          return 0
+        fi
+        line=$(echo "$line" | grep -o " $name=[^ ]*" | cut -d= -f2)
+        [ -n "$line" ] && echo "$line" && return 0
+        log "$file announces no listener named $name"; return 1 ;;
+    esac
+    sleep 0.05
+  done
+  log "no 'listening on' line in $file"; return 1
+}
+
 # write_bench_configs WORK BACKEND_PORT NGINX_PORT HAPROXY_PORT
 # Writes WORK/ring.json, WORK/proxy.yaml, WORK/nginx/nginx.conf and WORK/haproxy.cfg: one echo
 # backend at 127.0.0.1:BACKEND_PORT, every proxy hashing ?userId= to it, one worker each.

@@ -83,8 +83,9 @@ start_backend() {
 start_wscluster() {
   RUST_LOG=warn "$BIN/wscluster-proxy" --worker-threads 1 --listen "127.0.0.1:$WSC_PORT" \
     --admin-listen "127.0.0.1:$WSC_ADMIN" --cluster-id bench/echo --id bench \
-    --config "$WORK/proxy.yaml" --ring-file "$WORK/ring.json" >"$WORK/wscluster.log" 2>&1 &
-  TARGET_PID[wscluster]=$!; PIDS+=("$!"); wait_port "$WSC_PORT"
+    --config "$WORK/proxy.yaml" --ring-file "$WORK/ring.json" \
+    >"$WORK/wscluster.out" 2>"$WORK/wscluster.log" &
+  TARGET_PID[wscluster]=$!; PIDS+=("$!"); wait_announced "$WORK/wscluster.out" >/dev/null
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$WSC_ADMIN/readyz" >/dev/null 2>&1 && break
     sleep 0.05

@@ -9,26 +9,27 @@
 //!
 //! Without it, an in-process bus ([`MemoryBus`]) that any number of nodes in one process share.
 //!
-//! A lost RabbitMQ connection is retried with exponential backoff (100 ms doubling to 5 s);
-//! sockets are never touched by it.
+//! A lost RabbitMQ connection is retried by the shared reconnect loop
+//! ([`wscluster_runtime::amqp`]: backoff up to 100 ms doubling to 5 s, full jitter); sockets are
+//! never touched by it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::bus::{
     BROADCAST_ROUTING_KEY, BroadcastEvent, ResetEvent, exchange_name, reset_routing_key,
 };
+use wscluster_runtime::amqp::{self, AmqpTarget, Link, SessionEnd};
 
 use crate::error::{Error, Result};
 
@@ -39,10 +40,6 @@ pub const QUEUE_EXPIRES_MS: i32 = 5 * 60 * 1000;
 /// Events buffered between the bus and the node before the bus waits (backpressure to the
 /// broker through unacknowledged messages).
 pub const EVENT_BUFFER: usize = 1024;
-/// First reconnect delay.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Unacknowledged deliveries RabbitMQ may push at once.
 const PREFETCH: u16 = 256;
 
@@ -190,115 +187,30 @@ impl AmqpBus {
             connected: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let task_bus = bus.clone();
+        let target = AmqpTarget {
+            url: settings.url.clone(),
+            connection_name: settings.connection_name(),
+            exchange: bus.exchange.clone(),
+        };
+        let mut session = Consumer {
+            bus: Arc::clone(&bus),
+            settings,
+            tx,
+        };
         tokio::spawn(async move {
-            let mut delay = BACKOFF_MIN;
-            loop {
-                let outcome = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = task_bus.session(&settings, &tx, &mut delay) => r,
-                };
-                task_bus.connected.store(false, Ordering::SeqCst);
-                *task_bus.channel.write().await = None;
-                match outcome {
-                    Ok(()) => tracing::warn!("rabbitmq consumer ended; reconnecting"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, ?delay, "rabbitmq connection lost; reconnecting")
-                    }
-                }
-                if tx.is_closed() {
-                    break;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(BACKOFF_MAX);
-            }
-            task_bus.connected.store(false, Ordering::SeqCst);
-            if let Some(channel) = task_bus.channel.write().await.take() {
+            amqp::keep_connected(&target, &mut session, &shutdown).await;
+            session.bus.disconnected().await;
+            if let Some(channel) = session.bus.channel.write().await.take() {
                 let _ = channel.close(200, "node shutting down".into()).await;
             }
         });
         (bus, rx)
     }
 
-    /// One connection's life: connect, declare, consume until the connection fails.
-    async fn session(
-        &self,
-        settings: &AmqpSettings,
-        tx: &mpsc::Sender<BusEvent>,
-        delay: &mut Duration,
-    ) -> Result<()> {
-        let props =
-            ConnectionProperties::default().with_connection_name(settings.connection_name().into());
-        let conn = Connection::connect(&settings.url, props).await?;
-        let publish = conn.create_channel().await?;
-        let consume = conn.create_channel().await?;
-        publish
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let queue = settings.queue_name();
-        let mut args = FieldTable::default();
-        args.insert("x-expires".into(), AMQPValue::LongInt(QUEUE_EXPIRES_MS));
-        consume
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
-            .await?;
-        for key in [
-            BROADCAST_ROUTING_KEY.to_owned(),
-            reset_routing_key(&settings.member),
-        ] {
-            consume
-                .queue_bind(
-                    queue.as_str().into(),
-                    self.exchange.as_str().into(),
-                    key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        consume
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await?;
-        let mut consumer = consume
-            .basic_consume(
-                queue.as_str().into(),
-                format!("wscluster-node-{}", settings.member)
-                    .as_str()
-                    .into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        *self.channel.write().await = Some(publish);
-        self.connected.store(true, Ordering::SeqCst);
-        *delay = BACKOFF_MIN;
-        tracing::info!(exchange = %self.exchange, %queue, "rabbitmq connected");
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery?;
-            let event = parse_delivery(delivery.routing_key.as_str(), &delivery.data);
-            match event {
-                Ok(event) => {
-                    if tx.send(event).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, routing_key = %delivery.routing_key, "dropping malformed bus message")
-                }
-            }
-            delivery.ack(BasicAckOptions::default()).await?;
-        }
-        Ok(())
+    /// Marks the bus unusable until the next session publishes a channel.
+    async fn disconnected(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+        *self.channel.write().await = None;
     }
 
     async fn publish(&self, routing_key: &str, payload: Vec<u8>) -> Result<()> {
@@ -315,6 +227,87 @@ impl AmqpBus {
             .await?
             .await?;
         Ok(())
+    }
+}
+
+/// One connection's life for [`AmqpBus`]: declare the node's queue, consume into the node,
+/// publish on the link's channel.
+struct Consumer {
+    /// The bus whose channel and state the session keeps current.
+    bus: Arc<AmqpBus>,
+    /// The node's identity, for the queue and routing keys.
+    settings: AmqpSettings,
+    /// Where this node's events go.
+    tx: mpsc::Sender<BusEvent>,
+}
+
+impl amqp::Session for Consumer {
+    async fn run(&mut self, link: Link) -> SessionEnd {
+        let end = match self.consume(link).await {
+            Ok(()) => SessionEnd::Stop,
+            Err(e) => SessionEnd::Lost(e.to_string()),
+        };
+        self.bus.disconnected().await;
+        end
+    }
+}
+
+impl Consumer {
+    /// Declares and binds the queue, then forwards deliveries until the connection fails
+    /// (`Err`) or the node stops reading (`Ok`).
+    async fn consume(&self, link: Link) -> Result<()> {
+        let consume = link.connection.create_channel().await?;
+        let queue = self.settings.queue_name();
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongInt(QUEUE_EXPIRES_MS));
+        consume
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
+            .await?;
+        for key in [
+            BROADCAST_ROUTING_KEY.to_owned(),
+            reset_routing_key(&self.settings.member),
+        ] {
+            consume
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.bus.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        consume
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut consumer = consume
+            .basic_consume(
+                queue.as_str().into(),
+                format!("wscluster-node-{}", self.settings.member)
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        *self.bus.channel.write().await = Some(link.channel);
+        self.bus.connected.store(true, Ordering::SeqCst);
+        tracing::info!(exchange = %self.bus.exchange, %queue, "consuming bus events");
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            match parse_delivery(delivery.routing_key.as_str(), &delivery.data) {
+                Ok(event) => {
+                    if self.tx.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, routing_key = %delivery.routing_key, "dropping malformed bus message")
+                }
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        Err(Error::Protocol("the broker ended the consumer".into()))
     }
 }
 

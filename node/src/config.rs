@@ -1,10 +1,14 @@
-//! Command-line flags (each also read from a `WSCLUSTER_*` environment variable).
+//! Command-line flags (each also read from a `WSCLUSTER_*` environment variable). Every flag's
+//! name and variable come from [`wscluster_runtime::flags::node`], which the operator also renders
+//! pod environments from.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use wscluster_runtime::flags::{self, node as flag};
+use wscluster_runtime::log::LogArgs;
+use wscluster_runtime::ring_args::RingArgs;
 
 /// How the node is configured. The flag set is a cross-component contract (the operator and the
 /// Helm chart set these through the environment), documented in `docs/node.md`.
@@ -12,64 +16,58 @@ use clap::Parser;
 #[command(
     name = "wscluster-node",
     version,
-    about = "Reference stateful WebSocket server for wscluster"
+    about = "Reference stateful WebSocket server for wscluster",
+    after_help = "Without --ring-url or --ring-file the node owns every key (standalone)."
 )]
 pub struct Config {
     /// Address to serve WebSocket, the HTTP API, /healthz, /readyz and /metrics on.
-    #[arg(long, env = "WSCLUSTER_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long = flag::LISTEN.long, env = flag::LISTEN.env, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// This node's member id on the ring (default: env POD_NAME, else the hostname).
-    #[arg(long, env = "WSCLUSTER_ID")]
+    #[arg(long = flag::ID.long, env = flag::ID.env)]
     pub id: Option<String>,
     /// Cluster id `namespace/name`; namespaces Redis keys and names the RabbitMQ exchange.
-    #[arg(long, env = "WSCLUSTER_CLUSTER_ID", default_value = "default/chat")]
+    #[arg(long = flag::CLUSTER_ID.long, env = flag::CLUSTER_ID.env, default_value = "default/chat")]
     pub cluster_id: String,
     /// Redis URL for presence and mailboxes; absent means in-memory (not durable).
-    #[arg(long, env = "WSCLUSTER_REDIS_URL")]
+    #[arg(long = flag::REDIS_URL.long, env = flag::REDIS_URL.env)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key the node writes.
-    #[arg(long, env = "WSCLUSTER_REDIS_PREFIX", default_value = "wscluster")]
+    #[arg(long = flag::REDIS_PREFIX.long, env = flag::REDIS_PREFIX.env, default_value = "wscluster")]
     pub redis_prefix: String,
     /// RabbitMQ URL for broadcasts and reset events; absent means an in-process bus.
-    #[arg(long, env = "WSCLUSTER_AMQP_URL")]
+    #[arg(long = flag::AMQP_URL.long, env = flag::AMQP_URL.env)]
     pub amqp_url: Option<String>,
-    /// Base URL of the ring stream (the operator), e.g. `http://wscluster-operator:7400`.
-    #[arg(long, env = "WSCLUSTER_RING_URL", conflicts_with = "ring_file")]
-    pub ring_url: Option<String>,
-    /// File holding the bearer token for the ring stream.
-    #[arg(long, env = "WSCLUSTER_RING_TOKEN_FILE")]
-    pub ring_token_file: Option<PathBuf>,
-    /// Bearer token for the ring stream (prefer --ring-token-file).
-    #[arg(long, env = "WSCLUSTER_RING_TOKEN", hide_env_values = true)]
-    pub ring_token: Option<String>,
-    /// A JSON ring snapshot file, re-read when it changes. Without --ring-url or --ring-file
-    /// the node owns every key (standalone).
-    #[arg(long, env = "WSCLUSTER_RING_FILE")]
-    pub ring_file: Option<PathBuf>,
+    /// The ring source: `--ring-url` with its token, or `--ring-file`, or neither (standalone).
+    #[command(flatten)]
+    pub ring: RingArgs,
     /// Messages kept per user mailbox (older ones are trimmed).
-    #[arg(long, env = "WSCLUSTER_MAILBOX_MAX_LEN", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long = flag::MAILBOX_MAX_LEN.long, env = flag::MAILBOX_MAX_LEN.env, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub mailbox_max_len: u64,
     /// Seconds a mailbox lives after its last message.
-    #[arg(long, env = "WSCLUSTER_MAILBOX_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = flag::MAILBOX_TTL_SECONDS.long, env = flag::MAILBOX_TTL_SECONDS.env, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub mailbox_ttl_seconds: u64,
     /// Seconds a presence entry lives unless refreshed (refreshed every third of this).
-    #[arg(long, env = "WSCLUSTER_PRESENCE_TTL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..))]
+    #[arg(long = flag::PRESENCE_TTL_SECONDS.long, env = flag::PRESENCE_TTL_SECONDS.env, default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..))]
     pub presence_ttl_seconds: u64,
     /// Seconds between SIGTERM and exit: clients get a drain reset, then the node closes.
-    #[arg(long, env = "WSCLUSTER_GRACE_PERIOD_SECONDS", default_value_t = 20)]
+    #[arg(long = flag::GRACE_PERIOD_SECONDS.long, env = flag::GRACE_PERIOD_SECONDS.env, default_value_t = 20)]
     pub grace_period_seconds: u64,
     /// Largest WebSocket frame and message accepted from a client, and largest `/send` body.
-    #[arg(long, env = "WSCLUSTER_MAX_FRAME_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(128..=(64 << 20)))]
+    #[arg(long = flag::MAX_FRAME_BYTES.long, env = flag::MAX_FRAME_BYTES.env, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(128..=(64 << 20)))]
     pub max_frame_bytes: u64,
     /// Most concurrent WebSocket sessions; more are refused with 503.
-    #[arg(long, env = "WSCLUSTER_MAX_CONNECTIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = flag::MAX_CONNECTIONS.long, env = flag::MAX_CONNECTIONS.env, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
     /// Seconds between keepalive pings; a client silent for two intervals is closed.
-    #[arg(long, env = "WSCLUSTER_PING_INTERVAL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = flag::PING_INTERVAL_SECONDS.long, env = flag::PING_INTERVAL_SECONDS.env, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_seconds: u64,
     /// Messages queued per session before a client that does not read is closed (1013).
-    #[arg(long, env = "WSCLUSTER_SESSION_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long = flag::SESSION_QUEUE.long, env = flag::SESSION_QUEUE.env, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub session_queue: u64,
+    /// Logging (`--log-format`).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Config {
@@ -99,11 +97,6 @@ impl Config {
                 )));
             }
         }
-        if self.ring_url.is_some() && self.ring_token.is_none() && self.ring_token_file.is_none() {
-            return Err(crate::Error::Config(
-                "--ring-url needs --ring-token-file or --ring-token".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -112,7 +105,7 @@ impl Config {
         if let Some(id) = self.id.as_deref().filter(|s| !s.trim().is_empty()) {
             return id.trim().to_owned();
         }
-        if let Ok(pod) = std::env::var("POD_NAME")
+        if let Ok(pod) = std::env::var(flags::POD_NAME_ENV)
             && !pod.trim().is_empty()
         {
             return pod.trim().to_owned();
@@ -143,5 +136,69 @@ impl Config {
     /// The frame limit in bytes.
     pub fn max_frame(&self) -> usize {
         usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_parser_reads_exactly_the_defined_node_flags() {
+        let problems = flags::parser_mismatches(&Config::command(), flag::ALL);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn a_command_line_rendered_from_the_definitions_parses_to_its_values() {
+        let rendered = [
+            flag::LISTEN.arg("127.0.0.1:0"),
+            flag::ID.arg("chat-node-3"),
+            flag::CLUSTER_ID.arg("prod/chat"),
+            flag::RING_URL.arg("http://127.0.0.1:7400"),
+            flag::RING_TOKEN.arg("t0ken"),
+            flag::REDIS_URL.arg("redis://127.0.0.1:6379"),
+            flag::REDIS_PREFIX.arg("p"),
+            flag::AMQP_URL.arg("amqp://127.0.0.1:5672"),
+            flag::GRACE_PERIOD_SECONDS.arg("7"),
+            flag::LOG_FORMAT.arg("json"),
+        ];
+        let args =
+            std::iter::once(OsString::from("wscluster-node")).chain(rendered.into_iter().flatten());
+        let config = Config::try_parse_from(args).expect("parses");
+        assert_eq!(config.listen, "127.0.0.1:0".parse().expect("addr"));
+        assert_eq!(config.member_id(), "chat-node-3");
+        assert_eq!(config.cluster_id, "prod/chat");
+        assert_eq!(
+            config.ring.ring_url.as_deref(),
+            Some("http://127.0.0.1:7400")
+        );
+        assert_eq!(config.ring.ring_token.as_deref(), Some("t0ken"));
+        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(config.redis_prefix, "p");
+        assert_eq!(config.amqp_url.as_deref(), Some("amqp://127.0.0.1:5672"));
+        assert_eq!(config.grace_period_seconds, 7);
+        assert_eq!(
+            config.log.log_format,
+            wscluster_runtime::log::LogFormat::Json
+        );
+    }
+
+    #[test]
+    fn the_two_ring_token_flags_conflict() {
+        let both = [
+            "wscluster-node",
+            "--ring-url",
+            "http://127.0.0.1:7400",
+            "--ring-token",
+            "a",
+            "--ring-token-file",
+            "/t",
+        ];
+        assert!(Config::try_parse_from(both).is_err());
     }
 }

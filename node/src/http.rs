@@ -87,13 +87,9 @@ impl ApiError {
     }
 }
 
-/// A JSON response.
+/// A JSON response (the shared [`wscluster_runtime::json::response`]).
 pub fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    wscluster_runtime::json::response(status, body)
 }
 
 /// Routes one request.

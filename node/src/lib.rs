@@ -45,5 +45,5 @@ pub mod state;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use server::{run, run_with};
+pub use server::{main, run, run_with};
 pub use state::Backends;

@@ -1,18 +1,23 @@
-//! Process wiring: backends from the configuration, the accept loop, background tasks, and the
-//! graceful shutdown.
+//! Process wiring: the whole process from parsed flags ([`main`]), backends from the
+//! configuration, the HTTP listener, background tasks, and the graceful shutdown.
 
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wscluster_ring::Ring;
+use wscluster_runtime::Announcement;
+use wscluster_runtime::process::{self, ProcessSpec};
+use wscluster_runtime::ring_args::RingSource;
+use wscluster_runtime::serve::{ServeOptions, serve};
 
-use crate::bus::{AmqpBus, AmqpSettings, Bus, MemoryBus};
+use crate::bus::{AmqpBus, AmqpSettings, Bus, BusEvent, MemoryBus};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mailbox::{Mailbox, MemoryMailbox, RedisMailbox, Retention};
@@ -24,8 +29,9 @@ use wscluster_ring_stream::{SubscriberConfig, Subscription, watch_ring_file};
 
 /// How long an HTTP client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed `accept` (for example out of file descriptors) before trying again.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Time allowed beyond the grace period, after SIGTERM, before the process gives up and fails:
+/// the drain takes the grace period plus at most twice [`HTTP_DRAIN`].
+const HARD_DEADLINE_EXTRA: Duration = Duration::from_secs(5);
 /// Time given to in-flight HTTP requests and background sends after the sessions are drained.
 const HTTP_DRAIN: Duration = Duration::from_secs(2);
 /// How long connecting to Redis at startup may take.
@@ -56,43 +62,21 @@ impl Backends {
         config.validate()?;
         let member = config.member_id();
         let (ring, ack) = ring_source(config, &member, shutdown.clone())?;
-        let (mailbox, presence): (Arc<dyn Mailbox>, Arc<dyn Presence>) = match &config.redis_url {
-            Some(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(REDIS_CONNECT_TIMEOUT));
-                let con = tokio::time::timeout(
-                    REDIS_CONNECT_TIMEOUT,
-                    ConnectionManager::new_with_config(client, manager_config),
-                )
-                .await
-                .map_err(|_| Error::Config(format!("redis at {} did not answer", redact(url))))??;
-                let ns = format!("{}:{}:", config.redis_prefix, config.cluster_id);
-                (
-                    Arc::new(RedisMailbox::new(
-                        con.clone(),
-                        ns.clone(),
-                        retention(config),
-                    )),
-                    Arc::new(RedisPresence::new(con, ns, config.presence_ttl())),
-                )
-            }
+        let (mailbox, presence) = match &config.redis_url {
+            Some(url) => redis_backends(config, url).await?,
             None => (
-                Arc::new(MemoryMailbox::new(retention(config))),
-                Arc::new(MemoryPresence::new(config.presence_ttl())),
+                Arc::new(MemoryMailbox::new(retention(config))) as Arc<dyn Mailbox>,
+                Arc::new(MemoryPresence::new(config.presence_ttl())) as Arc<dyn Presence>,
             ),
         };
         let (bus, bus_events): (Arc<dyn Bus>, _) = match &config.amqp_url {
             Some(url) => {
-                let (bus, rx) = AmqpBus::start(
-                    AmqpSettings {
-                        url: url.clone(),
-                        cluster_id: config.cluster_id.clone(),
-                        member: member.clone(),
-                    },
-                    shutdown,
-                );
+                let settings = AmqpSettings {
+                    url: url.clone(),
+                    cluster_id: config.cluster_id.clone(),
+                    member: member.clone(),
+                };
+                let (bus, rx) = AmqpBus::start(settings, shutdown);
                 (bus, rx)
             }
             None => {
@@ -110,6 +94,32 @@ impl Backends {
             ack,
         })
     }
+}
+
+/// Mailbox and presence on Redis at `url`, which must answer within [`REDIS_CONNECT_TIMEOUT`].
+async fn redis_backends(
+    config: &Config,
+    url: &str,
+) -> Result<(Arc<dyn Mailbox>, Arc<dyn Presence>)> {
+    let client = redis::Client::open(url)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+        .set_response_timeout(Some(REDIS_CONNECT_TIMEOUT));
+    let con = tokio::time::timeout(
+        REDIS_CONNECT_TIMEOUT,
+        ConnectionManager::new_with_config(client, manager_config),
+    )
+    .await
+    .map_err(|_| Error::Config(format!("redis at {} did not answer", redact(url))))??;
+    let ns = format!("{}:{}:", config.redis_prefix, config.cluster_id);
+    Ok((
+        Arc::new(RedisMailbox::new(
+            con.clone(),
+            ns.clone(),
+            retention(config),
+        )),
+        Arc::new(RedisPresence::new(con, ns, config.presence_ttl())),
+    ))
 }
 
 /// Hides a password in a URL for logs.
@@ -136,43 +146,31 @@ fn ring_source(
     member: &str,
     shutdown: CancellationToken,
 ) -> Result<(RingView, Ack)> {
-    if let Some(url) = &config.ring_url {
-        let token = match (&config.ring_token, &config.ring_token_file) {
-            (Some(t), _) if !t.trim().is_empty() => t.trim().to_owned(),
-            (_, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("--ring-token-file {}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
-            _ => {
-                return Err(Error::Config(
-                    "--ring-url needs --ring-token-file or --ring-token".into(),
-                ));
-            }
-        };
-        if token.is_empty() {
-            return Err(Error::Config("the ring token is empty".into()));
+    let source = config
+        .ring
+        .source()
+        .map_err(|e| Error::Config(process::chain(&e)))?;
+    match source {
+        Some(RingSource::Stream { url, token }) => {
+            let subscription = Arc::new(Subscription::spawn(
+                SubscriberConfig {
+                    base_url: url,
+                    cluster_id: config.cluster_id.clone(),
+                    token,
+                    kind: SubscriberKind::Node,
+                    subscriber_id: member.to_owned(),
+                },
+                shutdown,
+            ));
+            let rings = subscription.rings();
+            let ack: Ack = Some(Box::new(move |v| subscription.ack(v)));
+            Ok((RingView::Watched(rings), ack))
         }
-        let subscription = Arc::new(Subscription::spawn(
-            SubscriberConfig {
-                base_url: url.clone(),
-                cluster_id: config.cluster_id.clone(),
-                token,
-                kind: SubscriberKind::Node,
-                subscriber_id: member.to_owned(),
-            },
-            shutdown,
-        ));
-        let rings = subscription.rings();
-        let ack: Ack = Some(Box::new(move |v| subscription.ack(v)));
-        return Ok((RingView::Watched(rings), ack));
+        Some(RingSource::File(path)) => {
+            Ok((RingView::Watched(watch_ring_file(path, shutdown)), None))
+        }
+        None => Ok((RingView::Standalone, None)),
     }
-    if let Some(path) = &config.ring_file {
-        return Ok((
-            RingView::Watched(watch_ring_file(path.clone(), shutdown)),
-            None,
-        ));
-    }
-    Ok((RingView::Standalone, None))
 }
 
 /// Runs a node with the backends its configuration names until `shutdown`, then drains.
@@ -184,6 +182,70 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     result
 }
 
+/// Why the node process stopped with an error ([`main`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The flags or the backends they name are unusable (the error says which).
+    #[error(transparent)]
+    Config(Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The address line could not be written to stdout.
+    #[error("cannot announce the address on stdout")]
+    Announce(#[source] std::io::Error),
+    /// The node failed while running.
+    #[error("node failed")]
+    Run(#[source] Error),
+}
+
+/// The whole `wscluster-node` process from parsed flags (also `wscluster-operator node`):
+/// logging, SIGTERM/SIGINT, the backends, the listener, `listening on <addr>` as the first line
+/// of stdout, the node until the signal, and the drain. Shutdown must finish within the grace
+/// period plus five seconds; any failure is one `error: …` line on stderr and exit code 1.
+pub fn main(config: Config) -> ExitCode {
+    let spec = ProcessSpec {
+        name: "wscluster-node",
+        log: config.log,
+        worker_threads: None,
+        hard_deadline: config.grace_period() + HARD_DEADLINE_EXTRA,
+    };
+    process::run(spec, |shutdown| run_process(config, shutdown))
+}
+
+/// [`main`]'s work: backends first (a wrong token or an unreachable Redis fails before the
+/// address is announced), then bind, announce and serve.
+async fn run_process(config: Config, shutdown: CancellationToken) -> Result<(), ProcessError> {
+    config.validate().map_err(ProcessError::Config)?;
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+    let backends = Backends::from_config(&config, background)
+        .await
+        .map_err(ProcessError::Config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ProcessError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ProcessError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    Announcement::new(addr)
+        .print()
+        .map_err(ProcessError::Announce)?;
+    run_with(config, backends, listener, shutdown)
+        .await
+        .map_err(ProcessError::Run)
+}
+
 /// Runs a node on the given backends until `shutdown`, then drains: refuse new work, send every
 /// session a `drain` reset and close it, wait for them up to `--grace-period-seconds`.
 pub async fn run_with(
@@ -193,143 +255,81 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let grace = config.grace_period();
+    // 1. The shared state, and the bus events and ring acks it does not hold.
+    let (state, bus_events, ack) = node_state(config, backends, &shutdown);
+    // 2. Background work, stopped after the drain.
+    let background = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(forward_bus_events(
+        Arc::clone(&state),
+        bus_events,
+        background.clone(),
+    ));
+    tracker.spawn(refresh_presence(Arc::clone(&state), background.clone()));
+    if let RingView::Watched(rings) = state.ring.clone() {
+        tracker.spawn(follow_ring(
+            Arc::clone(&state),
+            rings,
+            ack,
+            background.clone(),
+        ));
+    }
+    // 3. HTTP until the signal; at the signal the listener stops accepting.
+    tracing::info!(id = %state.id, cluster = %state.config.cluster_id, "node serving");
+    let http = tokio::spawn(serve_http(Arc::clone(&state), listener, shutdown.clone()));
+    shutdown.cancelled().await;
+    // 4. Drain the sessions, then give HTTP and the per-request tasks a moment to finish.
+    drain_sessions(&state, grace).await;
+    state.tasks.close();
+    let _ = tokio::time::timeout(HTTP_DRAIN, async {
+        let _ = http.await;
+        state.tasks.wait().await;
+    })
+    .await;
+    // 5. Stop the background work.
+    background.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(HTTP_DRAIN, tracker.wait()).await;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// The state every request and session shares, built from the backends; returns the parts of
+/// the backends the state does not keep (the bus events and the ring ack).
+fn node_state(
+    config: Config,
+    backends: Backends,
+    shutdown: &CancellationToken,
+) -> (Arc<NodeState>, mpsc::Receiver<BusEvent>, Ack) {
     let Backends {
         mailbox,
         presence,
         bus,
-        mut bus_events,
+        bus_events,
         ring,
         ack,
     } = backends;
-    let state = Arc::new(NodeState::new(
-        config,
-        mailbox,
-        presence,
-        bus,
-        ring,
-        shutdown.clone(),
-    ));
-    let background = CancellationToken::new();
-    let tracker = TaskTracker::new();
+    let state = NodeState::new(config, mailbox, presence, bus, ring, shutdown.clone());
+    (Arc::new(state), bus_events, ack)
+}
 
-    // Bus events → local sessions.
-    {
-        let state = state.clone();
-        let stop = background.clone();
-        tracker.spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    e = bus_events.recv() => e,
-                };
-                match event {
-                    Some(e) => state.on_bus_event(e),
-                    None => return,
-                }
-            }
-        });
-    }
-    // Presence refresh and gauges.
-    {
-        let state = state.clone();
-        let stop = background.clone();
-        let period = state.config.presence_ttl() / 3;
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let live: Vec<(String, String)> = state
-                    .registry
-                    .snapshot()
-                    .into_iter()
-                    .map(|(k, h)| (k.to_string(), h.conn_tag.to_string()))
-                    .collect();
-                if let Err(e) = state.presence.refresh(&live).await {
-                    tracing::warn!(error = %e, "presence refresh failed");
-                    state.metrics.error(e.metric_label());
-                }
-            }
-        });
-    }
-    // Ring changes: log, gauge, ack.
-    if let RingView::Watched(mut rx) = state.ring.clone() {
-        let state = state.clone();
-        let stop = background.clone();
-        tracker.spawn(async move {
-            loop {
-                if let Some(ring) = rx.borrow_and_update().clone() {
-                    let v = ring.version();
-                    if ring.snapshot().cluster_id != state.config.cluster_id {
-                        tracing::warn!(ring_cluster = %ring.snapshot().cluster_id, cluster = %state.config.cluster_id, "the ring names another cluster than --cluster-id");
-                        state.metrics.error("ring-cluster-mismatch");
-                    }
-                    state.metrics.ring_version.set(v as i64);
-                    if let Some(ack) = &ack {
-                        ack(v);
-                    }
-                    tracing::info!(
-                        version = v,
-                        owns_slots = ring
-                            .members()
-                            .iter()
-                            .position(|m| *m.id == *state.id)
-                            .map(|i| ring.slots_owned(i)),
-                        "ring applied"
-                    );
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = rx.changed() => if r.is_err() { return },
-                }
-            }
-        });
-    }
+/// The node's HTTP listener: at most `--max-connections` connections at once (every session
+/// starts as one, so the cap never refuses a session the session limit would take), the
+/// header-read timeout, upgrades; at shutdown in-flight requests get the grace period plus
+/// [`HTTP_DRAIN`].
+async fn serve_http(state: Arc<NodeState>, listener: TcpListener, shutdown: CancellationToken) {
+    let options = ServeOptions {
+        max_connections: usize::try_from(state.config.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        grace: state.config.grace_period() + HTTP_DRAIN,
+        ..ServeOptions::new("node")
+    };
+    let handler = move |req| crate::http::handle(Arc::clone(&state), req);
+    serve(listener, options, handler, shutdown).await;
+}
 
-    tracing::info!(id = %state.id, cluster = %state.config.cluster_id, "node serving");
-    let http = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let stop = shutdown.clone();
-        http.spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(crate::http::handle(state, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
+/// Sends every session a `drain` reset and waits for them to close, up to `grace`.
+async fn drain_sessions(state: &NodeState, grace: Duration) {
     tracing::info!(sessions = state.registry.count(), ?grace, "draining");
     state.drain();
     state.sessions.close();
@@ -342,16 +342,80 @@ pub async fn run_with(
             "grace period over; closing the rest"
         );
     }
-    http.close();
-    state.tasks.close();
-    let _ = tokio::time::timeout(HTTP_DRAIN, async {
-        http.wait().await;
-        state.tasks.wait().await;
-    })
-    .await;
-    background.cancel();
-    tracker.close();
-    let _ = tokio::time::timeout(HTTP_DRAIN, tracker.wait()).await;
-    tracing::info!("node stopped");
-    Ok(())
+}
+
+/// Bus events → local sessions, until `stop` or the bus ends.
+async fn forward_bus_events(
+    state: Arc<NodeState>,
+    mut events: mpsc::Receiver<BusEvent>,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Some(event) => state.on_bus_event(event),
+            None => return,
+        }
+    }
+}
+
+/// Refreshes the presence of every live session every third of the presence TTL.
+async fn refresh_presence(state: Arc<NodeState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(state.config.presence_ttl() / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live: Vec<(String, String)> = state
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(k, h)| (k.to_string(), h.conn_tag.to_string()))
+            .collect();
+        if let Err(e) = state.presence.refresh(&live).await {
+            tracing::warn!(error = %e, "presence refresh failed");
+            state.metrics.error(e.metric_label());
+        }
+    }
+}
+
+/// Each applied ring: checked against `--cluster-id`, gauged, acked, logged.
+async fn follow_ring(
+    state: Arc<NodeState>,
+    mut rings: watch::Receiver<Option<Arc<Ring>>>,
+    ack: Ack,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Some(ring) = rings.borrow_and_update().clone() {
+            ring_applied(&state, &ring, ack.as_deref());
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = rings.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+fn ring_applied(state: &NodeState, ring: &Ring, ack: Option<&(dyn Fn(u64) + Send + Sync)>) {
+    let version = ring.version();
+    if ring.snapshot().cluster_id != state.config.cluster_id {
+        tracing::warn!(ring_cluster = %ring.snapshot().cluster_id, cluster = %state.config.cluster_id, "the ring names another cluster than --cluster-id");
+        state.metrics.error("ring-cluster-mismatch");
+    }
+    state.metrics.ring_version.set(version as i64);
+    if let Some(ack) = ack {
+        ack(version);
+    }
+    let owns_slots = ring
+        .members()
+        .iter()
+        .position(|m| *m.id == *state.id)
+        .map(|i| ring.slots_owned(i));
+    tracing::info!(version, owns_slots, "ring applied");
 }

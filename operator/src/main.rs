@@ -1,20 +1,39 @@
 //! `wscluster-operator`: the Kubernetes operator binary. See the library docs for the design.
 //!
 //! Subcommands: `run` (the controller), `crd` (print the CRD YAML), `rbac` (print the API
-//! permissions as JSON), `local` (everything on 127.0.0.1 without Kubernetes).
+//! permissions as JSON), `local` (everything on 127.0.0.1 without Kubernetes), and `node` and
+//! `proxy`, which run exactly what `wscluster-node` and `wscluster-proxy` run (same flags), so
+//! this one executable is enough for local mode: it spawns itself as its nodes and proxies.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use wscluster_runtime::Announcement;
+use wscluster_runtime::log::LogArgs;
+use wscluster_runtime::process::{self, ProcessSpec};
+
+/// jemalloc, as in `wscluster-proxy` and for the same reason: this binary also runs the proxy
+/// (`wscluster-operator proxy`, local mode's proxies), whose upgrades allocate cache-line
+/// aligned blocks that glibc serves through its slow `memalign` path; jemalloc saves about
+/// 9 % of the proxy's instructions and 12 % of its CPU per upgrade (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// How long `run` may take to stop after SIGTERM or SIGINT: the servers' grace plus the Lease
+/// release.
+const RUN_HARD_DEADLINE: Duration = Duration::from_secs(20);
+/// Time `local` may take to stop beyond its nodes' grace period: the children's own drain and
+/// local mode's wait for them (15 s) plus a margin.
+const LOCAL_HARD_DEADLINE_EXTRA: Duration = Duration::from_secs(20);
 
 /// wscluster operator.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// What to run.
     #[command(subcommand)]
     command: Command,
 }
@@ -28,7 +47,11 @@ enum Command {
     /// Print, as JSON, the API permissions the operator needs.
     Rbac,
     /// Run ring authority, proxy and nodes on 127.0.0.1 without Kubernetes.
-    Local(wscluster_operator::local::LocalArgs),
+    Local(LocalCli),
+    /// Run a node, exactly as `wscluster-node` does (same flags).
+    Node(Box<wscluster_node::Config>),
+    /// Run a proxy, exactly as `wscluster-proxy` does (same flags).
+    Proxy(Box<wscluster_proxy::cli::Args>),
 }
 
 /// Flags of `run`.
@@ -63,41 +86,61 @@ struct RunArgs {
     /// Reconcile only this namespace (default: all).
     #[arg(long, env = "WSCLUSTER_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Logging (`--log-format`).
+    #[command(flatten)]
+    log: LogArgs,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Crd => {
-            print!(
-                "{}",
-                wscluster_operator::crd_yaml().context("rendering the CRD")?
-            );
-            Ok(())
-        }
+/// Flags of `local`: local mode's own and the logging flags.
+#[derive(Args, Debug)]
+struct LocalCli {
+    /// Local mode's own flags.
+    #[command(flatten)]
+    args: wscluster_operator::local::LocalArgs,
+    /// Logging (`--log-format`).
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crd => match wscluster_operator::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => process::fail(e),
+        },
         Command::Rbac => {
             println!("{}", wscluster_operator::rbac::rules_json());
-            Ok(())
+            ExitCode::SUCCESS
         }
         Command::Run(args) => run(args),
-        Command::Local(args) => run_local(args),
+        Command::Local(cli) => local(cli),
+        Command::Node(config) => wscluster_node::main(*config),
+        Command::Proxy(args) => wscluster_proxy::cli::main(*args),
     }
 }
 
-/// How long after the first signal the process exits even if shutdown is not finished.
-const HARD_DEADLINE: Duration = Duration::from_secs(20);
-
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    block_on_until_signal("operator", |shutdown| async move {
+/// `run`: connect to the API server, bind, print `listening on <ring stream> admin=<admin>`,
+/// run until the signal.
+fn run(args: RunArgs) -> ExitCode {
+    let spec = ProcessSpec {
+        name: "wscluster-operator",
+        log: args.log,
+        worker_threads: None,
+        hard_deadline: RUN_HARD_DEADLINE,
+    };
+    process::run(spec, |shutdown| async move {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-        let ring = tokio::net::TcpListener::bind(args.ring_listen)
-            .await
-            .with_context(|| format!("binding the ring stream to {}", args.ring_listen))?;
-        let admin = tokio::net::TcpListener::bind(args.admin_listen)
-            .await
-            .with_context(|| format!("binding the admin port to {}", args.admin_listen))?;
+        let ring = bind(args.ring_listen, "the ring stream").await?;
+        let admin = bind(args.admin_listen, "the admin port").await?;
+        Announcement::new(ring.local_addr()?)
+            .with("admin", admin.local_addr()?)
+            .print()
+            .context("announcing the addresses on stdout")?;
         let config = wscluster_operator::Config {
             ring_public_url: args.ring_public_url,
             lease_name: args.lease_name,
@@ -105,72 +148,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             pod_name: args.pod_name,
             watch_namespace: args.watch_namespace,
         };
-        wscluster_operator::run(config, client, ring, admin, shutdown).await?;
-        Ok(())
+        wscluster_operator::run(config, client, ring, admin, shutdown)
+            .await
+            .context("operator stopped")
     })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} to {addr}"))
 }
 
 /// `local`: ring authority, proxy and nodes on 127.0.0.1 (see `docs/local.md`).
-fn run_local(args: wscluster_operator::local::LocalArgs) -> anyhow::Result<()> {
-    block_on_until_signal("local mode", |shutdown| {
-        wscluster_operator::local::run(args, shutdown)
+fn local(cli: LocalCli) -> ExitCode {
+    let spec = ProcessSpec {
+        name: "wscluster-operator local",
+        log: cli.log,
+        worker_threads: None,
+        hard_deadline: Duration::from_secs(cli.args.node_grace_period_seconds)
+            + LOCAL_HARD_DEADLINE_EXTRA,
+    };
+    process::run(spec, |shutdown| async move {
+        wscluster_operator::local::run(cli.args, shutdown)
+            .await
+            .context("local mode")
     })
-}
-
-/// Initialises tracing, starts the runtime, cancels the token given to `main_task` on SIGTERM
-/// or SIGINT, and gives up [`HARD_DEADLINE`] after the signal if the task has not finished.
-fn block_on_until_signal<F, Fut>(what: &'static str, main_task: F) -> anyhow::Result<()>
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signal(shutdown.clone()));
-        let deadline = {
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                tokio::time::sleep(HARD_DEADLINE).await;
-            }
-        };
-        tokio::select! {
-            result = main_task(shutdown) => result.with_context(|| format!("{what} stopped")),
-            () = deadline => anyhow::bail!("{what}: shutdown took longer than {HARD_DEADLINE:?}"),
-        }
-    })
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutdown signal received");
-    shutdown.cancel();
 }

@@ -30,6 +30,8 @@ use kube::{Resource, ResourceExt};
 use wscluster_proxy::config::{DEFAULT_JWT_KEY_FILE, KeySourceSpec, ProxyConfig};
 use wscluster_proxy::error::Error as ProxyError;
 
+use wscluster_runtime::flags::{self, Flag};
+
 use crate::crd::{ConnectionSpec, WsCluster, WsClusterSpec};
 use crate::error::{Error, Result};
 
@@ -198,18 +200,20 @@ impl ClusterRef {
     }
 }
 
-fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+/// `flag`'s environment variable set to `value`. Every variable the operator renders for a node
+/// or proxy comes from a [`wscluster_runtime::flags`] definition, the one their parsers read.
+fn env_value(flag: Flag, value: impl Into<String>) -> EnvVar {
     EnvVar {
-        name: name.into(),
+        name: flag.env.into(),
         value: Some(value.into()),
         value_from: None,
     }
 }
 
-fn env_from_connection(name: &str, conn: &ConnectionSpec) -> EnvVar {
+fn env_from_connection(flag: Flag, conn: &ConnectionSpec) -> EnvVar {
     match (&conn.url, &conn.secret_ref) {
         (_, Some(r)) => EnvVar {
-            name: name.into(),
+            name: flag.env.into(),
             value: None,
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
@@ -220,48 +224,85 @@ fn env_from_connection(name: &str, conn: &ConnectionSpec) -> EnvVar {
                 ..EnvVarSource::default()
             }),
         },
-        (url, None) => env_value(name, url.clone().unwrap_or_default()),
+        (url, None) => env_value(flag, url.clone().unwrap_or_default()),
     }
 }
 
-/// Environment every node and proxy pod gets, before the user's own `env`.
+/// `POD_NAME` from the downward API: the member id of a node, the subscriber id of a proxy.
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: flags::POD_NAME_ENV.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: "metadata.name".into(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// Environment every node and proxy pod gets: identity, cluster, ring stream, RabbitMQ.
 fn common_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
     let mut env = vec![
-        EnvVar {
-            name: "POD_NAME".into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    api_version: Some("v1".into()),
-                    field_path: "metadata.name".into(),
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
-        env_value("WSCLUSTER_CLUSTER_ID", cluster.cluster_id()),
-        env_value("WSCLUSTER_RING_URL", settings.ring_url.clone()),
-        env_value("WSCLUSTER_RING_TOKEN_FILE", RING_TOKEN_FILE),
+        pod_name_env(),
+        env_value(flags::CLUSTER_ID, cluster.cluster_id()),
+        env_value(flags::RING_URL, settings.ring_url.clone()),
+        env_value(flags::RING_TOKEN_FILE, RING_TOKEN_FILE),
     ];
-    if let Some(redis) = &c.spec.redis {
-        env.push(env_from_connection("WSCLUSTER_REDIS_URL", redis));
-    }
     if let Some(amqp) = &c.spec.rabbitmq {
-        env.push(env_from_connection("WSCLUSTER_AMQP_URL", amqp));
+        env.push(env_from_connection(flags::AMQP_URL, amqp));
     }
     env
 }
 
-/// Names of environment variables the operator sets; a user `env` entry must not shadow them.
+/// A node container's environment: the common part, Redis, the listen port, then the user's.
+fn node_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
+    let mut env = common_env(c, cluster, settings);
+    if let Some(redis) = &c.spec.redis {
+        env.push(env_from_connection(flags::node::REDIS_URL, redis));
+    }
+    env.push(env_value(
+        flags::node::LISTEN,
+        format!("0.0.0.0:{}", c.spec.node.port),
+    ));
+    env.extend(c.spec.node.env.iter().cloned());
+    env
+}
+
+/// A proxy container's environment: the common part (proxies need no Redis), both listen
+/// ports, the config file, then the user's.
+fn proxy_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
+    let mut env = common_env(c, cluster, settings);
+    env.push(env_value(
+        flags::proxy::LISTEN,
+        format!("0.0.0.0:{PROXY_PORT}"),
+    ));
+    env.push(env_value(
+        flags::proxy::ADMIN_LISTEN,
+        format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
+    ));
+    env.push(env_value(flags::proxy::CONFIG, PROXY_CONFIG_FILE));
+    env.extend(c.spec.proxy.env.iter().cloned());
+    env
+}
+
+/// Names of environment variables a user `env` entry must not set: the ones the operator sets
+/// itself, and the ring sources that would conflict with them (`--ring-token` with the token
+/// file, `--ring-file` with the ring URL), which the node and proxy refuse at start.
 pub const RESERVED_ENV: &[&str] = &[
-    "POD_NAME",
-    "WSCLUSTER_CLUSTER_ID",
-    "WSCLUSTER_RING_URL",
-    "WSCLUSTER_RING_TOKEN_FILE",
-    "WSCLUSTER_REDIS_URL",
-    "WSCLUSTER_AMQP_URL",
-    "WSCLUSTER_LISTEN",
-    "WSCLUSTER_ADMIN_LISTEN",
-    "WSCLUSTER_CONFIG",
+    flags::POD_NAME_ENV,
+    flags::CLUSTER_ID.env,
+    flags::RING_URL.env,
+    flags::RING_TOKEN_FILE.env,
+    flags::RING_TOKEN.env,
+    flags::RING_FILE.env,
+    flags::REDIS_URL.env,
+    flags::AMQP_URL.env,
+    flags::LISTEN.env,
+    flags::ADMIN_LISTEN.env,
+    flags::CONFIG.env,
 ];
 
 fn http_probe(path: &str, port: &str, period_seconds: i32) -> Probe {
@@ -312,23 +353,13 @@ fn label_selector(cluster: &ClusterRef, component: Component) -> LabelSelector {
 pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Result<StatefulSet> {
     let cluster = ClusterRef::of(c)?;
     let node = &c.spec.node;
-    let mut env = common_env(c, &cluster, settings);
-    env.push(env_value(
-        "WSCLUSTER_LISTEN",
-        format!("0.0.0.0:{}", node.port),
-    ));
-    env.extend(node.env.iter().cloned());
+    let env = node_env(c, &cluster, settings);
     let (volume, mount) = ring_token_volume(&cluster);
     let container = Container {
         name: "node".into(),
         image: Some(node.image.clone()),
         image_pull_policy: Some(node.image_pull_policy.as_str().into()),
-        ports: Some(vec![ContainerPort {
-            name: Some("ws".into()),
-            container_port: node.port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![tcp_port("ws", node.port)]),
         env: Some(env),
         readiness_probe: Some(http_probe(&node.readiness_path, "ws", 2)),
         liveness_probe: Some(http_probe(&node.liveness_path, "ws", 10)),
@@ -399,92 +430,17 @@ pub fn proxy_deployment(
     config_hash: &str,
 ) -> Result<Deployment> {
     let cluster = ClusterRef::of(c)?;
-    let proxy = &c.spec.proxy;
-    let mut env = common_env(c, &cluster, settings);
-    // Proxies need no Redis.
-    env.retain(|e| e.name != "WSCLUSTER_REDIS_URL");
-    env.push(env_value(
-        "WSCLUSTER_LISTEN",
-        format!("0.0.0.0:{PROXY_PORT}"),
-    ));
-    env.push(env_value(
-        "WSCLUSTER_ADMIN_LISTEN",
-        format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
-    ));
-    env.push(env_value("WSCLUSTER_CONFIG", PROXY_CONFIG_FILE));
-    env.extend(proxy.env.iter().cloned());
-    let (token_volume, token_mount) = ring_token_volume(&cluster);
-    let mut volumes = vec![
-        token_volume,
-        Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: cluster.config_name(),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-    ];
-    let mut mounts = vec![
-        token_mount,
-        VolumeMount {
-            name: "config".into(),
-            mount_path: PROXY_CONFIG_FILE.into(),
-            sub_path: Some(PROXY_CONFIG_KEY.into()),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        },
-    ];
-    if let Some(jwt) = c.spec.key_sources.iter().find_map(|s| s.jwt.as_ref()) {
-        volumes.push(Volume {
-            name: "jwt-key".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(jwt.secret_ref.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: jwt.secret_ref.key.clone(),
-                    path: "key".into(),
-                    mode: None,
-                }]),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "jwt-key".into(),
-            mount_path: JWT_KEY_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-    let container = Container {
-        name: "proxy".into(),
-        image: Some(proxy.image.clone()),
-        image_pull_policy: Some(proxy.image_pull_policy.as_str().into()),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("ws".into()),
-                container_port: PROXY_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: PROXY_ADMIN_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
-        env: Some(env),
-        readiness_probe: Some(http_probe("/readyz", "admin", 2)),
-        liveness_probe: Some(http_probe("/healthz", "admin", 10)),
-        resources: proxy.resources.clone(),
-        volume_mounts: Some(mounts),
-        ..Container::default()
-    };
+    // 1. Volumes: the ring token, proxy.yaml, and the JWT key when a key source verifies one.
+    let mut volumes = vec![ring_token_volume(&cluster), proxy_config_volume(&cluster)];
+    volumes.extend(jwt_key_volume(c));
+    let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) = volumes.into_iter().unzip();
+    // 2. The container: its environment, ports, probes and mounts.
+    let container = proxy_container(c, proxy_env(c, &cluster, settings), mounts);
+    // 3. The Deployment, annotated with the config hash so a config change rolls the pods.
     Ok(Deployment {
         metadata: cluster.meta(cluster.proxy_name(), Component::Proxy),
         spec: Some(DeploymentSpec {
-            replicas: Some(proxy.replicas),
+            replicas: Some(c.spec.proxy.replicas),
             selector: label_selector(&cluster, Component::Proxy),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -505,6 +461,83 @@ pub fn proxy_deployment(
         }),
         status: None,
     })
+}
+
+/// The ConfigMap's `proxy.yaml`, mounted as a single file at [`PROXY_CONFIG_FILE`].
+fn proxy_config_volume(cluster: &ClusterRef) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cluster.config_name(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "config".into(),
+            mount_path: PROXY_CONFIG_FILE.into(),
+            sub_path: Some(PROXY_CONFIG_KEY.into()),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+/// The JWT verification key's Secret at [`JWT_KEY_DIR`], if a key source verifies JWTs.
+fn jwt_key_volume(c: &WsCluster) -> Option<(Volume, VolumeMount)> {
+    let jwt = c.spec.key_sources.iter().find_map(|s| s.jwt.as_ref())?;
+    Some((
+        Volume {
+            name: "jwt-key".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(jwt.secret_ref.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: jwt.secret_ref.key.clone(),
+                    path: "key".into(),
+                    mode: None,
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "jwt-key".into(),
+            mount_path: JWT_KEY_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ))
+}
+
+/// The proxy container: clients on `ws`, probes on `admin`.
+fn proxy_container(c: &WsCluster, env: Vec<EnvVar>, mounts: Vec<VolumeMount>) -> Container {
+    let proxy = &c.spec.proxy;
+    Container {
+        name: "proxy".into(),
+        image: Some(proxy.image.clone()),
+        image_pull_policy: Some(proxy.image_pull_policy.as_str().into()),
+        ports: Some(vec![
+            tcp_port("ws", PROXY_PORT),
+            tcp_port("admin", PROXY_ADMIN_PORT),
+        ]),
+        env: Some(env),
+        readiness_probe: Some(http_probe("/readyz", "admin", 2)),
+        liveness_probe: Some(http_probe("/healthz", "admin", 10)),
+        resources: proxy.resources.clone(),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+/// A named TCP container port.
+fn tcp_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
 }
 
 /// The client-facing Service of the proxies.
@@ -628,6 +661,10 @@ pub fn config_hash(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::Parser as _;
+
     use super::*;
     use std::path::{Path, PathBuf};
 
@@ -909,5 +946,128 @@ mod tests {
             node_service(&c),
             Err(Error::MissingField("metadata.uid"))
         ));
+    }
+
+    /// A cluster whose node and proxy containers get every variable the operator renders.
+    fn full_cluster() -> WsCluster {
+        WsCluster::test()
+            .with_redis_secret("redis-auth", "url")
+            .with_amqp_url("amqp://rabbit:5672/%2f")
+    }
+
+    /// The variables a clap parser reads.
+    fn variables_read_by(command: &clap::Command) -> BTreeSet<String> {
+        command
+            .get_arguments()
+            .filter_map(|a| a.get_env()?.to_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The rendered variables with a plain value, as the command line of the same flags.
+    fn as_command_line(
+        program: &str,
+        env: &BTreeMap<String, EnvVar>,
+        defined: &[Flag],
+    ) -> Vec<std::ffi::OsString> {
+        let mut args = vec![program.into()];
+        for var in env.values() {
+            let flag = defined.iter().find(|f| f.env == var.name);
+            if let (Some(flag), Some(value)) = (flag, &var.value) {
+                args.extend(flag.arg(value.as_str()));
+            }
+        }
+        args
+    }
+
+    fn node_container_env() -> BTreeMap<String, EnvVar> {
+        let sts = node_statefulset(&full_cluster(), &settings(), 1).expect("sts");
+        env_of(
+            &sts.spec
+                .expect("spec")
+                .template
+                .spec
+                .expect("pod")
+                .containers[0],
+        )
+    }
+
+    fn proxy_container_env() -> BTreeMap<String, EnvVar> {
+        let dep = proxy_deployment(&full_cluster(), &settings(), "h").expect("deployment");
+        env_of(
+            &dep.spec
+                .expect("spec")
+                .template
+                .spec
+                .expect("pod")
+                .containers[0],
+        )
+    }
+
+    #[test]
+    fn every_variable_rendered_for_a_node_is_one_the_node_reads() {
+        use clap::CommandFactory as _;
+        let reads = variables_read_by(&wscluster_node::Config::command());
+        let env = node_container_env();
+        for name in env.keys() {
+            // POD_NAME is Kubernetes' name, read by Config::member_id, not by clap.
+            assert!(
+                name == flags::POD_NAME_ENV || reads.contains(name),
+                "the node does not read {name}"
+            );
+        }
+        let args = as_command_line("wscluster-node", &env, flags::node::ALL);
+        let config = wscluster_node::Config::try_parse_from(&args).expect("the node parses it");
+        assert_eq!(config.cluster_id, "default/chat");
+        assert_eq!(config.ring.ring_url.as_deref(), Some("http://op:7400"));
+        assert_eq!(
+            config.ring.ring_token_file.as_deref(),
+            Some(std::path::Path::new(RING_TOKEN_FILE))
+        );
+        assert_eq!(config.amqp_url.as_deref(), Some("amqp://rabbit:5672/%2f"));
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn every_variable_rendered_for_a_proxy_is_one_the_proxy_reads() {
+        use clap::CommandFactory as _;
+        let reads = variables_read_by(&wscluster_proxy::cli::Args::command());
+        let env = proxy_container_env();
+        for name in env.keys() {
+            assert!(
+                name == flags::POD_NAME_ENV || reads.contains(name),
+                "the proxy does not read {name}"
+            );
+        }
+        let args = as_command_line("wscluster-proxy", &env, flags::proxy::ALL);
+        let parsed =
+            wscluster_proxy::cli::Args::try_parse_from(&args).expect("the proxy parses it");
+        assert_eq!(parsed.cluster_id, "default/chat");
+        assert_eq!(parsed.ring.ring_url.as_deref(), Some("http://op:7400"));
+        assert_eq!(
+            parsed.ring.ring_token_file.as_deref(),
+            Some(std::path::Path::new(RING_TOKEN_FILE))
+        );
+        assert_eq!(parsed.listen.to_string(), format!("0.0.0.0:{PROXY_PORT}"));
+        assert_eq!(
+            parsed.admin_listen.to_string(),
+            format!("0.0.0.0:{PROXY_ADMIN_PORT}")
+        );
+        assert_eq!(
+            parsed.config.as_deref(),
+            Some(std::path::Path::new(PROXY_CONFIG_FILE))
+        );
+    }
+
+    #[test]
+    fn every_rendered_variable_is_reserved_in_user_env() {
+        for name in node_container_env()
+            .keys()
+            .chain(proxy_container_env().keys())
+        {
+            assert!(
+                RESERVED_ENV.contains(&name.as_str()),
+                "{name} is not reserved"
+            );
+        }
     }
 }

@@ -9,7 +9,6 @@
 //! * The controller starts once this replica holds the Lease and stops if it loses it; `run`
 //!   then returns [`Error::LeadershipLost`] so the process exits and restarts as a candidate.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +17,6 @@ use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -36,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use wscluster_ring_stream::RingHub;
+use wscluster_runtime::serve::{ServeOptions, serve};
 
 use crate::controller::{Context, error_policy, random_token, reconcile};
 use crate::crd::WsCluster;
@@ -72,10 +70,7 @@ struct Admin {
     leader: watch::Receiver<bool>,
 }
 
-async fn admin_response(
-    admin: Admin,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn admin_response(admin: Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body, content_type) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
         (&Method::GET, "/readyz") if *admin.leader.borrow() => {
@@ -103,47 +98,17 @@ async fn admin_response(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
     );
-    Ok(response)
+    response
 }
+
+/// How the admin port is served: probes and scrapes, so the shared defaults (1,024 connections,
+/// 10 s header-read timeout, 5 s grace).
+const ADMIN_SERVE_OPTIONS: ServeOptions = ServeOptions::new("admin");
 
 /// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`.
 async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let admin = admin.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(
-            async move {
-                let service = service_fn(move |req| admin_response(admin.clone(), req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "admin connection ended");
-                        }
-                    }
-                    () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-                }
-            }
-            .instrument(info_span!("admin", %peer)),
-        );
-    }
-    tracker.close();
-    tracker.wait().await;
+    let handler = move |req| admin_response(admin.clone(), req);
+    serve(listener, ADMIN_SERVE_OPTIONS, handler, shutdown).await;
 }
 
 /// Maps an EndpointSlice of a node Service to its `WsCluster` (slices copy the Service's
@@ -198,96 +163,113 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let tracker = TaskTracker::new();
     let (leader_tx, leader_rx) = watch::channel(false);
-
-    tracker.spawn(
-        {
-            let hub = hub.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(e) = wscluster_ring_stream::serve(ring_listener, hub, shutdown).await {
-                    warn!(error = %e, "ring stream server failed");
-                }
-            }
-        }
-        .instrument(info_span!("ring_stream")),
-    );
-    tracker.spawn(serve_admin(
-        admin_listener,
-        Admin {
-            metrics: metrics.clone(),
-            leader: leader_rx.clone(),
-        },
+    // 1. The ring stream and the admin port, on every replica.
+    tracker.spawn(serve_ring_stream(
+        ring_listener,
+        hub.clone(),
         shutdown.clone(),
     ));
-
-    let election = shutdown.child_token();
-    match (&config.lease_namespace, &config.pod_name) {
-        (Some(namespace), Some(identity)) => {
-            let elector = LeaderElector {
-                api: Api::namespaced(client.clone(), namespace),
-                config: LeaseConfig {
-                    name: config.lease_name.clone(),
-                    identity: identity.clone(),
-                },
-            };
-            tracker.spawn(
-                elector
-                    .run(leader_tx, election.clone())
-                    .instrument(info_span!("leader_election")),
-            );
-        }
-        _ => {
-            warn!("no --lease-namespace/--pod-name: running without leader election");
-            leader_tx.send_replace(true);
-        }
-    }
-
-    let mut leader = leader_rx.clone();
-    let elected = tokio::select! {
-        () = shutdown.cancelled() => false,
-        changed = leader.wait_for(|l| *l) => changed.is_ok(),
+    let admin = Admin {
+        metrics: metrics.clone(),
+        leader: leader_rx.clone(),
     };
-    let mut lost = false;
-    if elected {
-        metrics.leader.set(1);
-        let ctx = Arc::new(Context {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: FIELD_MANAGER.into(),
-                    instance: config.pod_name.clone(),
-                },
-            ),
-            client: client.clone(),
-            ring: hub.clone(),
-            settings: Settings {
-                ring_url: config.ring_public_url.clone(),
-            },
-            metrics: metrics.clone(),
-            clock: Arc::new(Timestamp::now),
-            new_token: random_token,
-            probe: Arc::new(crate::probe::HttpProbe::default()),
-            known: std::sync::Mutex::default(),
-        });
-        let (clusters, owned) = match &config.watch_namespace {
-            Some(ns) => (
-                Api::<WsCluster>::namespaced(client.clone(), ns),
-                Some(ns.clone()),
-            ),
-            None => (Api::<WsCluster>::all(client.clone()), None),
+    tracker.spawn(serve_admin(admin_listener, admin, shutdown.clone()));
+    // 2. The election (or leading alone without a Lease).
+    let election = shutdown.child_token();
+    start_election(&tracker, &config, &client, leader_tx, election.clone());
+    // 3. Once elected, the controller, until shutdown or lost leadership.
+    let leading = Leading {
+        config: &config,
+        client: &client,
+        hub: &hub,
+        metrics: &metrics,
+        tracker: &tracker,
+    };
+    let lost = leading.run(leader_rx, &shutdown).await;
+    // 4. Stop the servers and the election, within the deadline.
+    election.cancel();
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("shutdown deadline passed with tasks still running");
+    }
+    if lost {
+        return Err(Error::LeadershipLost);
+    }
+    Ok(())
+}
+
+/// The ring stream on `--ring-listen` until `shutdown`.
+async fn serve_ring_stream(listener: TcpListener, hub: Arc<RingHub>, shutdown: CancellationToken) {
+    if let Err(e) = wscluster_ring_stream::serve(listener, hub, shutdown)
+        .instrument(info_span!("ring_stream"))
+        .await
+    {
+        warn!(error = %e, "ring stream server failed");
+    }
+}
+
+/// Campaigns for the Lease when a namespace and an identity are configured; otherwise this
+/// replica leads alone.
+fn start_election(
+    tracker: &TaskTracker,
+    config: &Config,
+    client: &Client,
+    leader: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let (Some(namespace), Some(identity)) = (&config.lease_namespace, &config.pod_name) else {
+        warn!("no --lease-namespace/--pod-name: running without leader election");
+        leader.send_replace(true);
+        return;
+    };
+    let elector = LeaderElector {
+        api: Api::namespaced(client.clone(), namespace),
+        config: LeaseConfig {
+            name: config.lease_name.clone(),
+            identity: identity.clone(),
+        },
+    };
+    tracker.spawn(
+        elector
+            .run(leader, stop)
+            .instrument(info_span!("leader_election")),
+    );
+}
+
+/// What the leading replica uses to run the controller.
+struct Leading<'a> {
+    /// The operator's settings.
+    config: &'a Config,
+    /// The API client.
+    client: &'a Client,
+    /// Where the controller publishes rings.
+    hub: &'a Arc<RingHub>,
+    /// Metrics, including the `leader` gauge.
+    metrics: &'a Arc<Metrics>,
+    /// Where background tasks (the prune loop) run.
+    tracker: &'a TaskTracker,
+}
+
+impl Leading<'_> {
+    /// Waits to be elected, then runs the controller until `shutdown` or until leadership is
+    /// lost; returns whether it was lost.
+    async fn run(&self, leader: watch::Receiver<bool>, shutdown: &CancellationToken) -> bool {
+        let mut elected = leader.clone();
+        let elected = tokio::select! {
+            () = shutdown.cancelled() => false,
+            changed = elected.wait_for(|l| *l) => changed.is_ok(),
         };
-        let api = |c: &Client| -> ApiFactory { ApiFactory(c.clone(), owned.clone()) };
-        let f = api(&client);
-        let ours =
-            watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", labels::MANAGED_BY));
-        let node_slices = watcher::Config::default().labels(&format!(
-            "{}={FIELD_MANAGER},{}=node",
-            labels::MANAGED_BY,
-            labels::COMPONENT
-        ));
+        if !elected {
+            return false;
+        }
+        self.metrics.leader.set(1);
         let stop = {
             let shutdown = shutdown.clone();
-            let mut leader = leader_rx.clone();
+            let mut leader = leader.clone();
             async move {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
@@ -295,9 +277,58 @@ pub async fn run(
                 }
             }
         };
+        self.controller(stop, shutdown).await;
+        self.metrics.leader.set(0);
+        !shutdown.is_cancelled() && !*leader.borrow()
+    }
+
+    /// The reconcile context of this term.
+    fn context(&self) -> Arc<Context> {
+        Arc::new(Context {
+            recorder: Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: self.config.pod_name.clone(),
+                },
+            ),
+            client: self.client.clone(),
+            ring: self.hub.clone(),
+            settings: Settings {
+                ring_url: self.config.ring_public_url.clone(),
+            },
+            metrics: self.metrics.clone(),
+            clock: Arc::new(Timestamp::now),
+            new_token: random_token,
+            probe: Arc::new(crate::probe::HttpProbe::default()),
+            known: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Runs the controller over `WsCluster`s, the objects it owns and the node EndpointSlices
+    /// until `stop` resolves.
+    async fn controller(
+        &self,
+        stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+        shutdown: &CancellationToken,
+    ) {
+        let ctx = self.context();
+        let owned = self.config.watch_namespace.clone();
+        let clusters = match &owned {
+            Some(ns) => Api::<WsCluster>::namespaced(self.client.clone(), ns),
+            None => Api::<WsCluster>::all(self.client.clone()),
+        };
+        let f = ApiFactory(self.client.clone(), owned);
+        let ours =
+            watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", labels::MANAGED_BY));
+        let node_slices = watcher::Config::default().labels(&format!(
+            "{}={FIELD_MANAGER},{}=node",
+            labels::MANAGED_BY,
+            labels::COMPONENT
+        ));
         info!("controller starting");
         let controller = Controller::new(clusters, watcher::Config::default());
-        tracker.spawn(
+        self.tracker.spawn(
             prune_departed(controller.store(), ctx.clone(), shutdown.clone())
                 .instrument(info_span!("prune")),
         );
@@ -316,23 +347,7 @@ pub async fn run(
                 }
             })
             .await;
-        lost = !shutdown.is_cancelled() && !*leader_rx.borrow();
-        metrics.leader.set(0);
     }
-
-    election.cancel();
-    shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("shutdown deadline passed with tasks still running");
-    }
-    if lost {
-        return Err(Error::LeadershipLost);
-    }
-    Ok(())
 }
 
 /// Builds `Api`s for the watched namespace or all namespaces.

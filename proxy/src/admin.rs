@@ -1,58 +1,37 @@
 //! The admin listener (`--admin-listen`): `/healthz` (the process runs), `/readyz` (a ring is
 //! known and the proxy is not shutting down), `/metrics` (Prometheus text).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use wscluster_runtime::serve::{ServeOptions, serve as serve_http};
 
 use crate::server::{Body, json_response};
 use crate::state::Shared;
 
-/// Serves admin requests until `stop`. `draining` makes `/readyz` answer 503.
+/// How the admin port is served: probes and scrapes, so the shared defaults (1,024 connections,
+/// 10 s header-read timeout, 5 s grace).
+const SERVE_OPTIONS: ServeOptions = ServeOptions::new("admin");
+
+/// Serves admin requests until `stop` (after the drain, so probes see `/readyz` fail while the
+/// proxy drains). `draining` makes `/readyz` answer 503.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     draining: CancellationToken,
     stop: CancellationToken,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let shared = Arc::clone(&shared);
-        let draining = draining.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let r = answer(&req, &shared, draining.is_cancelled());
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                () = stop.cancelled() => {}
-            }
-        });
-    }
+    let handler = move |req: Request<Incoming>| {
+        let response = answer(&req, &shared, draining.is_cancelled());
+        async move { response }
+    };
+    serve_http(listener, SERVE_OPTIONS, handler, stop).await;
 }
 
 fn answer(req: &Request<Incoming>, shared: &Shared, draining: bool) -> Response<Body> {

@@ -2,22 +2,24 @@
 //! hears `ResetEvent { member, keys, .. }` on the cluster's topic exchange with routing key
 //! `reset.{member}` (see `wscluster_ring::contract::bus`). Notes are batched per member for up
 //! to [`BATCH_WINDOW`] or [`MAX_RESET_KEYS_PER_EVENT`] keys. Publishing never slows resets: the
-//! pacer hands notes over a bounded channel and a full channel drops them (counted).
+//! pacer hands notes over a bounded channel and a full channel drops them (counted). A lost
+//! connection is retried by the shared reconnect loop ([`wscluster_runtime::amqp`]: backoff up
+//! to 100 ms doubling to 5 s, full jitter).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 use wscluster_ring::contract::ResetReason;
 use wscluster_ring::contract::bus::{
     MAX_RESET_KEYS_PER_EVENT, ResetEvent, exchange_name, reset_routing_key,
 };
+use wscluster_runtime::amqp::{self, AmqpTarget, Link, SessionEnd};
 
 use crate::metrics::Metrics;
 use crate::resets::{ResetNote, ResetSink};
@@ -27,9 +29,6 @@ use crate::resets::{ResetNote, ResetSink};
 const CHANNEL_CAPACITY: usize = 10_000;
 /// How long notes wait to be batched into one event.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
-/// First and longest pause between connection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Starts the publisher; returns the sink the pacer writes to.
 pub fn spawn_publisher(
@@ -39,94 +38,86 @@ pub fn spawn_publisher(
     shutdown: CancellationToken,
 ) -> ResetSink {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let target = AmqpTarget {
+        url,
+        connection_name: format!("wscluster-proxy {cluster_id}"),
+        exchange: exchange_name(&cluster_id),
+    };
+    let mut publisher = Publisher {
+        exchange: target.exchange.clone(),
+        notes: rx,
+        metrics,
+    };
     tokio::spawn(
-        publish_loop(url, exchange_name(&cluster_id), rx, metrics, shutdown)
+        async move { amqp::keep_connected(&target, &mut publisher, &shutdown).await }
             .instrument(info_span!("amqp")),
     );
     ResetSink(tx)
 }
 
-async fn connect(url: &str, exchange: &str) -> Result<(Connection, Channel), lapin::Error> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((conn, channel))
+/// One connection's life: batch the pacer's notes and publish them as reset events.
+struct Publisher {
+    /// The cluster's exchange.
+    exchange: String,
+    /// Notes from the pacer.
+    notes: mpsc::Receiver<ResetNote>,
+    /// For the `amqp-connect` and `amqp-publish` error counts.
+    metrics: Arc<Metrics>,
 }
 
-async fn publish_loop(
-    url: String,
-    exchange: String,
-    mut rx: mpsc::Receiver<ResetNote>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = BACKOFF_MIN;
-    'connect: loop {
-        let (_conn, channel) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            c = connect(&url, &exchange) => match c {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "RabbitMQ unreachable; retrying");
-                    metrics.error("amqp-connect");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue 'connect;
-                }
-            },
-        };
-        info!(%exchange, "publishing reset events");
-        backoff = BACKOFF_MIN;
+impl amqp::Session for Publisher {
+    async fn run(&mut self, link: Link) -> SessionEnd {
+        info!(exchange = %self.exchange, "publishing reset events");
         loop {
-            let Some(first) = (tokio::select! {
-                () = shutdown.cancelled() => return,
-                n = rx.recv() => n,
-            }) else {
-                return;
+            let Some(batch) = self.next_batch().await else {
+                return SessionEnd::Stop;
             };
-            let mut batch = vec![first];
-            let deadline = tokio::time::sleep(BATCH_WINDOW);
-            tokio::pin!(deadline);
-            while batch.len() < MAX_RESET_KEYS_PER_EVENT {
-                tokio::select! {
-                    () = &mut deadline => break,
-                    n = rx.recv() => match n { Some(n) => batch.push(n), None => break },
-                }
-            }
             for event in events(batch) {
-                let body = match serde_json::to_vec(&event) {
-                    Ok(b) => b,
-                    Err(_) => continue,
-                };
-                let sent = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        reset_routing_key(&event.member).as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default().with_content_type("application/json".into()),
-                    )
-                    .await;
-                if let Err(e) = sent {
-                    warn!(error = %e, "reset event not published; reconnecting");
-                    metrics.error("amqp-publish");
-                    continue 'connect;
+                if let Err(e) = self.publish(&link, &event).await {
+                    self.metrics.error("amqp-publish");
+                    return SessionEnd::Lost(format!("reset event not published: {e}"));
                 }
             }
         }
+    }
+
+    fn connect_failed(&mut self, _error: &lapin::Error) {
+        self.metrics.error("amqp-connect");
+    }
+}
+
+impl Publisher {
+    /// The notes that arrive within [`BATCH_WINDOW`] of the first, at most
+    /// [`MAX_RESET_KEYS_PER_EVENT`]; `None` once the pacer is gone.
+    async fn next_batch(&mut self) -> Option<Vec<ResetNote>> {
+        let first = self.notes.recv().await?;
+        let mut batch = vec![first];
+        let deadline = tokio::time::sleep(BATCH_WINDOW);
+        tokio::pin!(deadline);
+        while batch.len() < MAX_RESET_KEYS_PER_EVENT {
+            tokio::select! {
+                () = &mut deadline => break,
+                n = self.notes.recv() => match n { Some(n) => batch.push(n), None => break },
+            }
+        }
+        Some(batch)
+    }
+
+    async fn publish(&self, link: &Link, event: &ResetEvent) -> Result<(), lapin::Error> {
+        // A ResetEvent always serialises; if it ever did not, skip it as before.
+        let Ok(body) = serde_json::to_vec(event) else {
+            return Ok(());
+        };
+        link.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                reset_routing_key(&event.member).as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await?;
+        Ok(())
     }
 }
 

@@ -17,13 +17,15 @@
 //! an upgrade, spoken directly), [`server`] (accept loop, the fast path and hyper's path, HTTP
 //! forwarding, every answer before the upgrade), [`admin`] (`/healthz`, `/readyz`,
 //! `/metrics`), [`bus`] (reset events to RabbitMQ), [`metrics`], [`state`] (what tasks share),
-//! [`error`].
+//! [`error`], [`cli`] (the flags and the whole process, for `wscluster-proxy` and
+//! `wscluster-operator proxy`).
 //!
-//! Flags (each also read from `WSCLUSTER_<FLAG>`): `--listen 0.0.0.0:8080`,
+//! Flags (each also read from `WSCLUSTER_<FLAG>`; [`cli::Args`]): `--listen 0.0.0.0:8080`,
 //! `--admin-listen 0.0.0.0:9090`, `--id` (default `POD_NAME`, else the hostname),
 //! `--cluster-id default/chat`, `--config /etc/wscluster/proxy.yaml` (optional),
-//! `--ring-url` with `--ring-token-file` or `--ring-token`, or `--ring-file`, `--amqp-url`, and
-//! `--fallback-upstream host:port` (where keyless plain HTTP goes instead of a 400).
+//! `--ring-url` with `--ring-token-file` or `--ring-token` (not both), or `--ring-file`,
+//! `--amqp-url`, `--fallback-upstream host:port` (where keyless plain HTTP goes instead of a
+//! 400), `--worker-threads` and `--log-format text|json`.
 //!
 //! ```no_run
 //! use wscluster_proxy::{RingSource, Settings, config::ProxyConfig, run};
@@ -44,6 +46,7 @@
 
 pub mod admin;
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod frame;
@@ -58,7 +61,6 @@ pub mod splice;
 pub mod state;
 pub mod upstream;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,19 +86,8 @@ use crate::state::{Routing, Shared};
 /// (the splice lingers up to about 3 s: boundary wait, write, linger).
 const AFTER_DRAIN: Duration = Duration::from_secs(4);
 
-/// Where rings come from.
-#[derive(Debug, Clone)]
-pub enum RingSource {
-    /// A JSON `RingSnapshot` file, re-read when it changes.
-    File(PathBuf),
-    /// The operator's ring stream.
-    Stream {
-        /// Base URL, e.g. `http://wscluster-operator.wscluster-system.svc:7400`.
-        url: String,
-        /// Bearer token.
-        token: String,
-    },
-}
+/// Where rings come from: the ring-source flags' value, shared with the node.
+pub use wscluster_runtime::ring_args::RingSource;
 
 /// Everything [`run`] needs besides its listeners.
 #[derive(Debug, Clone)]
@@ -124,46 +115,12 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    settings.config.validate()?;
-    let keys = KeySources::from_specs(&settings.config.key_sources)?;
-    let metrics = Arc::new(Metrics::new());
+    // 1. The shared state; background work stops when `run` returns.
     let background = CancellationToken::new();
-    let reset_sink = settings.amqp_url.as_ref().map(|url| {
-        bus::spawn_publisher(
-            url.clone(),
-            settings.cluster_id.clone(),
-            Arc::clone(&metrics),
-            background.clone(),
-        )
-    });
-    let shared = Arc::new(Shared {
-        cluster_id: settings.cluster_id.clone(),
-        config: settings.config.clone(),
-        keys,
-        routing: ArcSwap::from_pointee(Routing::unknown(&settings.cluster_id)),
-        registry: Arc::new(Registry::new()),
-        resets: ResetQueue::default(),
-        reset_sink,
-        metrics,
-        fallback_upstream: settings.fallback_upstream.clone(),
-    });
-
-    let (rings, subscription) = match &settings.ring {
-        RingSource::File(path) => (watch_ring_file(path.clone(), background.clone()), None),
-        RingSource::Stream { url, token } => {
-            let s = Subscription::spawn(
-                SubscriberConfig {
-                    base_url: url.clone(),
-                    cluster_id: settings.cluster_id.clone(),
-                    token: token.clone(),
-                    kind: SubscriberKind::Proxy,
-                    subscriber_id: settings.id.clone(),
-                },
-                background.clone(),
-            );
-            (s.rings(), Some(s))
-        }
-    };
+    let _stop_background = background.clone().drop_guard();
+    let shared = shared_state(&settings, &background)?;
+    // 2. Rings, resets, the idle sweep and the admin port.
+    let (rings, subscription) = ring_source(&settings, &background);
     tokio::spawn(
         follow_rings(Arc::clone(&shared), rings, subscription, background.clone())
             .instrument(info_span!("rings")),
@@ -178,7 +135,7 @@ pub async fn run(
         shutdown.clone(),
         background.clone(),
     ));
-
+    // 3. Clients until the signal.
     info!(addr = ?listener.local_addr().ok(), id = %settings.id, cluster = %settings.cluster_id, "proxy listening");
     let tracker = TaskTracker::new();
     server::serve(
@@ -189,28 +146,84 @@ pub async fn run(
     )
     .await;
     tracker.close();
-
-    // Shutdown: let spliced connections finish within the grace period, then drain the rest.
+    // 4. The drain.
     let grace = Duration::from_secs(settings.config.drain_timeout_seconds);
+    drain(&shared, &tracker, grace).await;
+    Ok(())
+}
+
+/// What every task shares, built from the settings: key sources (JWT keys loaded), metrics,
+/// the reset publisher when `--amqp-url` is given, and an unknown ring until the first arrives.
+fn shared_state(settings: &Settings, background: &CancellationToken) -> Result<Arc<Shared>> {
+    settings.config.validate()?;
+    let keys = KeySources::from_specs(&settings.config.key_sources)?;
+    let metrics = Arc::new(Metrics::new());
+    let reset_sink = settings.amqp_url.as_ref().map(|url| {
+        bus::spawn_publisher(
+            url.clone(),
+            settings.cluster_id.clone(),
+            Arc::clone(&metrics),
+            background.clone(),
+        )
+    });
+    Ok(Arc::new(Shared {
+        cluster_id: settings.cluster_id.clone(),
+        config: settings.config.clone(),
+        keys,
+        routing: ArcSwap::from_pointee(Routing::unknown(&settings.cluster_id)),
+        registry: Arc::new(Registry::new()),
+        resets: ResetQueue::default(),
+        reset_sink,
+        metrics,
+        fallback_upstream: settings.fallback_upstream.clone(),
+    }))
+}
+
+/// The rings the settings name: a watched file, or the ring stream (with its subscription, to
+/// ack and to report the connection).
+fn ring_source(
+    settings: &Settings,
+    background: &CancellationToken,
+) -> (watch::Receiver<Option<Arc<Ring>>>, Option<Subscription>) {
+    match &settings.ring {
+        RingSource::File(path) => (watch_ring_file(path.clone(), background.clone()), None),
+        RingSource::Stream { url, token } => {
+            let s = Subscription::spawn(
+                SubscriberConfig {
+                    base_url: url.clone(),
+                    cluster_id: settings.cluster_id.clone(),
+                    token: token.clone(),
+                    kind: SubscriberKind::Proxy,
+                    subscriber_id: settings.id.clone(),
+                },
+                background.clone(),
+            );
+            (s.rings(), Some(s))
+        }
+    }
+}
+
+/// Shutdown: spliced connections get `grace` to finish; the rest are reset with reason
+/// "drain" and get [`AFTER_DRAIN`] for their close handshakes.
+async fn drain(shared: &Shared, tracker: &TaskTracker, grace: Duration) {
     info!(
         live = shared.registry.len(),
         grace_s = grace.as_secs(),
         "stopped accepting; draining"
     );
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        resets::drain_all(&shared);
-        if tokio::time::timeout(AFTER_DRAIN, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                live = shared.registry.len(),
-                "connections still open after the drain"
-            );
-        }
+    if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+        return;
     }
-    background.cancel();
-    Ok(())
+    resets::drain_all(shared);
+    if tokio::time::timeout(AFTER_DRAIN, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            live = shared.registry.len(),
+            "connections still open after the drain"
+        );
+    }
 }
 
 /// Applies each ring the source produces and acknowledges the version in use.

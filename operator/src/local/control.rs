@@ -16,21 +16,20 @@
 //! published right after the command. Errors are JSON `{"error": "<code>", "message": "<text>"}`
 //! with a 4xx/5xx status.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::{MAX_KEY_LEN, percent_encode as encode, validate_key};
+use wscluster_runtime::json::{self, BodyError};
+use wscluster_runtime::serve::{ServeOptions, serve as serve_http};
 
 use super::process::{HttpClient, http_call};
 use super::supervisor::{ApiError, Command, Request as SupervisorRequest};
@@ -58,46 +57,26 @@ pub struct Control {
 
 type Resp = Response<Full<Bytes>>;
 
+/// How the control port is served: one person's browser and scripts, so the shared defaults
+/// (1,024 connections, 10 s header-read timeout, 5 s grace).
+const SERVE_OPTIONS: ServeOptions = ServeOptions::new("control");
+
 /// Serves the control API until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Control,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let handler = move |req| {
         let control = control.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let control = control.clone();
-                async move { Ok::<_, Infallible>(handle(&control, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
+        async move { handle(&control, req).await }
+    };
+    serve_http(listener, SERVE_OPTIONS, handler, shutdown).await;
 }
 
+/// A JSON response that browsers do not cache (the state changes all the time).
 fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = json::response(status, body);
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -193,24 +172,25 @@ fn number(raw: &str, what: &str) -> Result<u32, ApiError> {
 }
 
 async fn body_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
+    json::read_json(req.into_body(), MAX_BODY_BYTES)
         .await
-        .map_err(|_| {
-            ApiError::new(
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
-                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-            )
-        })?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-json",
-            format!("the body is not the expected JSON: {e}"),
-        )
-    })
+                format!("the body must be at most {limit} bytes"),
+            ),
+            BodyError::Read(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body-unreadable",
+                "the body could not be read",
+            ),
+            BodyError::Json(e) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-json",
+                format!("the body is not the expected JSON: {e}"),
+            ),
+        })
 }
 
 async fn command(control: &Control, command: Command) -> Result<Resp, ApiError> {

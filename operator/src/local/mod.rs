@@ -234,7 +234,11 @@ fn settings(args: &LocalArgs, listeners: &Listeners) -> anyhow::Result<Settings>
 
 fn print_banner(settings: &Settings, control_addr: SocketAddr) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {control_addr}")?;
+    writeln!(
+        out,
+        "{}",
+        wscluster_runtime::Announcement::new(control_addr)
+    )?;
     writeln!(
         out,
         "wscluster local: cluster {}, {} node(s), {} proxy(ies), mailbox {}, bus {}",

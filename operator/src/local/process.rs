@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use wscluster_runtime::Announcement;
 
 /// The HTTP client local mode uses for probes and forwarding (plain HTTP on 127.0.0.1).
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -238,7 +239,7 @@ async fn supervise(
     let stdout = child.stdout.take();
     let address = match &spec.known_address {
         Some(address) => {
-            // Proxies print logs on stdout; keep the pipe drained.
+            // Proxies announce the addresses local mode chose for them; keep the pipe drained.
             if let Some(stdout) = stdout {
                 tokio::spawn(drain(BufReader::new(stdout)));
             }
@@ -257,10 +258,9 @@ async fn supervise(
             };
             let address = match first {
                 Ok(Some(line)) => line
-                    .trim()
-                    .strip_prefix("listening on ")
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("unexpected first line {line:?}"))?,
+                    .parse::<Announcement>()
+                    .map(|a| a.addr.to_string())
+                    .map_err(|e| format!("unexpected first line: {e}"))?,
                 Ok(None) => {
                     let status = child.wait().await;
                     return Ok(describe(status, &spec.log_file));

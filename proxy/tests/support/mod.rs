@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wscluster_ring::{Member, RingSnapshot};
+use wscluster_runtime::announce::read_announcement;
 
 /// Every test bounds its own time with this.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -254,7 +255,12 @@ impl Proxy {
             .env_remove("WSCLUSTER_RING_FILE")
             .env_remove("WSCLUSTER_AMQP_URL")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // The proxy logs on stderr: shown with PROXY_TEST_LOG set, dropped otherwise.
+            .stderr(if std::env::var_os("PROXY_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .kill_on_drop(true);
         match ring {
             Ring::File(p) => {
@@ -269,33 +275,21 @@ impl Proxy {
         }
         let mut child = cmd.spawn().expect("spawn proxy");
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (addr, admin) = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await.expect("read proxy output") {
-                if line.contains(" bound") {
-                    let field = |name: &str| -> SocketAddr {
-                        let start = line.find(&format!("{name}=")).expect("field") + name.len() + 1;
-                        line[start..]
-                            .split_whitespace()
-                            .next()
-                            .expect("value")
-                            .parse()
-                            .expect("socket address")
-                    };
-                    return (field("listen"), field("admin"));
-                }
-            }
-            panic!("proxy exited before binding");
-        })
-        .await
-        .expect("proxy bound in time");
-        // Keep draining its output so it never blocks on a full pipe.
+        let mut stdout = BufReader::new(stdout);
+        // The first stdout line is `listening on <clients> admin=<admin>`; logs go to stderr.
+        let announced =
+            tokio::time::timeout(Duration::from_secs(20), read_announcement(&mut stdout))
+                .await
+                .expect("proxy announced its addresses in time")
+                .expect("proxy announced its addresses");
+        let addr = announced.addr;
+        let admin = announced
+            .get("admin")
+            .expect("the admin address is announced");
+        // Keep draining stdout so the proxy never blocks on a full pipe.
         tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if std::env::var_os("PROXY_TEST_LOG").is_some() {
-                    eprintln!("proxy: {line}");
-                }
-            }
+            let mut lines = stdout.lines();
+            while let Ok(Some(_)) = lines.next_line().await {}
         });
         Proxy {
             child,

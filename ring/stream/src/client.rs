@@ -10,7 +10,6 @@
 //! * the acker posts the newest version given to [`Subscription::ack`], retrying on failure and
 //!   posting again after every reconnect (the hub may have restarted and forgotten it).
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use wscluster_ring::contract::stream::{
     Ack, MAX_LINE_BYTES, SILENCE_TIMEOUT_MS, StreamEvent, SubscriberKind, ack_path, watch_path,
 };
 use wscluster_ring::{Ring, RingSnapshot};
+use wscluster_runtime::Backoff;
 
 use crate::error::{Error, Result};
 
@@ -78,8 +78,9 @@ pub struct Subscription {
 
 impl Subscription {
     /// Starts following the ring stream in the background. Connection failures are retried
-    /// with exponential backoff and jitter (100 ms doubling to 5 s, back to 100 ms after a
-    /// connection that delivered a valid line; 5 s after a 401); the last ring stays published
+    /// with exponential backoff and full jitter (a random delay up to 100 ms doubling to 5 s,
+    /// back to 100 ms after a connection that delivered a valid line; up to 5 s after a 401;
+    /// [`wscluster_runtime::Backoff`]); the last ring stays published
     /// while disconnected. Must be called inside a Tokio runtime.
     pub fn spawn(config: SubscriberConfig, shutdown: CancellationToken) -> Subscription {
         let (rings_tx, rings) = watch::channel(None);
@@ -420,7 +421,7 @@ async fn follow_until_done(
             reason, "the ring url is unusable"
         );
     }
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     // Failed attempts since the last connection that delivered a line.
     let mut failures: u32 = 0;
     loop {
@@ -434,7 +435,7 @@ async fn follow_until_done(
         let delay = match &ended {
             Error::Unauthorized => {
                 error!("the ring hub refused the token; retrying");
-                backoff.max()
+                backoff.max_delay()
             }
             Error::LineTooLong { .. } | Error::InvalidLine(_) => {
                 warn!(error = %ended, "ring stream sent an invalid line; reconnecting");
@@ -472,7 +473,7 @@ async fn post_acks(
     shutdown: CancellationToken,
 ) {
     let mut posted: Option<u64> = None;
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     loop {
         let wanted = *acks.borrow_and_update();
         if let Some(version) = wanted.filter(|v| posted != Some(*v)) {
@@ -492,7 +493,7 @@ async fn post_acks(
                 }
                 Err(e) => {
                     let delay = match e {
-                        Error::Unauthorized => backoff.max(),
+                        Error::Unauthorized => backoff.max_delay(),
                         _ => backoff.next_delay(),
                     };
                     debug!(version, error = %e, "ring ack failed; retrying");
@@ -564,49 +565,9 @@ impl LineBuffer {
     }
 }
 
-/// Exponential backoff with jitter: each delay is drawn from `[d/2, d]` where `d` doubles from
-/// [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`], so subscribers that lost the same hub spread their
-/// reconnects.
-#[derive(Debug)]
-struct Backoff {
-    /// The next delay before jitter.
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: BACKOFF_INITIAL,
-        }
-    }
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        jitter(delay)
-    }
-
-    fn max(&mut self) -> Duration {
-        self.next = BACKOFF_MAX;
-        jitter(BACKOFF_MAX)
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_INITIAL;
-    }
-}
-
-/// A duration drawn from `[d/2, d]`. The randomness comes from the standard library's
-/// per-process random hash keys, which is plenty for spreading reconnects.
-fn jitter(d: Duration) -> Duration {
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let half = d / 2;
-    let millis = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-    half + Duration::from_millis(random % millis.saturating_add(1))
+/// The reconnect backoff: [`BACKOFF_INITIAL`] doubling to [`BACKOFF_MAX`], full jitter.
+fn backoff() -> Backoff {
+    Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -656,16 +617,15 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-        let mut backoff = Backoff::default();
+    fn the_backoff_doubles_from_100_ms_to_5_s() {
+        let mut backoff = backoff();
+        assert_eq!(backoff.ceiling(), BACKOFF_INITIAL);
         let first = backoff.next_delay();
-        assert!(first >= BACKOFF_INITIAL / 2 && first <= BACKOFF_INITIAL);
+        assert!(first <= BACKOFF_INITIAL);
         for _ in 0..20 {
-            let d = backoff.next_delay();
-            assert!(d <= BACKOFF_MAX);
+            assert!(backoff.next_delay() <= BACKOFF_MAX);
         }
-        let capped = backoff.next_delay();
-        assert!(capped >= BACKOFF_MAX / 2);
+        assert_eq!(backoff.ceiling(), BACKOFF_MAX);
         backoff.reset();
         assert!(backoff.next_delay() <= BACKOFF_INITIAL);
     }

@@ -15,15 +15,15 @@ use http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHEN
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info};
 use wscluster_ring::contract::percent_decode;
 use wscluster_ring::contract::stream::{Ack, HEARTBEAT_INTERVAL_MS, StreamEvent, SubscriberKind};
 use wscluster_ring::{RingError, RingSnapshot};
+
+use wscluster_runtime::serve::ServeOptions;
 
 use crate::BoxBody;
 
@@ -38,16 +38,6 @@ const FORGET_DISCONNECTED_AFTER: Duration = Duration::from_secs(5 * 60);
 const MAX_SUBSCRIBERS_PER_CLUSTER: usize = 10_000;
 /// Longest subscriber id, the same limit as a member id (a Kubernetes object name).
 const MAX_SUBSCRIBER_ID_LEN: usize = 253;
-/// Most connections [`serve`] handles at once; more wait in the listen backlog. Subscribers are
-/// the proxy and node pods, each holding one stream plus short ack requests.
-const MAX_CONNECTIONS: usize = 16_384;
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long [`serve`] lets connections finish after shutdown before dropping them. Streams end
-/// at once on shutdown; this only bounds a peer that does not read.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (for example out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Prefix of every path the hub owns.
 const PATH_PREFIX: &str = "/v1/clusters/";
 
@@ -617,91 +607,42 @@ fn heartbeat_line(version: u64) -> Bytes {
     Bytes::from(StreamEvent::Heartbeat { version }.to_line())
 }
 
-/// Serves the hub on `listener` until `shutdown`: a task per connection (at most 16,384 at
-/// once), accept errors logged and survived. At shutdown it stops accepting, ends open streams,
-/// and waits up to five seconds for connections to finish. Paths the hub does not own answer
-/// 404.
+/// How [`serve`] serves the hub: at most 16,384 connections at once (subscribers are the proxy
+/// and node pods, each holding one stream plus short ack requests), a 10 s header-read timeout,
+/// and five seconds for connections to finish after shutdown (streams end at once on shutdown;
+/// the grace only bounds a peer that does not read).
+pub const SERVE_OPTIONS: ServeOptions = ServeOptions {
+    max_connections: 16_384,
+    ..ServeOptions::new("ring-stream")
+};
+
+/// Serves the hub on `listener` until `shutdown` with the shared accept loop
+/// ([`wscluster_runtime::serve`], [`SERVE_OPTIONS`]): at shutdown it stops accepting, ends open
+/// streams, and waits for connections to finish within the grace period. Paths the hub does
+/// not own answer 404.
+///
+/// # Errors
+///
+/// None: accept errors are logged and survived. The `io::Result` is the signature callers
+/// already match on.
 pub async fn serve(
     listener: TcpListener,
     hub: Arc<RingHub>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "ring hub accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let hub = Arc::clone(&hub);
-        let shutdown = shutdown.clone();
-        tracker.spawn(
-            async move {
-                serve_connection(stream, hub, shutdown).await;
-                drop(permit);
-            }
-            .instrument(info_span!("ring_connection", %peer)),
-        );
-    }
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("ring hub connections still open after the shutdown grace period");
-    }
-    Ok(())
-}
-
-/// Serves one HTTP/1.1 connection until it closes or shutdown.
-async fn serve_connection(stream: TcpStream, hub: Arc<RingHub>, shutdown: CancellationToken) {
     let closer = shutdown.clone();
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let handler = move |mut req: Request<Incoming>| {
         let hub = Arc::clone(&hub);
         req.extensions_mut().insert(StreamCloser(closer.clone()));
         async move {
-            Ok::<_, Infallible>(match hub.handle(req).await {
+            match hub.handle(req).await {
                 Some(response) => response,
                 None => error(StatusCode::NOT_FOUND, "unknown path"),
-            })
-        }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
-                Ok(result) => result,
-                Err(_) => {
-                    debug!("ring connection dropped after the shutdown grace period");
-                    return;
-                }
             }
         }
     };
-    if let Err(e) = result {
-        debug!(error = %e, "ring connection ended with an error");
-    }
+    wscluster_runtime::serve::serve(listener, SERVE_OPTIONS, handler, shutdown).await;
+    Ok(())
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

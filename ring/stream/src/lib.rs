@@ -10,7 +10,7 @@
 //!   idleness), the ack endpoint that records which version each subscriber applies, and the
 //!   one-shot snapshot endpoint. A slow subscriber skips to the newest snapshot; nothing queues.
 //! * [`Subscription`] — the client: a background task that follows the stream, reconnects with
-//!   backoff (100 ms doubling to 5 s, with jitter) after a failure, an invalid or over-long line,
+//!   backoff (up to 100 ms doubling to 5 s, full jitter) after a failure, an invalid or over-long line,
 //!   or [`SILENCE_TIMEOUT_MS`](wscluster_ring::contract::stream::SILENCE_TIMEOUT_MS) of silence,
 //!   and publishes only ever newer [`Ring`](wscluster_ring::Ring)s of its cluster; the last ring
 //!   stays while disconnected. [`Subscription::ack`] reports the applied version without

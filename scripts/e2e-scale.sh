@@ -6,7 +6,7 @@
 # artifacts/e2e-scale.txt. Figures go to docs/local.md.
 #
 # Usage: scripts/e2e-scale.sh [client counts...]   (default: 5000 10000)
-# Env: WSCLUSTER_OPERATOR_BIN / WSCLUSTER_NODE_BIN / WSCLUSTER_PROXY_BIN (default target/debug),
+# Env: WSCLUSTER_OPERATOR_BIN (default target/debug; it runs the nodes and proxies too),
 #      WSCLUSTER_TEST_REDIS_URL / WSCLUSTER_TEST_AMQP_URL, CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -77,8 +77,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (binaries used by cross-process tests)"
 cargo build --workspace --bins --locked
 export WSCLUSTER_OPERATOR_BIN=$ROOT/target/debug/wscluster-operator
-export WSCLUSTER_NODE_BIN=$ROOT/target/debug/wscluster-node
-export WSCLUSTER_PROXY_BIN=$ROOT/target/debug/wscluster-proxy
 
 step "cargo test"
 cargo test --workspace --locked

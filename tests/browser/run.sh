@@ -2,8 +2,8 @@
 # Runs the browser test of the local demo page. Installs Debian's Chromium and the npm
 # dependencies (playwright-core only; no browser download) when missing.
 #
-# Env: WSCLUSTER_OPERATOR_BIN (default $CARGO_TARGET_DIR or target/, then debug/wscluster-operator), and optionally
-# WSCLUSTER_NODE_BIN / WSCLUSTER_PROXY_BIN (default: next to the operator binary).
+# Env: WSCLUSTER_OPERATOR_BIN (default $CARGO_TARGET_DIR or target/, then debug/wscluster-operator;
+# local mode runs the nodes and proxies from that same executable).
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x /usr/bin/chromium ]; then

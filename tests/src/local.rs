@@ -5,7 +5,6 @@
 //! control API (`listening on <addr>`, possibly followed by named extra listeners); everything
 //! else comes from `GET /api/state`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wscluster_ring::{Ring, RingSnapshot};
+use wscluster_runtime::announce::Announcement;
 
 use crate::backends::{delete_redis_keys, require_service};
 use crate::env::{amqp_url, operator_binary, redis_url, unique};
@@ -189,11 +189,11 @@ impl Local {
         let Some(first) = first else {
             bail!("wscluster-operator local exited before announcing its address; see {stderr_at}");
         };
-        let address = parse_announce(&first).with_context(|| {
-            format!(
-                "the first line of wscluster-operator local is not `listening on <addr>`: {first:?}"
-            )
-        })?;
+        let address = first
+            .trim()
+            .parse::<Announcement>()
+            .with_context(|| format!("the first line of wscluster-operator local: {first:?}"))?
+            .addr;
         local.control = format!("http://{address}");
         Ok(local)
     }
@@ -306,16 +306,6 @@ fn terminate(child: &Child) {
     }
 }
 
-/// The control address of an announcement line, `listening on <addr> [name=<addr> …]`.
-pub fn parse_announce(line: &str) -> Option<SocketAddr> {
-    line.trim()
-        .strip_prefix("listening on ")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Whether a state shows `nodes` active members and every running proxy on the version.
 pub fn settled(state: &Value, nodes: usize) -> bool {
     let members = state["ring"]["members"].as_array();
@@ -339,18 +329,6 @@ pub fn ring_of(state: &Value) -> anyhow::Result<Ring> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_control_address_is_the_first_address_announced() {
-        let addr: SocketAddr = "127.0.0.1:9080".parse().expect("address");
-        assert_eq!(parse_announce("listening on 127.0.0.1:9080"), Some(addr));
-        assert_eq!(
-            parse_announce("listening on 127.0.0.1:9080 ring=127.0.0.1:7400\n"),
-            Some(addr)
-        );
-        assert_eq!(parse_announce("listening on nowhere"), None);
-        assert_eq!(parse_announce("INFO starting"), None);
-    }
 
     #[test]
     fn settled_means_exactly_n_active_members_on_every_running_proxy() {

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wscluster_runtime::flags::{self, Flag, node, proxy};
+
 use super::children::{PROXY_STOP_GRACE, node_id};
 use super::process::{ChildKind, ChildSpec};
 
@@ -54,40 +56,33 @@ impl Settings {
     /// The environment every child gets: the ring stream's token (never on a command line,
     /// where `ps` would show it).
     fn child_env(&self) -> Vec<(String, String)> {
-        vec![("WSCLUSTER_RING_TOKEN".to_string(), self.token.clone())]
+        let (name, value) = flags::RING_TOKEN.env_var(self.token.clone());
+        vec![(name.to_string(), value)]
     }
 
-    /// How node `ordinal` is started.
+    /// How node `ordinal` is started: `<this executable> node <flags>`.
     pub fn node_spec(&self, ordinal: u32, generation: u64) -> ChildSpec {
-        let mut args = strings(&[
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            &node_id(ordinal),
-            "--cluster-id",
-            &self.cluster_id,
-            "--ring-url",
-            &self.ring_url(),
-            "--grace-period-seconds",
-            &self.node_grace.as_secs().to_string(),
-        ]);
+        let mut args = CommandLine::new("node");
+        args.push(node::LISTEN, "127.0.0.1:0")
+            .push(node::ID, &node_id(ordinal))
+            .push(node::CLUSTER_ID, &self.cluster_id)
+            .push(node::RING_URL, &self.ring_url())
+            .push(
+                node::GRACE_PERIOD_SECONDS,
+                &self.node_grace.as_secs().to_string(),
+            );
         if let Some(url) = &self.redis_url {
-            args.extend(strings(&[
-                "--redis-url",
-                url,
-                "--redis-prefix",
-                &self.redis_prefix,
-            ]));
+            args.push(node::REDIS_URL, url)
+                .push(node::REDIS_PREFIX, &self.redis_prefix);
         }
         if let Some(url) = &self.amqp_url {
-            args.extend(strings(&["--amqp-url", url]));
+            args.push(node::AMQP_URL, url);
         }
         ChildSpec {
             kind: ChildKind::Node(ordinal),
             generation,
             program: self.program.clone(),
-            args,
+            args: args.0,
             env: self.child_env(),
             log_file: self.log_dir.join(format!("{}.log", node_id(ordinal))),
             known_address: None,
@@ -97,39 +92,32 @@ impl Settings {
         }
     }
 
-    /// How proxy `index` is started, if there is such a proxy.
+    /// How proxy `index` is started, if there is such a proxy: `<this executable> proxy <flags>`.
     pub fn proxy_spec(&self, index: u32, generation: u64) -> Option<ChildSpec> {
         let &(listen, admin) = self.proxy_addresses.get(usize::try_from(index).ok()?)?;
         let id = ChildKind::Proxy(index).id();
-        let mut args = strings(&[
-            "proxy",
-            "--listen",
-            &listen.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-            "--id",
-            &id,
-            "--cluster-id",
-            &self.cluster_id,
-            "--ring-url",
-            &self.ring_url(),
-        ]);
+        let mut args = CommandLine::new("proxy");
+        args.push(proxy::LISTEN, &listen.to_string())
+            .push(proxy::ADMIN_LISTEN, &admin.to_string())
+            .push(proxy::ID, &id)
+            .push(proxy::CLUSTER_ID, &self.cluster_id)
+            .push(proxy::RING_URL, &self.ring_url());
         // Keyless plain HTTP (the demo page and its API) reaches the control server through
         // the proxy, so the page is served at the proxy's root.
         if let Some(control) = self.control_url.strip_prefix("http://") {
-            args.extend(strings(&["--fallback-upstream", control]));
+            args.push(proxy::FALLBACK_UPSTREAM, control);
         }
         if let Some(path) = &self.proxy_config {
-            args.extend(strings(&["--config", &path.display().to_string()]));
+            args.push(proxy::CONFIG, &path.display().to_string());
         }
         if let Some(url) = &self.amqp_url {
-            args.extend(strings(&["--amqp-url", url]));
+            args.push(proxy::AMQP_URL, url);
         }
         Some(ChildSpec {
             kind: ChildKind::Proxy(index),
             generation,
             program: self.program.clone(),
-            args,
+            args: args.0,
             env: self.child_env(),
             log_file: self.log_dir.join(format!("{id}.log")),
             known_address: Some(admin.to_string()),
@@ -140,6 +128,86 @@ impl Settings {
     }
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| (*s).to_string()).collect()
+/// A child's command line: its subcommand, then flags rendered from the binaries' own flag
+/// definitions (`wscluster_runtime::flags`), so a renamed flag cannot drift.
+struct CommandLine(Vec<String>);
+
+impl CommandLine {
+    fn new(subcommand: &str) -> CommandLine {
+        CommandLine(vec![subcommand.to_string()])
+    }
+
+    fn push(&mut self, flag: Flag, value: &str) -> &mut CommandLine {
+        self.0.push(flag.dashed());
+        self.0.push(value.to_string());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings() -> Settings {
+        Settings {
+            cluster_id: "local/demo".into(),
+            token: "t0k3n".into(),
+            nodes: 3,
+            max_replicas: 16,
+            proxies: 1,
+            program: PathBuf::from("/bin/wscluster-operator"),
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            redis_prefix: "p".into(),
+            amqp_url: Some("amqp://127.0.0.1:5672/%2f".into()),
+            proxy_config: Some(PathBuf::from("/tmp/proxy.yaml")),
+            proxy_addresses: vec![(
+                "127.0.0.1:8080".parse().expect("addr"),
+                "127.0.0.1:9090".parse().expect("addr"),
+            )],
+            log_dir: PathBuf::from("/tmp/logs"),
+            node_grace: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            ring_addr: "127.0.0.1:7400".parse().expect("addr"),
+            control_url: "http://127.0.0.1:9080".into(),
+        }
+    }
+
+    #[test]
+    fn a_node_command_line_parses_with_the_nodes_own_parser() {
+        let spec = settings().node_spec(2, 1);
+        assert_eq!(spec.args[0], "node");
+        let config = wscluster_node::Config::try_parse_from(
+            std::iter::once("wscluster-node").chain(spec.args[1..].iter().map(String::as_str)),
+        )
+        .expect("the node parses what local mode renders");
+        assert_eq!(config.id.as_deref(), Some("local-node-2"));
+        assert_eq!(config.cluster_id, "local/demo");
+        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(config.grace_period_seconds, 5);
+        assert_eq!(
+            spec.env,
+            [("WSCLUSTER_RING_TOKEN".to_string(), "t0k3n".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_proxy_command_line_parses_with_the_proxys_own_parser() {
+        let spec = settings().proxy_spec(0, 1).expect("proxy 0 exists");
+        assert_eq!(spec.args[0], "proxy");
+        let args = wscluster_proxy::cli::Args::try_parse_from(
+            std::iter::once("wscluster-proxy").chain(spec.args[1..].iter().map(String::as_str)),
+        )
+        .expect("the proxy parses what local mode renders");
+        let rendered = format!("{args:?}");
+        for expected in [
+            "127.0.0.1:8080",
+            "127.0.0.1:9090",
+            "local-proxy-0",
+            "127.0.0.1:9080",
+        ] {
+            assert!(rendered.contains(expected), "{expected} in {rendered}");
+        }
+        assert!(settings().proxy_spec(1, 1).is_none(), "there is one proxy");
+    }
 }

@@ -125,12 +125,7 @@ pub struct ScalePlan {
 pub fn plan_scale(input: &ScaleInput) -> ScalePlan {
     let desired = input.desired.max(0);
     let Some(current) = input.current else {
-        return ScalePlan {
-            step: Step::Create,
-            statefulset_replicas: desired,
-            active_below: desired,
-            drain: None,
-        };
+        return settled(Step::Create, desired);
     };
     if desired >= current {
         // A recorded drain to exactly `desired` with the StatefulSet already there is a finished
@@ -142,29 +137,38 @@ pub fn plan_scale(input: &ScaleInput) -> ScalePlan {
         } else {
             Step::Steady
         };
-        return ScalePlan {
-            step,
-            statefulset_replicas: desired,
-            active_below: desired,
-            drain: None,
-        };
+        return settled(step, desired);
     }
     // desired < current: drain first.
-    let drain = match &input.drain {
-        Some(d) if d.target == desired => d.clone(),
-        _ => {
-            return ScalePlan {
-                step: Step::StartDrain,
-                statefulset_replicas: current,
-                active_below: desired,
-                drain: Some(Drain {
-                    target: desired,
-                    since: input.now,
-                    ring_version: 0,
-                }),
-            };
-        }
-    };
+    match &input.drain {
+        Some(d) if d.target == desired => continue_drain(input, d, current, desired),
+        _ => ScalePlan {
+            step: Step::StartDrain,
+            statefulset_replicas: current,
+            active_below: desired,
+            drain: Some(Drain {
+                target: desired,
+                since: input.now,
+                ring_version: 0,
+            }),
+        },
+    }
+}
+
+/// A plan with the StatefulSet at `desired`, every member active and no drain recorded.
+fn settled(step: Step, desired: i32) -> ScalePlan {
+    ScalePlan {
+        step,
+        statefulset_replicas: desired,
+        active_below: desired,
+        drain: None,
+    }
+}
+
+/// The next step of the drain to `desired` already under way: wait for the proxies to apply its
+/// ring, then for the timeout (or empty leaving members), then shrink; or give up waiting for
+/// proxies [`ACK_WAIT_LIMIT_SECONDS`] past the timeout.
+fn continue_drain(input: &ScaleInput, drain: &Drain, current: i32, desired: i32) -> ScalePlan {
     let hold = |step| ScalePlan {
         step,
         statefulset_replicas: current,
@@ -176,16 +180,12 @@ pub fn plan_scale(input: &ScaleInput) -> ScalePlan {
         if drain.ring_version != 0
             && elapsed >= input.drain_timeout_seconds + ACK_WAIT_LIMIT_SECONDS
         {
-            return ScalePlan {
-                step: Step::ForceDrain {
-                    from: current,
-                    acked: input.proxies_acked,
-                    total: input.proxies_total,
-                },
-                statefulset_replicas: desired,
-                active_below: desired,
-                drain: None,
+            let step = Step::ForceDrain {
+                from: current,
+                acked: input.proxies_acked,
+                total: input.proxies_total,
             };
+            return settled(step, desired);
         }
         return hold(Step::WaitForProxies {
             acked: input.proxies_acked,
@@ -198,12 +198,7 @@ pub fn plan_scale(input: &ScaleInput) -> ScalePlan {
             remaining_seconds: remaining,
         });
     }
-    ScalePlan {
-        step: Step::FinishDrain { from: current },
-        statefulset_replicas: desired,
-        active_below: desired,
-        drain: None,
-    }
+    settled(Step::FinishDrain { from: current }, desired)
 }
 
 #[cfg(test)]

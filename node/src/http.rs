@@ -21,12 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
-use wscluster_ring::contract::bus::BroadcastEvent;
 use wscluster_ring::contract::{MAX_KEY_LEN, RING_VERSION_HEADER, percent_decode, validate_key};
 
 use crate::ownership::Ownership;
 use crate::session::{self, Since};
-use crate::state::{NodeState, now_ms};
+use crate::state::NodeState;
 
 /// Read buffer of a WebSocket (also the most read per syscall). tungstenite's default, 128 KiB,
 /// is allocated per socket and would cost 12.8 GB for 100,000 idle clients. Clients of this
@@ -76,6 +75,18 @@ impl ApiError {
         tracing::warn!(%error, code, "backend unavailable");
         state.metrics.error(error.metric_label());
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
+    /// 503 for a delivery that did not happen (nothing stored or published; retry).
+    fn delivery(state: &NodeState, error: &crate::delivery::DeliveryError) -> Self {
+        tracing::warn!(%error, "delivery refused");
+        let code = error.code();
+        state.metrics.error(code);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            "the message was not stored; retry",
+        )
     }
 
     fn into_response(self) -> Resp {
@@ -469,31 +480,19 @@ async fn send(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, Ap
     let user = check_user(q_user.or(b_user))?;
     let message = check_message(state, q_message.or(b_message))?;
     check_owner_routed(state, &user, routed).await?;
-    match state.send_to_user(user, message).await {
-        Ok(outcome) => {
-            let status = if outcome.delivered {
-                StatusCode::OK
-            } else {
-                StatusCode::ACCEPTED
-            };
-            Ok(json_response(
-                status,
-                &json!({"delivered": outcome.delivered, "offset": outcome.offset, "server": &*state.id}),
-            ))
-        }
-        Err(e) => Err(ApiError::unavailable(
-            state,
-            &e,
-            "mailbox-unavailable",
-            "the message could not be stored; retry",
-        )),
-    }
-}
-
-/// A broadcast id unique across nodes and restarts.
-fn broadcast_id(state: &NodeState) -> String {
-    let (conn, _) = state.next_conn();
-    format!("{}-{}-{conn}", state.id, now_ms())
+    let receipt = state
+        .send(user, message, None)
+        .await
+        .map_err(|e| ApiError::delivery(state, &e))?;
+    let status = if receipt.delivered {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(json_response(
+        status,
+        &json!({"delivered": receipt.delivered, "offset": receipt.offset, "server": &*state.id}),
+    ))
 }
 
 /// `POST /broadcast` with `{"message": "…"}` (or `?message=`).
@@ -507,24 +506,14 @@ async fn broadcast(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Res
         ));
     }
     let message = check_message(state, q_message.or(body.and_then(|b| b.message)))?;
-    let event = BroadcastEvent {
-        id: broadcast_id(state),
-        origin: state.id.to_string(),
-        content: message,
-        timestamp: now_ms(),
-    };
-    match state.bus.publish_broadcast(&event).await {
-        Ok(()) => Ok(json_response(
-            StatusCode::ACCEPTED,
-            &json!({"id": event.id}),
-        )),
-        Err(e) => Err(ApiError::unavailable(
-            state,
-            &e,
-            "bus-unavailable",
-            "the message bus is not connected; retry",
-        )),
-    }
+    let receipt = state
+        .broadcast(message)
+        .await
+        .map_err(|e| ApiError::delivery(state, &e))?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"id": receipt.id}),
+    ))
 }
 
 /// `GET /users/{userId}`: presence.

@@ -15,6 +15,7 @@
 //! * [`mailbox`], [`presence`], [`bus`] — backends behind traits: Redis / RabbitMQ when
 //!   configured, in-memory otherwise (same behaviour except durability).
 //! * [`ownership`] — which keys this node owns under the newest ring it knows.
+//! * [`delivery`] — what a send, a broadcast, a presence look-up and an admission promise.
 //! * [`state`] — shared state and the operations on it; [`server`] — wiring and shutdown.
 //!
 //! `docs/node.md` documents the API, the message format and the mailbox semantics for operators
@@ -32,6 +33,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod mailbox;

@@ -15,11 +15,12 @@ use wscluster_ring::contract::{ClientMessage, MessageKind, ResetFrame, ResetReas
 
 use crate::bus::{Bus, BusEvent};
 use crate::config::Config;
+use crate::delivery::{Admission, BroadcastReceipt, DeliveryError, Presence, Refusal, SendReceipt};
 use crate::error::Result;
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::ownership::RingView;
-use crate::presence::Presence;
+use crate::presence::Presence as PresenceStore;
 use crate::registry::{Close, Delivery, Outbound, Registry, deliver_to};
 
 /// Per-user append+deliver critical sections are striped over this many async mutexes, so two
@@ -44,7 +45,7 @@ pub struct Backends {
     /// User mailboxes.
     pub mailbox: Arc<dyn Mailbox>,
     /// User presence.
-    pub presence: Arc<dyn Presence>,
+    pub presence: Arc<dyn PresenceStore>,
     /// Publishing side of the bus.
     pub bus: Arc<dyn Bus>,
     /// Events for this node from the bus.
@@ -74,7 +75,7 @@ pub struct NodeState {
     /// User mailboxes.
     pub mailbox: Arc<dyn Mailbox>,
     /// User presence.
-    pub presence: Arc<dyn Presence>,
+    pub presence: Arc<dyn PresenceStore>,
     /// Bus publishing.
     pub bus: Arc<dyn Bus>,
     /// The ring in use.
@@ -124,7 +125,7 @@ impl NodeState {
     pub fn new(
         config: Config,
         mailbox: Arc<dyn Mailbox>,
-        presence: Arc<dyn Presence>,
+        presence: Arc<dyn PresenceStore>,
         bus: Arc<dyn Bus>,
         ring: RingView,
         shutdown: CancellationToken,
@@ -169,6 +170,74 @@ impl NodeState {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Sends `message` to `user`: stores it in the user's mailbox, then queues it to the user's
+    /// live sessions here. Answers a receipt only once the message is stored; `from` is the
+    /// sender's verified key in chat mode (never a sender named in a payload).
+    pub async fn send(
+        self: &Arc<Self>,
+        user: String,
+        message: String,
+        from: Option<String>,
+    ) -> Result<SendReceipt, DeliveryError> {
+        // Chat senders are recorded from the next issue on; the receipt already has its shape.
+        let _ = from;
+        let outcome = self
+            .send_to_user(user, message)
+            .await
+            .map_err(|e| DeliveryError::unavailable("mailbox", e))?;
+        Ok(SendReceipt {
+            stored: true,
+            delivered: outcome.delivered,
+            sessions: u64::from(outcome.delivered),
+            epoch: String::new(),
+            offset: outcome.offset,
+        })
+    }
+
+    /// Broadcasts `message` to every connected user of the cluster through the bus; answers a
+    /// receipt once the bus has it.
+    pub async fn broadcast(&self, message: String) -> Result<BroadcastReceipt, DeliveryError> {
+        let (conn, _) = self.next_conn();
+        let event = BroadcastEvent {
+            id: format!("{}-{}-{conn}", self.id, now_ms()),
+            origin: self.id.to_string(),
+            content: message,
+            timestamp: now_ms(),
+        };
+        self.bus
+            .publish_broadcast(&event)
+            .await
+            .map_err(|e| DeliveryError::unavailable("bus", e))?;
+        Ok(BroadcastReceipt { id: event.id })
+    }
+
+    /// Whether `user` is connected, where, and with how many sessions.
+    pub async fn presence(&self, user: &str) -> Result<Presence, DeliveryError> {
+        let entry = self
+            .presence
+            .get(user)
+            .await
+            .map_err(|e| DeliveryError::unavailable("presence", e))?;
+        let here = self.registry.contains(user);
+        Ok(Presence {
+            online: entry.is_some() || here,
+            node: entry
+                .map(|e| e.node)
+                .or_else(|| here.then(|| self.id.to_string())),
+            sessions: u64::from(here),
+        })
+    }
+
+    /// Whether a new session of `key` may open here (decided before the upgrade is answered).
+    pub fn admit(&self, key: &str) -> Result<Admission, Refusal> {
+        // One session per key today: a new one replaces the old (4002) when it registers.
+        Ok(if self.registry.contains(key) {
+            Admission::ReplacesOldest
+        } else {
+            Admission::Admitted
+        })
+    }
+
     /// A client message as JSON text.
     pub fn client_message(
         &self,
@@ -184,6 +253,8 @@ impl NodeState {
             server_user_count: self.registry.count() as u64,
             timestamp,
             offset,
+            epoch: None,
+            from: None,
         };
         // ClientMessage has only strings and integers: serialisation cannot fail.
         Utf8Bytes::from(serde_json::to_string(&msg).unwrap_or_default())
@@ -192,11 +263,7 @@ impl NodeState {
     /// Appends a message to `user`'s mailbox and queues it to the user's session if it is here.
     /// Runs to completion even if the caller goes away, so an appended message is never left
     /// undelivered to a live session while a later one is.
-    pub async fn send_to_user(
-        self: &Arc<Self>,
-        user: String,
-        content: String,
-    ) -> Result<SendOutcome> {
+    async fn send_to_user(self: &Arc<Self>, user: String, content: String) -> Result<SendOutcome> {
         let state = self.clone();
         let job = self.tasks.spawn(async move {
             let stripe = (KeyHash::of(&user).0 as usize) % SEND_STRIPES;

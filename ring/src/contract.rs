@@ -22,6 +22,10 @@ pub const CLOSE_DRAIN: u16 = 4001;
 /// Close code when a newer connection for the same key replaced this one on the same node.
 /// Do not reconnect automatically (the other connection is yours).
 pub const CLOSE_REPLACED: u16 = 4002;
+/// Close code after a reset frame with reason `unavailable`: the node could not serve the session
+/// now (its mailbox read failed during the replay), so it did not go live with a gap. Retryable:
+/// reconnect after `retryAfterMs` with the same `since` and `epoch`.
+pub const CLOSE_UNAVAILABLE: u16 = 4005;
 /// Close code for a protocol-level misuse the node refuses (for example a binary frame where
 /// text is expected). Standard codes are used where RFC 6455 has one: 1007 invalid UTF-8,
 /// 1009 message too big.
@@ -35,6 +39,9 @@ pub enum ResetReason {
     Rebalance,
     /// The node is draining (scale-down or shutdown).
     Drain,
+    /// The node cannot serve the session right now (a mailbox read failed during the replay);
+    /// reconnect with the same `since` and `epoch`.
+    Unavailable,
 }
 
 impl ResetReason {
@@ -43,6 +50,7 @@ impl ResetReason {
         match self {
             ResetReason::Rebalance => CLOSE_REBALANCE,
             ResetReason::Drain => CLOSE_DRAIN,
+            ResetReason::Unavailable => CLOSE_UNAVAILABLE,
         }
     }
 
@@ -51,6 +59,7 @@ impl ResetReason {
         match self {
             ResetReason::Rebalance => "rebalance",
             ResetReason::Drain => "drain",
+            ResetReason::Unavailable => "unavailable",
         }
     }
 }
@@ -131,10 +140,91 @@ pub struct ClientMessage {
     pub server_user_count: u64,
     /// Milliseconds since the Unix epoch when the node accepted the message.
     pub timestamp: u64,
-    /// The user's mailbox offset (1, 2, 3, …) for `message`; absent otherwise.
+    /// The user's mailbox offset (1, 2, 3, … within its epoch) for `message`; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The epoch of the user's mailbox stream the offset belongs to, for `message`: a random id
+    /// made with the stream and made anew whenever the stream is (expiry, data loss, another
+    /// node's in-memory mailbox). Offsets only compare within one epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The sender's verified key, for a `message` sent by another user in chat mode; never taken
+    /// from the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
+
+/// The frame a node sends once a session is live (after any replay):
+/// `{"type":"ready","server":"chat-node-1","epoch":"9f…","offset":42,"recovered":true}`.
+///
+/// `recovered` is false when the client asked to resume (`since` > 0) but the node could not
+/// give it everything after `since`: its `epoch` differs from the stream's (or it sent none), or
+/// `since` is no longer kept. The application then knows it may have missed messages. `epoch` and
+/// `offset` are the stream's current epoch and latest offset, to resume from next time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadyFrame {
+    /// Always `"ready"`.
+    #[serde(rename = "type")]
+    pub kind: ReadyTag,
+    /// Id of the node serving the session.
+    pub server: String,
+    /// The user's stream epoch now.
+    pub epoch: String,
+    /// The latest offset of that epoch (0 for an empty stream).
+    pub offset: u64,
+    /// Whether everything after the client's `since` was delivered before this frame.
+    pub recovered: bool,
+}
+
+/// The constant tag `"ready"` of a [`ReadyFrame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyTag {
+    /// `"ready"`.
+    #[default]
+    Ready,
+}
+
+impl ReadyFrame {
+    /// A ready frame.
+    pub fn new(
+        server: impl Into<String>,
+        epoch: impl Into<String>,
+        offset: u64,
+        recovered: bool,
+    ) -> Self {
+        ReadyFrame {
+            kind: ReadyTag::Ready,
+            server: server.into(),
+            epoch: epoch.into(),
+            offset,
+            recovered,
+        }
+    }
+
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| unreachable!("ready frame serialises: {e}"))
+    }
+}
+
+/// Prefix of every header wscluster sets between its own processes. A proxy removes every
+/// request header with this prefix that a client sent before it sets its own.
+pub const INTERNAL_HEADER_PREFIX: &str = "x-wscluster-";
+
+/// Request header a proxy sets on every request it routes by a client's key: the business key it
+/// verified (percent-encoded with [`percent_encode`]). A node behind proxies serves exactly this
+/// key and refuses a path, query or body key that differs.
+pub const KEY_HEADER: &str = "x-wscluster-key";
+
+/// Request header a proxy sets on every request it forwards to a member: the cluster's proxy
+/// secret, which the member compares in constant time before it trusts [`KEY_HEADER`].
+pub const PROXY_SECRET_HEADER: &str = "x-wscluster-proxy-secret";
+
+/// Request header a proxy sets on a chat send: the sender's verified key, recorded as the
+/// message's `from`.
+pub const SENDER_HEADER: &str = "x-wscluster-sender";
 
 /// Request header a proxy sets on every request it routes to a member: the ring version it
 /// routed with. A node that does not own the key under an older ring waits briefly for that
@@ -294,6 +384,180 @@ pub fn percent_encode(raw: &str) -> String {
         }
     }
     out
+}
+
+/// The server API: calls from a user's own backends (not end users) to send to a user, to
+/// broadcast and to look up presence, authenticated by API keys (`Authorization: Bearer`).
+/// Proxies serve it on their API port and route each call by its target user; nodes answer it.
+/// Both read a path with [`api::Route::parse`], so they agree on the target.
+pub mod api {
+    use serde::{Deserialize, Serialize};
+
+    use super::{DecodeError, percent_decode, percent_encode};
+
+    /// Every server API path starts with this.
+    pub const PREFIX: &str = "/api/v1/";
+    /// `POST`: broadcast to every connected user.
+    pub const BROADCAST_PATH: &str = "/api/v1/broadcast";
+
+    /// A server API call, by path.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Route {
+        /// `POST /api/v1/users/{userId}/messages`: send to one user.
+        UserMessages(String),
+        /// `GET /api/v1/users/{userId}/presence`: is the user connected, where, how often.
+        UserPresence(String),
+        /// `POST /api/v1/broadcast`.
+        Broadcast,
+    }
+
+    /// Why a server API path is refused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum RouteError {
+        /// Not a server API path at all.
+        #[error("no such server API path")]
+        Unknown,
+        /// The user segment does not decode.
+        #[error("the user id in the path: {0}")]
+        BadUser(DecodeError),
+    }
+
+    impl Route {
+        /// Reads a request path (without its query).
+        pub fn parse(path: &str) -> Result<Route, RouteError> {
+            if path == BROADCAST_PATH {
+                return Ok(Route::Broadcast);
+            }
+            let rest = path
+                .strip_prefix("/api/v1/users/")
+                .ok_or(RouteError::Unknown)?;
+            let (user, tail) = rest.split_once('/').ok_or(RouteError::Unknown)?;
+            let build: fn(String) -> Route = match tail {
+                "messages" => Route::UserMessages,
+                "presence" => Route::UserPresence,
+                _ => return Err(RouteError::Unknown),
+            };
+            if user.is_empty() {
+                return Err(RouteError::Unknown);
+            }
+            let user = percent_decode(user, false).map_err(RouteError::BadUser)?;
+            Ok(build(user))
+        }
+
+        /// The path of this call.
+        pub fn path(&self) -> String {
+            match self {
+                Route::UserMessages(u) => format!("/api/v1/users/{}/messages", percent_encode(u)),
+                Route::UserPresence(u) => format!("/api/v1/users/{}/presence", percent_encode(u)),
+                Route::Broadcast => BROADCAST_PATH.to_string(),
+            }
+        }
+
+        /// The user the call is routed by: its target (`None` for a broadcast, which any active
+        /// member takes).
+        pub fn user(&self) -> Option<&str> {
+            match self {
+                Route::UserMessages(u) | Route::UserPresence(u) => Some(u),
+                Route::Broadcast => None,
+            }
+        }
+    }
+
+    /// Body of a send or a broadcast: `{"message": "hi"}`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MessageRequest {
+        /// The text delivered to the user(s).
+        pub message: String,
+    }
+
+    /// The answer to a send that was stored (200 when also queued to a live session, 202 when
+    /// stored only). A send that was neither stored nor delivered never gets a receipt: it is
+    /// answered with a 5xx [`ErrorBody`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct SendReceipt {
+        /// Always true: the message is in the user's mailbox.
+        pub stored: bool,
+        /// Whether it was queued to at least one live session.
+        pub delivered: bool,
+        /// How many live sessions it was queued to.
+        pub sessions: u64,
+        /// The mailbox epoch it was stored under.
+        pub epoch: String,
+        /// Its offset within that epoch.
+        pub offset: u64,
+    }
+
+    /// The answer to an accepted broadcast (202): the message bus has it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BroadcastReceipt {
+        /// The broadcast's id, unique across nodes and restarts.
+        pub id: String,
+    }
+
+    /// The answer to a presence look-up.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Presence {
+        /// Whether the user has a live session anywhere.
+        pub online: bool,
+        /// The node holding its sessions, when online.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node: Option<String>,
+        /// Live sessions of the user on that node.
+        pub sessions: u64,
+    }
+
+    /// Every error answer of the server API (and of the node's other routes):
+    /// `{"error": "<stable code>", "message": "<for people>"}`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ErrorBody {
+        /// A stable, machine-readable code (`mailbox-unavailable`, `unauthorized`, …).
+        pub error: String,
+        /// What happened, for people.
+        pub message: String,
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn paths_and_routes_round_trip_with_any_user_id() {
+            for user in ["alice", "a b/c?d#e%", "é", "x".repeat(128).as_str()] {
+                for route in [
+                    Route::UserMessages(user.to_string()),
+                    Route::UserPresence(user.to_string()),
+                ] {
+                    assert_eq!(Route::parse(&route.path()), Ok(route.clone()));
+                    assert_eq!(route.user(), Some(user));
+                }
+            }
+            assert_eq!(Route::parse("/api/v1/broadcast"), Ok(Route::Broadcast));
+            assert_eq!(Route::Broadcast.user(), None);
+        }
+
+        #[test]
+        fn other_paths_are_not_server_api_calls() {
+            for path in [
+                "/api/v1/users//messages",
+                "/api/v1/users/alice",
+                "/api/v1/users/alice/messages/x",
+                "/api/v1/users/alice/other",
+                "/api/v2/broadcast",
+                "/send",
+                "/api/v1/broadcast/",
+            ] {
+                assert_eq!(Route::parse(path), Err(RouteError::Unknown), "{path}");
+            }
+            assert!(matches!(
+                Route::parse("/api/v1/users/%zz/messages"),
+                Err(RouteError::BadUser(_))
+            ));
+        }
+    }
 }
 
 pub mod stream {

@@ -256,6 +256,8 @@ mod tests {
             server_user_count: 1,
             timestamp: 0,
             offset,
+            epoch: None,
+            from: None,
         };
         serde_json::to_string(&m).expect("serialises")
     }

@@ -6,6 +6,12 @@
 //!
 //! * [`decide`] reads the Lease and says: create it, take it (free, expired, or already ours:
 //!   a renewal), or wait for its holder.
+//! * Expiry is judged as client-go judges it, by this process's own clock only: an
+//!   [`Observer`] remembers when this process last saw the Lease record change (holder, renew
+//!   time, resource version) on its monotonic clock, and another holder's Lease counts as expired
+//!   only once it has gone unchanged for its duration *as observed here*. The `renewTime` a
+//!   holder writes is never compared with the local wall clock, so clock skew between machines
+//!   cannot make two candidates lead at once (`renewTime` is still written, for people).
 //! * [`try_acquire`] acts on that with optimistic concurrency: a create, or a replace carrying
 //!   the `resourceVersion` it read, so of two candidates racing for an expired Lease exactly
 //!   one wins and the other gets `409 Conflict`.
@@ -15,7 +21,7 @@
 //!   restarts it as a fresh candidate) — it never keeps publishing on a Lease it may have lost.
 //!   On shutdown the leader releases the Lease so a standby takes over at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -53,8 +59,9 @@ pub enum Decision {
     },
 }
 
-/// Decides from the Lease (or its absence), our identity and the time.
-pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Decision {
+/// Decides from the Lease (or its absence), our identity, and how long the Lease's record has
+/// gone unchanged as this process observed it ([`Observer::observe`]).
+pub fn decide(lease: Option<&Lease>, identity: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
         return if lease.is_some() {
             Decision::Take { renewal: false }
@@ -69,20 +76,67 @@ pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Decision
     if holder.is_empty() {
         return Decision::Take { renewal: false };
     }
-    let duration = i64::from(
-        spec.lease_duration_seconds
-            .unwrap_or(LEASE_DURATION.as_secs() as i32),
-    );
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0.as_second());
-    match renewed {
-        Some(t) if now.as_second() < t + duration => Decision::Wait {
+    if unchanged_for < lease_duration(spec) {
+        Decision::Wait {
             holder: holder.to_string(),
-        },
-        _ => Decision::Take { renewal: false },
+        }
+    } else {
+        Decision::Take { renewal: false }
+    }
+}
+
+/// The Lease's own duration, or ours when it states none (or nonsense).
+fn lease_duration(spec: &LeaseSpec) -> Duration {
+    spec.lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0)
+        .map_or(LEASE_DURATION, Duration::from_secs)
+}
+
+/// What identifies one write of a Lease: any renewal changes at least one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    /// `metadata.resourceVersion`: changes on every write.
+    resource_version: Option<String>,
+    /// `spec.holderIdentity`.
+    holder: Option<String>,
+    /// `spec.renewTime`, as written by the holder's clock (compared only for change).
+    renew_time: Option<Timestamp>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Record {
+        let spec = lease.spec.as_ref();
+        Record {
+            resource_version: lease.metadata.resource_version.clone(),
+            holder: spec.and_then(|s| s.holder_identity.clone()),
+            renew_time: spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0),
+        }
+    }
+}
+
+/// When this process last saw the Lease's record change, on its own monotonic clock.
+#[derive(Debug, Clone, Default)]
+pub struct Observer {
+    /// The record last seen and when it was first seen.
+    last: Option<(Record, Instant)>,
+}
+
+impl Observer {
+    /// Records the Lease as read at `now`; answers how long its record has been unchanged as
+    /// seen by this process (zero for a record seen for the first time, or no Lease).
+    pub fn observe(&mut self, lease: Option<&Lease>, now: Instant) -> Duration {
+        let Some(record) = lease.map(Record::of) else {
+            self.last = None;
+            return Duration::ZERO;
+        };
+        match &self.last {
+            Some((seen, since)) if *seen == record => now.saturating_duration_since(*since),
+            _ => {
+                self.last = Some((record, now));
+                Duration::ZERO
+            }
+        }
     }
 }
 
@@ -120,11 +174,38 @@ fn lease_spec(
     }
 }
 
+/// The clocks of one attempt: `wall` is what is written into the Lease (for people), `monotonic`
+/// is what expiry is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    /// This machine's wall clock, written as `acquireTime` / `renewTime`.
+    pub wall: Timestamp,
+    /// This process's monotonic clock, for [`Observer`].
+    pub monotonic: Instant,
+}
+
+impl Clocks {
+    /// Both clocks now.
+    pub fn now() -> Clocks {
+        Clocks {
+            wall: Timestamp::now(),
+            monotonic: Instant::now(),
+        }
+    }
+}
+
 /// One attempt to become (or stay) leader. `Ok(true)`: we hold the Lease until
 /// `now + LEASE_DURATION`. A lost race is `Ok(false)`, not an error.
-pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) -> Result<bool> {
+pub async fn try_acquire(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observer: &mut Observer,
+    clocks: Clocks,
+) -> Result<bool> {
+    let now = clocks.wall;
     let current = api.get_opt(&config.name).await?;
-    let result = match decide(current.as_ref(), &config.identity, now) {
+    let unchanged_for = observer.observe(current.as_ref(), clocks.monotonic);
+    let result = match decide(current.as_ref(), &config.identity, unchanged_for) {
         Decision::Wait { .. } => return Ok(false),
         Decision::Create => {
             let lease = Lease {
@@ -191,8 +272,9 @@ impl LeaderElector {
     /// `shutdown` fires, releasing the Lease if held.
     pub async fn run(self, leader: watch::Sender<bool>, shutdown: CancellationToken) {
         let mut last_renewal: Option<tokio::time::Instant> = None;
+        let mut observer = Observer::default();
         loop {
-            let attempt = try_acquire(&self.api, &self.config, Timestamp::now()).await;
+            let attempt = try_acquire(&self.api, &self.config, &mut observer, Clocks::now()).await;
             match attempt {
                 Ok(true) => {
                     if last_renewal.is_none() {
@@ -244,6 +326,10 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).expect("valid")
     }
 
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
     fn lease(holder: Option<&str>, renewed: i64) -> Lease {
         Lease {
             metadata: ObjectMeta::default(),
@@ -258,13 +344,13 @@ mod tests {
 
     #[test]
     fn a_missing_lease_is_created() {
-        assert_eq!(decide(None, "a", t(0)), Decision::Create);
+        assert_eq!(decide(None, "a", Duration::ZERO), Decision::Create);
     }
 
     #[test]
     fn our_own_lease_is_renewed() {
         assert_eq!(
-            decide(Some(&lease(Some("a"), 0)), "a", t(100)),
+            decide(Some(&lease(Some("a"), 0)), "a", secs(100)),
             Decision::Take { renewal: true }
         );
     }
@@ -272,7 +358,7 @@ mod tests {
     #[test]
     fn another_holders_fresh_lease_is_respected() {
         assert_eq!(
-            decide(Some(&lease(Some("b"), 0)), "a", t(14)),
+            decide(Some(&lease(Some("b"), 0)), "a", secs(14)),
             Decision::Wait { holder: "b".into() }
         );
     }
@@ -280,13 +366,79 @@ mod tests {
     #[test]
     fn an_expired_or_released_lease_is_taken() {
         assert_eq!(
-            decide(Some(&lease(Some("b"), 0)), "a", t(15)),
+            decide(Some(&lease(Some("b"), 0)), "a", secs(15)),
             Decision::Take { renewal: false }
         );
         assert_eq!(
-            decide(Some(&lease(None, 0)), "a", t(1)),
+            decide(Some(&lease(None, 0)), "a", secs(1)),
             Decision::Take { renewal: false }
         );
+    }
+
+    /// A Lease written by the holder's clock, as another machine reads it.
+    fn renewal(holder: &str, holder_clock: Timestamp, version: u64) -> Lease {
+        let mut l = Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(lease_spec(Some(holder), holder_clock, None, true)),
+        };
+        l.metadata.resource_version = Some(version.to_string());
+        l
+    }
+
+    #[test]
+    fn candidates_whose_clocks_differ_by_more_than_the_lease_never_both_lead() {
+        // A leads and renews every RENEW_PERIOD, writing renewTime by its own clock; B's wall
+        // clock runs an hour ahead, so by B's clock every renewal A writes looks an hour old.
+        let skew = 3600;
+        let start = Instant::now();
+        let mut b = Observer::default();
+        let mut version = 1;
+        let mut lease = renewal("a", t(0), version);
+        for tick in 0..60u64 {
+            let elapsed = tick * RETRY_PERIOD.as_secs();
+            if elapsed > 0 && elapsed % RENEW_PERIOD.as_secs() < RETRY_PERIOD.as_secs() {
+                version += 1;
+                lease = renewal("a", t(i64::try_from(elapsed).unwrap_or(0)), version);
+            }
+            let b_wall = t(i64::try_from(elapsed).unwrap_or(0) + skew);
+            let renewed = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0);
+            assert!(
+                renewed.is_some_and(|r| b_wall.as_second() >= r.as_second() + 15),
+                "the skew makes A's renewals look expired by B's wall clock"
+            );
+            let unchanged = b.observe(Some(&lease), start + secs(elapsed));
+            assert_eq!(
+                decide(Some(&lease), "b", unchanged),
+                Decision::Wait { holder: "a".into() },
+                "B must not take A's renewed lease at {elapsed}s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_holder_that_stops_renewing_is_replaced_one_lease_duration_after_its_last_write() {
+        let start = Instant::now();
+        let mut b = Observer::default();
+        let lease = renewal("a", t(0), 7);
+        for elapsed in [0, 2, 8, 14] {
+            let unchanged = b.observe(Some(&lease), start + secs(elapsed));
+            assert!(matches!(
+                decide(Some(&lease), "b", unchanged),
+                Decision::Wait { .. }
+            ));
+        }
+        let unchanged = b.observe(Some(&lease), start + secs(15));
+        assert_eq!(
+            decide(Some(&lease), "b", unchanged),
+            Decision::Take { renewal: false }
+        );
+        // A new write (a renewal that finally got through) starts the observation again.
+        let renewed = renewal("a", t(16), 8);
+        assert_eq!(b.observe(Some(&renewed), start + secs(16)), Duration::ZERO);
     }
 
     #[test]
@@ -329,8 +481,11 @@ mod api_tests {
                         "renewTime": renewed, "leaseTransitions": 3}})
     }
 
-    fn now() -> Timestamp {
-        "2027-01-15T08:00:00Z".parse().expect("time")
+    fn clocks() -> Clocks {
+        Clocks {
+            wall: "2027-01-15T08:00:00Z".parse().expect("time"),
+            monotonic: Instant::now() + LEASE_DURATION,
+        }
     }
 
     #[tokio::test]
@@ -338,7 +493,9 @@ mod api_tests {
         let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
         let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "ops");
         let config = config();
-        let (won, ()) = tokio::join!(try_acquire(&api, &config, now()), async {
+        let mut observer = Observer::default();
+        let clocks = clocks();
+        let (won, ()) = tokio::join!(try_acquire(&api, &config, &mut observer, clocks), async {
             server.expect(Method::GET, LEASE).await.not_found();
             let create = server
                 .expect(
@@ -359,7 +516,9 @@ mod api_tests {
         let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
         let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "ops");
         let config = config();
-        let (won, ()) = tokio::join!(try_acquire(&api, &config, now()), async {
+        let mut observer = Observer::default();
+        let clocks = clocks();
+        let (won, ()) = tokio::join!(try_acquire(&api, &config, &mut observer, clocks), async {
             server.expect(Method::GET, LEASE).await.respond(
                 StatusCode::OK,
                 &lease_json("op-b", "2027-01-15T07:59:55.000000Z"),
@@ -373,7 +532,14 @@ mod api_tests {
         let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
         let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "ops");
         let config = config();
-        let (won, ()) = tokio::join!(try_acquire(&api, &config, now()), async {
+        // This process has watched the same record for longer than its duration.
+        let stale: Lease =
+            serde_json::from_value(lease_json("op-b", "2027-01-15T07:59:00.000000Z"))
+                .expect("lease");
+        let mut observer = Observer::default();
+        let clocks = clocks();
+        observer.observe(Some(&stale), clocks.monotonic - LEASE_DURATION);
+        let (won, ()) = tokio::join!(try_acquire(&api, &config, &mut observer, clocks), async {
             server.expect(Method::GET, LEASE).await.respond(
                 StatusCode::OK,
                 &lease_json("op-b", "2027-01-15T07:59:00.000000Z"),

@@ -51,7 +51,8 @@ macro_rules! flags {
 flags! {
     /// Address to serve on (node: everything; proxy: clients).
     LISTEN = "listen";
-    /// The proxy's admin address (`/healthz`, `/readyz`, `/metrics`).
+    /// The admin address (`/healthz`, `/readyz`, `/metrics`; the node's `/count`, `/users`),
+    /// never on the public port.
     ADMIN_LISTEN = "admin-listen";
     /// Member id (node) or subscriber id (proxy); default [`POD_NAME_ENV`], else the hostname.
     ID = "id";
@@ -95,6 +96,25 @@ flags! {
     SESSION_QUEUE = "session-queue";
     /// Log line format, `text` or `json` (every binary; [`crate::log::LogArgs`]).
     LOG_FORMAT = "log-format";
+    /// File holding the cluster's proxy secret(s): the proxy presents it on every upstream
+    /// request, the node trusts proxy-set headers only with it (node and proxy).
+    PROXY_SECRET_FILE = "proxy-secret-file";
+    /// File holding the server API's keys, one per line (node and proxy).
+    API_KEYS_FILE = "api-keys-file";
+    /// The proxy's server API address (`/api/v1/...`), apart from the client port.
+    API_LISTEN = "api-listen";
+    /// Serve the seed-compatible `/send?userId=` on the public port (node; off by default).
+    LEGACY_SEND = "legacy-send";
+    /// Let authenticated clients publish to other users over their socket (node; off by default).
+    CHAT = "chat";
+    /// Most concurrent HTTP connections (node).
+    MAX_HTTP_CONNECTIONS = "max-http-connections";
+    /// Most sends being stored and delivered at once; more get 503 (node).
+    MAX_INFLIGHT_SENDS = "max-inflight-sends";
+    /// Most live sessions per key on its owner (node).
+    SESSIONS_PER_KEY = "sessions-per-key";
+    /// What a session over the per-key cap does: `refuse` or `replace-oldest` (node).
+    SESSION_POLICY = "session-policy";
 }
 
 /// The pod's name, set by the operator from the downward API; nodes and proxies default their

@@ -14,6 +14,8 @@
 //!   [`ring_args`] — the ring-source flags (`--ring-url` and its token, or `--ring-file`).
 //! * [`serve`] — the HTTP/1.1 accept loop of every hyper listener: connection cap, header-read
 //!   timeout, upgrades, tracked graceful shutdown.
+//! * [`credentials`] — shared secrets: several valid at once for rotation, compared in
+//!   constant time, re-read when their file changes.
 //! * [`backoff`] — exponential backoff with full jitter for every reconnect loop.
 //! * [`json`] — JSON responses and bounded JSON request bodies.
 //! * [`flags`] — the name and environment variable of every node and proxy flag, used by their
@@ -46,6 +48,7 @@
 pub mod amqp;
 pub mod announce;
 pub mod backoff;
+pub mod credentials;
 pub mod flags;
 pub mod json;
 pub mod log;

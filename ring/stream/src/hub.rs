@@ -140,9 +140,10 @@ impl Cluster {
     fn authorised(&self, presented: Option<&str>) -> bool {
         let token = self.token.lock().unwrap_or_else(PoisonError::into_inner);
         match (token.as_deref(), presented) {
-            (Some(expected), Some(presented)) => {
-                constant_time_eq(expected.as_bytes(), presented.as_bytes())
-            }
+            (Some(expected), Some(presented)) => wscluster_runtime::credentials::constant_time_eq(
+                expected.as_bytes(),
+                presented.as_bytes(),
+            ),
             _ => false,
         }
     }
@@ -645,18 +646,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
-    diff == 0
-}
-
 /// Whether a subscriber id is 1 to 253 bytes without control characters or whitespace (the
 /// rule for member ids: a pod name or a process id passes).
 pub(crate) fn valid_subscriber_id(id: &str) -> bool {
@@ -702,14 +691,6 @@ fn error(status: StatusCode, message: &str) -> Response<BoxBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_compare_equal_only_when_identical() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 
     #[test]
     fn query_parameters_are_decoded_and_repeats_refused() {

@@ -364,10 +364,22 @@ export class WsClusterClient {
     ws.onmessage = (event) => {
       if (this._ws === ws) this._frame(event.data);
     };
-    ws.onclose = (event) => {
+    const ended = (code, reason) => {
       if (this._ws !== ws) return;
       this._ws = null;
-      void this._closed(event.code, event.reason, opened ? null : url);
+      void this._closed(code, reason, opened ? null : url);
+    };
+    ws.onclose = (event) => ended(event.code, event.reason);
+    // A failed handshake is an error then a close (1006); some implementations (Node 20's)
+    // fire only the error, so a handshake error ends the attempt on its own.
+    ws.onerror = () => {
+      if (opened) return;
+      ended(1006, "");
+      try {
+        ws.close();
+      } catch (_) {
+        // already closing
+      }
     };
   }
 

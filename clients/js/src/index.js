@@ -329,6 +329,8 @@ export class WsClusterClient {
     return true;
   }
 
+  // One attempt: the URL (and token) of this attempt, then the socket. A failure to make either
+  // is retried with backoff and reported to onError.
   async _open() {
     let url;
     try {
@@ -340,14 +342,13 @@ export class WsClusterClient {
       const resume = this._resume ? { since: this.position.offset, epoch: this.position.epoch } : null;
       url = connectUrl({ url: base, key: this._o.key, token, tokenParam: this._o.tokenParam }, resume);
       this._sentResume = resume;
+      if (this._stopped) return;
+      this._dial(url);
     } catch (err) {
       if (this._stopped) return;
       this._emit("onError", err);
-      this._retry({ code: null, reason: "url-failed" }, null);
-      return;
+      this._retry({ code: null, reason: "dial-failed" }, null);
     }
-    if (this._stopped) return;
-    this._dial(url);
   }
 
   _dial(url) {

@@ -289,12 +289,14 @@ export class WsClusterClient {
     this._legacyNote = null;
     this._sentResume = null;
     this._stopped = true;
+    this._generation = 0;
   }
 
   /** Starts connecting; does nothing while already connecting or connected. */
   connect() {
     if (!this._stopped) return;
     this._stopped = false;
+    this._generation += 1;
     this.closeReason = null;
     this._attempt = 0;
     this._setState("connecting", {});
@@ -309,6 +311,7 @@ export class WsClusterClient {
   close(code = 1000, reason = "") {
     if (this._stopped && this.state === "closed") return;
     this._stopped = true;
+    this._generation += 1;
     clearTimeout(this._timer);
     this._timer = null;
     const ws = this._ws;
@@ -332,7 +335,8 @@ export class WsClusterClient {
   // One attempt: the URL (and token) of this attempt, then the socket. A failure to make either
   // is retried with backoff and reported to onError.
   async _open() {
-    let url;
+    const generation = this._generation;
+    const current = () => !this._stopped && this._generation === generation;
     try {
       const base = typeof this._o.url === "function" ? checkUrl(await this._o.url()) : this._o.url;
       const token = typeof this._o.token === "function" ? await this._o.token() : this._o.token;
@@ -340,12 +344,12 @@ export class WsClusterClient {
         throw new TypeError("options.token returned no token");
       }
       const resume = this._resume ? { since: this.position.offset, epoch: this.position.epoch } : null;
-      url = connectUrl({ url: base, key: this._o.key, token, tokenParam: this._o.tokenParam }, resume);
+      const url = connectUrl({ url: base, key: this._o.key, token, tokenParam: this._o.tokenParam }, resume);
+      if (!current()) return;
       this._sentResume = resume;
-      if (this._stopped) return;
       this._dial(url);
     } catch (err) {
-      if (this._stopped) return;
+      if (!current()) return;
       this._emit("onError", err);
       this._retry({ code: null, reason: "dial-failed" }, null);
     }
@@ -357,6 +361,7 @@ export class WsClusterClient {
     this._reset = null;
     this._legacyNote = null;
     let opened = false;
+    const generation = this._generation;
     ws.onopen = () => {
       if (this._ws !== ws) return;
       opened = true;
@@ -368,7 +373,7 @@ export class WsClusterClient {
     const ended = (code, reason) => {
       if (this._ws !== ws) return;
       this._ws = null;
-      void this._closed(code, reason, opened ? null : url);
+      void this._closed(code, reason, opened ? null : url, generation);
     };
     ws.onclose = (event) => ended(event.code, event.reason);
     // A failed handshake is an error then a close (1006); some implementations (Node 20's)
@@ -400,7 +405,8 @@ export class WsClusterClient {
     if (ready) return this._ready(ready);
     if (frame.type === "system" && frame.content === "ready") return this._legacyReady(frame);
     if (frame.type === "error" && typeof frame.content === "string") this._legacyError(frame.content);
-    if (isOffset(frame.offset) && !this.position.accept(frame.epoch, frame.offset)) {
+    const epoch = typeof frame.epoch === "string" ? frame.epoch : null;
+    if (isOffset(frame.offset) && !this.position.accept(epoch, frame.offset)) {
       this.duplicates += 1;
       return;
     }
@@ -451,13 +457,13 @@ export class WsClusterClient {
     else if (LEGACY_EXPIRED.test(text)) this._legacyNote = { reason: "since-expired" };
   }
 
-  async _closed(code, reason, failedUrl) {
+  async _closed(code, reason, failedUrl, generation) {
     if (this._stopped) return;
     const reset = this._reset;
     this._reset = null;
     if (failedUrl !== null && this._o.probeAuth !== false) {
       const refusal = await probeRefusal(failedUrl);
-      if (this._stopped) return;
+      if (this._stopped || this._generation !== generation) return;
       if (refusal) return this._final({ code, reason: refusal, closeReason: reason });
     }
     const act = closeAction(code);

@@ -25,6 +25,7 @@ export const DEFAULT_MAX_RETRY_AFTER_MS = 60_000;
 
 // Codes after which reconnecting would repeat the same refusal: a newer session took over, or
 // the client broke the protocol (RFC 6455 1002, 1003, 1007, 1008, 1009 and the cluster's 4008).
+/** @type {Map<number, string>} */
 const FINAL_CODES = new Map([
   [CloseCode.REPLACED, "replaced"],
   [CloseCode.POLICY, "policy"],
@@ -36,6 +37,7 @@ const FINAL_CODES = new Map([
 ]);
 
 // Codes that follow a reset frame: the server chose the delay.
+/** @type {Set<number>} */
 const PLANNED_CODES = new Set([CloseCode.REBALANCE, CloseCode.DRAIN, CloseCode.UNAVAILABLE]);
 
 /**

@@ -105,6 +105,7 @@ export class FakeServer {
     this.requests = [];
     this.refusals = [];
     this._waiters = [];
+    this._taken = new Set();
     this.server = net.createServer((s) => this._accept(s));
   }
 
@@ -120,14 +121,21 @@ export class FakeServer {
     this.refusals.push({ status, count });
   }
 
-  /** The next connection (already accepted or still to come), bounded by `timeoutMs`. */
-  next(timeoutMs = 5000) {
-    const ready = this.connections[this._taken ?? 0];
-    this._taken = (this._taken ?? 0) + 1;
-    if (ready) return Promise.resolve(ready);
+  /**
+   * The next connection not yet taken whose path is `path` (any path when omitted), already
+   * accepted or still to come, bounded by `timeoutMs`. Matching by path keeps a test from taking
+   * another test's late reconnect.
+   */
+  next(path, timeoutMs = 5000) {
+    const match = (c) => !this._taken.has(c) && (path === undefined || c.url.pathname === path);
+    const ready = this.connections.find(match);
+    if (ready) {
+      this._taken.add(ready);
+      return Promise.resolve(ready);
+    }
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no connection within ${timeoutMs} ms`)), timeoutMs);
-      this._waiters.push((c) => { clearTimeout(timer); resolve(c); });
+      const timer = setTimeout(() => reject(new Error(`no connection to ${path ?? "any path"} within ${timeoutMs} ms`)), timeoutMs);
+      this._waiters.push({ match, resolve: (c) => { clearTimeout(timer); resolve(c); } });
     });
   }
 
@@ -171,8 +179,11 @@ export class FakeServer {
     const conn = new FakeSocket(socket, target);
     if (rest.length) conn._data(rest);
     this.connections.push(conn);
-    const waiter = this._waiters.shift();
-    if (waiter) waiter(conn);
+    const i = this._waiters.findIndex((w) => w.match(conn));
+    if (i >= 0) {
+      this._taken.add(conn);
+      this._waiters.splice(i, 1)[0].resolve(conn);
+    }
   }
 }
 

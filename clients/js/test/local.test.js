@@ -3,7 +3,9 @@
 // serving node killed with SIGKILL. Once in memory (the next node's mailbox is another stream:
 // the client must be told its recovery was incomplete, and must not drop the new stream's
 // messages), once with the shared Redis (the client resumes where it was: nothing lost, nothing
-// twice). Needs target/debug/wscluster-operator (or WSCLUSTER_OPERATOR_BIN).
+// twice); and a scale-down with Redis: the drain's reset frame and 4001, the wait it asks for,
+// the resume on the remaining node. Needs target/debug/wscluster-operator (or
+// WSCLUSTER_OPERATOR_BIN).
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -172,4 +174,38 @@ test("with Redis: after its node dies the client resumes where it was, nothing l
   const resumed = rec.of("state").filter((v) => v.state === "open").map((v) => new URL(v.url).searchParams.get("since"));
   assert.equal(resumed[0], null, "the first connect asks for no replay");
   assert.ok(resumed.length >= 2 && resumed.slice(1).every((since) => since === "2"), `resumed with ${resumed}`);
+});
+
+/** Connects users `<prefix>-1`, `-2`, ... until one is served by `node`; closes the others. */
+async function connectUserOn(base, prefix, node) {
+  for (let i = 1; i <= 24; i++) {
+    const attempt = await connectUser(base, `${prefix}-${i}`);
+    if (attempt.client.server === node) return { ...attempt, user: `${prefix}-${i}` };
+    attempt.client.close();
+  }
+  throw new Error(`no user of 24 landed on ${node}`);
+}
+
+test("with Redis: a drain resets the client, which reconnects after retryAfterMs and resumes", { timeout: TEST_TIMEOUT_MS, skip: !haveRedisCli && "no redis-cli or Redis" }, async (t) => {
+  const id = randomBytes(4).toString("hex");
+  const prefix = `wscluster-test-js-${id}`;
+  const local = await startLocal(["--redis-url", REDIS_URL, "--redis-prefix", prefix, "--cluster-id", `e2e/js-${id}`]);
+  t.after(async () => { await local.stop(); await deleteRedisKeys(prefix); });
+  await waitState(local.base, "2 nodes in the ring", settled(2));
+  const { client, rec, user } = await connectUserOn(local.base, `js-${id}`, "local-node-1");
+  t.after(() => client.close());
+  await sendAndReceive(local.base, user, rec, ["before"]);
+  await api(local.base, "POST", "/api/scale", { replicas: 1 });
+  const change = await rec.waitFor("state", (v) => v.state === "reconnecting", 30_000);
+  assert.equal(change.code, 4001);
+  assert.equal(change.reason, "drain");
+  assert.ok(change.reset && change.reset.reason === "drain", `reset ${JSON.stringify(change.reset)}`);
+  assert.equal(change.delayMs, Math.min(change.reset.retryAfterMs, 60_000));
+  const back = await rec.waitFor("ready", (r) => r.server === "local-node-0", 30_000);
+  assert.equal(back.recovered, true);
+  await sendAndReceive(local.base, user, rec, ["after"]);
+  const messages = rec.of("message").filter((m) => m.type === "message");
+  assert.deepEqual(messages.map((m) => [m.content, m.offset]), [["before", 1], ["after", 2]]);
+  assert.deepEqual(rec.of("incomplete"), []);
+  assert.equal(client.duplicates, 0);
 });

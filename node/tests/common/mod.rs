@@ -305,7 +305,17 @@ impl Node {
     /// and, unless `args` name one, `--api-keys-file` holding [`API_KEY`], plus `args`; waits
     /// for its `listening on` line.
     pub async fn spawn(id: &str, args: &[&str]) -> Node {
-        let api_keys = (!args.contains(&"--api-keys-file")).then(|| SecretFile::new(&[API_KEY]));
+        let own_keys = args.contains(&"--api-keys-file");
+        Node::spawn_with(id, args, !own_keys).await
+    }
+
+    /// [`Node::spawn`] without an API key file: the server API is off.
+    pub async fn spawn_without_api(id: &str, args: &[&str]) -> Node {
+        Node::spawn_with(id, args, false).await
+    }
+
+    async fn spawn_with(id: &str, args: &[&str], with_api_key: bool) -> Node {
+        let api_keys = with_api_key.then(|| SecretFile::new(&[API_KEY]));
         let mut command = Command::new(env!("CARGO_BIN_EXE_wscluster-node"));
         command.args([
             "--listen",

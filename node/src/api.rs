@@ -8,6 +8,7 @@
 //! | `GET /api/v1/users/{u}/presence` | 200 [`Presence`](wscluster_ring::contract::api::Presence) | 503 presence unreadable |
 //! | `POST /api/v1/broadcast` `{"message": …}` | 202 [`BroadcastReceipt`](wscluster_ring::contract::api::BroadcastReceipt) | 503 bus unavailable / overloaded |
 //! | `GET\|POST /send?userId=…&message=…` (legacy) | as a send | as a send, plus 403 when the user is not the verified key |
+//! | `POST /broadcast?message=…` (legacy) | as a broadcast | as a broadcast, plus 403 for a caller with a user key |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use wscluster_ring::contract::api::{MessageRequest, Route, RouteError, SendReceipt};
 
-use crate::auth::Caller;
+use crate::auth::{AuthError, Caller};
 use crate::http::{
     ApiError, Edge, Resp, check_owner_routed, check_user, json_response, query_param,
     routed_version, served_key,
@@ -117,6 +118,29 @@ pub(crate) async fn legacy_send(
     let user = served_key(caller, q_user.or(b_user))?;
     let message = check_message(&edge.state, q_message.or(b_message))?;
     send(edge, user, message, routed).await
+}
+
+/// The seed's `POST /broadcast?message=…` or `{"message": …}` (`--legacy-send`): the same
+/// answer as the server API's broadcast, but never for a caller a proxy identified as an end
+/// user (403): only a backend that reaches the node without a user key may broadcast.
+pub(crate) async fn legacy_broadcast(
+    edge: &Arc<Edge>,
+    req: Request<Incoming>,
+    caller: &Caller,
+) -> Result<Resp, ApiError> {
+    if let Caller::Proxy { key: Some(_) } | Caller::Direct { asserted: Some(_) } = caller {
+        return Err(AuthError::EndUser.into());
+    }
+    let q_message = query_param(req.uri().query(), "message")?;
+    let body: Option<LegacyBody> = read_optional_json(&edge.state, req).await?;
+    if body.as_ref().is_some_and(|b| b.user_id.is_some()) {
+        return Err(ApiError::bad(
+            "unexpected-user-id",
+            "a broadcast has no userId",
+        ));
+    }
+    let message = check_message(&edge.state, q_message.or(body.and_then(|b| b.message)))?;
+    broadcast(edge, message).await
 }
 
 /// Stores and delivers one message to a user this node owns; 200 when a live session got

@@ -24,8 +24,7 @@ use wscluster_ring::contract::{
     MAX_KEY_LEN, RING_VERSION_HEADER, api, percent_decode, validate_key,
 };
 
-use crate::api::legacy_send;
-use crate::api::server_api;
+use crate::api::{legacy_broadcast, legacy_send, server_api};
 use crate::auth::{AuthError, Caller, Trust};
 use crate::ownership::Ownership;
 use crate::session::{self, Since};
@@ -172,10 +171,15 @@ async fn public(edge: &Arc<Edge>, mut req: Request<Incoming>) -> Result<Resp, Ap
         (Method::GET | Method::POST, "/send") if edge.state.config.legacy_send => {
             legacy_send(edge, req, &caller).await
         }
+        (Method::POST, "/broadcast") if edge.state.config.legacy_send => {
+            legacy_broadcast(edge, req, &caller).await
+        }
         (method, p) if p == "/connect" || p.starts_with("/connect/") => {
             Err(not_allowed(&method, &path))
         }
-        (method, "/send") if edge.state.config.legacy_send => Err(not_allowed(&method, &path)),
+        (method, "/send" | "/broadcast") if edge.state.config.legacy_send => {
+            Err(not_allowed(&method, &path))
+        }
         _ => Err(not_found()),
     }
 }

@@ -12,6 +12,7 @@
 //!   `GET /connect/{userId}` (WebSocket), the server API `/api/v1/...` ([`api`]), and with
 //!   `--legacy-send` the seed's `/send`. Admin (`--admin-listen`): `/healthz`, `/readyz`,
 //!   `/metrics`, `/count`, `/users/{userId}`.
+//! * [`chat`] — `--chat`: a client's `{"to", "message"}` frame, sent as the verified key.
 //! * [`auth`] — who a request comes from: the proxy secret, the verified key, the API keys.
 //! * [`session`] — one socket: register, presence, replay after `?since=`, live delivery.
 //! * [`registry`] — sessions by key, one per key.
@@ -37,6 +38,7 @@
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod chat;
 pub mod config;
 pub mod delivery;
 pub mod error;

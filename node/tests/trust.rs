@@ -139,7 +139,7 @@ async fn behind_proxies_alice_cannot_act_as_bob_and_bob_keeps_his_session_throug
         let got = public(&node, "POST", "/api/v1/broadcast", body, &from_proxy(None)).await;
         assert_eq!(code(&got), (401, Some("unauthorized")));
         let got = public(&node, "POST", "/broadcast?message=x", None, &alice).await;
-        assert_eq!(code(&got), (404, Some("not-found")));
+        assert_eq!(code(&got), (403, Some("forbidden")));
         // A key header without the proxy secret is nobody's word.
         let forged = [(KEY_HEADER, "bob".to_owned())];
         let got = refused(&node, "/connect/bob", &forged).await;
@@ -390,4 +390,51 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn chat_mode_sends_as_the_verified_key_and_is_refused_when_off() {
+    within(STEP * 4, async {
+        let node = Node::spawn("n-0", &["--chat"]).await;
+        let mut alice = upgrade(&node, "/connect/alice", &[]).await.expect("alice");
+        let mut bob = upgrade(&node, "/connect/bob", &[]).await.expect("bob");
+        send_text(&mut alice, r#"{"to":"bob","message":"hi bob"}"#).await;
+        let got = next_json(&mut bob).await;
+        assert_eq!(
+            (got["type"].as_str(), got["content"].as_str()),
+            (Some("message"), Some("hi bob"))
+        );
+        // A sender named in the payload is refused, and nothing reaches Bob.
+        send_text(&mut alice, r#"{"to":"bob","message":"x","from":"carol"}"#).await;
+        let refusal = next_json(&mut alice).await;
+        assert_eq!(refusal["type"], "error", "{refusal}");
+        send_text(&mut alice, r#"{"to":"","message":"x"}"#).await;
+        assert_eq!(next_json(&mut alice).await["type"], "error");
+        let (status, _) = node.send("bob", "marker").await;
+        assert_eq!(status, 200);
+        assert_eq!(next_json(&mut bob).await["content"], "marker");
+        // Alice's session is still open and chats on.
+        send_text(&mut alice, r#"{"to":"bob","message":"again"}"#).await;
+        assert_eq!(next_json(&mut bob).await["content"], "again");
+
+        let off = Node::spawn("n-1", &[]).await;
+        let mut carol = upgrade(&off, "/connect/carol", &[]).await.expect("carol");
+        let mut dave = upgrade(&off, "/connect/dave", &[]).await.expect("dave");
+        send_text(&mut carol, r#"{"to":"dave","message":"psst"}"#).await;
+        let refusal = next_json(&mut carol).await;
+        assert_eq!(refusal["type"], "error");
+        assert!(
+            refusal["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("chat is off")),
+            "{refusal}"
+        );
+        let (status, _) = off.send("dave", "only this").await;
+        assert_eq!(status, 200);
+        assert_eq!(next_json(&mut dave).await["content"], "only this");
+        let (status, _) = off.send("carol", "still open").await;
+        assert_eq!(status, 200);
+        assert_eq!(next_json(&mut carol).await["content"], "still open");
+    })
+    .await;
 }

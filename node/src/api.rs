@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -188,9 +189,21 @@ async fn broadcast(edge: &Arc<Edge>, message: String) -> Result<Resp, ApiError> 
     Ok(json_response(StatusCode::ACCEPTED, &to_json(&receipt)))
 }
 
+/// A place under `--max-inflight-sends`, counted in `sends_in_flight` while held.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// A place under `--max-inflight-sends`, or 503 `overloaded`.
-fn send_permit(edge: &Edge) -> Result<OwnedSemaphorePermit, ApiError> {
-    Arc::clone(&edge.sends).try_acquire_owned().map_err(|_| {
+fn send_permit(edge: &Edge) -> Result<InFlight, ApiError> {
+    let permit = Arc::clone(&edge.sends).try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
@@ -199,6 +212,12 @@ fn send_permit(edge: &Edge) -> Result<OwnedSemaphorePermit, ApiError> {
                 edge.state.config.max_inflight_sends
             ),
         )
+    })?;
+    let gauge = edge.state.metrics.sends_in_flight.clone();
+    gauge.inc();
+    Ok(InFlight {
+        _permit: permit,
+        gauge,
     })
 }
 

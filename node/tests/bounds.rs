@@ -152,3 +152,30 @@ async fn sends_beyond_max_inflight_sends_are_refused_at_once_and_the_place_comes
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_public_port_serves_at_most_max_http_connections_at_once() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    within(STEP * 3, async {
+        let node = Node::spawn("n-0", &["--max-http-connections", "1"]).await;
+        // One connection holds the only place (it sends nothing yet; the accept queue is
+        // first in, first out, so it is taken before the next one).
+        let holder = tokio::net::TcpStream::connect(&node.addr).await.expect("connect");
+        let mut waiting = tokio::net::TcpStream::connect(&node.addr).await.expect("connect");
+        let request = format!(
+            "POST /api/v1/users/amy/messages HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {API_KEY}\r\ncontent-length: 15\r\n\r\n{{\"message\":\"m\"}}"
+        );
+        waiting.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = [0u8; 512];
+        let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut buf)).await;
+        assert!(early.is_err(), "a second connection was served beyond the cap");
+        // The place comes back when the holder leaves: the waiting request is answered.
+        drop(holder);
+        let n = tokio::time::timeout(STEP, waiting.read(&mut buf))
+            .await
+            .expect("answered once the place is free")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 202"), "{}", String::from_utf8_lossy(&buf[..n]));
+    })
+    .await;
+}

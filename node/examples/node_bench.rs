@@ -95,6 +95,8 @@ struct NodeProc {
 async fn spawn_node(extra: &[&str]) -> anyhow::Result<NodeProc> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0", "--id", "bench-0"])
+        // The seed's /send on the public port (the benchmark's load), admin on any free port.
+        .args(["--legacy-send", "--admin-listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::piped())

@@ -3,6 +3,7 @@
 //! pod environments from.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -20,9 +21,37 @@ use wscluster_runtime::ring_args::RingArgs;
     after_help = "Without --ring-url or --ring-file the node owns every key (standalone)."
 )]
 pub struct Config {
-    /// Address to serve WebSocket, the HTTP API, /healthz, /readyz and /metrics on.
+    /// The public address: WebSocket upgrades, the server API (`/api/v1/...`, with
+    /// `--api-keys-file`) and, with `--legacy-send`, `/send`. Reached only through proxies.
     #[arg(long = flag::LISTEN.long, env = flag::LISTEN.env, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// The admin address: `/healthz`, `/readyz`, `/metrics`, `/count`, `/users/{userId}`.
+    /// Never on the public address; port 0 picks a free port (announced as `admin=`).
+    #[arg(long = flag::ADMIN_LISTEN.long, env = flag::ADMIN_LISTEN.env, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// File holding the cluster's proxy secret(s), one per line, re-read when it changes. When
+    /// set, every public request must carry it and the node serves exactly the key the proxy
+    /// verified; unset (direct mode), the key comes from the path or query.
+    #[arg(long = flag::PROXY_SECRET_FILE.long, env = flag::PROXY_SECRET_FILE.env)]
+    pub proxy_secret_file: Option<PathBuf>,
+    /// File holding the server API's keys (`Authorization: Bearer`), one per line, re-read when
+    /// it changes (several at once for rotation). Unset, the server API is off (404).
+    #[arg(long = flag::API_KEYS_FILE.long, env = flag::API_KEYS_FILE.env)]
+    pub api_keys_file: Option<PathBuf>,
+    /// Serve the seed-compatible `/send?userId=` on the public port, for migrations.
+    #[arg(long = flag::LEGACY_SEND.long, env = flag::LEGACY_SEND.env)]
+    pub legacy_send: bool,
+    /// Let a client send `{"to": "<userId>", "message": "…"}` over its socket to another user;
+    /// the message's `from` is the session's verified key.
+    #[arg(long = flag::CHAT.long, env = flag::CHAT.env)]
+    pub chat: bool,
+    /// Most HTTP connections served at once on the public port (an upgraded WebSocket no
+    /// longer counts); more wait in the listen backlog.
+    #[arg(long = flag::MAX_HTTP_CONNECTIONS.long, env = flag::MAX_HTTP_CONNECTIONS.env, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_http_connections: u64,
+    /// Most sends and broadcasts being stored and delivered at once; more get 503 `overloaded`.
+    #[arg(long = flag::MAX_INFLIGHT_SENDS.long, env = flag::MAX_INFLIGHT_SENDS.env, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_inflight_sends: u64,
     /// This node's member id on the ring (default: env POD_NAME, else the hostname).
     #[arg(long = flag::ID.long, env = flag::ID.env)]
     pub id: Option<String>,

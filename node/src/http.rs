@@ -10,19 +10,22 @@ use http::header::{
     UPGRADE,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
-use wscluster_ring::contract::{MAX_KEY_LEN, RING_VERSION_HEADER, percent_decode, validate_key};
+use wscluster_ring::contract::{
+    MAX_KEY_LEN, RING_VERSION_HEADER, api, percent_decode, validate_key,
+};
 
+use crate::api::{legacy_broadcast, legacy_send, server_api};
+use crate::auth::{AuthError, Caller, Trust};
 use crate::ownership::Ownership;
 use crate::session::{self, Since};
 use crate::state::NodeState;
@@ -48,25 +51,35 @@ pub struct ApiError {
     pub message: String,
     /// More fields for the body (owner, ringVersion, …).
     pub extra: Option<Value>,
+    /// The node's ring version, sent as [`RING_VERSION_HEADER`] (on a 421, the proxy's retry
+    /// waits for it).
+    pub ring_version: Option<u64>,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::new(e.status(), e.code(), e.to_string())
+    }
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
             message: message.into(),
             extra: None,
+            ring_version: None,
         }
     }
 
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 503 for a backend (mailbox, presence, bus) that failed; the failure is logged and
     /// counted under the backend's own label too.
-    fn unavailable(
+    pub(crate) fn unavailable(
         state: &NodeState,
         error: &crate::Error,
         code: &'static str,
@@ -78,7 +91,7 @@ impl ApiError {
     }
 
     /// 503 for a delivery that did not happen (nothing stored or published; retry).
-    fn delivery(state: &NodeState, error: &crate::delivery::DeliveryError) -> Self {
+    pub(crate) fn delivery(state: &NodeState, error: &crate::delivery::DeliveryError) -> Self {
         tracing::warn!(%error, "delivery refused");
         let code = error.code();
         state.metrics.error(code);
@@ -89,12 +102,19 @@ impl ApiError {
         )
     }
 
-    fn into_response(self) -> Resp {
+    /// The answer: an [`ErrorBody`](wscluster_ring::contract::api::ErrorBody) plus the extra
+    /// fields, and the ring version header when known.
+    pub(crate) fn into_response(self) -> Resp {
         let mut body = json!({"error": self.code, "message": self.message});
         if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
             map.extend(extra);
         }
-        json_response(self.status, &body)
+        let mut resp = json_response(self.status, &body);
+        if let Some(version) = self.ring_version {
+            resp.headers_mut()
+                .insert(RING_VERSION_HEADER, HeaderValue::from(version));
+        }
+        resp
     }
 }
 
@@ -103,8 +123,70 @@ pub fn json_response(status: StatusCode, body: &Value) -> Resp {
     wscluster_runtime::json::response(status, body)
 }
 
-/// Routes one request.
-pub async fn handle(state: Arc<NodeState>, mut req: Request<Incoming>) -> Resp {
+/// What the public port's routes share beyond the node's state: the secrets it checks and the
+/// bound on sends in flight.
+#[derive(Debug)]
+pub struct Edge {
+    /// The node.
+    pub state: Arc<NodeState>,
+    /// The proxy secret and the API keys ([`crate::auth`]).
+    pub trust: Trust,
+    /// One permit per send or broadcast being stored and delivered (`--max-inflight-sends`).
+    pub sends: Arc<Semaphore>,
+}
+
+impl Edge {
+    /// The public side of `state`, checking `trust`.
+    pub fn new(state: Arc<NodeState>, trust: Trust) -> Edge {
+        let permits = usize::try_from(state.config.max_inflight_sends)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
+        Edge {
+            state,
+            trust,
+            sends: Arc::new(Semaphore::new(permits)),
+        }
+    }
+}
+
+/// Routes one request on the public port: WebSocket upgrades, the server API and (with
+/// `--legacy-send`) `/send`. Everything internal is on the admin port ([`handle_admin`]).
+pub async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Resp {
+    let result = public(&edge, req).await;
+    answer(&edge.state, result)
+}
+
+async fn public(edge: &Arc<Edge>, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let caller = edge.trust.caller(req.headers())?;
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::GET, p) if p == "/connect" || p.starts_with("/connect/") => {
+            upgrade(&edge.state, &mut req, &caller).await
+        }
+        (_, p) if p.starts_with(api::PREFIX) || p == api::PREFIX.trim_end_matches('/') => {
+            edge.trust.check_api(&caller, req.headers())?;
+            server_api(edge, req).await
+        }
+        (Method::GET | Method::POST, "/send") if edge.state.config.legacy_send => {
+            legacy_send(edge, req, &caller).await
+        }
+        (Method::POST, "/broadcast") if edge.state.config.legacy_send => {
+            legacy_broadcast(edge, req, &caller).await
+        }
+        (method, p) if p == "/connect" || p.starts_with("/connect/") => {
+            Err(not_allowed(&method, &path))
+        }
+        (method, "/send" | "/broadcast") if edge.state.config.legacy_send => {
+            Err(not_allowed(&method, &path))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// Routes one request on the admin port: `/healthz`, `/readyz`, `/metrics`, `/count`,
+/// `/users/{userId}`. Never reachable from the public port.
+pub async fn handle_admin(state: Arc<NodeState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let result = match (method.clone(), path.as_str()) {
@@ -115,23 +197,15 @@ pub async fn handle(state: Arc<NodeState>, mut req: Request<Incoming>) -> Resp {
             StatusCode::OK,
             &json!({"server": &*state.id, "count": state.registry.count()}),
         )),
-        (Method::GET | Method::POST, "/send") => send(&state, req).await,
-        (Method::POST, "/broadcast") => broadcast(&state, req).await,
         (Method::GET, p) if p.starts_with("/users/") => user(&state, &p["/users/".len()..]).await,
-        (Method::GET, p) if p == "/connect" || p.starts_with("/connect/") => {
-            upgrade(&state, &mut req).await
-        }
-        (_, p) if is_route(p) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            format!("{method} is not allowed on {path}"),
-        )),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "no such route; see docs/node.md",
-        )),
+        (_, p) if is_admin_route(p) => Err(not_allowed(&method, &path)),
+        _ => Err(not_found()),
     };
+    answer(&state, result)
+}
+
+/// The response of a route, or its refusal counted and rendered.
+fn answer(state: &NodeState, result: Result<Resp, ApiError>) -> Resp {
     match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -141,13 +215,25 @@ pub async fn handle(state: Arc<NodeState>, mut req: Request<Incoming>) -> Resp {
     }
 }
 
-/// Whether `path` is one of the API's routes, whatever the method.
-fn is_route(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/readyz" | "/metrics" | "/count" | "/send" | "/broadcast" | "/connect"
-    ) || path.starts_with("/users/")
-        || path.starts_with("/connect/")
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "no such route; see docs/node.md",
+    )
+}
+
+fn not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{method} is not allowed on {path}"),
+    )
+}
+
+/// Whether `path` is one of the admin port's routes, whatever the method.
+fn is_admin_route(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/count") || path.starts_with("/users/")
 }
 
 fn readyz(state: &NodeState) -> Resp {
@@ -211,21 +297,29 @@ pub fn check_user(user: Option<String>) -> Result<String, ApiError> {
     Ok(user)
 }
 
-/// The key of a `/connect` request: the path segment, else `?userId=`.
-fn connect_key(req: &Request<Incoming>) -> Result<String, ApiError> {
+/// The key a `/connect` request names: the path segment, else `?userId=`, if any.
+fn connect_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
     match req.uri().path().strip_prefix("/connect/") {
-        Some("") | None => check_user(query_param(req.uri().query(), "userId")?),
+        Some("") | None => query_param(req.uri().query(), "userId")?
+            .map(|u| check_user(Some(u)))
+            .transpose(),
         Some(seg) if seg.contains('/') => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",
             "expected /connect/{userId} (encode a slash in userId as %2F)",
         )),
-        Some(seg) => user_from_path(seg),
+        Some(seg) => user_from_path(seg).map(Some),
     }
 }
 
+/// The key a request is served as: the verified key behind proxies (a different `named` key
+/// is refused with 403), else the named one, which must then be present and valid.
+pub(crate) fn served_key(caller: &Caller, named: Option<String>) -> Result<String, ApiError> {
+    check_user(caller.served_key(named)?)
+}
+
 /// A user id given as a path segment (`/connect/{userId}`, `/users/{userId}`), decoded.
-fn user_from_path(segment: &str) -> Result<String, ApiError> {
+pub(crate) fn user_from_path(segment: &str) -> Result<String, ApiError> {
     let user = percent_decode(segment, false).map_err(|_| {
         ApiError::bad(
             "invalid-user-id",
@@ -241,7 +335,7 @@ fn user_from_path(segment: &str) -> Result<String, ApiError> {
 const RING_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The ring version the proxy routed this request with, if it said (and said it well).
-fn routed_version(req: &Request<Incoming>) -> Option<u64> {
+pub(crate) fn routed_version(req: &Request<Incoming>) -> Option<u64> {
     req.headers()
         .get(RING_VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -250,7 +344,7 @@ fn routed_version(req: &Request<Incoming>) -> Option<u64> {
 
 /// [`check_owner`], but when the node would refuse and the proxy routed under a newer ring than
 /// the node has applied, first waits up to [`RING_CATCH_UP`] for that ring.
-async fn check_owner_routed(
+pub(crate) async fn check_owner_routed(
     state: &NodeState,
     key: &str,
     routed: Option<u64>,
@@ -280,12 +374,14 @@ fn check_owner(state: &NodeState, key: &str) -> Result<u64, ApiError> {
             code: "not-owner",
             message: format!("{owner} owns this key under ring version {ring_version}"),
             extra: Some(json!({"owner": owner, "ringVersion": ring_version})),
+            ring_version: Some(ring_version),
         }),
         Ownership::NoOwner { ring_version } => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "no-owner",
             message: format!("ring version {ring_version} has no active member"),
             extra: Some(json!({"ringVersion": ring_version})),
+            ring_version: Some(ring_version),
         }),
         Ownership::Unknown => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -304,8 +400,12 @@ fn header_has_token(req: &Request<Incoming>, name: http::HeaderName, token: &str
 
 /// `GET /connect/{userId}`: checks, answers 101 and spawns the session. The checks run in
 /// this order, so a request with several faults gets the first one's refusal.
-async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<Resp, ApiError> {
-    let key = connect_key(req)?;
+async fn upgrade(
+    state: &Arc<NodeState>,
+    req: &mut Request<Incoming>,
+    caller: &Caller,
+) -> Result<Resp, ApiError> {
+    let key = served_key(caller, connect_key(req)?)?;
     if state.is_draining() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -316,6 +416,13 @@ async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<
     check_owner_routed(state, &key, routed_version(req)).await?;
     let accept = handshake_accept(req)?;
     let since = Since::parse(query_param(req.uri().query(), "since")?.as_deref());
+    if let Err(refusal) = state.admit(&key) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-sessions",
+            refusal.to_string(),
+        ));
+    }
     let permit = session_permit(state)?;
     spawn_session(state, hyper::upgrade::on(req), key, since, permit);
     Ok(switching_protocols(&accept))
@@ -412,110 +519,6 @@ fn switching_protocols(accept: &str) -> Resp {
     resp
 }
 
-/// Body of `POST /send` and `POST /broadcast`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct MessageBody {
-    /// Recipient (`/send` only).
-    #[serde(default)]
-    user_id: Option<String>,
-    /// Payload.
-    #[serde(default)]
-    message: Option<String>,
-}
-
-/// Reads a JSON body (bounded by `--max-frame-bytes` plus room for the envelope).
-async fn read_body(
-    state: &NodeState,
-    req: Request<Incoming>,
-) -> Result<Option<MessageBody>, ApiError> {
-    let limit = state.config.max_frame().saturating_add(1024);
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                format!("the body is larger than {limit} bytes"),
-            )
-        })?
-        .to_bytes();
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(&body).map(Some).map_err(|e| {
-        ApiError::bad(
-            "invalid-json",
-            format!("the body is not the expected JSON: {e}"),
-        )
-    })
-}
-
-/// The message payload: present, within the frame limit.
-fn check_message(state: &NodeState, message: Option<String>) -> Result<String, ApiError> {
-    let message = message.ok_or_else(|| ApiError::bad("missing-message", "message is required"))?;
-    if message.len() > state.config.max_frame() {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message-too-large",
-            format!("message is larger than {} bytes", state.config.max_frame()),
-        ));
-    }
-    Ok(message)
-}
-
-/// `GET|POST /send?userId=…&message=…`.
-async fn send(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let routed = routed_version(&req);
-    let query = req.uri().query().map(str::to_owned);
-    let q_user = query_param(query.as_deref(), "userId")?;
-    let q_message = query_param(query.as_deref(), "message")?;
-    let body = if req.method() == Method::POST {
-        read_body(state, req).await?
-    } else {
-        None
-    };
-    let (b_user, b_message) = body.map_or((None, None), |b| (b.user_id, b.message));
-    let user = check_user(q_user.or(b_user))?;
-    let message = check_message(state, q_message.or(b_message))?;
-    check_owner_routed(state, &user, routed).await?;
-    let receipt = state
-        .send(user, message, None)
-        .await
-        .map_err(|e| ApiError::delivery(state, &e))?;
-    let status = if receipt.delivered {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok(json_response(
-        status,
-        &json!({"delivered": receipt.delivered, "offset": receipt.offset, "server": &*state.id}),
-    ))
-}
-
-/// `POST /broadcast` with `{"message": "…"}` (or `?message=`).
-async fn broadcast(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let q_message = query_param(req.uri().query(), "message")?;
-    let body = read_body(state, req).await?;
-    if body.as_ref().is_some_and(|b| b.user_id.is_some()) {
-        return Err(ApiError::bad(
-            "unexpected-user-id",
-            "a broadcast has no userId; use /send",
-        ));
-    }
-    let message = check_message(state, q_message.or(body.and_then(|b| b.message)))?;
-    let receipt = state
-        .broadcast(message)
-        .await
-        .map_err(|e| ApiError::delivery(state, &e))?;
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        &json!({"id": receipt.id}),
-    ))
-}
-
 /// `GET /users/{userId}`: presence.
 async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
     let user = user_from_path(raw)?;
@@ -531,10 +534,12 @@ async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
             }),
         )),
         Ok(None) => Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not-connected",
-            message: "the user is not connected to any node".into(),
             extra: Some(json!({"userId": user})),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-connected",
+                "the user is not connected to any node",
+            )
         }),
         Err(e) => Err(ApiError::unavailable(
             state,

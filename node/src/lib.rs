@@ -8,8 +8,12 @@
 //!
 //! Layout:
 //! * [`config`] — flags (the fixed cross-component contract) and their env variables.
-//! * [`http`] — the API on one port: `GET /connect/{userId}` (WebSocket), `GET|POST /send`,
-//!   `POST /broadcast`, `GET /count`, `GET /users/{userId}`, `/healthz`, `/readyz`, `/metrics`.
+//! * [`http`] — routing on two ports. Public (`--listen`, reached only through proxies):
+//!   `GET /connect/{userId}` (WebSocket), the server API `/api/v1/...` ([`api`]), and with
+//!   `--legacy-send` the seed's `/send`. Admin (`--admin-listen`): `/healthz`, `/readyz`,
+//!   `/metrics`, `/count`, `/users/{userId}`.
+//! * [`chat`] — `--chat`: a client's `{"to", "message"}` frame, sent as the verified key.
+//! * [`auth`] — who a request comes from: the proxy secret, the verified key, the API keys.
 //! * [`session`] — one socket: register, presence, replay after `?since=`, live delivery.
 //! * [`registry`] — sessions by key, one per key.
 //! * [`mailbox`], [`presence`], [`bus`] — backends behind traits: Redis / RabbitMQ when
@@ -31,7 +35,10 @@
 //! # }
 //! ```
 
+pub mod api;
+pub mod auth;
 pub mod bus;
+pub mod chat;
 pub mod config;
 pub mod delivery;
 pub mod error;
@@ -47,5 +54,5 @@ pub mod state;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use server::{main, run, run_with};
+pub use server::{Listeners, main, run, run_with};
 pub use state::Backends;

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub ring_version: Gauge,
     /// 1 while the message bus is connected.
     pub bus_connected: Gauge,
+    /// Sends and broadcasts being stored and delivered (at most `--max-inflight-sends`).
+    pub sends_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,11 @@ impl Metrics {
                 &mut r,
                 "bus_connected",
                 "1 while the message bus is connected",
+            ),
+            sends_in_flight: register(
+                &mut r,
+                "sends_in_flight",
+                "Sends and broadcasts being stored and delivered",
             ),
             registry: r,
         }

@@ -17,9 +17,11 @@ use wscluster_runtime::process::{self, ProcessSpec};
 use wscluster_runtime::ring_args::RingSource;
 use wscluster_runtime::serve::{ServeOptions, serve};
 
+use crate::auth::Trust;
 use crate::bus::{AmqpBus, AmqpSettings, Bus, BusEvent, MemoryBus};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::http::Edge;
 use crate::mailbox::{Mailbox, MemoryMailbox, RedisMailbox, Retention};
 use crate::ownership::RingView;
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
@@ -27,6 +29,8 @@ use crate::state::{Backends, NodeState};
 use wscluster_ring::contract::stream::SubscriberKind;
 use wscluster_ring_stream::{SubscriberConfig, Subscription, watch_ring_file};
 
+/// Most connections on the admin port at once (probes, scrapes, operators' look-ups).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// How long an HTTP client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed beyond the grace period, after SIGTERM, before the process gives up and fails:
@@ -173,13 +177,59 @@ fn ring_source(
     }
 }
 
-/// Runs a node with the backends its configuration names until `shutdown`, then drains.
+/// Runs a node with the backends its configuration names until `shutdown`, then drains. The
+/// public port is `listener`; the admin port is bound at `--admin-listen`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
     let background = CancellationToken::new();
     let backends = Backends::from_config(&config, background.clone()).await?;
-    let result = run_with(config, backends, listener, shutdown).await;
+    let admin = TcpListener::bind(config.admin_listen).await?;
+    let result = run_with(config, backends, Listeners::new(listener, admin), shutdown).await;
     background.cancel();
     result
+}
+
+/// The node's two listeners: the public port (upgrades, the server API) and the admin port
+/// (health, readiness, metrics, counts, presence).
+#[derive(Debug)]
+pub struct Listeners {
+    /// `--listen`.
+    pub public: TcpListener,
+    /// `--admin-listen`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// The two listeners.
+    pub fn new(public: TcpListener, admin: TcpListener) -> Listeners {
+        Listeners { public, admin }
+    }
+
+    /// Binds `--listen` and `--admin-listen`.
+    async fn bind(config: &Config) -> Result<Listeners, ProcessError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProcessError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            public: bind(config.listen).await?,
+            admin: bind(config.admin_listen).await?,
+        })
+    }
+
+    /// `listening on <public> admin=<admin>`.
+    fn announcement(&self) -> std::io::Result<Announcement> {
+        Ok(Announcement::new(self.public.local_addr()?).with("admin", self.admin.local_addr()?))
+    }
+}
+
+/// The proxy secret and API keys the configuration names, read once.
+fn open_trust(config: &Config) -> Result<Trust> {
+    Trust::open(
+        config.proxy_secret_file.as_deref(),
+        config.api_keys_file.as_deref(),
+    )
+    .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Why the node process stopped with an error ([`main`]).
@@ -225,23 +275,16 @@ async fn run_process(config: Config, shutdown: CancellationToken) -> Result<(), 
     config.validate().map_err(ProcessError::Config)?;
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    let trust = open_trust(&config).map_err(ProcessError::Config)?;
     let backends = Backends::from_config(&config, background)
         .await
         .map_err(ProcessError::Config)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ProcessError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ProcessError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    Announcement::new(addr)
-        .print()
+    let listeners = Listeners::bind(&config).await?;
+    listeners
+        .announcement()
+        .and_then(|a| a.print())
         .map_err(ProcessError::Announce)?;
-    run_with(config, backends, listener, shutdown)
+    serve_node(config, backends, trust, listeners, shutdown)
         .await
         .map_err(ProcessError::Run)
 }
@@ -251,7 +294,19 @@ async fn run_process(config: Config, shutdown: CancellationToken) -> Result<(), 
 pub async fn run_with(
     config: Config,
     backends: Backends,
-    listener: TcpListener,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let trust = open_trust(&config)?;
+    serve_node(config, backends, trust, listeners, shutdown).await
+}
+
+/// [`run_with`] once the secrets are read.
+async fn serve_node(
+    config: Config,
+    backends: Backends,
+    trust: Trust,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let grace = config.grace_period();
@@ -266,6 +321,12 @@ pub async fn run_with(
         background.clone(),
     ));
     tracker.spawn(refresh_presence(Arc::clone(&state), background.clone()));
+    trust.watch(None, &tracker, &background);
+    tracker.spawn(serve_admin(
+        Arc::clone(&state),
+        listeners.admin,
+        background.clone(),
+    ));
     if let RingView::Watched(rings) = state.ring.clone() {
         tracker.spawn(follow_ring(
             Arc::clone(&state),
@@ -276,7 +337,8 @@ pub async fn run_with(
     }
     // 3. HTTP until the signal; at the signal the listener stops accepting.
     tracing::info!(id = %state.id, cluster = %state.config.cluster_id, "node serving");
-    let http = tokio::spawn(serve_http(Arc::clone(&state), listener, shutdown.clone()));
+    let edge = Arc::new(Edge::new(Arc::clone(&state), trust));
+    let http = tokio::spawn(serve_http(edge, listeners.public, shutdown.clone()));
     shutdown.cancelled().await;
     // 4. Drain the sessions, then give HTTP and the per-request tasks a moment to finish.
     drain_sessions(&state, grace).await;
@@ -313,19 +375,32 @@ fn node_state(
     (Arc::new(state), bus_events, ack)
 }
 
-/// The node's HTTP listener: at most `--max-connections` connections at once (every session
-/// starts as one, so the cap never refuses a session the session limit would take), the
+/// The node's public listener: at most `--max-http-connections` HTTP connections at once (an
+/// upgraded session no longer holds one; sessions are capped by `--max-connections`), the
 /// header-read timeout, upgrades; at shutdown in-flight requests get the grace period plus
 /// [`HTTP_DRAIN`].
-async fn serve_http(state: Arc<NodeState>, listener: TcpListener, shutdown: CancellationToken) {
+async fn serve_http(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
     let options = ServeOptions {
-        max_connections: usize::try_from(state.config.max_connections).unwrap_or(usize::MAX),
+        max_connections: usize::try_from(edge.state.config.max_http_connections)
+            .unwrap_or(usize::MAX),
         header_read_timeout: HEADER_READ_TIMEOUT,
-        grace: state.config.grace_period() + HTTP_DRAIN,
+        grace: edge.state.config.grace_period() + HTTP_DRAIN,
         ..ServeOptions::new("node")
     };
-    let handler = move |req| crate::http::handle(Arc::clone(&state), req);
+    let handler = move |req| crate::http::handle(Arc::clone(&edge), req);
     serve(listener, options, handler, shutdown).await;
+}
+
+/// The admin listener: health, readiness (503 while draining), metrics, counts, presence;
+/// served until the drain is over, so probes see it. Few connections (probes and scrapes).
+async fn serve_admin(state: Arc<NodeState>, listener: TcpListener, stop: CancellationToken) {
+    let options = ServeOptions {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        ..ServeOptions::new("node-admin")
+    };
+    let handler = move |req| crate::http::handle_admin(Arc::clone(&state), req);
+    serve(listener, options, handler, stop).await;
 }
 
 /// Sends every session a `drain` reset and waits for them to close, up to `grace`.

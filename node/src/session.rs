@@ -354,7 +354,7 @@ async fn greet<S: Socket>(
 
 /// The session loop; see the module docs. Returns why it ended (the socket is closed).
 pub async fn drive<S: Socket>(
-    state: &NodeState,
+    state: &Arc<NodeState>,
     mut ws: S,
     key: &str,
     since: Since,
@@ -365,6 +365,7 @@ pub async fn drive<S: Socket>(
         Ok(last) => {
             let session = Live {
                 state,
+                key,
                 ws,
                 last,
                 last_seen: Instant::now(),
@@ -378,7 +379,9 @@ pub async fn drive<S: Socket>(
 /// A session after its greeting: live delivery until it ends.
 struct Live<'a, S> {
     /// The node.
-    state: &'a NodeState,
+    state: &'a Arc<NodeState>,
+    /// The session's verified key (chat mode sends as it).
+    key: &'a str,
     /// The client's socket.
     ws: S,
     /// The last mailbox offset the client has; queued messages at or below it are skipped.
@@ -460,9 +463,17 @@ impl<S: Socket> Live<'_, S> {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
                 Break(End::Client)
             }
-            Some(Ok(
-                Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
-            )) => Continue(()),
+            // Chat mode's hook (helper B): a `{"to", "message"}` frame, see `crate::chat`.
+            Some(Ok(Message::Text(text))) => {
+                match crate::chat::on_text(self.state, self.key, &text).await {
+                    Some(reply) => match send(&mut self.ws, Message::Text(reply)).await {
+                        Ok(()) => Continue(()),
+                        Err(end) => Break(end),
+                    },
+                    None => Continue(()),
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Continue(()),
             Some(Ok(Message::Binary(_))) => Break(self.refuse(Violation::BINARY_FRAME).await),
             Some(Err(e)) => match Violation::of(&e) {
                 Some(violation) => {
@@ -617,7 +628,7 @@ mod tests {
 
     #[tokio::test]
     async fn live_messages_that_race_the_replay_are_delivered_once_and_in_offset_order() {
-        let state = state();
+        let state = Arc::new(state());
         for i in 1..=3 {
             state
                 .mailbox
@@ -666,7 +677,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_command_sends_its_frame_then_the_close_code() {
-        let state = state();
+        let state = Arc::new(state());
         let (server, mut client) = pipe().await;
         let (_data_tx, data_rx) = mpsc::channel(16);
         let (control_tx, control_rx) = mpsc::channel(2);

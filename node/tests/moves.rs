@@ -10,14 +10,9 @@ use wscluster_ring::contract::CLOSE_REBALANCE;
 use wscluster_ring::contract::bus::reset_routing_key;
 use wscluster_ring::{Member, RingSnapshot};
 
-/// `/send` of `message` to `user` on `node`: the status and body.
+/// A server API send of `message` to `user` on `node`: the status and body.
 async fn send(node: &Node, user: &str, message: &str) -> (u16, Value) {
-    node.http(
-        "GET",
-        &format!("/send?userId={user}&message={message}"),
-        None,
-    )
-    .await
+    node.send(user, message).await
 }
 
 /// Waits until `node` routes with ring `version`.

@@ -41,17 +41,14 @@ async fn a_node_refuses_upgrades_and_sends_for_keys_it_does_not_own_under_its_ne
         assert_eq!(body["error"], "not-owner");
         assert_eq!(body["owner"], "n-1");
         assert_eq!(body["ringVersion"], 1);
-        let (status, body) = node
-            .http("GET", &format!("/send?userId={theirs}&message=x"), None)
-            .await;
+        let (status, body) = node.send(&theirs, "x").await;
         assert_eq!((status, body["owner"].as_str()), (421, Some("n-1")));
         let (_ws, _) = node.connect(&format!("/connect/{mine}")).await;
 
         // n-0 starts draining in v2: it owns nothing, n-1 owns everything.
         ring.write(&snapshot(2, true));
-        let send_mine = format!("/send?userId={mine}&message=x");
         let body = node
-            .poll("the node applies ring v2", &send_mine, |status, body| {
+            .poll_send("the node applies ring v2", &mine, |status, body| {
                 status == 421 && body["ringVersion"] == 2
             })
             .await;
@@ -120,8 +117,7 @@ async fn a_request_routed_under_a_newer_ring_waits_for_it_instead_of_being_refus
             ],
         );
         ring.write(&v3);
-        let send_moved = format!("/send?userId={moved}&message=x");
-        node.poll("the node applies ring v3", &send_moved, |status, body| {
+        node.poll_send("the node applies ring v3", &moved, |status, body| {
             status == 421 && body["ringVersion"] == 3
         })
         .await;

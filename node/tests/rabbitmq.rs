@@ -9,17 +9,11 @@ use serde_json::{Value, json};
 use wscluster_ring::contract::bus::reset_routing_key;
 use wscluster_ring::contract::{CLOSE_REBALANCE, ResetFrame, ResetReason};
 
-/// Sends a marker with `/send` and asserts it is the very next frame the user sees, which
+/// Sends a marker with the server API and asserts it is the very next frame the user sees, which
 /// proves nothing (such as a duplicate broadcast) is queued in between.
 async fn assert_next_is_marker(node: &Node, user: &str, ws: &mut Ws) {
     let marker = unique("marker");
-    let (status, body) = node
-        .http(
-            "GET",
-            &format!("/send?userId={user}&message={marker}"),
-            None,
-        )
-        .await;
+    let (status, body) = node.send(user, &marker).await;
     assert_eq!(status, 200, "{body}");
     let v = next_json(ws).await;
     assert_eq!(v["content"], marker.as_str(), "unexpected frame {v}");
@@ -36,7 +30,11 @@ async fn a_broadcast_reaches_every_user_of_every_node_exactly_once() {
         let (mut bob, _) = b.connect("/connect/bob").await;
 
         let (status, body) = a
-            .http("POST", "/broadcast", Some(r#"{"message":"hello all"}"#))
+            .http(
+                "POST",
+                "/api/v1/broadcast",
+                Some(r#"{"message":"hello all"}"#),
+            )
             .await;
         assert_eq!(status, 202, "{body}");
         for (node, user, ws) in [
@@ -148,7 +146,7 @@ async fn losing_the_rabbitmq_connection_drops_no_socket_and_broadcasts_resume_af
         node.wait_bus_connected().await;
         // The socket survived and broadcasts flow again.
         let (status, body) = node
-            .http("POST", "/broadcast", Some(r#"{"message":"after"}"#))
+            .http("POST", "/api/v1/broadcast", Some(r#"{"message":"after"}"#))
             .await;
         assert_eq!(status, 202, "{body}");
         let v = next_json(&mut alice).await;

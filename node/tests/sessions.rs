@@ -18,9 +18,7 @@ async fn a_message_sent_to_a_connected_user_is_delivered_with_its_offset() {
         let node = store.node("n-0", &[]).await;
         let (mut ws, before) = node.connect("/connect/alice").await;
         assert!(before.is_empty());
-        let (status, body) = node
-            .http("GET", "/send?userId=alice&message=hello%20there", None)
-            .await;
+        let (status, body) = node.send("alice", "hello there").await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["delivered"], true);
         assert_eq!(body["offset"], 1);
@@ -32,13 +30,7 @@ async fn a_message_sent_to_a_connected_user_is_delivered_with_its_offset() {
         assert_eq!(msg["serverUserCount"], 1);
         assert!(msg["timestamp"].as_u64().expect("timestamp") > 0);
 
-        let (status, body) = node
-            .http(
-                "POST",
-                "/send",
-                Some(r#"{"userId":"alice","message":"via json"}"#),
-            )
-            .await;
+        let (status, body) = node.send("alice", "via json").await;
         assert_eq!(status, 200, "{body}");
         let msg = next_json(&mut ws).await;
         assert_eq!(
@@ -69,7 +61,7 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
         let store = RedisScope::new().await;
         let node = store.node("n-0", &[]).await;
         let (mut ws, _) = node.connect("/connect/bob").await;
-        node.http("GET", "/send?userId=bob&message=m1", None).await;
+        node.send("bob", "m1").await;
         let m1 = next_json(&mut ws).await;
         assert_eq!(m1["offset"], 1);
         ws.close(None).await.expect("close");
@@ -77,9 +69,7 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
             .await;
 
         for i in 2..=4 {
-            let (status, body) = node
-                .http("GET", &format!("/send?userId=bob&message=m{i}"), None)
-                .await;
+            let (status, body) = node.send("bob", &format!("m{i}")).await;
             assert_eq!(status, 202, "{body}");
             assert_eq!(body["delivered"], false);
             assert_eq!(body["offset"], i);
@@ -101,8 +91,7 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
             got,
             vec![("m2".into(), 2), ("m3".into(), 3), ("m4".into(), 4)]
         );
-        node.http("GET", "/send?userId=bob&message=live", None)
-            .await;
+        node.send("bob", "live").await;
         let live = next_json(&mut ws).await;
         assert_eq!(
             (live["content"].as_str(), live["offset"].as_u64()),
@@ -119,8 +108,7 @@ async fn since_older_than_retention_or_not_a_number_gets_an_error_frame_then_rep
         let store = RedisScope::new().await;
         let node = store.node("n-0", &["--mailbox-max-len", "3"]).await;
         for i in 1..=6 {
-            node.http("GET", &format!("/send?userId=carol&message=m{i}"), None)
-                .await;
+            node.send("carol", &format!("m{i}")).await;
         }
         let (mut ws, before) = node.connect("/connect/carol?since=1").await;
         assert_eq!(before[0]["type"], "error");
@@ -142,8 +130,7 @@ async fn since_older_than_retention_or_not_a_number_gets_an_error_frame_then_rep
                 .expect("content")
                 .contains("since")
         );
-        node.http("GET", "/send?userId=carol&message=live", None)
-            .await;
+        node.send("carol", "live").await;
         assert_eq!(next_json(&mut ws).await["offset"], 7);
         store.finish().await;
     })
@@ -158,8 +145,7 @@ async fn a_second_connection_for_the_same_user_replaces_the_first_with_close_400
         let (mut second, _) = node.connect("/connect/dave").await;
         let (code, _) = expect_close(&mut first).await;
         assert_eq!(code, CLOSE_REPLACED);
-        node.http("GET", "/send?userId=dave&message=to-second", None)
-            .await;
+        node.send("dave", "to-second").await;
         assert_eq!(next_json(&mut second).await["content"], "to-second");
         let (_, c) = node.http("GET", "/count", None).await;
         assert_eq!(c["count"], 1);
@@ -170,7 +156,7 @@ async fn a_second_connection_for_the_same_user_replaces_the_first_with_close_400
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_disturb_no_other_session() {
     within(STEP * 4, async {
-        let node = Node::spawn("n-0", &["--max-frame-bytes", "1024"]).await;
+        let node = Node::spawn("n-0", &["--max-frame-bytes", "1024", "--legacy-send"]).await;
         let (mut bystander, _) = node.connect("/connect/eve").await;
 
         let (s, b) = node.refused("/connect/").await;
@@ -187,14 +173,32 @@ async fn bad_requests_get_clear_errors_and_disturb_no_other_session() {
         assert_eq!((s, b["error"].as_str()), (400, Some("missing-message")));
         let (s, b) = node.http("POST", "/send", Some("{not json")).await;
         assert_eq!((s, b["error"].as_str()), (400, Some("invalid-json")));
-        let (s, b) = node.http("GET", "/nowhere", None).await;
+        let (s, b) = node.http("GET", "/api/v1/nowhere", None).await;
         assert_eq!((s, b["error"].as_str()), (404, Some("not-found")));
+        let (s, b) = node
+            .http("POST", "/api/v1/users/eve/messages", Some("{}"))
+            .await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid-json")));
+        let (s, b) = node.http("POST", "/api/v1/users/eve/messages", None).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("missing-body")));
+        let (s, b) = node
+            .http(
+                "POST",
+                "/api/v1/users/a%0Ab/messages",
+                Some(r#"{"message":"x"}"#),
+            )
+            .await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid-user-id")));
+        let (s, _) = node.http("GET", "/api/v1/users/eve/messages", None).await;
+        assert_eq!(s, 405);
         let (s, _) = node.http("DELETE", "/send", None).await;
         assert_eq!(s, 405);
         let big = "y".repeat(2000);
         let (s, b) = node
             .http("GET", &format!("/send?userId=eve&message={big}"), None)
             .await;
+        assert_eq!((s, b["error"].as_str()), (413, Some("message-too-large")));
+        let (s, b) = node.send("eve", &"y".repeat(1025)).await;
         assert_eq!((s, b["error"].as_str()), (413, Some("message-too-large")));
 
         let (mut big_frame, _) = node.connect("/connect/frank").await;
@@ -210,9 +214,7 @@ async fn bad_requests_get_clear_errors_and_disturb_no_other_session() {
         assert_eq!(expect_close(&mut bad_utf8).await.0, 1007);
 
         // The bystander is untouched.
-        let (s, b) = node
-            .http("GET", "/send?userId=eve&message=still-here", None)
-            .await;
+        let (s, b) = node.send("eve", "still-here").await;
         assert_eq!(s, 200, "{b}");
         let v: Value = next_json(&mut bystander).await;
         assert_eq!(v["content"], "still-here");
@@ -227,7 +229,9 @@ async fn without_rabbitmq_a_broadcast_reaches_the_users_of_a_standalone_node_thr
         let node = Node::spawn("n-0", &[]).await;
         let (mut a, _) = node.connect("/connect/ann").await;
         let (mut b, _) = node.connect("/connect/ben").await;
-        let (status, body) = node.http("POST", "/broadcast?message=hi%20all", None).await;
+        let (status, body) = node
+            .http("POST", "/api/v1/broadcast", Some(r#"{"message":"hi all"}"#))
+            .await;
         assert_eq!(status, 202, "{body}");
         for ws in [&mut a, &mut b] {
             let v = next_json(ws).await;
@@ -239,13 +243,13 @@ async fn without_rabbitmq_a_broadcast_reaches_the_users_of_a_standalone_node_thr
         let (status, body) = node
             .http(
                 "POST",
-                "/broadcast",
+                "/api/v1/broadcast",
                 Some(r#"{"userId":"ann","message":"x"}"#),
             )
             .await;
         assert_eq!(
             (status, body["error"].as_str()),
-            (400, Some("unexpected-user-id"))
+            (400, Some("invalid-json"))
         );
     })
     .await;

@@ -209,6 +209,19 @@ impl ReadyFrame {
     }
 }
 
+/// What a client sends over its socket in chat mode (the node's `--chat`):
+/// `{"to": "bob", "message": "hi"}`. The node delivers `message` to `to` as a `message` whose
+/// `from` is the sender's verified key. A frame naming its own `from` (or any other field) is
+/// refused: the sender is never taken from the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatFrame {
+    /// The recipient's key.
+    pub to: String,
+    /// The text delivered.
+    pub message: String,
+}
+
 /// Prefix of every header wscluster sets between its own processes. A proxy removes every
 /// request header with this prefix that a client sent before it sets its own.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-wscluster-";

@@ -252,19 +252,83 @@ pub fn key_owned_by(snapshot: &RingSnapshot, member: &str) -> String {
         .unwrap_or_else(|| panic!("no key owned by {member}"))
 }
 
+/// The server API key every test node accepts unless a test names its own key file.
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+/// A file of secrets (one per line) in a directory of its own, removed when dropped.
+pub struct SecretFile {
+    dir: PathBuf,
+    /// The file's path, for `--api-keys-file` or `--proxy-secret-file`.
+    pub path: String,
+}
+
+impl SecretFile {
+    /// A file holding `secrets`, one per line.
+    pub fn new(secrets: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(unique("wsc-secret"));
+        std::fs::create_dir_all(&dir).expect("secret dir");
+        let path = dir.join("secret").to_string_lossy().into_owned();
+        let file = SecretFile { dir, path };
+        file.write(secrets);
+        file
+    }
+
+    /// Replaces the file's secrets the way Kubernetes updates a mounted Secret: a new file
+    /// renamed over the old one, so a reader never sees half of it.
+    pub fn write(&self, secrets: &[&str]) {
+        let tmp = format!("{}.tmp", self.path);
+        std::fs::write(&tmp, secrets.join("\n") + "\n").expect("write secrets");
+        std::fs::rename(&tmp, &self.path).expect("swap secrets");
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A node process, killed when dropped.
 pub struct Node {
     pub child: Child,
+    /// The public port (upgrades, the server API).
     pub addr: String,
+    /// The admin port (health, readiness, metrics, counts, presence).
+    pub admin: String,
     pub id: String,
+    /// The API key file, unless the test passed its own `--api-keys-file`.
+    _api_keys: Option<SecretFile>,
 }
 
 impl Node {
-    /// Spawns the real binary with `--listen 127.0.0.1:0 --id <id>` plus `args`, and waits for
-    /// its `listening on` line.
+    /// Spawns the real binary with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --id <id>`
+    /// and, unless `args` name one, `--api-keys-file` holding [`API_KEY`], plus `args`; waits
+    /// for its `listening on` line.
     pub async fn spawn(id: &str, args: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wscluster-node"))
-            .args(["--listen", "127.0.0.1:0", "--id", id])
+        let own_keys = args.contains(&"--api-keys-file");
+        Node::spawn_with(id, args, !own_keys).await
+    }
+
+    /// [`Node::spawn`] without an API key file: the server API is off.
+    pub async fn spawn_without_api(id: &str, args: &[&str]) -> Node {
+        Node::spawn_with(id, args, false).await
+    }
+
+    async fn spawn_with(id: &str, args: &[&str], with_api_key: bool) -> Node {
+        let api_keys = with_api_key.then(|| SecretFile::new(&[API_KEY]));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wscluster-node"));
+        command.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--id",
+            id,
+        ]);
+        if let Some(file) = &api_keys {
+            command.args(["--api-keys-file", &file.path]);
+        }
+        let mut child = command
             .args(args)
             .env(
                 "RUST_LOG",
@@ -282,14 +346,19 @@ impl Node {
             .expect("node printed its address in time")
             .expect("read stdout")
             .expect("node printed a line");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let announced: wscluster_runtime::Announcement = line
+            .parse()
+            .unwrap_or_else(|e| panic!("unexpected first line {line:?}: {e}"));
+        let admin = announced
+            .get("admin")
+            .expect("an admin address")
+            .to_string();
         Node {
             child,
-            addr,
+            addr: announced.addr.to_string(),
+            admin,
             id: id.to_owned(),
+            _api_keys: api_keys,
         }
     }
 
@@ -327,9 +396,41 @@ impl Node {
         assert!(status.success());
     }
 
-    /// One HTTP request; returns the status and the JSON body (Null if not JSON).
+    /// One HTTP request to the port that serves `path`: the server API (with [`API_KEY`]),
+    /// `/send` and `/connect` on the public port, everything else on the admin port. Returns
+    /// the status and the JSON body (Null if not JSON).
     pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        http(&self.addr, method, path, body).await
+        let public = ["/api/", "/send", "/connect"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        if public {
+            let auth = format!("Bearer {API_KEY}");
+            http_with(&self.addr, method, path, body, &[("authorization", &auth)]).await
+        } else {
+            http(&self.admin, method, path, body).await
+        }
+    }
+
+    /// `POST /api/v1/users/{user}/messages` with `{"message": message}`.
+    pub async fn send(&self, user: &str, message: &str) -> (u16, Value) {
+        let path = wscluster_ring::contract::api::Route::UserMessages(user.to_owned()).path();
+        let body = serde_json::json!({ "message": message }).to_string();
+        self.http("POST", &path, Some(&body)).await
+    }
+
+    /// Polls [`Node::send`] until `done(status, body)` holds, or fails after [`STEP`].
+    pub async fn poll_send(
+        &self,
+        what: &str,
+        user: &str,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
+        let done = &done;
+        eventually(what, || async move {
+            let (status, body) = self.send(user, "x").await;
+            done(status, &body).then_some(body)
+        })
+        .await
     }
 
     /// A WebSocket to `path`, after the server's `ready` notice (whose preceding frames, such
@@ -377,17 +478,45 @@ impl Node {
 
 /// One HTTP/1.1 request on a fresh connection.
 pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    http_with(addr, method, path, body, &[]).await
+}
+
+/// One HTTP/1.1 request on a fresh connection, with extra headers.
+pub async fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let (status, _, body) = http_full(addr, method, path, body, headers).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 request on a fresh connection, with extra headers; returns the status, the
+/// response headers and the JSON body (Null if not JSON).
+pub async fn http_full(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, Value) {
     let stream = TcpStream::connect(addr).await.expect("tcp connect");
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .expect("handshake");
     tokio::spawn(conn);
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", addr)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
         .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
         .expect("request");
     let resp = tokio::time::timeout(STEP, sender.send_request(req))
@@ -395,9 +524,11 @@ pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (
         .expect("response in time")
         .expect("response");
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     (
         status,
+        headers,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
 }

@@ -160,9 +160,10 @@ pub struct ChildSpec {
     pub log_file: PathBuf,
     /// For proxies: the address chosen for it (nodes report theirs on stdout).
     pub known_address: Option<String>,
-    /// The URL probed for readiness (`{address}` is replaced by the address).
+    /// The URL probed for readiness (`{address}` is replaced by the address, `{admin}` by the
+    /// announced `admin=` address, else the address).
     pub readyz_url: String,
-    /// For nodes: the `/count` URL (`{address}` replaced).
+    /// For nodes: the `/count` URL (`{address}`, `{admin}` replaced).
     pub count_url: Option<String>,
     /// Grace between SIGTERM and SIGKILL at shutdown.
     pub grace: Duration,
@@ -237,13 +238,13 @@ async fn supervise(
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
     let stdout = child.stdout.take();
-    let address = match &spec.known_address {
+    let (address, admin) = match &spec.known_address {
         Some(address) => {
             // Proxies announce the addresses local mode chose for them; keep the pipe drained.
             if let Some(stdout) = stdout {
                 tokio::spawn(drain(BufReader::new(stdout)));
             }
-            address.clone()
+            (address.clone(), address.clone())
         }
         None => {
             let Some(stdout) = stdout else {
@@ -256,10 +257,13 @@ async fn supervise(
                     return Ok(describe(status, &spec.log_file));
                 }
             };
-            let address = match first {
+            let addresses = match first {
                 Ok(Some(line)) => line
                     .parse::<Announcement>()
-                    .map(|a| a.addr.to_string())
+                    .map(|a| {
+                        let admin = a.get("admin").unwrap_or(a.addr);
+                        (a.addr.to_string(), admin.to_string())
+                    })
                     .map_err(|e| format!("unexpected first line: {e}"))?,
                 Ok(None) => {
                     let status = child.wait().await;
@@ -273,7 +277,7 @@ async fn supervise(
                 }
             };
             tokio::spawn(drain(lines));
-            address
+            addresses
         }
     };
     let _ = events
@@ -288,6 +292,7 @@ async fn supervise(
     tokio::spawn(probe_loop(
         spec.clone(),
         address,
+        admin,
         client.clone(),
         events.clone(),
         probing,
@@ -372,15 +377,17 @@ fn describe(status: std::io::Result<std::process::ExitStatus>, log: &Path) -> St
 async fn probe_loop(
     spec: ChildSpec,
     address: String,
+    admin: String,
     client: HttpClient,
     events: mpsc::Sender<ChildEvent>,
     stop: CancellationToken,
 ) {
-    let readyz = spec.readyz_url.replace("{address}", &address);
-    let count = spec
-        .count_url
-        .as_ref()
-        .map(|u| u.replace("{address}", &address));
+    let fill = |url: &str| {
+        url.replace("{address}", &address)
+            .replace("{admin}", &admin)
+    };
+    let readyz = fill(&spec.readyz_url);
+    let count = spec.count_url.as_deref().map(fill);
     let mut ready = false;
     loop {
         let interval = if ready {

@@ -64,6 +64,7 @@ impl Settings {
     pub fn node_spec(&self, ordinal: u32, generation: u64) -> ChildSpec {
         let mut args = CommandLine::new("node");
         args.push(node::LISTEN, "127.0.0.1:0")
+            .push(node::ADMIN_LISTEN, "127.0.0.1:0")
             .push(node::ID, &node_id(ordinal))
             .push(node::CLUSTER_ID, &self.cluster_id)
             .push(node::RING_URL, &self.ring_url())
@@ -83,11 +84,11 @@ impl Settings {
             generation,
             program: self.program.clone(),
             args: args.0,
-            env: self.child_env(),
+            env: node_env(self.child_env()),
             log_file: self.log_dir.join(format!("{}.log", node_id(ordinal))),
             known_address: None,
-            readyz_url: "http://{address}/readyz".to_string(),
-            count_url: Some("http://{address}/count".to_string()),
+            readyz_url: "http://{admin}/readyz".to_string(),
+            count_url: Some("http://{admin}/count".to_string()),
             grace: self.node_grace + Duration::from_secs(2),
         }
     }
@@ -126,6 +127,15 @@ impl Settings {
             grace: PROXY_STOP_GRACE,
         })
     }
+}
+
+/// Node-side wiring helper B added so local mode keeps working while the node keeps its
+/// internals on the admin port: the seed's `/send` and `/broadcast` stay on (the control API
+/// and the proxies use them) until local mode passes API keys (helper D replaces this).
+fn node_env(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let (name, value) = node::LEGACY_SEND.env_var("true");
+    env.push((name.to_string(), value));
+    env
 }
 
 /// A child's command line: its subcommand, then flags rendered from the binaries' own flag
@@ -187,8 +197,12 @@ mod tests {
         assert_eq!(config.grace_period_seconds, 5);
         assert_eq!(
             spec.env,
-            [("WSCLUSTER_RING_TOKEN".to_string(), "t0k3n".to_string())]
+            [
+                ("WSCLUSTER_RING_TOKEN".to_string(), "t0k3n".to_string()),
+                ("WSCLUSTER_LEGACY_SEND".to_string(), "true".to_string()),
+            ]
         );
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:0");
     }
 
     #[test]

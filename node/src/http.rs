@@ -21,10 +21,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
-use wscluster_ring::contract::{MAX_KEY_LEN, RING_VERSION_HEADER, percent_decode, validate_key};
+use wscluster_ring::contract::{
+    MAX_KEY_LEN, RING_VERSION_HEADER, api, percent_decode, validate_key,
+};
 
 use crate::ownership::Ownership;
-use crate::session::{self, Since};
+use crate::session::{self, Resume};
 use crate::state::NodeState;
 
 /// Read buffer of a WebSocket (also the most read per syscall). tungstenite's default, 128 KiB,
@@ -315,9 +317,21 @@ async fn upgrade(state: &Arc<NodeState>, req: &mut Request<Incoming>) -> Result<
     }
     check_owner_routed(state, &key, routed_version(req)).await?;
     let accept = handshake_accept(req)?;
-    let since = Since::parse(query_param(req.uri().query(), "since")?.as_deref());
+    let query = req.uri().query();
+    let resume = Resume::parse(
+        query_param(query, "since")?.as_deref(),
+        query_param(query, "epoch")?.as_deref(),
+    )
+    .map_err(|e| ApiError::bad(api::ERROR_BAD_RESUME, e.to_string()))?;
+    state.admit(&key).map_err(|refusal| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            api::ERROR_TOO_MANY_SESSIONS,
+            refusal.to_string(),
+        )
+    })?;
     let permit = session_permit(state)?;
-    spawn_session(state, hyper::upgrade::on(req), key, since, permit);
+    spawn_session(state, hyper::upgrade::on(req), key, resume, permit);
     Ok(switching_protocols(&accept))
 }
 
@@ -370,7 +384,7 @@ fn spawn_session(
     state: &Arc<NodeState>,
     on_upgrade: OnUpgrade,
     key: String,
-    since: Since,
+    resume: Resume,
     permit: OwnedSemaphorePermit,
 ) {
     let frame_limit = state.config.max_frame();
@@ -390,7 +404,7 @@ fn spawn_session(
                         Some(ws_config),
                     )
                     .await;
-                    session::run(task_state, ws, Arc::from(key), since, permit).await;
+                    session::run(task_state, ws, Arc::from(key), resume, permit).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
@@ -491,7 +505,13 @@ async fn send(state: &Arc<NodeState>, req: Request<Incoming>) -> Result<Resp, Ap
     };
     Ok(json_response(
         status,
-        &json!({"delivered": receipt.delivered, "offset": receipt.offset, "server": &*state.id}),
+        &json!({
+            "delivered": receipt.delivered,
+            "sessions": receipt.sessions,
+            "epoch": receipt.epoch,
+            "offset": receipt.offset,
+            "server": &*state.id,
+        }),
     ))
 }
 
@@ -528,6 +548,7 @@ async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
                 "ringVersion": entry.ring_version,
                 "since": entry.since,
                 "connectedHere": state.registry.contains(&user),
+                "sessionsHere": state.registry.sessions_of(&user),
             }),
         )),
         Ok(None) => Err(ApiError {

@@ -371,12 +371,7 @@ async fn refresh_presence(state: Arc<NodeState>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let live: Vec<(String, String)> = state
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|(k, h)| (k.to_string(), h.conn_tag.to_string()))
-            .collect();
+        let live = state.registry.presence_tags();
         if let Err(e) = state.presence.refresh(&live).await {
             tracing::warn!(error = %e, "presence refresh failed");
             state.metrics.error(e.metric_label());

@@ -90,7 +90,7 @@ function proxyBases() {
 function connectUser(userId) {
   if (users.has(userId) && !users.get(userId).stopped) return users.get(userId);
   const u = {
-    id: userId, lastOffset: 0, retryAfterMs: null, backoffMs: 500, stopped: false,
+    id: userId, lastOffset: 0, epoch: null, retryAfterMs: null, backoffMs: 500, stopped: false,
     ws: null, status: "connecting", node: null, resets: 0, messages: 0, duplicates: 0,
     proxy: 0, reconnecting: false, lastReason: null,
   };
@@ -101,7 +101,7 @@ function connectUser(userId) {
     if (bases.length === 0) { setTimeout(open, 1000); return; }
     const base = bases[u.proxy % bases.length];
     const url = `${base}/connect/${encodeURIComponent(userId)}` +
-      (u.lastOffset > 0 ? `?since=${u.lastOffset}` : "");
+      (u.epoch ? `?since=${u.lastOffset}&epoch=${encodeURIComponent(u.epoch)}` : "");
     const ws = new WebSocket(url);
     u.ws = ws;
     u.status = u.reconnecting ? "reconnecting" : "connecting";
@@ -118,12 +118,15 @@ function connectUser(userId) {
         renderUsers();
         return;
       }
-      if (msg.type === "system" && msg.content === "ready") {
+      if (msg.type === "ready") {
         const from = u.node;
         u.node = msg.server;
+        // Not recovered (another epoch, e.g. another node's in-memory mailbox, or expired):
+        // messages may be missing; resume from where the stream is now.
+        if (!msg.recovered || u.epoch !== msg.epoch) { u.epoch = msg.epoch; u.lastOffset = msg.offset; }
         if (u.reconnecting) {
           log("reconnect", userId, `back on ${msg.server}` + (from && from !== msg.server ? ` (was ${from})` : "") +
-            (u.lastOffset > 0 ? `, resumed after offset ${u.lastOffset}` : ""));
+            (msg.recovered ? (u.lastOffset > 0 ? `, resumed after offset ${u.lastOffset}` : "") : ", messages may have been missed"));
         } else {
           log("info", userId, `connected to ${msg.server}`);
         }
@@ -132,14 +135,12 @@ function connectUser(userId) {
         return;
       }
       if (msg.type === "error") {
-        // In-memory mailboxes are per node: after a move the new node's offsets start again.
-        const ahead = /ahead of the latest offset (\d+)/.exec(msg.content || "");
-        if (ahead) u.lastOffset = Number(ahead[1]);
         log("info", userId, `server note: ${msg.content}`);
         return;
       }
       if (msg.offset !== undefined && msg.offset !== null) {
-        if (msg.offset <= u.lastOffset) { u.duplicates += 1; return; } // at-least-once
+        if (msg.epoch === u.epoch && msg.offset <= u.lastOffset) { u.duplicates += 1; return; } // at-least-once
+        u.epoch = msg.epoch;
         u.lastOffset = msg.offset;
       }
       u.messages += 1;

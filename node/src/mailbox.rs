@@ -312,16 +312,14 @@ impl RedisMailbox {
 
 /// Runs a Redis call under `limit`; a late answer is an error (the caller answers 503 or
 /// closes the session with 4005, never pretends).
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     limit: Duration,
     what: &str,
     call: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T> {
     match tokio::time::timeout(limit, call).await {
         Ok(reply) => Ok(reply?),
-        Err(_) => Err(Error::Timeout(format!(
-            "mailbox {what} took longer than {limit:?}"
-        ))),
+        Err(_) => Err(Error::Timeout(format!("{what} took longer than {limit:?}"))),
     }
 }
 
@@ -352,8 +350,12 @@ impl Mailbox for RedisMailbox {
             .arg(self.retention.max_len)
             .arg(self.retention.ttl.as_secs().max(1))
             .arg(&*new_epoch());
-        let (epoch, offset): (String, u64) =
-            bounded(APPEND_TIMEOUT, "append", call.invoke_async(&mut con)).await?;
+        let (epoch, offset): (String, u64) = bounded(
+            APPEND_TIMEOUT,
+            "mailbox append",
+            call.invoke_async(&mut con),
+        )
+        .await?;
         Ok(Appended {
             epoch: Arc::from(epoch),
             offset,
@@ -370,7 +372,7 @@ impl Mailbox for RedisMailbox {
             .arg(self.retention.ttl.as_secs().max(1))
             .arg(&*new_epoch());
         let (epoch, latest, first, page): (String, u64, RangeReply, RangeReply) =
-            bounded(READ_TIMEOUT, "read", call.invoke_async(&mut con)).await?;
+            bounded(READ_TIMEOUT, "mailbox read", call.invoke_async(&mut con)).await?;
         let oldest = match first.first() {
             Some((id, _)) => Some(parse_entry_id(id)?),
             None => None,

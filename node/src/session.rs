@@ -190,7 +190,10 @@ pub async fn run<S: Socket>(
         since: now_ms(),
         conn: registered.presence_tag.to_string(),
     };
-    if let Err(e) = state.presence.set(&key, &entry).await {
+    // Without a mailbox the session closes at once (4005): no presence to record then.
+    if first.is_ok()
+        && let Err(e) = state.presence.set(&key, &entry).await
+    {
         tracing::warn!(error = %e, "presence not recorded");
         state.metrics.error(e.metric_label());
     }

@@ -234,7 +234,8 @@ impl NodeState {
     /// `after`, at most `limit`) under the key's send stripe, so every message is either in the
     /// page (appended before) or queued to the session (appended after). Refused when the key
     /// is over its cap under the `refuse` policy (another session won the race since
-    /// [`NodeState::admit`]).
+    /// [`NodeState::admit`]). If the read fails the session is unregistered again before the
+    /// stripe is released (it will close with 4005).
     pub async fn open_session(
         &self,
         key: &Arc<str>,
@@ -243,10 +244,15 @@ impl NodeState {
         limit: usize,
     ) -> Result<(Registered, Result<MailboxPage>), Refusal> {
         let _order = self.stripe(key).lock().await;
+        let conn = handle.conn;
         let registered = self
             .registry
             .insert(key.clone(), handle, self.config.session_limit())?;
         let page = self.mailbox.read(key, after, limit).await;
+        if page.is_err() {
+            // It closes with 4005 at once: no send may count it as a live session meanwhile.
+            self.registry.remove(key, conn);
+        }
         Ok((registered, page))
     }
 

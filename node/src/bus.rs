@@ -1,11 +1,14 @@
 //! The message bus: broadcasts to every node and reset events for one node.
 //!
-//! With `--amqp-url`, RabbitMQ: one durable topic exchange per cluster
-//! ([`exchange_name`]); each node declares its own queue `{exchange}.node.{member id}` bound to
-//! [`BROADCAST_ROUTING_KEY`] and `reset.{member id}`. The queue is not exclusive and carries an
-//! `x-expires` of [`QUEUE_EXPIRES_MS`], so events published while the node reconnects wait for it,
-//! and the queue of a node that is gone disappears on its own. Broadcast ids are remembered for
-//! a while so a redelivered copy is dropped: each node delivers each broadcast once.
+//! With `--amqp-url`, RabbitMQ: one durable topic exchange per cluster ([`exchange_name`]);
+//! each node declares its own **durable** queue [`queue_name`] (cluster and member id) bound to
+//! [`BROADCAST_ROUTING_KEY`] and `reset.{member id}`, with an `x-expires` of
+//! [`QUEUE_EXPIRES_MS`]: events published while the node restarts or reconnects — even across
+//! a broker restart — wait for it, and the queue of a node that is gone disappears on its own.
+//! Messages are published persistent (delivery mode 2) on a channel in confirm mode, and a
+//! publish returns only once the broker confirmed it (or fails within [`PUBLISH_TIMEOUT`]): a
+//! 202 for a broadcast means the broker has it. Broadcast ids are remembered for a while so a
+//! redelivered copy is dropped: each node delivers each broadcast once.
 //!
 //! Without it, an in-process bus ([`MemoryBus`]) that any number of nodes in one process share.
 //!
@@ -18,9 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
@@ -34,9 +38,21 @@ use wscluster_runtime::amqp::{self, AmqpTarget, Link, SessionEnd};
 use crate::error::{Error, Result};
 
 /// How long RabbitMQ keeps a node's queue after its last consumer left: long enough to ride out
-/// a broker restart or a network blip, short enough that a scaled-down node's queue does not
-/// collect broadcasts for long.
-pub const QUEUE_EXPIRES_MS: i32 = 5 * 60 * 1000;
+/// a pod restart, a broker restart or a network blip, short enough that a scaled-down node's
+/// queue does not collect broadcasts for long.
+pub const QUEUE_EXPIRES_MS: i32 = 10 * 60 * 1000;
+/// Longest a publish may wait for the broker's confirm before it fails (the broadcast is then
+/// answered 503, not 202). A local broker confirms a persistent message within milliseconds.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// AMQP delivery mode of a persistent message (written to disk by the broker).
+const PERSISTENT: u8 = 2;
+
+/// The durable queue of `member` in cluster `cluster_id`: `{exchange}.member.{member}`. (The
+/// name differs from the exclusive, non-durable `{exchange}.node.{member}` queues of earlier
+/// releases, which a redeclaration as durable would fail on; those expire on their own.)
+pub fn queue_name(cluster_id: &str, member: &str) -> String {
+    format!("{}.member.{member}", exchange_name(cluster_id))
+}
 /// Events buffered between the bus and the node before the bus waits (backpressure to the
 /// broker through unacknowledged messages).
 pub const EVENT_BUFFER: usize = 1024;
@@ -168,9 +184,9 @@ impl AmqpSettings {
         format!("wscluster-node {} {}", self.cluster_id, self.member)
     }
 
-    /// The node's queue name.
+    /// The node's queue name ([`queue_name`]).
     pub fn queue_name(&self) -> String {
-        format!("{}.node.{}", exchange_name(&self.cluster_id), self.member)
+        queue_name(&self.cluster_id, &self.member)
     }
 }
 
@@ -213,20 +229,38 @@ impl AmqpBus {
         *self.channel.write().await = None;
     }
 
+    /// Publishes persistent on the confirm-mode channel; returns once the broker confirmed.
     async fn publish(&self, routing_key: &str, payload: Vec<u8>) -> Result<()> {
         let guard = self.channel.read().await;
         let channel = guard.as_ref().ok_or(Error::BusUnavailable)?;
-        channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                &payload,
-                BasicProperties::default().with_content_type("application/json".into()),
-            )
-            .await?
-            .await?;
-        Ok(())
+        let confirmed = async {
+            channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default()
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(PERSISTENT),
+                )
+                .await?
+                .await
+        };
+        let confirmation = tokio::time::timeout(PUBLISH_TIMEOUT, confirmed)
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "the broker did not confirm within {PUBLISH_TIMEOUT:?}"
+                ))
+            })??;
+        match confirmation {
+            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Nack(_) => Err(Error::Protocol("the broker refused the message".into())),
+            Confirmation::NotRequested => Err(Error::Protocol(
+                "the publish channel is not in confirm mode".into(),
+            )),
+        }
     }
 }
 
@@ -260,8 +294,12 @@ impl Consumer {
         let queue = self.settings.queue_name();
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongInt(QUEUE_EXPIRES_MS));
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
         consume
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
+            .queue_declare(queue.as_str().into(), durable, args)
             .await?;
         for key in [
             BROADCAST_ROUTING_KEY.to_owned(),
@@ -289,6 +327,9 @@ impl Consumer {
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
+            .await?;
+        link.channel
+            .confirm_select(ConfirmSelectOptions::default())
             .await?;
         *self.bus.channel.write().await = Some(link.channel);
         self.bus.connected.store(true, Ordering::SeqCst);

@@ -94,6 +94,14 @@ pub struct Config {
     /// Messages queued per session before a client that does not read is closed (1013).
     #[arg(long = flag::SESSION_QUEUE.long, env = flag::SESSION_QUEUE.env, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub session_queue: u64,
+    /// Most live sessions one key (user) may have on this node: its tabs and devices. Every
+    /// session of a key receives every message.
+    #[arg(long = flag::SESSIONS_PER_KEY.long, env = flag::SESSIONS_PER_KEY.env, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub sessions_per_key: u64,
+    /// Over `--sessions-per-key`: `refuse` the new session (429), or `replace-oldest` (the
+    /// key's oldest session is closed with 4002).
+    #[arg(long = flag::SESSION_POLICY.long, env = flag::SESSION_POLICY.env, value_enum, default_value_t = crate::registry::SessionPolicy::Refuse)]
+    pub session_policy: crate::registry::SessionPolicy,
     /// Logging (`--log-format`).
     #[command(flatten)]
     pub log: LogArgs,
@@ -160,6 +168,14 @@ impl Config {
     /// The keepalive interval as a duration.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_seconds)
+    }
+
+    /// The per-key session cap and policy.
+    pub fn session_limit(&self) -> crate::registry::SessionLimit {
+        crate::registry::SessionLimit {
+            per_key: usize::try_from(self.sessions_per_key).unwrap_or(1).max(1),
+            policy: self.session_policy,
+        }
     }
 
     /// The frame limit in bytes.

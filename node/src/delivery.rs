@@ -6,6 +6,7 @@
 //! whether it also reached a live session); anything else is a [`DeliveryError`], answered with
 //! a 5xx, never a 2xx.
 
+use wscluster_ring::contract::api;
 pub use wscluster_ring::contract::api::{BroadcastReceipt, Presence, SendReceipt};
 
 /// Why a send, a broadcast or a look-up did not happen. Nothing was stored or published: the
@@ -32,20 +33,26 @@ impl DeliveryError {
         }
     }
 
-    /// The stable code of the error answer (`mailbox-unavailable`, …).
+    /// The stable code of the error answer (`mailbox-unavailable`, …; see
+    /// [`wscluster_ring::contract::api`]).
     pub fn code(&self) -> &'static str {
         match self {
-            DeliveryError::Unavailable {
-                what: "mailbox", ..
-            } => "mailbox-unavailable",
-            DeliveryError::Unavailable { what: "bus", .. } => "bus-unavailable",
-            DeliveryError::Unavailable {
-                what: "presence", ..
-            } => "presence-unavailable",
-            DeliveryError::Unavailable { .. } => "backend-unavailable",
+            DeliveryError::Unavailable { what, .. } => match *what {
+                MAILBOX => api::ERROR_MAILBOX_UNAVAILABLE,
+                BUS => api::ERROR_BUS_UNAVAILABLE,
+                PRESENCE => api::ERROR_PRESENCE_UNAVAILABLE,
+                _ => api::ERROR_BACKEND_UNAVAILABLE,
+            },
         }
     }
 }
+
+/// [`DeliveryError::Unavailable::what`] of the mailbox.
+pub const MAILBOX: &str = "mailbox";
+/// [`DeliveryError::Unavailable::what`] of the message bus.
+pub const BUS: &str = "bus";
+/// [`DeliveryError::Unavailable::what`] of presence.
+pub const PRESENCE: &str = "presence";
 
 /// How a new session of a key is let in, decided before the upgrade is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +67,8 @@ pub enum Admission {
 /// Why a new session is refused before the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// The key already has the most sessions allowed and the policy is `refuse` (429).
+    /// The key already has the most sessions allowed and the policy is `refuse` (429,
+    /// [`api::ERROR_TOO_MANY_SESSIONS`]).
     #[error("the key already has {limit} sessions on this node")]
     TooManySessions {
         /// The cap.

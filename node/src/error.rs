@@ -17,6 +17,10 @@ pub enum Error {
     /// The message bus is not connected right now (it reconnects in the background).
     #[error("the message bus is not connected")]
     BusUnavailable,
+    /// A backend did not answer in time (the operation may or may not have happened; nothing
+    /// is acknowledged).
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// A backend answered something the node did not expect.
     #[error("unexpected backend reply: {0}")]
     Protocol(String),
@@ -38,6 +42,7 @@ impl Error {
             Error::Redis(_) => "redis",
             Error::Amqp(_) => "amqp",
             Error::BusUnavailable => "bus-unavailable",
+            Error::Timeout(_) => "backend-timeout",
             Error::Protocol(_) => "backend-protocol",
             Error::Config(_) => "config",
             Error::Io(_) => "io",

@@ -27,7 +27,7 @@ use wscluster_ring::contract::{
 use crate::api::{legacy_broadcast, legacy_send, server_api};
 use crate::auth::{AuthError, Caller, Trust};
 use crate::ownership::Ownership;
-use crate::session::{self, Since};
+use crate::session::{self, Resume};
 use crate::state::NodeState;
 
 /// Read buffer of a WebSocket (also the most read per syscall). tungstenite's default, 128 KiB,
@@ -415,16 +415,21 @@ async fn upgrade(
     }
     check_owner_routed(state, &key, routed_version(req)).await?;
     let accept = handshake_accept(req)?;
-    let since = Since::parse(query_param(req.uri().query(), "since")?.as_deref());
-    if let Err(refusal) = state.admit(&key) {
-        return Err(ApiError::new(
+    let query = req.uri().query();
+    let resume = Resume::parse(
+        query_param(query, "since")?.as_deref(),
+        query_param(query, "epoch")?.as_deref(),
+    )
+    .map_err(|e| ApiError::bad(api::ERROR_BAD_RESUME, e.to_string()))?;
+    state.admit(&key).map_err(|refusal| {
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too-many-sessions",
+            api::ERROR_TOO_MANY_SESSIONS,
             refusal.to_string(),
-        ));
-    }
+        )
+    })?;
     let permit = session_permit(state)?;
-    spawn_session(state, hyper::upgrade::on(req), key, since, permit);
+    spawn_session(state, hyper::upgrade::on(req), key, resume, permit);
     Ok(switching_protocols(&accept))
 }
 
@@ -477,7 +482,7 @@ fn spawn_session(
     state: &Arc<NodeState>,
     on_upgrade: OnUpgrade,
     key: String,
-    since: Since,
+    resume: Resume,
     permit: OwnedSemaphorePermit,
 ) {
     let frame_limit = state.config.max_frame();
@@ -497,7 +502,7 @@ fn spawn_session(
                         Some(ws_config),
                     )
                     .await;
-                    session::run(task_state, ws, Arc::from(key), since, permit).await;
+                    session::run(task_state, ws, Arc::from(key), resume, permit).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
@@ -531,6 +536,7 @@ async fn user(state: &NodeState, raw: &str) -> Result<Resp, ApiError> {
                 "ringVersion": entry.ring_version,
                 "since": entry.since,
                 "connectedHere": state.registry.contains(&user),
+                "sessionsHere": state.registry.sessions_of(&user),
             }),
         )),
         Ok(None) => Err(ApiError {

@@ -1,20 +1,34 @@
-//! Per-user mailboxes: every message for a user is appended here, with the next offset
-//! (1, 2, 3, …), before it is delivered, so a client that reconnects with `?since=<offset>`
-//! receives what it missed.
+//! Per-user mailboxes: every message for a user is appended here before it is delivered, and
+//! gets the stream's epoch and the next offset (1, 2, 3, … within the epoch), so a client that
+//! reconnects with `?since=<offset>&epoch=<epoch>` receives what it missed — or learns that it
+//! cannot (the epoch differs or the offset is no longer kept).
+//!
+//! The epoch is a random id made together with the stream, and made anew whenever the stream
+//! is made again: after it expired, after Redis lost it, in another process's memory. Offsets
+//! only compare within one epoch; that is what stops a client (or a live session) from taking a
+//! fresh offset 1 for a duplicate of the old offset 1.
 //!
 //! Retention is bounded two ways: at most `--mailbox-max-len` messages per user (older ones are
-//! trimmed) and `--mailbox-ttl-seconds` after the last append (the whole mailbox expires).
+//! trimmed) and `--mailbox-ttl-seconds` after the last append (the whole mailbox expires, epoch
+//! included).
 //!
-//! Redis layout (one stream and one counter per user):
+//! Redis layout (one stream and one hash per user):
 //! * `{prefix}:{cluster}:mailbox:{user}` — a stream whose entry ids are `0-<offset>`, fields
 //!   `c` (content) and `t` (timestamp, ms since the Unix epoch);
-//! * `{prefix}:{cluster}:mailbox-seq:{user}` — the last offset handed out.
+//! * `{prefix}:{cluster}:mailbox-meta:{user}` — a hash: `e` the epoch, `s` the last offset
+//!   handed out.
 //!
-//! A Lua script allocates the offset and appends in one atomic step (`INCR` + `XADD … MAXLEN`
-//! + `EXPIRE`), so offsets are dense and ordered even with several writers.
+//! One Lua script per append makes the epoch when the hash is absent (dropping any stream
+//! left without one), allocates the offset, `XADD`s with `MAXLEN` and `EXPIRE`s both keys
+//! together, and returns epoch and offset: one round trip, atomic with other writers. A read is
+//! one script too, which makes the epoch of an absent stream so the client is told the epoch
+//! its next messages will carry.
+//!
+//! Every Redis call is bounded ([`APPEND_TIMEOUT`], [`READ_TIMEOUT`]): with Redis down a send
+//! fails fast instead of waiting for a reconnect.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,6 +38,27 @@ use crate::error::{Error, Result};
 
 /// Most entries one [`Mailbox::read`] returns; replays page through larger backlogs.
 pub const READ_PAGE: usize = 256;
+/// Longest an append may take before the send is answered 503. A local Redis appends in well
+/// under a millisecond; one second absorbs a slow fsync (`appendfsync always`) and a GC pause
+/// while keeping "Redis is down" a fast answer rather than a hung request.
+pub const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest one replay page may take to read before the session is closed as unavailable
+/// (4005): a page is at most [`READ_PAGE`] entries, so two seconds is generous.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A stream epoch: 16 random hex digits (64 bits), made with the stream.
+pub fn new_epoch() -> Arc<str> {
+    Arc::from(format!("{:016x}", rand::random::<u64>()))
+}
+
+/// Where an appended message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// The message's offset within it.
+    pub offset: u64,
+}
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +72,15 @@ pub struct MailboxEntry {
 }
 
 /// The answer to a read: some entries after an offset, and the bounds of what is retained.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxPage {
+    /// The stream's epoch (made by the read if the stream had none).
+    pub epoch: Arc<str>,
     /// Entries with offset greater than the one asked for, oldest first, at most the limit.
     pub entries: Vec<MailboxEntry>,
     /// The oldest offset still retained, if any entry is.
     pub oldest: Option<u64>,
-    /// The last offset handed out (0 when the mailbox is empty or expired).
+    /// The last offset handed out in this epoch (0 for a new stream).
     pub latest: u64,
 }
 
@@ -51,10 +88,10 @@ pub struct MailboxPage {
 /// local mode or another embedding can bring its own.
 #[async_trait]
 pub trait Mailbox: Send + Sync + 'static {
-    /// Appends a message for `user` and returns its offset.
-    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<u64>;
+    /// Appends a message for `user`; returns its epoch and offset once it is stored.
+    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<Appended>;
 
-    /// Reads up to `limit` entries with offset greater than `after`.
+    /// Reads up to `limit` entries with offset greater than `after` in the current epoch.
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage>;
 }
 
@@ -67,7 +104,8 @@ pub struct Retention {
     pub ttl: Duration,
 }
 
-/// An in-process mailbox (local mode, tests): same semantics as Redis, lost on restart.
+/// An in-process mailbox (local mode, tests): same semantics as Redis, lost on restart (a new
+/// process makes new epochs, so clients notice).
 #[derive(Debug)]
 pub struct MemoryMailbox {
     /// Retention limits.
@@ -82,11 +120,28 @@ pub struct MemoryMailbox {
 /// a timer task: the sweep is O(users) and runs at most once per 4096 messages.
 const SWEEP_EVERY_APPENDS: u64 = 4096;
 
+/// One user's in-memory stream.
 #[derive(Debug)]
 struct MemoryBox {
+    /// Made with the stream.
+    epoch: Arc<str>,
+    /// The last offset handed out.
     seq: u64,
+    /// Retained entries, oldest first.
     entries: VecDeque<MailboxEntry>,
+    /// When the stream expires (with its epoch).
     expires: Instant,
+}
+
+impl MemoryBox {
+    fn new(expires: Instant) -> Self {
+        MemoryBox {
+            epoch: new_epoch(),
+            seq: 0,
+            entries: VecDeque::new(),
+            expires,
+        }
+    }
 }
 
 impl MemoryMailbox {
@@ -112,28 +167,35 @@ impl MemoryMailbox {
             .lock()
             .map_err(|_| Error::Protocol("memory mailbox lock poisoned".into()))
     }
+
+    /// `user`'s live stream, made (with a new epoch) when absent or expired.
+    fn live_box<'m>(
+        boxes: &'m mut HashMap<String, MemoryBox>,
+        user: &str,
+        ttl: Duration,
+    ) -> &'m mut MemoryBox {
+        let now = Instant::now();
+        let b = boxes
+            .entry(user.to_owned())
+            .or_insert_with(|| MemoryBox::new(now + ttl));
+        if b.expires <= now {
+            *b = MemoryBox::new(now + ttl);
+        }
+        b
+    }
 }
 
 #[async_trait]
 impl Mailbox for MemoryMailbox {
-    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<u64> {
+    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<Appended> {
         let n = self
             .appends
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n % SWEEP_EVERY_APPENDS == SWEEP_EVERY_APPENDS - 1 {
             self.sweep();
         }
-        let now = Instant::now();
         let mut boxes = self.lock()?;
-        let b = boxes.entry(user.to_owned()).or_insert_with(|| MemoryBox {
-            seq: 0,
-            entries: VecDeque::new(),
-            expires: now,
-        });
-        if b.expires <= now {
-            b.seq = 0;
-            b.entries.clear();
-        }
+        let b = Self::live_box(&mut boxes, user, self.retention.ttl);
         b.seq += 1;
         b.entries.push_back(MailboxEntry {
             offset: b.seq,
@@ -143,16 +205,18 @@ impl Mailbox for MemoryMailbox {
         while b.entries.len() as u64 > self.retention.max_len {
             b.entries.pop_front();
         }
-        b.expires = now + self.retention.ttl;
-        Ok(b.seq)
+        b.expires = Instant::now() + self.retention.ttl;
+        Ok(Appended {
+            epoch: b.epoch.clone(),
+            offset: b.seq,
+        })
     }
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage> {
-        let boxes = self.lock()?;
-        let Some(b) = boxes.get(user).filter(|b| b.expires > Instant::now()) else {
-            return Ok(MailboxPage::default());
-        };
+        let mut boxes = self.lock()?;
+        let b = Self::live_box(&mut boxes, user, self.retention.ttl);
         Ok(MailboxPage {
+            epoch: b.epoch.clone(),
             entries: b
                 .entries
                 .iter()
@@ -166,14 +230,38 @@ impl Mailbox for MemoryMailbox {
     }
 }
 
-/// Offset allocation and append in one atomic step. KEYS: stream, counter. ARGV: content,
-/// timestamp, max length, ttl seconds.
+/// Epoch, offset allocation and append in one atomic step. KEYS: stream, meta. ARGV: content,
+/// timestamp, max length, ttl seconds, a fresh epoch (used only if the stream has none).
+/// Returns `{epoch, offset}`.
 const APPEND_LUA: &str = r#"
-local seq = redis.call('INCR', KEYS[2])
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
+end
+local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, 'c', ARGV[1], 't', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return seq
+return {epoch, seq}
+"#;
+
+/// The epoch, the bounds and one page of a stream. KEYS: stream, meta. ARGV: after, limit, ttl
+/// seconds, a fresh epoch (made into the stream's epoch if it has none, with an empty stream).
+/// Returns `{epoch, latest, first entry (0 or 1), page}`.
+const READ_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', ARGV[4], 's', 0)
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return {ARGV[4], 0, {}, {}}
+end
+local latest = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local page = redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
+return {epoch, latest, first, page}
 "#;
 
 /// Mailboxes in Redis streams (see the module docs for the layout).
@@ -187,6 +275,8 @@ pub struct RedisMailbox {
     retention: Retention,
     /// The append script (sent once, then called by SHA).
     append: redis::Script,
+    /// The read script.
+    read: redis::Script,
 }
 
 impl std::fmt::Debug for RedisMailbox {
@@ -207,6 +297,7 @@ impl RedisMailbox {
             namespace,
             retention,
             append: redis::Script::new(APPEND_LUA),
+            read: redis::Script::new(READ_LUA),
         }
     }
 
@@ -214,8 +305,21 @@ impl RedisMailbox {
         format!("{}mailbox:{user}", self.namespace)
     }
 
-    fn seq_key(&self, user: &str) -> String {
-        format!("{}mailbox-seq:{user}", self.namespace)
+    fn meta_key(&self, user: &str) -> String {
+        format!("{}mailbox-meta:{user}", self.namespace)
+    }
+}
+
+/// Runs a Redis call under `limit`; a late answer is an error (the caller answers 503 or
+/// closes the session with 4005, never pretends).
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(reply) => Ok(reply?),
+        Err(_) => Err(Error::Timeout(format!("{what} took longer than {limit:?}"))),
     }
 }
 
@@ -236,42 +340,39 @@ fn parse_entry(id: &str, mut fields: HashMap<String, String>) -> Result<MailboxE
 
 #[async_trait]
 impl Mailbox for RedisMailbox {
-    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<u64> {
+    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<Appended> {
         let mut con = self.con.clone();
-        let seq: u64 = self
-            .append
-            .key(self.stream_key(user))
-            .key(self.seq_key(user))
+        let mut call = self.append.prepare_invoke();
+        call.key(self.stream_key(user))
+            .key(self.meta_key(user))
             .arg(content)
             .arg(timestamp)
             .arg(self.retention.max_len)
             .arg(self.retention.ttl.as_secs().max(1))
-            .invoke_async(&mut con)
-            .await?;
-        Ok(seq)
+            .arg(&*new_epoch());
+        let (epoch, offset): (String, u64) = bounded(
+            APPEND_TIMEOUT,
+            "mailbox append",
+            call.invoke_async(&mut con),
+        )
+        .await?;
+        Ok(Appended {
+            epoch: Arc::from(epoch),
+            offset,
+        })
     }
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage> {
         let mut con = self.con.clone();
-        let stream = self.stream_key(user);
-        let (latest, first, page): (Option<u64>, RangeReply, RangeReply) = redis::pipe()
-            .atomic()
-            .cmd("GET")
-            .arg(self.seq_key(user))
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("(0-{after}"))
-            .arg("+")
-            .arg("COUNT")
+        let mut call = self.read.prepare_invoke();
+        call.key(self.stream_key(user))
+            .key(self.meta_key(user))
+            .arg(after)
             .arg(limit.max(1))
-            .query_async(&mut con)
-            .await?;
+            .arg(self.retention.ttl.as_secs().max(1))
+            .arg(&*new_epoch());
+        let (epoch, latest, first, page): (String, u64, RangeReply, RangeReply) =
+            bounded(READ_TIMEOUT, "mailbox read", call.invoke_async(&mut con)).await?;
         let oldest = match first.first() {
             Some((id, _)) => Some(parse_entry_id(id)?),
             None => None,
@@ -281,9 +382,10 @@ impl Mailbox for RedisMailbox {
             .map(|(id, fields)| parse_entry(&id, fields))
             .collect::<Result<Vec<_>>>()?;
         Ok(MailboxPage {
+            epoch: Arc::from(epoch),
             entries,
             oldest,
-            latest: latest.unwrap_or(0),
+            latest,
         })
     }
 }
@@ -298,10 +400,16 @@ mod tests {
             max_len: 3,
             ttl: Duration::from_secs(60),
         });
+        let mut epochs = Vec::new();
         for i in 1..=5u64 {
-            assert_eq!(m.append("u", &format!("m{i}"), i).await.expect("append"), i);
+            let appended = m.append("u", &format!("m{i}"), i).await.expect("append");
+            assert_eq!(appended.offset, i);
+            epochs.push(appended.epoch);
         }
+        epochs.dedup();
+        assert_eq!(epochs.len(), 1, "one epoch while the stream lives");
         let page = m.read("u", 0, 10).await.expect("read");
+        assert_eq!(page.epoch, epochs[0]);
         assert_eq!(page.oldest, Some(3));
         assert_eq!(page.latest, 5);
         let offsets: Vec<u64> = page.entries.iter().map(|e| e.offset).collect();
@@ -309,10 +417,32 @@ mod tests {
         let page = m.read("u", 4, 10).await.expect("read");
         assert_eq!(page.entries.len(), 1);
         assert_eq!(page.entries[0].content, "m5");
+        let other = m.read("other", 0, 10).await.expect("read");
         assert_eq!(
-            m.read("other", 0, 10).await.expect("read"),
-            MailboxPage::default()
+            (other.entries.len(), other.oldest, other.latest),
+            (0, None, 0)
         );
+        assert_ne!(other.epoch, epochs[0], "every stream has its own epoch");
+        let first = m.append("other", "x", 1).await.expect("append");
+        assert_eq!(
+            (first.epoch, first.offset),
+            (other.epoch, 1),
+            "the epoch a read made is the one the next append uses"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_memory_stream_comes_back_with_a_new_epoch_and_offsets_from_one() {
+        let m = MemoryMailbox::new(Retention {
+            max_len: 10,
+            ttl: Duration::from_millis(50),
+        });
+        let before = m.append("u", "a", 1).await.expect("append");
+        m.append("u", "b", 2).await.expect("append");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let after = m.append("u", "c", 3).await.expect("append");
+        assert_eq!(after.offset, 1);
+        assert_ne!(after.epoch, before.epoch);
     }
 
     #[test]

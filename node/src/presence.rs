@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::mailbox::bounded;
 
 /// One user's presence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +127,12 @@ end
 return 0
 "#;
 
+/// Longest a presence write or look-up may take: presence is advisory, so a slow Redis must
+/// not hold up a session's start or a presence answer (which is then 503).
+pub const PRESENCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest one refresh batch may take.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Entries refreshed per Redis pipeline.
 const REFRESH_BATCH: usize = 500;
 
@@ -174,20 +181,28 @@ impl Presence for RedisPresence {
     async fn set(&self, user: &str, entry: &PresenceEntry) -> Result<()> {
         let mut con = self.con.clone();
         let value = serde_json::to_string(entry)?;
-        let () = redis::cmd("SET")
-            .arg(self.key(user))
+        let mut set = redis::cmd("SET");
+        set.arg(self.key(user))
             .arg(value)
             .arg("EX")
-            .arg(self.ttl.as_secs().max(1))
-            .query_async(&mut con)
-            .await?;
-        Ok(())
+            .arg(self.ttl.as_secs().max(1));
+        bounded(
+            PRESENCE_TIMEOUT,
+            "presence set",
+            set.query_async::<()>(&mut con),
+        )
+        .await
     }
 
     async fn refresh(&self, live: &[(String, String)]) -> Result<()> {
         // Load once so the pipeline can use EVALSHA.
         let mut con = self.con.clone();
-        let _: String = self.refresh.load_async(&mut con).await?;
+        let _: String = bounded(
+            REFRESH_TIMEOUT,
+            "presence script load",
+            self.refresh.load_async(&mut con),
+        )
+        .await?;
         for chunk in live.chunks(REFRESH_BATCH) {
             let mut pipe = redis::pipe();
             for (user, conn) in chunk {
@@ -199,28 +214,35 @@ impl Presence for RedisPresence {
                     .arg(self.ttl.as_secs().max(1))
                     .ignore();
             }
-            let () = pipe.query_async(&mut con).await?;
+            bounded(
+                REFRESH_TIMEOUT,
+                "presence refresh",
+                pipe.query_async::<()>(&mut con),
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn remove(&self, user: &str, conn: &str) -> Result<()> {
         let mut con = self.con.clone();
-        let _: i64 = self
-            .remove
-            .key(self.key(user))
-            .arg(conn)
-            .invoke_async(&mut con)
-            .await?;
+        let mut call = self.remove.prepare_invoke();
+        call.key(self.key(user)).arg(conn);
+        let _: i64 = bounded(
+            PRESENCE_TIMEOUT,
+            "presence remove",
+            call.invoke_async(&mut con),
+        )
+        .await?;
         Ok(())
     }
 
     async fn get(&self, user: &str) -> Result<Option<PresenceEntry>> {
         let mut con = self.con.clone();
-        let value: Option<String> = redis::cmd("GET")
-            .arg(self.key(user))
-            .query_async(&mut con)
-            .await?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.key(user));
+        let value: Option<String> =
+            bounded(PRESENCE_TIMEOUT, "presence get", get.query_async(&mut con)).await?;
         match value {
             None => Ok(None),
             Some(v) => Ok(Some(serde_json::from_str(&v)?)),

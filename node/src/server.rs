@@ -106,9 +106,16 @@ async fn redis_backends(
     url: &str,
 ) -> Result<(Arc<dyn Mailbox>, Arc<dyn Presence>)> {
     let client = redis::Client::open(url)?;
+    // redis-rs reconnects by itself, with exponential backoff and jitter; it is given the same
+    // schedule as every other reconnect loop (wscluster_runtime::amqp: 100 ms doubling to 5 s)
+    // so that after a Redis restart the pods do not come back in lockstep. Each mailbox call is
+    // bounded on its own (mailbox::APPEND_TIMEOUT), so a reconnect never holds a send.
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
-        .set_response_timeout(Some(REDIS_CONNECT_TIMEOUT));
+        .set_response_timeout(Some(REDIS_CONNECT_TIMEOUT))
+        .set_min_delay(wscluster_runtime::amqp::RECONNECT_INITIAL)
+        .set_max_delay(wscluster_runtime::amqp::RECONNECT_MAX)
+        .set_exponent_base(2.0);
     let con = tokio::time::timeout(
         REDIS_CONNECT_TIMEOUT,
         ConnectionManager::new_with_config(client, manager_config),
@@ -446,12 +453,7 @@ async fn refresh_presence(state: Arc<NodeState>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let live: Vec<(String, String)> = state
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|(k, h)| (k.to_string(), h.conn_tag.to_string()))
-            .collect();
+        let live = state.registry.presence_tags();
         if let Err(e) = state.presence.refresh(&live).await {
             tracing::warn!(error = %e, "presence refresh failed");
             state.metrics.error(e.metric_label());

@@ -1,16 +1,23 @@
-//! One WebSocket session: register (replacing an older session of the same key), record
-//! presence, replay the mailbox after `?since=`, then deliver live messages until the client
-//! leaves or the node closes it.
+//! One WebSocket session: register (within the key's session cap), record presence, replay
+//! the mailbox after `?since=` (within `?epoch=`), send the ready frame, then deliver live
+//! messages until the client leaves or the node closes it.
 //!
-//! Ordering without loss: the session is registered (so live messages queue up) *before* the
-//! mailbox is read; it then sends the replay and afterwards only queued messages whose offset is
-//! greater than the last one sent. A message appended around the registration is therefore in
-//! the replay, in the queue, or both — and sent exactly once, in offset order.
+//! Ordering without loss: the session is registered and the mailbox's first page read under
+//! the key's send stripe ([`NodeState::open_session`]), so every message appended before the
+//! read is in the mailbox (and in the page's `latest`) and every message appended after it is
+//! queued to the session. The session sends the replay, then only queued messages past the
+//! last (epoch, offset) it sent: each message exactly once, in order. A queued message of
+//! another epoch than the last one sent is always delivered — a live session never drops a
+//! message because of an offset from an older epoch.
+//!
+//! No silent gap: if a mailbox read fails or times out during the replay, the session sends
+//! no ready frame and does not go live: it closes with a reset frame `unavailable` and
+//! `CLOSE_UNAVAILABLE` (4005), and the client resumes from where it was.
 //!
 //! [`drive`] is generic over any [`Socket`] (a `Sink + Stream` of tungstenite messages), so
-//! tests run it over an in-memory duplex pipe. It runs in two steps: the greeting (a `since` error or the replay,
-//! then `ready`), then the live loop, whose every event (a close command, a queued message, a
-//! client frame, a keepalive tick) has its own handler.
+//! tests run it over an in-memory duplex pipe. It runs in two steps: the greeting (the replay,
+//! then the ready frame), then the live loop, whose every event (a close command, a queued
+//! message, a client frame, a keepalive tick) has its own handler.
 
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
@@ -21,17 +28,25 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use wscluster_ring::contract::{CLOSE_POLICY, CLOSE_REPLACED, MessageKind};
+use wscluster_ring::contract::{
+    CLOSE_POLICY, CLOSE_REPLACED, MessageKind, ReadyFrame, ResetFrame, ResetReason,
+};
 
 use crate::mailbox::{MailboxEntry, MailboxPage, READ_PAGE};
 use crate::presence::PresenceEntry;
-use crate::registry::{CONTROL_QUEUE, Close, Handle, Outbound};
+use crate::registry::{CONTROL_QUEUE, Close, Handle, Outbound, Removed, over_cap_close};
 use crate::state::{NodeState, now_ms};
 
 /// Longest wait for one frame to be written before the client is considered gone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the client's half of the closing handshake (RFC 6455 §7.1.2).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A session closed as unavailable (4005) is told to come back after a delay drawn from
+/// `[UNAVAILABLE_RETRY_MIN_MS, 2 × UNAVAILABLE_RETRY_MIN_MS]`: long enough for a Redis
+/// failover or restart to make progress, spread so the clients of a node do not return at once.
+pub const UNAVAILABLE_RETRY_MIN_MS: u64 = 1_000;
+/// Longest `epoch` query parameter accepted (epochs this node makes are 16 hex digits).
+pub const MAX_EPOCH_LEN: usize = 64;
 
 /// RFC 6455 §7.4.1: going away (sent when the keepalive times out).
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -42,27 +57,62 @@ const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 /// RFC 6455 §7.4.1: a message too big to process.
 const CLOSE_TOO_BIG: u16 = 1009;
 
-/// The `since` query parameter as given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Since {
-    /// Not given: live messages only.
-    Absent,
-    /// Replay everything after this offset (0 = everything retained).
-    Offset(u64),
-    /// Given but not a number: an error frame, then live messages.
-    Invalid(String),
+/// Where a client asks to resume: `?since=<offset>&epoch=<epoch>`, both checked before the
+/// upgrade is answered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Resume {
+    /// The last offset the client has (`0`: it has nothing, replay all that is retained);
+    /// `None`: live messages only.
+    pub since: Option<u64>,
+    /// The epoch `since` belongs to.
+    pub epoch: Option<String>,
 }
 
-impl Since {
-    /// Parses the raw query value.
-    pub fn parse(raw: Option<&str>) -> Since {
-        match raw {
-            None => Since::Absent,
-            Some(s) => match s.parse::<u64>() {
-                Ok(n) => Since::Offset(n),
-                Err(_) => Since::Invalid(s.chars().take(64).collect()),
-            },
+/// Why `since` or `epoch` is refused (400 before the upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// `since` is not a decimal offset.
+    #[error("since must be a non-negative integer offset")]
+    Since,
+    /// `epoch` is not an epoch.
+    #[error("epoch must be 1 to 64 ASCII letters, digits, '-' or '_'")]
+    Epoch,
+    /// `epoch` without `since`.
+    #[error("epoch is only meaningful together with since")]
+    EpochWithoutSince,
+}
+
+impl Resume {
+    /// Checks the raw (decoded) query values.
+    pub fn parse(since: Option<&str>, epoch: Option<&str>) -> Result<Resume, ResumeError> {
+        let since = match since {
+            None => None,
+            Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(s.parse::<u64>().map_err(|_| ResumeError::Since)?)
+            }
+            Some(_) => return Err(ResumeError::Since),
+        };
+        let epoch = match epoch {
+            None => None,
+            Some(e)
+                if !e.is_empty()
+                    && e.len() <= MAX_EPOCH_LEN
+                    && e.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                Some(e.to_owned())
+            }
+            Some(_) => return Err(ResumeError::Epoch),
+        };
+        if epoch.is_some() && since.is_none() {
+            return Err(ResumeError::EpochWithoutSince);
         }
+        Ok(Resume { since, epoch })
+    }
+
+    /// The offset the first mailbox read starts after.
+    fn read_after(&self) -> u64 {
+        self.since.unwrap_or(0)
     }
 }
 
@@ -71,7 +121,7 @@ impl Since {
 pub enum End {
     /// The client closed or disconnected.
     Client,
-    /// The node closed it (reset, drain, replaced, slow consumer).
+    /// The node closed it (reset, drain, replaced, slow consumer, unavailable).
     Closed(&'static str),
     /// A protocol violation by the client (code sent).
     Protocol(u16),
@@ -96,54 +146,36 @@ impl<S> Socket for S where
 /// Runs a session on an upgraded socket until it ends, then cleans up.
 pub async fn run<S: Socket>(
     state: Arc<NodeState>,
-    ws: S,
+    mut ws: S,
     key: Arc<str>,
-    since: Since,
+    resume: Resume,
     _permit: OwnedSemaphorePermit,
 ) -> End {
     let (conn, conn_tag) = state.next_conn();
-    let (data, control) = register(&state, &key, conn, &conn_tag);
-    let entry = PresenceEntry {
-        node: state.id.to_string(),
-        ring_version: state.ring.version(),
-        since: now_ms(),
-        conn: conn_tag.to_string(),
-    };
-    if let Err(e) = state.presence.set(&key, &entry).await {
-        tracing::warn!(error = %e, "presence not recorded");
-        state.metrics.error(e.metric_label());
-    }
-
-    let end = drive(&state, ws, &key, since, data, control).await;
-
-    state.registry.remove(&key, conn);
-    state.metrics.connections.dec();
-    if let Err(e) = state.presence.remove(&key, &conn_tag).await {
-        tracing::warn!(error = %e, "presence not removed (it expires on its own)");
-        state.metrics.error(e.metric_label());
-    }
-    tracing::debug!(?end, "session ended");
-    end
-}
-
-/// Makes the session reachable under `key` (closing an older session of the key with
-/// `CLOSE_REPLACED`); returns its data and control queues.
-fn register(
-    state: &NodeState,
-    key: &Arc<str>,
-    conn: u64,
-    conn_tag: &Arc<str>,
-) -> (mpsc::Receiver<Outbound>, mpsc::Receiver<Close>) {
     let queue = usize::try_from(state.config.session_queue).unwrap_or(1024);
-    let (data_tx, data_rx) = mpsc::channel(queue);
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (data_tx, data) = mpsc::channel(queue);
+    let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
     let handle = Handle {
         conn,
-        conn_tag: conn_tag.clone(),
+        conn_tag,
         data: data_tx,
         control: control_tx,
     };
-    if let Some(old) = state.registry.insert(key.clone(), handle) {
+    let limit = if resume.since.is_some() { READ_PAGE } else { 1 };
+    let (registered, first) = match state
+        .open_session(&key, handle, resume.read_after(), limit)
+        .await
+    {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            tracing::debug!(%refusal, "session lost the race for the key's last place");
+            state.metrics.error("too-many-sessions");
+            let c = over_cap_close();
+            close(&mut ws, c.code, c.reason).await;
+            return End::Closed(c.reason);
+        }
+    };
+    if let Some(old) = registered.replaced {
         let _ = old.control.try_send(Close {
             frame: None,
             code: CLOSE_REPLACED,
@@ -152,7 +184,31 @@ fn register(
     }
     state.metrics.connections.inc();
     state.metrics.connections_opened.inc();
-    (data_rx, control_rx)
+    let entry = PresenceEntry {
+        node: state.id.to_string(),
+        ring_version: state.ring.version(),
+        since: now_ms(),
+        conn: registered.presence_tag.to_string(),
+    };
+    // Without a mailbox the session closes at once (4005): no presence to record then.
+    if first.is_ok()
+        && let Err(e) = state.presence.set(&key, &entry).await
+    {
+        tracing::warn!(error = %e, "presence not recorded");
+        state.metrics.error(e.metric_label());
+    }
+
+    let end = drive(&state, ws, &key, &resume, first, data, control).await;
+
+    state.metrics.connections.dec();
+    if let Removed::Last(tag) = state.registry.remove(&key, conn)
+        && let Err(e) = state.presence.remove(&key, &tag).await
+    {
+        tracing::warn!(error = %e, "presence not removed (it expires on its own)");
+        state.metrics.error(e.metric_label());
+    }
+    tracing::debug!(?end, "session ended");
+    end
 }
 
 /// Writes one frame with a timeout.
@@ -178,101 +234,64 @@ async fn close<S: Socket>(ws: &mut S, code: u16, reason: &str) {
     .await;
 }
 
-/// A `system` or `error` frame.
-fn notice(state: &NodeState, kind: MessageKind, content: String) -> Message {
-    Message::Text(state.client_message(kind, content, now_ms(), None))
-}
-
-/// What is wrong with `?since=` compared with what the mailbox retains; each gap is an
-/// `error` frame to the client, after which the session goes on.
+/// What the greeting does with the client's [`Resume`], decided from the first mailbox page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SinceGap {
-    /// `since` is past the latest offset handed out (the mailbox expired, say): live only.
-    Ahead {
-        /// The latest offset handed out.
-        latest: u64,
+pub enum Plan {
+    /// Send every retained entry after `after`, then the ready frame with `recovered`.
+    Replay {
+        /// The offset the replay starts after.
+        after: u64,
+        /// Whether the client then has everything after its `since`.
+        recovered: bool,
     },
-    /// Messages right after `since` were trimmed: replay from the oldest one retained.
-    Trimmed {
-        /// The oldest offset retained.
-        oldest: u64,
-    },
-    /// No message after `since` is retained any more: live only.
-    Expired {
-        /// The latest offset handed out.
-        latest: u64,
+    /// Replay nothing; the ready frame says `recovered` and where the stream is.
+    Skip {
+        /// False when the client asked to resume and cannot be given everything after `since`.
+        recovered: bool,
     },
 }
 
-impl SinceGap {
-    /// The gap between `since` and the mailbox's first page, if there is one.
-    fn of(since: u64, page: &MailboxPage) -> Option<SinceGap> {
-        if since > page.latest {
-            return Some(SinceGap::Ahead {
-                latest: page.latest,
-            });
-        }
-        match page.oldest {
-            Some(oldest) if since + 1 < oldest => Some(SinceGap::Trimmed { oldest }),
-            None if since < page.latest => Some(SinceGap::Expired {
-                latest: page.latest,
-            }),
-            _ => None,
-        }
-    }
-
-    /// The `errors_total{kind}` label.
-    fn metric(self) -> &'static str {
-        match self {
-            SinceGap::Ahead { .. } => "since-ahead",
-            SinceGap::Trimmed { .. } | SinceGap::Expired { .. } => "since-expired",
-        }
-    }
-
-    /// The error frame's text.
-    fn message(self, since: u64) -> String {
-        match self {
-            SinceGap::Ahead { latest } => format!(
-                "since={since} is ahead of the latest offset {latest}; delivering live messages only"
-            ),
-            SinceGap::Trimmed { oldest } => format!(
-                "since={since} is older than the retention; the oldest available offset is {oldest}; replaying from there"
-            ),
-            SinceGap::Expired { latest } => format!(
-                "offsets {}..={latest} are no longer retained; delivering live messages only",
-                since + 1
-            ),
-        }
-    }
-
-    /// The offset the client is at when the gap ends the replay; None when the replay goes on.
-    fn stops_at(self) -> Option<u64> {
-        match self {
-            SinceGap::Ahead { latest } | SinceGap::Expired { latest } => Some(latest),
-            SinceGap::Trimmed { .. } => None,
+impl Plan {
+    /// The plan for `resume` against the stream `page` describes (Centrifugo's recovery
+    /// model): `since` is recovered only within the same epoch and while every offset after it
+    /// is still retained; `since=0` replays all that is retained (recovered when nothing was
+    /// trimmed and the epoch, if given, matches); no `since` means live only.
+    pub fn of(resume: &Resume, page: &MailboxPage) -> Plan {
+        let Some(since) = resume.since else {
+            return Plan::Skip { recovered: true };
+        };
+        let same_epoch = match resume.epoch.as_deref() {
+            Some(epoch) => epoch == &*page.epoch,
+            None => since == 0,
+        };
+        let kept_from = page.oldest.unwrap_or(page.latest.saturating_add(1));
+        let kept = since <= page.latest && since.saturating_add(1) >= kept_from;
+        match since {
+            0 => Plan::Replay {
+                after: 0,
+                recovered: same_epoch && kept,
+            },
+            _ if same_epoch && kept => Plan::Replay {
+                after: since,
+                recovered: true,
+            },
+            _ => Plan::Skip { recovered: false },
         }
     }
 }
 
-/// Reads one mailbox page after `after`. A failed read is told to the client in an `error`
-/// frame and ends the replay (None); the session goes on with live messages.
-async fn read_page<S: Socket>(
-    state: &NodeState,
-    ws: &mut S,
-    key: &str,
-    after: u64,
-) -> Result<Option<MailboxPage>, End> {
-    match state.mailbox.read(key, after, READ_PAGE).await {
-        Ok(page) => Ok(Some(page)),
-        Err(e) => {
-            state.metrics.error(e.metric_label());
-            tracing::warn!(error = %e, "mailbox read failed; replay skipped");
-            let text = format!(
-                "the mailbox is unavailable; messages after offset {after} were not replayed"
-            );
-            send(ws, notice(state, MessageKind::Error, text)).await?;
-            Ok(None)
-        }
+/// Why the greeting did not end in a live session.
+#[derive(Debug)]
+enum Failed {
+    /// The socket failed.
+    End(End),
+    /// The mailbox could not be read (or changed epoch mid-replay): close with 4005.
+    Unavailable(String),
+}
+
+impl From<End> for Failed {
+    fn from(end: End) -> Self {
+        Failed::End(end)
     }
 }
 
@@ -280,6 +299,7 @@ async fn read_page<S: Socket>(
 async fn send_entries<S: Socket>(
     state: &NodeState,
     ws: &mut S,
+    epoch: &str,
     entries: Vec<MailboxEntry>,
     mut after: u64,
 ) -> Result<u64, End> {
@@ -288,7 +308,7 @@ async fn send_entries<S: Socket>(
             MessageKind::Message,
             entry.content,
             entry.timestamp,
-            Some(entry.offset),
+            Some((epoch, entry.offset)),
         );
         send(ws, Message::Text(text)).await?;
         state.metrics.delivered("replay");
@@ -297,71 +317,100 @@ async fn send_entries<S: Socket>(
     Ok(after)
 }
 
-/// Sends the replay after `since`; returns the last offset the client now has.
+/// Sends the replay from `page` on; returns the last offset the client now has and the
+/// stream's latest offset. A later page that fails, or belongs to another epoch, fails it.
 async fn replay<S: Socket>(
     state: &NodeState,
     ws: &mut S,
     key: &str,
-    since: u64,
-) -> Result<u64, End> {
-    let Some(mut page) = read_page(state, ws, key, since).await? else {
-        return Ok(since);
-    };
-    if let Some(gap) = SinceGap::of(since, &page) {
-        state.metrics.error(gap.metric());
-        send(ws, notice(state, MessageKind::Error, gap.message(since))).await?;
-        if let Some(at) = gap.stops_at() {
-            return Ok(at);
-        }
-    }
-    let mut after = since;
+    mut page: MailboxPage,
+    mut after: u64,
+) -> Result<(u64, u64), Failed> {
+    let epoch = page.epoch.clone();
     loop {
         let more = page.entries.len() >= READ_PAGE;
-        after = send_entries(state, ws, page.entries, after).await?;
+        let latest = page.latest;
+        after = send_entries(state, ws, &epoch, page.entries, after).await?;
         if !more {
-            return Ok(after);
+            return Ok((after, latest.max(after)));
         }
-        let Some(next) = read_page(state, ws, key, after).await? else {
-            return Ok(after);
-        };
-        page = next;
+        page = state
+            .mailbox
+            .read(key, after, READ_PAGE)
+            .await
+            .map_err(|e| {
+                state.metrics.error(e.metric_label());
+                Failed::Unavailable(e.to_string())
+            })?;
+        if page.epoch != epoch {
+            return Err(Failed::Unavailable(
+                "the mailbox was made anew during the replay".into(),
+            ));
+        }
     }
 }
 
-/// What comes before live messages: a `since` error or the replay, then `ready`. Returns the
-/// last offset the client has.
+/// What comes before live messages: the replay the [`Plan`] asks for, then the ready frame.
+/// Returns the (epoch, offset) the client is at.
 async fn greet<S: Socket>(
     state: &NodeState,
     ws: &mut S,
     key: &str,
-    since: &Since,
-) -> Result<u64, End> {
-    let last = match since {
-        Since::Absent => 0,
-        Since::Invalid(raw) => {
-            state.metrics.error("since-invalid");
-            let text = format!(
-                "since={raw:?} is not a non-negative integer offset; delivering live messages only"
-            );
-            send(ws, notice(state, MessageKind::Error, text)).await?;
-            0
+    resume: &Resume,
+    first: MailboxPage,
+) -> Result<(Arc<str>, u64), Failed> {
+    let epoch = first.epoch.clone();
+    let (at, recovered) = match Plan::of(resume, &first) {
+        Plan::Skip { recovered } => (first.latest, recovered),
+        Plan::Replay { after, recovered } => {
+            let (_, latest) = replay(state, ws, key, first, after).await?;
+            (latest, recovered)
         }
-        Since::Offset(n) => replay(state, ws, key, *n).await?,
     };
-    send(ws, notice(state, MessageKind::System, "ready".to_owned())).await?;
-    Ok(last)
+    if !recovered {
+        state.metrics.error("resume-not-recovered");
+    }
+    let ready = ReadyFrame::new(&*state.id, &*epoch, at, recovered);
+    send(ws, Message::Text(Utf8Bytes::from(ready.to_json()))).await?;
+    Ok((epoch, at))
 }
 
-/// The session loop; see the module docs. Returns why it ended (the socket is closed).
+/// Closes a session whose replay could not be completed: a reset frame `unavailable`, then
+/// `CLOSE_UNAVAILABLE` (4005). No ready frame was sent, so the client keeps its position.
+async fn close_unavailable<S: Socket>(state: &NodeState, ws: &mut S, why: &str) -> End {
+    tracing::warn!(error = %why, "mailbox unavailable during the replay; closing with 4005");
+    let reason = ResetReason::Unavailable;
+    let retry = UNAVAILABLE_RETRY_MIN_MS + rand::random_range(0..=UNAVAILABLE_RETRY_MIN_MS);
+    let frame = ResetFrame::new(reason, retry, None).to_json();
+    state.metrics.reset(reason.as_str());
+    if send(ws, Message::Text(Utf8Bytes::from(frame)))
+        .await
+        .is_ok()
+    {
+        close(ws, reason.close_code(), reason.as_str()).await;
+    }
+    End::Closed(reason.as_str())
+}
+
+/// The session loop; see the module docs. `first` is the mailbox's first page (or why it
+/// could not be read). Returns why it ended (the socket is closed).
 pub async fn drive<S: Socket>(
     state: &Arc<NodeState>,
     mut ws: S,
     key: &str,
-    since: Since,
+    resume: &Resume,
+    first: crate::Result<MailboxPage>,
     data: mpsc::Receiver<Outbound>,
     control: mpsc::Receiver<Close>,
 ) -> End {
-    match greet(state, &mut ws, key, &since).await {
+    let greeted = match first {
+        Ok(page) => greet(state, &mut ws, key, resume, page).await,
+        Err(e) => {
+            state.metrics.error(e.metric_label());
+            Err(Failed::Unavailable(e.to_string()))
+        }
+    };
+    match greeted {
         Ok(last) => {
             let session = Live {
                 state,
@@ -372,7 +421,8 @@ pub async fn drive<S: Socket>(
             };
             session.run(data, control).await
         }
-        Err(end) => end,
+        Err(Failed::End(end)) => end,
+        Err(Failed::Unavailable(why)) => close_unavailable(state, &mut ws, &why).await,
     }
 }
 
@@ -384,8 +434,9 @@ struct Live<'a, S> {
     key: &'a str,
     /// The client's socket.
     ws: S,
-    /// The last mailbox offset the client has; queued messages at or below it are skipped.
-    last: u64,
+    /// The last mailbox (epoch, offset) the client has; queued messages of that epoch at or
+    /// below that offset are skipped (the replay sent them).
+    last: (Arc<str>, u64),
     /// When the client last sent a frame (any frame counts as liveness).
     last_seen: Instant,
 }
@@ -431,16 +482,17 @@ impl<S: Socket> Live<'_, S> {
         End::Closed(cmd.reason)
     }
 
-    /// A queued message, skipped if its offset is not past `last` (the replay sent it).
+    /// A queued message, skipped only if it is of the last epoch and not past its offset (the
+    /// replay sent it); a message of another epoch is always delivered.
     async fn deliver(&mut self, out: Option<Outbound>) -> ControlFlow<End> {
         let Some(out) = out else {
             return Break(End::Closed("removed"));
         };
-        if let Some(offset) = out.offset {
-            if offset <= self.last {
+        if let Some((epoch, offset)) = out.position {
+            if epoch == self.last.0 && offset <= self.last.1 {
                 return Continue(());
             }
-            self.last = offset;
+            self.last = (epoch, offset);
         }
         if send(&mut self.ws, Message::Text(out.text)).await.is_err() {
             return Break(End::WriteFailed);
@@ -565,7 +617,6 @@ mod tests {
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_util::sync::CancellationToken;
-    use wscluster_ring::contract::ClientMessage;
 
     use super::*;
     use crate::bus::MemoryBus;
@@ -592,7 +643,7 @@ mod tests {
     /// One end of an in-memory WebSocket.
     type Pipe = WebSocketStream<tokio::io::DuplexStream>;
 
-    async fn next(ws: &mut Pipe) -> ClientMessage {
+    async fn next(ws: &mut Pipe) -> serde_json::Value {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
                 .await
@@ -600,7 +651,7 @@ mod tests {
                 .expect("open")
                 .expect("ok");
             if let Message::Text(t) = msg {
-                return serde_json::from_str(&t).expect("client message");
+                return serde_json::from_str(&t).expect("json frame");
             }
         }
     }
@@ -613,12 +664,21 @@ mod tests {
         (server, client)
     }
 
-    /// Queues a live `message` with `offset`, as `/send` does.
-    async fn queue_message(state: &NodeState, data: &mpsc::Sender<Outbound>, offset: u64) {
-        let text =
-            state.client_message(MessageKind::Message, format!("m{offset}"), 0, Some(offset));
+    /// Queues a live `message` at (`epoch`, `offset`), as `/send` does.
+    async fn queue_message(
+        state: &NodeState,
+        data: &mpsc::Sender<Outbound>,
+        epoch: &str,
+        offset: u64,
+    ) {
+        let text = state.client_message(
+            MessageKind::Message,
+            format!("m{offset}"),
+            0,
+            Some((epoch, offset)),
+        );
         data.send(Outbound {
-            offset: Some(offset),
+            position: Some((Arc::from(epoch), offset)),
             text,
             kind: "message",
         })
@@ -626,54 +686,128 @@ mod tests {
         .expect("queue");
     }
 
+    /// Runs a session with `first` as its first page until the client has `want` messages;
+    /// returns (epoch, offset, content) of each and the ready frame.
+    async fn session_until(
+        state: &Arc<NodeState>,
+        resume: Resume,
+        first: crate::Result<MailboxPage>,
+        queued: &[(&str, u64)],
+        want: usize,
+    ) -> (Vec<(String, u64)>, serde_json::Value) {
+        let (server, mut client) = pipe().await;
+        let (data_tx, data_rx) = mpsc::channel(16);
+        let (_control_tx, control_rx) = mpsc::channel(2);
+        for (epoch, offset) in queued {
+            queue_message(state, &data_tx, epoch, *offset).await;
+        }
+        let session = drive(state, server, "alice", &resume, first, data_rx, control_rx);
+        let client_side = async {
+            let mut seen = Vec::new();
+            let mut ready = serde_json::Value::Null;
+            while seen.len() < want {
+                let m = next(&mut client).await;
+                if m["type"] == "ready" {
+                    ready = m;
+                    continue;
+                }
+                let epoch = m["epoch"].as_str().expect("epoch").to_owned();
+                seen.push((epoch, m["offset"].as_u64().expect("offset")));
+            }
+            client.close(None).await.expect("close");
+            (seen, ready)
+        };
+        let (end, seen) = tokio::join!(session, client_side);
+        assert_eq!(end, End::Client);
+        seen
+    }
+
+    fn since(n: u64, epoch: Option<&str>) -> Resume {
+        Resume {
+            since: Some(n),
+            epoch: epoch.map(str::to_owned),
+        }
+    }
+
     #[tokio::test]
     async fn live_messages_that_race_the_replay_are_delivered_once_and_in_offset_order() {
         let state = Arc::new(state());
+        let mut epoch = None;
         for i in 1..=3 {
-            state
+            let stored = state
                 .mailbox
                 .append("alice", &format!("m{i}"), i)
                 .await
                 .expect("append");
+            epoch = Some(stored.epoch);
         }
-        let (server, mut client) = pipe().await;
-        let (data_tx, data_rx) = mpsc::channel(16);
-        let (_control_tx, control_rx) = mpsc::channel(2);
+        let epoch = epoch.expect("appended");
+        let first = state.mailbox.read("alice", 1, READ_PAGE).await;
         // Offsets 2 and 3 were queued live while the replay read them too; 4 is new.
-        for offset in [2u64, 3, 4] {
-            queue_message(&state, &data_tx, offset).await;
-        }
-        let session = async {
-            drive(
-                &state,
-                server,
-                "alice",
-                Since::Offset(1),
-                data_rx,
-                control_rx,
-            )
-            .await
-        };
-        let client_side = async {
-            let mut seen = Vec::new();
-            loop {
-                let m = next(&mut client).await;
-                if m.kind == MessageKind::System {
-                    assert_eq!(m.content, "ready");
-                    continue;
-                }
-                seen.push(m.offset.expect("offset"));
-                if seen.len() == 3 {
-                    break;
-                }
-            }
-            client.close(None).await.expect("close");
-            seen
-        };
-        let (end, seen) = tokio::join!(session, client_side);
-        assert_eq!(seen, vec![2, 3, 4]);
-        assert_eq!(end, End::Client);
+        let queued = [(&*epoch, 2), (&*epoch, 3), (&*epoch, 4)];
+        let (seen, ready) = session_until(&state, since(1, Some(&epoch)), first, &queued, 3).await;
+        let offsets: Vec<u64> = seen.iter().map(|(_, o)| *o).collect();
+        assert_eq!(offsets, vec![2, 3, 4]);
+        assert!(seen.iter().all(|(e, _)| *e == *epoch));
+        assert_eq!(ready["recovered"], true);
+        assert_eq!(
+            ready["offset"], 3,
+            "the ready frame names the latest offset replayed"
+        );
     }
+
+    #[tokio::test]
+    async fn a_message_of_a_new_epoch_is_delivered_even_with_an_offset_already_seen() {
+        let state = Arc::new(state());
+        for i in 1..=3 {
+            state.mailbox.append("alice", "x", i).await.expect("append");
+        }
+        let first = state.mailbox.read("alice", 0, READ_PAGE).await;
+        // The stream expired and was made again: its offset 1 is a new message.
+        let (seen, _) = session_until(&state, since(0, None), first, &[("fresh", 1)], 4).await;
+        let offsets: Vec<u64> = seen.iter().map(|(_, o)| *o).collect();
+        assert_eq!(offsets, vec![1, 2, 3, 1]);
+        assert_eq!(seen[3].0, "fresh");
+    }
+
+    #[tokio::test]
+    async fn a_failed_mailbox_read_closes_with_4005_after_a_reset_frame_and_no_ready_frame() {
+        let state = Arc::new(state());
+        let (server, mut client) = pipe().await;
+        let (_data_tx, data_rx) = mpsc::channel(16);
+        let (_control_tx, control_rx) = mpsc::channel(2);
+        let failed = Err(crate::Error::Timeout("test".into()));
+        let resume = since(7, Some("e"));
+        let session = drive(&state, server, "bob", &resume, failed, data_rx, control_rx);
+        let client_side = async {
+            let mut frames = Vec::new();
+            while let Some(Ok(m)) = client.next().await {
+                frames.push(m);
+            }
+            frames
+        };
+        let (end, frames) = tokio::join!(session, client_side);
+        assert_eq!(end, End::Closed("unavailable"));
+        let texts: Vec<serde_json::Value> = frames
+            .iter()
+            .filter_map(|m| match m {
+                Message::Text(t) => serde_json::from_str(t).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts.len(), 1, "only the reset frame: {texts:?}");
+        let reset: ResetFrame = serde_json::from_value(texts[0].clone()).expect("reset frame");
+        assert_eq!(reset.reason, ResetReason::Unavailable);
+        assert!(
+            (UNAVAILABLE_RETRY_MIN_MS..=2 * UNAVAILABLE_RETRY_MIN_MS)
+                .contains(&reset.retry_after_ms)
+        );
+        assert!(frames.iter().any(
+            |m| matches!(m, Message::Close(Some(f)) if u16::from(f.code) == CLOSE_UNAVAILABLE_CODE)
+        ));
+    }
+
+    const CLOSE_UNAVAILABLE_CODE: u16 = wscluster_ring::contract::CLOSE_UNAVAILABLE;
 
     #[tokio::test]
     async fn a_close_command_sends_its_frame_then_the_close_code() {
@@ -689,7 +823,9 @@ mod tests {
             })
             .await
             .expect("queue");
-        let session = drive(&state, server, "bob", Since::Absent, data_rx, control_rx);
+        let first = state.mailbox.read("bob", 0, 1).await;
+        let resume = Resume::default();
+        let session = drive(&state, server, "bob", &resume, first, data_rx, control_rx);
         let client_side = async {
             let mut frames = Vec::new();
             while let Some(Ok(m)) = client.next().await {
@@ -699,30 +835,86 @@ mod tests {
         };
         let (end, frames) = tokio::join!(session, client_side);
         assert_eq!(end, End::Closed("rebalance"));
+        let ready: ReadyFrame = match &frames[0] {
+            Message::Text(t) => serde_json::from_str(t).expect("ready frame first"),
+            other => panic!("expected the ready frame, got {other:?}"),
+        };
+        assert!(ready.recovered);
         assert!(matches!(&frames[1], Message::Text(t) if t.as_str() == "{\"type\":\"reset\"}"));
         assert!(matches!(&frames[2], Message::Close(Some(f)) if u16::from(f.code) == 4000));
     }
 
     #[test]
-    fn since_is_checked_against_what_the_mailbox_retains() {
+    fn resume_parameters_are_validated() {
+        assert_eq!(Resume::parse(None, None), Ok(Resume::default()));
+        assert_eq!(
+            Resume::parse(Some("7"), Some("ab-9_Z")),
+            Ok(since(7, Some("ab-9_Z")))
+        );
+        assert_eq!(Resume::parse(Some("0"), None), Ok(since(0, None)));
+        for bad in ["", "-1", "+1", "1.5", "x", "99999999999999999999999"] {
+            assert_eq!(
+                Resume::parse(Some(bad), None),
+                Err(ResumeError::Since),
+                "{bad}"
+            );
+        }
+        let long = "e".repeat(MAX_EPOCH_LEN + 1);
+        for bad in ["", "a b", "é", "a/b", long.as_str()] {
+            assert_eq!(
+                Resume::parse(Some("1"), Some(bad)),
+                Err(ResumeError::Epoch),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Resume::parse(None, Some("e")),
+            Err(ResumeError::EpochWithoutSince)
+        );
+    }
+
+    #[test]
+    fn since_is_recovered_only_within_its_epoch_and_while_every_later_offset_is_kept() {
         let page = |oldest, latest| MailboxPage {
+            epoch: Arc::from("e1"),
             entries: Vec::new(),
             oldest,
             latest,
         };
-        // Retained 4..=6: since 3 or later replays, since 1 lost 2..=3.
-        assert_eq!(SinceGap::of(3, &page(Some(4), 6)), None);
-        assert_eq!(SinceGap::of(6, &page(Some(4), 6)), None);
-        let trimmed = SinceGap::of(1, &page(Some(4), 6));
-        assert_eq!(trimmed, Some(SinceGap::Trimmed { oldest: 4 }));
-        assert_eq!(trimmed.and_then(SinceGap::stops_at), None);
-        // Past the latest offset, or nothing retained after it: live only, from the latest.
-        let ahead = SinceGap::of(9, &page(Some(4), 6));
-        assert_eq!(ahead.and_then(SinceGap::stops_at), Some(6));
-        assert_eq!(ahead.map(SinceGap::metric), Some("since-ahead"));
-        let expired = SinceGap::of(2, &page(None, 6));
-        assert_eq!(expired, Some(SinceGap::Expired { latest: 6 }));
-        assert_eq!(expired.and_then(SinceGap::stops_at), Some(6));
-        assert_eq!(SinceGap::of(0, &page(None, 0)), None);
+        let replay = |after, recovered| Plan::Replay { after, recovered };
+        let lost = Plan::Skip { recovered: false };
+        // Retained 4..=6 of epoch e1.
+        let kept = page(Some(4), 6);
+        assert_eq!(Plan::of(&since(3, Some("e1")), &kept), replay(3, true));
+        assert_eq!(Plan::of(&since(6, Some("e1")), &kept), replay(6, true));
+        // Trimmed past since, ahead of the stream, another epoch, no epoch: not recovered.
+        assert_eq!(Plan::of(&since(2, Some("e1")), &kept), lost);
+        assert_eq!(Plan::of(&since(7, Some("e1")), &kept), lost);
+        assert_eq!(Plan::of(&since(5, Some("e0")), &kept), lost);
+        assert_eq!(Plan::of(&since(5, None), &kept), lost);
+        // since=0: everything retained, recovered only if nothing was trimmed.
+        assert_eq!(Plan::of(&since(0, None), &kept), replay(0, false));
+        assert_eq!(
+            Plan::of(&since(0, None), &page(Some(1), 6)),
+            replay(0, true)
+        );
+        assert_eq!(
+            Plan::of(&since(0, Some("e0")), &page(Some(1), 6)),
+            replay(0, false)
+        );
+        // A new, empty stream: since=0 is whole; an old since is not.
+        assert_eq!(Plan::of(&since(0, None), &page(None, 0)), replay(0, true));
+        assert_eq!(Plan::of(&since(3, Some("e0")), &page(None, 0)), lost);
+        // The expired tail of an epoch (meta kept, entries gone) is not recovered.
+        assert_eq!(Plan::of(&since(2, Some("e1")), &page(None, 6)), lost);
+        assert_eq!(
+            Plan::of(&since(6, Some("e1")), &page(None, 6)),
+            replay(6, true)
+        );
+        // No since: live only, nothing was asked.
+        assert_eq!(
+            Plan::of(&Resume::default(), &kept),
+            Plan::Skip { recovered: true }
+        );
     }
 }

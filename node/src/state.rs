@@ -4,24 +4,30 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wscluster_ring::KeyHash;
-use wscluster_ring::contract::bus::{BroadcastEvent, MAX_RESET_KEYS_PER_EVENT, ResetEvent};
+use wscluster_ring::contract::bus::{
+    BroadcastEvent, MAX_RESET_KEYS_PER_EVENT, MAX_RETRY_AFTER_MS, ResetEvent,
+};
 use wscluster_ring::contract::{ClientMessage, MessageKind, ResetFrame, ResetReason, validate_key};
 
 use crate::bus::{Bus, BusEvent};
 use crate::config::Config;
-use crate::delivery::{Admission, BroadcastReceipt, DeliveryError, Presence, Refusal, SendReceipt};
+use crate::delivery::{
+    Admission, BUS, BroadcastReceipt, DeliveryError, MAILBOX, PRESENCE, Presence, Refusal,
+    SendReceipt,
+};
 use crate::error::Result;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, MailboxPage};
 use crate::metrics::Metrics;
-use crate::ownership::RingView;
+use crate::ownership::{Ownership, RingView};
 use crate::presence::Presence as PresenceStore;
-use crate::registry::{Close, Delivery, Outbound, Registry, deliver_to};
+use crate::registry::{Close, Handle, Outbound, Registered, Registry, deliver_to};
 
 /// Per-user append+deliver critical sections are striped over this many async mutexes, so two
 /// `/send`s for one user are appended and queued in the same order while different users
@@ -111,14 +117,9 @@ impl std::fmt::Debug for NodeState {
     }
 }
 
-/// The outcome of a `/send`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendOutcome {
-    /// The message's offset in the user's mailbox.
-    pub offset: u64,
-    /// Whether it was queued to a live session here.
-    pub delivered: bool,
-}
+/// How long a reset event naming a newer ring than the node's waits for that ring before the
+/// node checks the event's keys against the ring it has: a few ring-stream round trips.
+const RESET_RING_CATCH_UP: Duration = Duration::from_secs(2);
 
 impl NodeState {
     /// Builds the state from a configuration and its backends.
@@ -181,17 +182,9 @@ impl NodeState {
     ) -> Result<SendReceipt, DeliveryError> {
         // Chat senders are recorded from the next issue on; the receipt already has its shape.
         let _ = from;
-        let outcome = self
-            .send_to_user(user, message)
+        self.send_to_user(user, message)
             .await
-            .map_err(|e| DeliveryError::unavailable("mailbox", e))?;
-        Ok(SendReceipt {
-            stored: true,
-            delivered: outcome.delivered,
-            sessions: u64::from(outcome.delivered),
-            epoch: String::new(),
-            offset: outcome.offset,
-        })
+            .map_err(|e| DeliveryError::unavailable(MAILBOX, e))
     }
 
     /// Broadcasts `message` to every connected user of the cluster through the bus; answers a
@@ -207,7 +200,7 @@ impl NodeState {
         self.bus
             .publish_broadcast(&event)
             .await
-            .map_err(|e| DeliveryError::unavailable("bus", e))?;
+            .map_err(|e| DeliveryError::unavailable(BUS, e))?;
         Ok(BroadcastReceipt { id: event.id })
     }
 
@@ -217,34 +210,64 @@ impl NodeState {
             .presence
             .get(user)
             .await
-            .map_err(|e| DeliveryError::unavailable("presence", e))?;
-        let here = self.registry.contains(user);
+            .map_err(|e| DeliveryError::unavailable(PRESENCE, e))?;
+        let here = self.registry.sessions_of(user);
         Ok(Presence {
-            online: entry.is_some() || here,
+            online: entry.is_some() || here > 0,
             node: entry
                 .map(|e| e.node)
-                .or_else(|| here.then(|| self.id.to_string())),
-            sessions: u64::from(here),
+                .or_else(|| (here > 0).then(|| self.id.to_string())),
+            sessions: here as u64,
         })
     }
 
-    /// Whether a new session of `key` may open here (decided before the upgrade is answered).
+    /// Whether a new session of `key` may open here (decided before the upgrade is answered,
+    /// and again, atomically, when the session registers): within `--sessions-per-key`, or over
+    /// it under `--session-policy replace-oldest`.
     pub fn admit(&self, key: &str) -> Result<Admission, Refusal> {
-        // One session per key today: a new one replaces the old (4002) when it registers.
-        Ok(if self.registry.contains(key) {
-            Admission::ReplacesOldest
-        } else {
-            Admission::Admitted
-        })
+        self.config
+            .session_limit()
+            .admit(self.registry.sessions_of(key))
     }
 
-    /// A client message as JSON text.
+    /// Registers a session of `key` and reads the first page of its mailbox (entries after
+    /// `after`, at most `limit`) under the key's send stripe, so every message is either in the
+    /// page (appended before) or queued to the session (appended after). Refused when the key
+    /// is over its cap under the `refuse` policy (another session won the race since
+    /// [`NodeState::admit`]). If the read fails the session is unregistered again before the
+    /// stripe is released (it will close with 4005).
+    pub async fn open_session(
+        &self,
+        key: &Arc<str>,
+        handle: Handle,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Registered, Result<MailboxPage>), Refusal> {
+        let _order = self.stripe(key).lock().await;
+        let conn = handle.conn;
+        let registered = self
+            .registry
+            .insert(key.clone(), handle, self.config.session_limit())?;
+        let page = self.mailbox.read(key, after, limit).await;
+        if page.is_err() {
+            // It closes with 4005 at once: no send may count it as a live session meanwhile.
+            self.registry.remove(key, conn);
+        }
+        Ok((registered, page))
+    }
+
+    /// The send stripe of `key`.
+    fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(KeyHash::of(key).0 as usize) % SEND_STRIPES]
+    }
+
+    /// A client message as JSON text; `position` is a `message`'s (epoch, offset).
     pub fn client_message(
         &self,
         kind: MessageKind,
         content: String,
         timestamp: u64,
-        offset: Option<u64>,
+        position: Option<(&str, u64)>,
     ) -> Utf8Bytes {
         let msg = ClientMessage {
             kind,
@@ -252,37 +275,40 @@ impl NodeState {
             server: self.id.to_string(),
             server_user_count: self.registry.count() as u64,
             timestamp,
-            offset,
-            epoch: None,
+            offset: position.map(|(_, offset)| offset),
+            epoch: position.map(|(epoch, _)| epoch.to_owned()),
             from: None,
         };
         // ClientMessage has only strings and integers: serialisation cannot fail.
         Utf8Bytes::from(serde_json::to_string(&msg).unwrap_or_default())
     }
 
-    /// Appends a message to `user`'s mailbox and queues it to the user's session if it is here.
+    /// Appends a message to `user`'s mailbox and queues it to every session of the user here.
     /// Runs to completion even if the caller goes away, so an appended message is never left
     /// undelivered to a live session while a later one is.
-    async fn send_to_user(self: &Arc<Self>, user: String, content: String) -> Result<SendOutcome> {
+    async fn send_to_user(self: &Arc<Self>, user: String, content: String) -> Result<SendReceipt> {
         let state = self.clone();
         let job = self.tasks.spawn(async move {
-            let stripe = (KeyHash::of(&user).0 as usize) % SEND_STRIPES;
-            let _order = state.stripes[stripe].lock().await;
+            let _order = state.stripe(&user).lock().await;
             let timestamp = now_ms();
-            let offset = state.mailbox.append(&user, &content, timestamp).await?;
+            let stored = state.mailbox.append(&user, &content, timestamp).await?;
             state.metrics.messages_appended.inc();
-            let text = state.client_message(MessageKind::Message, content, timestamp, Some(offset));
-            let delivered = state.registry.deliver(
+            let position = Some((&*stored.epoch, stored.offset));
+            let text = state.client_message(MessageKind::Message, content, timestamp, position);
+            let delivery = state.registry.deliver(
                 &user,
                 Outbound {
-                    offset: Some(offset),
+                    position: Some((stored.epoch.clone(), stored.offset)),
                     text,
                     kind: "message",
                 },
             );
-            Ok(SendOutcome {
-                offset,
-                delivered: delivered == Delivery::Queued,
+            Ok(SendReceipt {
+                stored: true,
+                delivered: delivery.queued > 0,
+                sessions: delivery.queued as u64,
+                epoch: stored.epoch.to_string(),
+                offset: stored.offset,
             })
         });
         match job.await {
@@ -291,10 +317,22 @@ impl NodeState {
         }
     }
 
-    /// Handles one event from the bus.
-    pub fn on_bus_event(&self, event: BusEvent) {
+    /// Handles one event from the bus. A reset naming a newer ring than the node's is checked
+    /// once that ring arrives (or [`RESET_RING_CATCH_UP`] passed), in the background, so the
+    /// events behind it are not held up.
+    pub fn on_bus_event(self: &Arc<Self>, event: BusEvent) {
         match event {
             BusEvent::Broadcast(b) => self.broadcast_local(b),
+            BusEvent::Reset(r) if r.ring_version > self.ring.version() && self.ring.ready() => {
+                let state = Arc::clone(self);
+                self.tasks.spawn(async move {
+                    state
+                        .ring
+                        .wait_for_version(r.ring_version, RESET_RING_CATCH_UP)
+                        .await;
+                    state.apply_reset(&r);
+                });
+            }
             BusEvent::Reset(r) => {
                 self.apply_reset(&r);
             }
@@ -328,7 +366,7 @@ impl NodeState {
             let _ = deliver_to(
                 &handle,
                 Outbound {
-                    offset: None,
+                    position: None,
                     text: text.clone(),
                     kind: "broadcast",
                 },
@@ -336,20 +374,28 @@ impl NodeState {
         }
     }
 
-    /// Resets the named local users with the contract's reset frame; returns how many were here.
+    /// Resets the named local users with the contract's reset frame; returns how many sessions
+    /// were closed. Checked against the ring: a key this node still owns under its ring is
+    /// ignored (resetting it would only bring the user back here), and `retryAfterMs` is capped
+    /// at [`MAX_RETRY_AFTER_MS`]. A standalone node has no ring to check and trusts the event.
     pub fn apply_reset(&self, event: &ResetEvent) -> usize {
         if event.member != *self.id {
             tracing::warn!(member = %event.member, "reset event for another member ignored");
             self.metrics.error("reset-wrong-member");
             return 0;
         }
+        let retry = event.retry_after_ms.min(MAX_RETRY_AFTER_MS);
         let frame = Utf8Bytes::from(
-            ResetFrame::new(event.reason, event.retry_after_ms, Some(event.ring_version)).to_json(),
+            ResetFrame::new(event.reason, retry, Some(event.ring_version)).to_json(),
         );
-        let mut closed = 0;
+        let (mut closed, mut still_owned) = (0, 0);
         for key in event.keys.iter().take(MAX_RESET_KEYS_PER_EVENT) {
             if validate_key(key).is_err() {
                 self.metrics.error("reset-bad-key");
+                continue;
+            }
+            if self.still_owns(key) {
+                still_owned += 1;
                 continue;
             }
             let close = Close {
@@ -357,18 +403,27 @@ impl NodeState {
                 code: event.reason.close_code(),
                 reason: event.reason.as_str(),
             };
-            if self.registry.close(key, close) {
-                closed += 1;
-            }
+            closed += self.registry.close(key, close);
+        }
+        if still_owned > 0 {
+            self.metrics.error("reset-key-still-owned");
         }
         tracing::info!(
             closed,
+            still_owned,
             keys = event.keys.len(),
             reason = event.reason.as_str(),
             ring_version = event.ring_version,
             "reset event applied"
         );
         closed
+    }
+
+    /// Whether this node owns `key` under a ring it follows (never when standalone: there the
+    /// reset event is the only word on ownership).
+    fn still_owns(&self, key: &str) -> bool {
+        matches!(self.ring, RingView::Watched(_))
+            && matches!(self.ring.decide(&self.id, key), Ownership::Owned { .. })
     }
 
     /// Begins the drain: refuse new sessions, send every session a `drain` reset and close it.

@@ -65,6 +65,7 @@ async fn a_message_sent_while_its_user_moves_to_another_node_is_replayed_there_w
         assert_eq!(status, 200);
         let first = next_json(&mut ws).await;
         assert_eq!(first["offset"], 1);
+        let epoch = first["epoch"].as_str().expect("epoch").to_owned();
         let (_, presence) = b.http("GET", &format!("/users/{user}"), None).await;
         assert_eq!(presence["node"], "n-a");
 
@@ -88,7 +89,10 @@ async fn a_message_sent_while_its_user_moves_to_another_node_is_replayed_there_w
         assert_eq!(status, 202, "{body}");
         assert_eq!(body["offset"], 2);
 
-        let (mut ws, replay) = b.connect(&format!("/connect/{user}?since=1")).await;
+        let (mut ws, replay, ready) = b
+            .connect_ready(&format!("/connect/{user}?since=1&epoch={epoch}"))
+            .await;
+        assert_eq!(ready["recovered"], true, "the Redis mailbox is shared: {ready}");
         assert_eq!(replay.len(), 1, "{replay:?}");
         assert_eq!(
             (replay[0]["content"].as_str(), replay[0]["offset"].as_u64()),

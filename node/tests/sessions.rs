@@ -64,6 +64,10 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
         node.send("bob", "m1").await;
         let m1 = next_json(&mut ws).await;
         assert_eq!(m1["offset"], 1);
+        let epoch = m1["epoch"]
+            .as_str()
+            .expect("every message has an epoch")
+            .to_owned();
         ws.close(None).await.expect("close");
         node.poll("bob disconnected", "/count", |_, c| c["count"] == 0)
             .await;
@@ -73,11 +77,20 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
             assert_eq!(status, 202, "{body}");
             assert_eq!(body["delivered"], false);
             assert_eq!(body["offset"], i);
+            assert_eq!(body["epoch"], epoch.as_str());
+            assert_eq!(body["sessions"], 0);
         }
         // A restart must not lose them: the mailbox is in Redis.
         node.stop().await;
         let node = store.node("n-0", &[]).await;
-        let (mut ws, replay) = node.connect("/connect/bob?since=1").await;
+        let (mut ws, replay, ready) = node
+            .connect_ready(&format!("/connect/bob?since=1&epoch={epoch}"))
+            .await;
+        assert_eq!(ready["recovered"], true, "{ready}");
+        assert_eq!(
+            (ready["epoch"].as_str(), ready["offset"].as_u64()),
+            (Some(epoch.as_str()), Some(4))
+        );
         let got: Vec<(String, u64)> = replay
             .iter()
             .map(|v| {
@@ -103,44 +116,116 @@ async fn messages_sent_while_disconnected_are_replayed_in_order_after_reconnect_
 }
 
 #[tokio::test]
-async fn since_older_than_retention_or_not_a_number_gets_an_error_frame_then_replay_or_live() {
+async fn a_since_that_was_trimmed_or_of_another_epoch_is_not_recovered_and_bad_ones_get_400() {
     within(STEP * 3, async {
         let store = RedisScope::new().await;
         let node = store.node("n-0", &["--mailbox-max-len", "3"]).await;
+        let mut epoch = String::new();
         for i in 1..=6 {
-            node.send("carol", &format!("m{i}")).await;
+            let (_, body) = node.send("carol", &format!("m{i}")).await;
+            epoch = body["epoch"].as_str().expect("epoch").to_owned();
         }
-        let (mut ws, before) = node.connect("/connect/carol?since=1").await;
-        assert_eq!(before[0]["type"], "error");
-        let text = before[0]["content"].as_str().expect("content");
-        assert!(text.contains("oldest available offset is 4"), "{text}");
-        let offsets: Vec<u64> = before[1..]
-            .iter()
-            .filter_map(|v| v["offset"].as_u64())
-            .collect();
-        assert_eq!(offsets, vec![4, 5, 6]);
-        ws.close(None).await.expect("close");
-
-        let (mut ws, before) = node.connect("/connect/carol?since=abc").await;
-        assert_eq!(before.len(), 1);
-        assert_eq!(before[0]["type"], "error");
-        assert!(
-            before[0]["content"]
-                .as_str()
-                .expect("content")
-                .contains("since")
+        // Offsets 2 and 3 were trimmed: not recovered, nothing replayed, told where it stands.
+        let (mut ws, before, ready) = node
+            .connect_ready(&format!("/connect/carol?since=1&epoch={epoch}"))
+            .await;
+        assert!(before.is_empty(), "{before:?}");
+        assert_eq!(ready["recovered"], false);
+        assert_eq!(
+            (ready["epoch"].as_str(), ready["offset"].as_u64()),
+            (Some(epoch.as_str()), Some(6))
         );
         node.send("carol", "live").await;
         assert_eq!(next_json(&mut ws).await["offset"], 7);
+        ws.close(None).await.expect("close");
+
+        // Another epoch (or none) with since > 0: not recovered either.
+        for path in [
+            "/connect/carol?since=5&epoch=0123456789abcdef",
+            "/connect/carol?since=5",
+        ] {
+            let (_, before, ready) = node.connect_ready(path).await;
+            assert!(before.is_empty(), "{path}: {before:?}");
+            assert_eq!(ready["recovered"], false, "{path}");
+            assert_eq!(ready["epoch"], epoch.as_str(), "{path}");
+        }
+        // since=0 replays all that is kept, and says that is not everything.
+        let (_, before, ready) = node.connect_ready("/connect/carol?since=0").await;
+        let offsets: Vec<u64> = before.iter().filter_map(|v| v["offset"].as_u64()).collect();
+        assert_eq!(offsets, vec![5, 6, 7]);
+        assert_eq!(ready["recovered"], false);
+
+        for bad in ["since=abc", "since=-1", "since=1&epoch=a%20b", "epoch=e1"] {
+            let (status, body) = node.refused(&format!("/connect/carol?{bad}")).await;
+            assert_eq!(status, 400, "{bad}: {body}");
+            assert_eq!(body["error"], "bad-resume", "{bad}");
+        }
         store.finish().await;
     })
     .await;
 }
 
 #[tokio::test]
-async fn a_second_connection_for_the_same_user_replaces_the_first_with_close_4002() {
+async fn every_session_of_a_user_receives_every_message_and_each_resumes_on_its_own() {
     within(STEP * 3, async {
-        let node = Node::spawn("n-0", &[]).await;
+        let store = RedisScope::new().await;
+        let node = store.node("n-0", &[]).await;
+        let (mut tab1, _) = node.connect("/connect/dave").await;
+        let (mut tab2, _) = node.connect("/connect/dave").await;
+        let (status, body) = node.send("dave", "both").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["sessions"], 2);
+        let epoch = body["epoch"].as_str().expect("epoch").to_owned();
+        for tab in [&mut tab1, &mut tab2] {
+            let m = next_json(tab).await;
+            assert_eq!(
+                (m["content"].as_str(), m["offset"].as_u64()),
+                (Some("both"), Some(1))
+            );
+        }
+        // One tab goes away and misses a message; the other stays live.
+        tab1.close(None).await.expect("close");
+        node.poll("one session left", "/count", |_, c| c["count"] == 1)
+            .await;
+        node.send("dave", "second").await;
+        assert_eq!(next_json(&mut tab2).await["offset"], 2);
+        let (_tab3, replay, ready) = node
+            .connect_ready(&format!("/connect/dave?since=1&epoch={epoch}"))
+            .await;
+        assert_eq!(replay.len(), 1);
+        assert_eq!(replay[0]["content"], "second");
+        assert_eq!(ready["recovered"], true);
+        let (_, presence) = node.http("GET", "/users/dave", None).await;
+        assert_eq!(presence["sessionsHere"], 2);
+        store.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn over_the_session_cap_a_connect_is_refused_with_429_or_replaces_the_oldest_with_4002() {
+    within(STEP * 3, async {
+        let node = Node::spawn("n-0", &["--sessions-per-key", "2"]).await;
+        let (_a, _) = node.connect("/connect/erin").await;
+        let (_b, _) = node.connect("/connect/erin").await;
+        let (status, body) = node.refused("/connect/erin").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (429, Some("too-many-sessions")),
+            "{body}"
+        );
+        let (_other, _) = node.connect("/connect/frank").await;
+
+        let node = Node::spawn(
+            "n-1",
+            &[
+                "--sessions-per-key",
+                "1",
+                "--session-policy",
+                "replace-oldest",
+            ],
+        )
+        .await;
         let (mut first, _) = node.connect("/connect/dave").await;
         let (mut second, _) = node.connect("/connect/dave").await;
         let (code, _) = expect_close(&mut first).await;

@@ -523,6 +523,21 @@ pub mod api {
         pub sessions: u64,
     }
 
+    /// Error code (503): the user's mailbox could not store the message in time; nothing was
+    /// acknowledged, retry.
+    pub const ERROR_MAILBOX_UNAVAILABLE: &str = "mailbox-unavailable";
+    /// Error code (503): the message bus did not confirm a broadcast; retry.
+    pub const ERROR_BUS_UNAVAILABLE: &str = "bus-unavailable";
+    /// Error code (503): presence could not be read in time; retry.
+    pub const ERROR_PRESENCE_UNAVAILABLE: &str = "presence-unavailable";
+    /// Error code (503): another backend failed; retry.
+    pub const ERROR_BACKEND_UNAVAILABLE: &str = "backend-unavailable";
+    /// Error code (429): the key already has the most sessions allowed on its node and the
+    /// node's policy is `refuse`.
+    pub const ERROR_TOO_MANY_SESSIONS: &str = "too-many-sessions";
+    /// Error code (400): the `since` or `epoch` query parameter of a connect is malformed.
+    pub const ERROR_BAD_RESUME: &str = "bad-resume";
+
     /// Every error answer of the server API (and of the node's other routes):
     /// `{"error": "<stable code>", "message": "<for people>"}`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -695,8 +710,10 @@ pub mod bus {
     //! RabbitMQ events. Each cluster has one topic exchange, [`exchange_name`]; messages are JSON
     //! with `content_type: application/json`.
     //!
-    //! * Broadcasts: routing key [`BROADCAST_ROUTING_KEY`]. Every node binds its own exclusive
-    //!   queue, so each node receives each broadcast once and delivers it to its local users.
+    //! * Broadcasts: routing key [`BROADCAST_ROUTING_KEY`], published persistent with publisher
+    //!   confirms. Every node binds its own durable queue (named by cluster and member id, with
+    //!   an expiry), so each node receives each broadcast once — also one published while it
+    //!   was briefly away — and delivers it to its local users.
     //! * Resets: routing key `reset.{member id}` ([`reset_routing_key`]), published by a proxy for
     //!   the old owner of moved keys; that node sends those users a reset frame and closes them.
 
@@ -708,6 +725,11 @@ pub mod bus {
     pub const BROADCAST_ROUTING_KEY: &str = "broadcast";
     /// Most keys in one reset event; larger sets are split so no message is huge.
     pub const MAX_RESET_KEYS_PER_EVENT: usize = 1_000;
+
+    /// Largest `retryAfterMs` a node passes on from a reset event; a larger value is clamped
+    /// to it. Pacing spreads a rebalance over a few seconds; a minute is far beyond any sane
+    /// pacing window, so a malformed or hostile event cannot park clients for hours.
+    pub const MAX_RETRY_AFTER_MS: u64 = 60_000;
 
     /// The topic exchange of a cluster: `wscluster.{namespace}.{name}`. AMQP exchange names
     /// allow letters, digits, `-`, `_`, `.` and `:`; anything else becomes `_`.

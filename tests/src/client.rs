@@ -11,7 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::{
-    CLOSE_POLICY, CLOSE_REPLACED, ClientMessage, MessageKind, ResetFrame, percent_encode,
+    CLOSE_POLICY, CLOSE_REPLACED, ClientMessage, MessageKind, ReadyFrame, ResetFrame,
+    percent_encode,
 };
 
 /// Longest a WebSocket handshake may take before the attempt counts as failed.
@@ -20,15 +21,13 @@ pub const HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
 const BACKOFF_FIRST_MS: u64 = 100;
 /// Longest wait after repeated unexpected drops.
 const BACKOFF_MAX_MS: u64 = 2_000;
-/// The node's notice that a session is open and replayed.
-const READY_NOTICE: &str = "ready";
 
 /// What one client saw.
 #[derive(Debug, Default, Clone)]
 pub struct Record {
-    /// The node of the current (or last) session, from the `ready` notice.
+    /// The node of the current (or last) session, from its ready frame.
     pub node: Option<String>,
-    /// Whether a session is open and past its `ready` notice.
+    /// Whether a session is open and past its ready frame.
     pub connected: bool,
     /// Reset frames received, in order.
     pub resets: Vec<ResetFrame>,
@@ -43,8 +42,12 @@ pub struct Record {
     pub last_connect_error: Option<String>,
     /// Message contents accepted, in order, after de-duplication by offset.
     pub messages: Vec<String>,
-    /// The highest offset accepted.
+    /// The highest offset accepted within [`Record::epoch`].
     pub last_offset: u64,
+    /// The mailbox epoch of `last_offset` (from the last message or ready frame).
+    pub epoch: Option<String>,
+    /// Ready frames that said `recovered: false` (the client may have missed messages).
+    pub not_recovered: u64,
     /// Messages dropped as duplicates (offset already seen).
     pub duplicates: u64,
     /// Messages whose content names another user: must stay 0.
@@ -57,33 +60,42 @@ pub struct Record {
 }
 
 impl Record {
-    /// Takes one client message for `user`: a `ready` notice opens the session; a `message` is
-    /// kept once per offset and checked to be `user`'s own (`<user>:<seq>`).
-    fn accept(&mut self, user: &str, message: ClientMessage) {
-        match message.kind {
-            MessageKind::System if message.content == READY_NOTICE => {
-                self.node = Some(message.server);
-                self.connected = true;
-                self.sessions += 1;
-                self.ready_at = Some(Instant::now());
-            }
-            MessageKind::Message => {
-                let Some(offset) = message.offset else {
-                    self.unreadable += 1;
-                    return;
-                };
-                if offset <= self.last_offset {
-                    self.duplicates += 1;
-                    return;
-                }
-                self.last_offset = offset;
-                if message.content.rsplit_once(':').map(|(u, _)| u) != Some(user) {
-                    self.misdelivered += 1;
-                }
-                self.messages.push(message.content);
-            }
-            _ => {}
+    /// Takes a ready frame: the session is open; the client resumes from the frame's epoch and
+    /// offset when the node could not recover what it asked for.
+    fn ready(&mut self, ready: ReadyFrame) {
+        self.node = Some(ready.server);
+        self.connected = true;
+        self.sessions += 1;
+        self.ready_at = Some(Instant::now());
+        if !ready.recovered {
+            self.not_recovered += 1;
         }
+        if !ready.recovered || self.epoch.as_deref() != Some(ready.epoch.as_str()) {
+            self.last_offset = ready.offset;
+            self.epoch = Some(ready.epoch);
+        }
+    }
+
+    /// Takes one client message for `user`: a `message` is kept once per (epoch, offset) and
+    /// checked to be `user`'s own (`<user>:<seq>`).
+    fn accept(&mut self, user: &str, message: ClientMessage) {
+        if message.kind != MessageKind::Message {
+            return;
+        }
+        let (Some(offset), Some(epoch)) = (message.offset, message.epoch) else {
+            self.unreadable += 1;
+            return;
+        };
+        if self.epoch.as_deref() == Some(epoch.as_str()) && offset <= self.last_offset {
+            self.duplicates += 1;
+            return;
+        }
+        self.last_offset = offset;
+        self.epoch = Some(epoch);
+        if message.content.rsplit_once(':').map(|(u, _)| u) != Some(user) {
+            self.misdelivered += 1;
+        }
+        self.messages.push(message.content);
     }
 }
 
@@ -186,12 +198,13 @@ impl Client {
         }
     }
 
-    /// `<base>/connect/<user>`, with `?since=<last offset>` once it has seen one.
+    /// `<base>/connect/<user>`, with `?since=<last offset>&epoch=<its epoch>` once it has an
+    /// epoch.
     fn connect_url(&self, base: &str) -> String {
-        let since = self.update(|r| r.last_offset);
+        let (since, epoch) = self.update(|r| (r.last_offset, r.epoch.clone()));
         let mut url = format!("{base}/connect/{}", percent_encode(&self.user));
-        if since > 0 {
-            url.push_str(&format!("?since={since}"));
+        if let Some(epoch) = epoch {
+            url.push_str(&format!("?since={since}&epoch={}", percent_encode(&epoch)));
         }
         url
     }
@@ -234,6 +247,10 @@ impl Client {
             self.update(|r| r.resets.push(reset));
             return Some(reset);
         }
+        if let Ok(ready) = serde_json::from_str::<ReadyFrame>(text) {
+            self.update(|r| r.ready(ready));
+            return None;
+        }
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => self.update(|r| r.accept(&self.user, message)),
             Err(_) => self.update(|r| r.unreadable += 1),
@@ -256,7 +273,7 @@ mod tests {
             server_user_count: 1,
             timestamp: 0,
             offset,
-            epoch: None,
+            epoch: offset.map(|_| "e1".to_owned()),
             from: None,
         };
         serde_json::to_string(&m).expect("serialises")
@@ -265,11 +282,8 @@ mod tests {
     #[test]
     fn frames_are_read_with_the_contract_types() {
         let client = Client::new("alice".to_owned());
-        assert!(
-            client
-                .on_text(&message(MessageKind::System, "ready", None))
-                .is_none()
-        );
+        let ready = ReadyFrame::new("node-1", "e1", 0, true);
+        assert!(client.on_text(&ready.to_json()).is_none());
         client.on_text(&message(MessageKind::Message, "alice:1", Some(1)));
         client.on_text(&message(MessageKind::Message, "alice:1", Some(1)));
         client.on_text(&message(MessageKind::Message, "bob:2", Some(2)));

@@ -114,11 +114,13 @@ pub async fn amqp_cleanup(cluster: &str, members: &[&str]) {
     let ch = conn.create_channel().await.expect("channel");
     let exchange = wscluster_ring::contract::bus::exchange_name(cluster);
     for m in members {
+        let settings = wscluster_node::bus::AmqpSettings {
+            url: String::new(),
+            cluster_id: cluster.to_owned(),
+            member: (*m).to_owned(),
+        };
         let _ = ch
-            .queue_delete(
-                format!("{exchange}.node.{m}").as_str().into(),
-                Default::default(),
-            )
+            .queue_delete(settings.queue_name().as_str().into(), Default::default())
             .await;
     }
     let _ = ch
@@ -433,9 +435,16 @@ impl Node {
         .await
     }
 
-    /// A WebSocket to `path`, after the server's `ready` notice (whose preceding frames, such
-    /// as replay and errors, are returned).
+    /// A WebSocket to `path`, after the server's ready frame (whose preceding frames, such as
+    /// the replay, are returned).
     pub async fn connect(&self, path: &str) -> (Ws, Vec<Value>) {
+        let (ws, before, _) = self.connect_ready(path).await;
+        (ws, before)
+    }
+
+    /// [`Node::connect`], also returning the ready frame
+    /// (`{"type":"ready","epoch":…,"offset":…,"recovered":…}`).
+    pub async fn connect_ready(&self, path: &str) -> (Ws, Vec<Value>, Value) {
         let (mut ws, _) = tokio::time::timeout(
             STEP,
             tokio_tungstenite::connect_async(format!("ws://{}{path}", self.addr)),
@@ -446,8 +455,8 @@ impl Node {
         let mut before = Vec::new();
         loop {
             let v = next_json(&mut ws).await;
-            if v["type"] == "system" && v["content"] == "ready" {
-                return (ws, before);
+            if v["type"] == "ready" {
+                return (ws, before, v);
             }
             before.push(v);
         }

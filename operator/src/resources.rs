@@ -9,7 +9,12 @@
 //! | Deployment + Service | `<c>-proxy` | Service port → 8080 `ws`, admin 9090 |
 //! | PodDisruptionBudget | `<c>-node` | one node pod down at a time |
 //! | ConfigMap | `<c>-config` | `proxy.yaml` at `/etc/wscluster/proxy.yaml` |
-//! | Secret | `<c>-ring-token` | `token` at `/var/run/wscluster/ring/token` |
+//! | Secret | `<c>-ring-token` | keys `proxy`, `node`; each kind's at `/var/run/wscluster/ring/token` |
+//! | Secret | `<c>-proxy-secret` | `secret` at `/var/run/wscluster/proxy-secret/secret` (both) |
+//! | Secret | `<c>-api-keys` | `keys` at `/var/run/wscluster/api-keys/keys` (both) |
+//!
+//! The three Secrets are [`Generated`]: created once with random values, owned by the
+//! `WsCluster`, never regenerated over an existing value (a user may rotate them).
 
 use std::collections::BTreeMap;
 
@@ -43,8 +48,28 @@ pub const PROXY_ADMIN_PORT: i32 = 9090;
 pub const RING_TOKEN_DIR: &str = "/var/run/wscluster/ring";
 /// File of the ring token inside the pods.
 pub const RING_TOKEN_FILE: &str = "/var/run/wscluster/ring/token";
-/// Key of the token in the ring token Secret.
-pub const RING_TOKEN_KEY: &str = "token";
+/// Path of the token inside the ring token volume (each kind's key is projected to it).
+pub const RING_TOKEN_PATH: &str = "token";
+/// Key of the proxies' ring stream token in the ring token Secret.
+pub const RING_TOKEN_PROXY_KEY: &str = "proxy";
+/// Key of the nodes' ring stream token in the ring token Secret.
+pub const RING_TOKEN_NODE_KEY: &str = "node";
+/// Directory the proxy secret is mounted at, in proxies and nodes.
+pub const PROXY_SECRET_DIR: &str = "/var/run/wscluster/proxy-secret";
+/// Key of the proxy secret in its Secret (and its file name).
+pub const PROXY_SECRET_KEY: &str = "secret";
+/// File of the proxy secret inside the pods (`--proxy-secret-file`).
+pub const PROXY_SECRET_FILE: &str = "/var/run/wscluster/proxy-secret/secret";
+/// Directory the API keys are mounted at, in proxies and nodes.
+pub const API_KEYS_DIR: &str = "/var/run/wscluster/api-keys";
+/// Key of the API keys in their Secret (and its file name): one key per line.
+pub const API_KEYS_KEY: &str = "keys";
+/// File of the API keys inside the pods (`--api-keys-file`).
+pub const API_KEYS_FILE: &str = "/var/run/wscluster/api-keys/keys";
+/// Port of the proxy's server API (`/api/v1/...`), apart from the client port.
+pub const PROXY_API_PORT: i32 = 8081;
+/// Port of the node's admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/count`).
+pub const NODE_ADMIN_PORT: i32 = 9090;
 /// File of the proxy configuration inside proxy pods.
 pub const PROXY_CONFIG_FILE: &str = "/etc/wscluster/proxy.yaml";
 /// Key of the proxy configuration in the ConfigMap.
@@ -108,6 +133,45 @@ pub struct Settings {
     pub ring_url: String,
 }
 
+/// The Secrets the operator generates for every `WsCluster`: created once with random values
+/// and never regenerated over an existing value, so a user can rotate them (API keys: add a
+/// line, move the callers, remove the old line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generated {
+    /// `<c>-ring-token`: the ring stream tokens, one per subscriber kind.
+    RingTokens,
+    /// `<c>-proxy-secret`: what proxies present to nodes.
+    ProxySecret,
+    /// `<c>-api-keys`: the server API's keys, one per line.
+    ApiKeys,
+}
+
+impl Generated {
+    /// Every generated Secret, in the order reconcile ensures them.
+    pub const ALL: [Generated; 3] = [
+        Generated::RingTokens,
+        Generated::ProxySecret,
+        Generated::ApiKeys,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Generated::RingTokens => "ring-token",
+            Generated::ProxySecret => "proxy-secret",
+            Generated::ApiKeys => "api-keys",
+        }
+    }
+
+    /// The data keys the Secret must hold, each with a non-empty value.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            Generated::RingTokens => &[RING_TOKEN_PROXY_KEY, RING_TOKEN_NODE_KEY],
+            Generated::ProxySecret => &[PROXY_SECRET_KEY],
+            Generated::ApiKeys => &[API_KEYS_KEY],
+        }
+    }
+}
+
 /// Identity of a `WsCluster`, checked once: every object the API server returns has these.
 #[derive(Debug, Clone)]
 pub struct ClusterRef {
@@ -158,6 +222,11 @@ impl ClusterRef {
     /// Ring token Secret name.
     pub fn token_secret_name(&self) -> String {
         format!("{}-ring-token", self.name)
+    }
+
+    /// The name of one of the generated Secrets.
+    pub fn generated_name(&self, which: Generated) -> String {
+        format!("{}-{}", self.name, which.suffix())
     }
 
     /// The recommended labels of a component.
@@ -243,14 +312,44 @@ fn pod_name_env() -> EnvVar {
     }
 }
 
-/// Environment every node and proxy pod gets: identity, cluster, ring stream, RabbitMQ.
-fn common_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
+/// Whether `binary` (its `flags::node::ALL` or `flags::proxy::ALL`) reads `flag`.
+///
+/// The integration gate for the trust flags (`--proxy-secret-file`, `--api-keys-file`,
+/// `--api-listen`, `--admin-listen` on nodes, the node limits): the operator and local mode
+/// render such a flag only once the binary's parser lists it, so every rendered variable stays
+/// one the binary reads. When a binary adds the flag to its `ALL`, the wiring turns on.
+pub fn binary_reads(binary: &[Flag], flag: Flag) -> bool {
+    binary.contains(&flag)
+}
+
+/// Pushes `flag = value` when `binary` reads it ([`binary_reads`]).
+fn push_if_read(env: &mut Vec<EnvVar>, binary: &[Flag], flag: Flag, value: impl Into<String>) {
+    if binary_reads(binary, flag) {
+        env.push(env_value(flag, value));
+    }
+}
+
+/// Environment every node and proxy pod gets: identity, cluster, ring stream, credentials,
+/// RabbitMQ. `binary` is the flags its parser reads.
+fn common_env(
+    c: &WsCluster,
+    cluster: &ClusterRef,
+    settings: &Settings,
+    binary: &[Flag],
+) -> Vec<EnvVar> {
     let mut env = vec![
         pod_name_env(),
         env_value(flags::CLUSTER_ID, cluster.cluster_id()),
         env_value(flags::RING_URL, settings.ring_url.clone()),
         env_value(flags::RING_TOKEN_FILE, RING_TOKEN_FILE),
     ];
+    push_if_read(
+        &mut env,
+        binary,
+        flags::PROXY_SECRET_FILE,
+        PROXY_SECRET_FILE,
+    );
+    push_if_read(&mut env, binary, flags::API_KEYS_FILE, API_KEYS_FILE);
     if let Some(amqp) = &c.spec.rabbitmq {
         env.push(env_from_connection(flags::AMQP_URL, amqp));
     }
@@ -259,7 +358,7 @@ fn common_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<E
 
 /// A node container's environment: the common part, Redis, the listen port, then the user's.
 fn node_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
-    let mut env = common_env(c, cluster, settings);
+    let mut env = common_env(c, cluster, settings, flags::node::ALL);
     if let Some(redis) = &c.spec.redis {
         env.push(env_from_connection(flags::node::REDIS_URL, redis));
     }
@@ -274,7 +373,7 @@ fn node_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<Env
 /// A proxy container's environment: the common part (proxies need no Redis), both listen
 /// ports, the config file, then the user's.
 fn proxy_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
-    let mut env = common_env(c, cluster, settings);
+    let mut env = common_env(c, cluster, settings, flags::proxy::ALL);
     env.push(env_value(
         flags::proxy::LISTEN,
         format!("0.0.0.0:{PROXY_PORT}"),
@@ -298,6 +397,9 @@ pub const RESERVED_ENV: &[&str] = &[
     flags::RING_TOKEN_FILE.env,
     flags::RING_TOKEN.env,
     flags::RING_FILE.env,
+    flags::PROXY_SECRET_FILE.env,
+    flags::API_KEYS_FILE.env,
+    flags::API_LISTEN.env,
     flags::REDIS_URL.env,
     flags::AMQP_URL.env,
     flags::LISTEN.env,
@@ -317,28 +419,75 @@ fn http_probe(path: &str, port: &str, period_seconds: i32) -> Probe {
     }
 }
 
-fn ring_token_volume(cluster: &ClusterRef) -> (Volume, VolumeMount) {
+/// A read-only volume of one Secret key at `dir/path`.
+fn secret_file_volume(
+    name: &str,
+    secret_name: String,
+    key: &str,
+    dir: &str,
+    path: &str,
+) -> (Volume, VolumeMount) {
     (
         Volume {
-            name: "ring-token".into(),
+            name: name.into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(cluster.token_secret_name()),
+                secret_name: Some(secret_name),
                 items: Some(vec![KeyToPath {
-                    key: RING_TOKEN_KEY.into(),
-                    path: RING_TOKEN_KEY.into(),
+                    key: key.into(),
+                    path: path.into(),
                     mode: None,
                 }]),
+                // Owner read-only: the containers run as a non-root user of the pod's fsGroup.
+                default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
         },
         VolumeMount {
-            name: "ring-token".into(),
-            mount_path: RING_TOKEN_DIR.into(),
+            name: name.into(),
+            mount_path: dir.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         },
     )
+}
+
+/// The ring token of `component`'s kind at [`RING_TOKEN_FILE`]: a node pod never holds the
+/// proxy token, so a node cannot acknowledge a ring as a proxy.
+fn ring_token_volume(cluster: &ClusterRef, component: Component) -> (Volume, VolumeMount) {
+    let key = match component {
+        Component::Proxy => RING_TOKEN_PROXY_KEY,
+        Component::Node | Component::Config => RING_TOKEN_NODE_KEY,
+    };
+    secret_file_volume(
+        "ring-token",
+        cluster.token_secret_name(),
+        key,
+        RING_TOKEN_DIR,
+        RING_TOKEN_PATH,
+    )
+}
+
+/// The credentials every node and proxy pod mounts: its kind's ring token, the proxy secret
+/// and the API keys.
+fn credential_volumes(cluster: &ClusterRef, component: Component) -> Vec<(Volume, VolumeMount)> {
+    vec![
+        ring_token_volume(cluster, component),
+        secret_file_volume(
+            "proxy-secret",
+            cluster.generated_name(Generated::ProxySecret),
+            PROXY_SECRET_KEY,
+            PROXY_SECRET_DIR,
+            PROXY_SECRET_KEY,
+        ),
+        secret_file_volume(
+            "api-keys",
+            cluster.generated_name(Generated::ApiKeys),
+            API_KEYS_KEY,
+            API_KEYS_DIR,
+            API_KEYS_KEY,
+        ),
+    ]
 }
 
 fn label_selector(cluster: &ClusterRef, component: Component) -> LabelSelector {
@@ -354,7 +503,10 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
     let cluster = ClusterRef::of(c)?;
     let node = &c.spec.node;
     let env = node_env(c, &cluster, settings);
-    let (volume, mount) = ring_token_volume(&cluster);
+    let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) =
+        credential_volumes(&cluster, Component::Node)
+            .into_iter()
+            .unzip();
     let container = Container {
         name: "node".into(),
         image: Some(node.image.clone()),
@@ -364,7 +516,7 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
         readiness_probe: Some(http_probe(&node.readiness_path, "ws", 2)),
         liveness_probe: Some(http_probe(&node.liveness_path, "ws", 10)),
         resources: node.resources.clone(),
-        volume_mounts: Some(vec![mount]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     Ok(StatefulSet {
@@ -389,7 +541,7 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: Some(vec![volume]),
+                    volumes: Some(volumes),
                     termination_grace_period_seconds: Some(NODE_TERMINATION_GRACE_SECONDS),
                     ..PodSpec::default()
                 }),
@@ -430,8 +582,9 @@ pub fn proxy_deployment(
     config_hash: &str,
 ) -> Result<Deployment> {
     let cluster = ClusterRef::of(c)?;
-    // 1. Volumes: the ring token, proxy.yaml, and the JWT key when a key source verifies one.
-    let mut volumes = vec![ring_token_volume(&cluster), proxy_config_volume(&cluster)];
+    // 1. Volumes: the credentials, proxy.yaml, and the JWT key when a key source verifies one.
+    let mut volumes = credential_volumes(&cluster, Component::Proxy);
+    volumes.push(proxy_config_volume(&cluster));
     volumes.extend(jwt_key_volume(c));
     let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) = volumes.into_iter().unzip();
     // 2. The container: its environment, ports, probes and mounts.
@@ -600,18 +753,36 @@ pub fn config_map(c: &WsCluster) -> Result<ConfigMap> {
     })
 }
 
-/// The ring token Secret with a given token (generated once by the controller, then kept).
-pub fn ring_token_secret(c: &WsCluster, token: &str) -> Result<Secret> {
+/// One generated Secret with its values (the controller generates each missing value once and
+/// keeps every existing one).
+pub fn generated_secret(
+    c: &WsCluster,
+    which: Generated,
+    values: &BTreeMap<String, String>,
+) -> Result<Secret> {
     let cluster = ClusterRef::of(c)?;
     Ok(Secret {
-        metadata: cluster.meta(cluster.token_secret_name(), Component::Config),
+        metadata: cluster.meta(cluster.generated_name(which), Component::Config),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            RING_TOKEN_KEY.to_string(),
-            ByteString(token.as_bytes().to_vec()),
-        )])),
+        data: Some(
+            values
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
         ..Secret::default()
     })
+}
+
+/// The value a generated Secret's key starts with: a random `token`, and for the API keys file
+/// a comment saying how to rotate, then the key on its own line.
+pub fn initial_value(which: Generated, token: &str) -> String {
+    match which {
+        Generated::ApiKeys => format!(
+            "# One API key per line. To rotate: add a line, move the callers, remove the old line.\n{token}\n"
+        ),
+        Generated::RingTokens | Generated::ProxySecret => token.to_string(),
+    }
 }
 
 /// The proxy's configuration for a spec, as the proxy's own type: `keySources` (a jwt

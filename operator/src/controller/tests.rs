@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use super::*;
 use crate::crd::WsClusterStatus;
 use crate::fixtures::{
-    ApiServer, FakeHub, TEST_TOKEN, TestClock, WsClusterExt, endpoint, mock_context, ready_slice,
-    slice,
+    ApiServer, FakeHub, TEST_NODE_TOKEN, TEST_TOKEN, TestClock, WsClusterExt, endpoint,
+    mock_context, ready_slice, slice,
 };
 
 const NS: &str = "/api/v1/namespaces/default";
@@ -21,7 +21,7 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the fake API server holds before a reconcile.
 pub(super) struct Observed {
-    /// The ring token Secret exists.
+    /// The generated Secrets (ring tokens, proxy secret, API keys) exist.
     pub(super) token_exists: bool,
     /// The StatefulSet's `spec.replicas`, or absent.
     pub(super) sts: Option<i32>,
@@ -33,30 +33,56 @@ pub(super) struct Observed {
 
 /// What reconcile applied.
 pub(super) struct Applied {
-    pub(super) secret: Option<Value>,
+    /// The generated Secrets reconcile created (ring tokens, proxy secret, API keys).
+    pub(super) secret: Option<Vec<Value>>,
     pub(super) statefulset: Value,
     pub(super) deployment: Value,
     pub(super) status: Value,
 }
 
-fn secret_with_token() -> Value {
+pub(super) fn secret_with_token() -> Value {
+    let b64 = |v: &str| {
+        serde_json::to_value(k8s_openapi::ByteString(v.as_bytes().to_vec())).expect("base64")
+    };
     json!({"apiVersion": "v1", "kind": "Secret",
            "metadata": {"name": "chat-ring-token", "namespace": "default"},
-           "data": {"token": "dGVzdC10b2tlbg=="}})
+           "data": {"proxy": b64(TEST_TOKEN), "node": b64(TEST_NODE_TOKEN)}})
+}
+
+/// An existing generated Secret (`<name>` under `chat-`) holding `key`.
+fn existing_secret(name: &str, key: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": format!("chat-{name}"), "namespace": "default"},
+           "data": {key: "ZXhpc3Rpbmc="}})
+}
+
+/// The GETs (and, when they are missing, the applies) of the three generated Secrets.
+pub(super) async fn generated_secrets(server: &mut ApiServer, exist: bool) -> Option<Vec<Value>> {
+    let mut created = Vec::new();
+    for (name, key) in [
+        ("ring-token", ""),
+        ("proxy-secret", "secret"),
+        ("api-keys", "keys"),
+    ] {
+        let path = format!("{NS}/secrets/chat-{name}");
+        let get = server.expect(Method::GET, &path).await;
+        if exist {
+            if name == "ring-token" {
+                get.respond(StatusCode::OK, &secret_with_token());
+            } else {
+                get.respond(StatusCode::OK, &existing_secret(name, key));
+            }
+        } else {
+            get.not_found();
+            created.push(server.apply(&path).await);
+        }
+    }
+    (!exist).then_some(created)
 }
 
 /// The requests of a reconcile that gets past validation, in order.
 pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
-    let get_token = server
-        .expect(Method::GET, &format!("{NS}/secrets/chat-ring-token"))
-        .await;
-    let secret = if o.token_exists {
-        get_token.respond(StatusCode::OK, &secret_with_token());
-        None
-    } else {
-        get_token.not_found();
-        Some(server.apply(&format!("{NS}/secrets/chat-ring-token")).await)
-    };
+    let secret = generated_secrets(server, o.token_exists).await;
     let cm = server.apply(&format!("{NS}/configmaps/chat-config")).await;
     assert!(
         cm["data"]["proxy.yaml"]
@@ -187,12 +213,41 @@ async fn a_new_cluster_creates_every_child_and_publishes_ring_one() {
     })
     .await;
     assert_eq!(result.expect("reconciled"), Action::requeue(STEADY_REQUEUE));
-    let secret = applied.secret.as_ref().expect("token secret created");
-    assert_eq!(secret["data"]["token"], "dGVzdC10b2tlbg==");
+    let secrets = applied.secret.as_ref().expect("generated secrets created");
+    let data: Vec<(String, Value)> = secrets
+        .iter()
+        .map(|s| (s["metadata"]["name"].to_string(), s["data"].clone()))
+        .collect();
+    let b64 = |v: &str| {
+        serde_json::to_value(k8s_openapi::ByteString(v.as_bytes().to_vec())).expect("base64")
+    };
     assert_eq!(
-        secret["metadata"]["ownerReferences"][0]["kind"],
-        "WsCluster"
+        data,
+        vec![
+            (
+                "\"chat-ring-token\"".to_string(),
+                json!({"node": b64("test-chat-ring-token/node"),
+                       "proxy": b64("test-chat-ring-token/proxy")})
+            ),
+            (
+                "\"chat-proxy-secret\"".to_string(),
+                json!({"secret": b64("test-chat-proxy-secret/secret")})
+            ),
+            (
+                "\"chat-api-keys\"".to_string(),
+                json!({"keys": b64(&resources::initial_value(
+                    Generated::ApiKeys,
+                    "test-chat-api-keys/keys"
+                ))})
+            ),
+        ]
     );
+    for secret in secrets {
+        assert_eq!(
+            secret["metadata"]["ownerReferences"][0]["kind"],
+            "WsCluster"
+        );
+    }
     assert_eq!(sts_replicas(&applied), 3);
     assert_eq!(applied.deployment["spec"]["replicas"], 2);
     let status = status_of(&applied);
@@ -210,7 +265,6 @@ async fn a_new_cluster_creates_every_child_and_publishes_ring_one() {
         Some("Creating")
     );
     assert_eq!(hub.current("default/chat").map(|s| s.version), Some(1));
-    let _ = TEST_TOKEN;
 }
 
 fn steady_status(version: i64, n: usize) -> WsClusterStatus {

@@ -37,7 +37,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wscluster_ring_stream::RingHub;
+use wscluster_ring_stream::{KindTokens, RingHub};
 
 use self::settings::Settings;
 use self::supervisor::Supervisor;
@@ -213,7 +213,7 @@ fn settings(args: &LocalArgs, listeners: &Listeners) -> anyhow::Result<Settings>
         .with_context(|| format!("creating the log directory {}", log_dir.display()))?;
     Ok(Settings {
         cluster_id: args.cluster_id.clone(),
-        token: random_token(),
+        tokens: KindTokens::new(random_token(), random_token()),
         nodes: args.nodes,
         max_replicas: MAX_REPLICAS,
         proxies: args.proxies,
@@ -292,7 +292,7 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// 128 random bits as hex: the ring stream's bearer token for this run.
+/// 128 random bits as hex: a secret for this run (ring stream tokens, proxy secret, API key).
 fn random_token() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

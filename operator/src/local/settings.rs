@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wscluster_ring::contract::stream::SubscriberKind;
+use wscluster_ring_stream::KindTokens;
 use wscluster_runtime::flags::{self, Flag, node, proxy};
 
 use super::children::{PROXY_STOP_GRACE, node_id};
@@ -15,8 +17,9 @@ use super::process::{ChildKind, ChildSpec};
 pub struct Settings {
     /// Ring cluster id (`local/demo`), also the node's Redis namespace and exchange name.
     pub cluster_id: String,
-    /// Bearer token of the ring stream, handed to children through the environment.
-    pub token: String,
+    /// Ring stream bearer tokens, one per kind (only the proxy token may acknowledge as a
+    /// proxy), handed to children through the environment.
+    pub tokens: KindTokens,
     /// Initial node count.
     pub nodes: u32,
     /// Largest replica count the control API accepts.
@@ -53,10 +56,14 @@ impl Settings {
         format!("http://{}", self.ring_addr)
     }
 
-    /// The environment every child gets: the ring stream's token (never on a command line,
-    /// where `ps` would show it).
-    fn child_env(&self) -> Vec<(String, String)> {
-        let (name, value) = flags::RING_TOKEN.env_var(self.token.clone());
+    /// The environment a child of `kind` gets: its kind's ring stream token (never on a
+    /// command line, where `ps` would show it).
+    fn child_env(&self, kind: SubscriberKind) -> Vec<(String, String)> {
+        let token = match kind {
+            SubscriberKind::Proxy => &self.tokens.proxy,
+            SubscriberKind::Node => &self.tokens.node,
+        };
+        let (name, value) = flags::RING_TOKEN.env_var(token.clone().unwrap_or_default());
         vec![(name.to_string(), value)]
     }
 
@@ -83,7 +90,7 @@ impl Settings {
             generation,
             program: self.program.clone(),
             args: args.0,
-            env: self.child_env(),
+            env: self.child_env(SubscriberKind::Node),
             log_file: self.log_dir.join(format!("{}.log", node_id(ordinal))),
             known_address: None,
             readyz_url: "http://{address}/readyz".to_string(),
@@ -118,7 +125,7 @@ impl Settings {
             generation,
             program: self.program.clone(),
             args: args.0,
-            env: self.child_env(),
+            env: self.child_env(SubscriberKind::Proxy),
             log_file: self.log_dir.join(format!("{id}.log")),
             known_address: Some(admin.to_string()),
             readyz_url: "http://{address}/readyz".to_string(),
@@ -152,7 +159,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             cluster_id: "local/demo".into(),
-            token: "t0k3n".into(),
+            tokens: KindTokens::new("pr0xy".into(), "n0de".into()),
             nodes: 3,
             max_replicas: 16,
             proxies: 1,
@@ -187,7 +194,7 @@ mod tests {
         assert_eq!(config.grace_period_seconds, 5);
         assert_eq!(
             spec.env,
-            [("WSCLUSTER_RING_TOKEN".to_string(), "t0k3n".to_string())]
+            [("WSCLUSTER_RING_TOKEN".to_string(), "n0de".to_string())]
         );
     }
 
@@ -208,6 +215,11 @@ mod tests {
         ] {
             assert!(rendered.contains(expected), "{expected} in {rendered}");
         }
+        assert_eq!(
+            spec.env,
+            [("WSCLUSTER_RING_TOKEN".to_string(), "pr0xy".to_string())],
+            "a proxy gets the proxy token, never the node token"
+        );
         assert!(settings().proxy_spec(1, 1).is_none(), "there is one proxy");
     }
 }

@@ -7,8 +7,9 @@
 //! 2. GET the generated Secrets (ring tokens, proxy secret, API keys), creating each missing
 //!    value once at random and never replacing an existing one; hand the ring tokens (one per
 //!    subscriber kind) to the ring hub;
-//! 3. apply (server-side, field manager `wscluster-operator`, forced) the ConfigMap, the two
-//!    Services and the PodDisruptionBudget;
+//! 3. apply (server-side, field manager `wscluster-operator`, forced) the ConfigMap, the
+//!    node, proxy, API and metrics Services, the PodDisruptionBudget and the node
+//!    NetworkPolicy;
 //! 4. GET the StatefulSet, decide the scaling step ([`crate::scaling`]), apply the StatefulSet
 //!    with the replicas it chose, apply the proxy Deployment;
 //! 5. LIST the node Service's EndpointSlices, compute members and the ring
@@ -378,7 +379,11 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     apply(&ctx.client, ns, &resources::config_map(obj)?).await?;
     apply(&ctx.client, ns, &resources::node_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::proxy_service(obj)?).await?;
+    apply(&ctx.client, ns, &resources::proxy_api_service(obj)?).await?;
+    apply(&ctx.client, ns, &resources::metrics_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::node_pdb(obj)?).await?;
+    let policy = resources::node_network_policy(obj, &ctx.settings.operator_namespace)?;
+    apply(&ctx.client, ns, &policy).await?;
 
     // 4-6. Scaling, membership, ring and status: the decision core (`crate::converge`) on the
     // StatefulSet, its EndpointSlices and the proxy Deployment.

@@ -287,6 +287,7 @@ pub fn mock_context_with(
         ring: hub,
         settings: Settings {
             ring_url: "http://wscluster-operator.wscluster-system.svc:7400".into(),
+            operator_namespace: "wscluster-system".into(),
         },
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || clock.now()),

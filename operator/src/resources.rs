@@ -6,7 +6,10 @@
 //! | object | name | notes |
 //! |---|---|---|
 //! | StatefulSet + headless Service | `<c>-node` | port `ws`; member id = pod name |
-//! | Deployment + Service | `<c>-proxy` | Service port → 8080 `ws`, admin 9090 |
+//! | Deployment + Service | `<c>-proxy` | Service port → 8080 `ws` only (clients) |
+//! | Service | `<c>-api` | `ClusterIP` 8081 `api`: the proxies' server API |
+//! | Service | `<c>-metrics` | headless 9090 `admin` of every proxy and node pod |
+//! | NetworkPolicy | `<c>-node` | node `ws` from proxies only; `admin` from the namespace, monitoring, operator |
 //! | PodDisruptionBudget | `<c>-node` | one node pod down at a time |
 //! | ConfigMap | `<c>-config` | `proxy.yaml` at `/etc/wscluster/proxy.yaml` |
 //! | Secret | `<c>-ring-token` | keys `proxy`, `node`; each kind's at `/var/run/wscluster/ring/token` |
@@ -24,9 +27,14 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -131,7 +139,14 @@ impl Component {
 pub struct Settings {
     /// The ring stream URL pods are told to subscribe to (`--ring-public-url`).
     pub ring_url: String,
+    /// The operator's own namespace: the node NetworkPolicy lets it reach the admin port
+    /// (its session-count probe of draining nodes).
+    pub operator_namespace: String,
 }
+
+/// The namespace the operator assumes it runs in when `POD_NAMESPACE` is unset: the one
+/// `deploy/` and the chart's defaults install into.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "wscluster-system";
 
 /// The Secrets the operator generates for every `WsCluster`: created once with random values
 /// and never regenerated over an existing value, so a user can rotate them (API keys: add a
@@ -366,8 +381,51 @@ fn node_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<Env
         flags::node::LISTEN,
         format!("0.0.0.0:{}", c.spec.node.port),
     ));
+    env.extend(node_feature_env(c));
     env.extend(c.spec.node.env.iter().cloned());
     env
+}
+
+/// The node's admin port, features and limits from the spec, each only when the node reads
+/// the flag ([`binary_reads`]); an unset limit keeps the node's default.
+fn node_feature_env(c: &WsCluster) -> Vec<EnvVar> {
+    let all = flags::node::ALL;
+    let spec = &c.spec;
+    let mut env = Vec::new();
+    let admin = format!("0.0.0.0:{NODE_ADMIN_PORT}");
+    push_if_read(&mut env, all, flags::ADMIN_LISTEN, admin);
+    let on_off = |b: bool| if b { "true" } else { "false" };
+    push_if_read(
+        &mut env,
+        all,
+        flags::LEGACY_SEND,
+        on_off(spec.server.legacy_send),
+    );
+    push_if_read(&mut env, all, flags::CHAT, on_off(spec.server.chat));
+    let limits = [
+        (flags::SESSIONS_PER_KEY, spec.sessions.per_key),
+        (flags::MAX_HTTP_CONNECTIONS, spec.node.max_http_connections),
+        (flags::MAX_INFLIGHT_SENDS, spec.node.max_inflight_sends),
+    ];
+    for (flag, value) in limits {
+        if let Some(v) = value {
+            push_if_read(&mut env, all, flag, v.to_string());
+        }
+    }
+    if let Some(policy) = spec.sessions.policy {
+        push_if_read(&mut env, all, flags::SESSION_POLICY, policy.as_str());
+    }
+    env
+}
+
+/// The node container port its probes use: `admin` once the node serves an admin port
+/// (`--admin-listen`, see [`binary_reads`]), `ws` until then.
+fn node_probe_port() -> &'static str {
+    if binary_reads(flags::node::ALL, flags::ADMIN_LISTEN) {
+        "admin"
+    } else {
+        "ws"
+    }
 }
 
 /// A proxy container's environment: the common part (proxies need no Redis), both listen
@@ -382,6 +440,12 @@ fn proxy_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<En
         flags::proxy::ADMIN_LISTEN,
         format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
     ));
+    push_if_read(
+        &mut env,
+        flags::proxy::ALL,
+        flags::API_LISTEN,
+        format!("0.0.0.0:{PROXY_API_PORT}"),
+    );
     env.push(env_value(flags::proxy::CONFIG, PROXY_CONFIG_FILE));
     env.extend(c.spec.proxy.env.iter().cloned());
     env
@@ -405,6 +469,12 @@ pub const RESERVED_ENV: &[&str] = &[
     flags::LISTEN.env,
     flags::ADMIN_LISTEN.env,
     flags::CONFIG.env,
+    flags::LEGACY_SEND.env,
+    flags::CHAT.env,
+    flags::SESSIONS_PER_KEY.env,
+    flags::SESSION_POLICY.env,
+    flags::MAX_HTTP_CONNECTIONS.env,
+    flags::MAX_INFLIGHT_SENDS.env,
 ];
 
 fn http_probe(path: &str, port: &str, period_seconds: i32) -> Probe {
@@ -511,12 +581,16 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
         name: "node".into(),
         image: Some(node.image.clone()),
         image_pull_policy: Some(node.image_pull_policy.as_str().into()),
-        ports: Some(vec![tcp_port("ws", node.port)]),
+        ports: Some(vec![
+            tcp_port("ws", node.port),
+            tcp_port("admin", NODE_ADMIN_PORT),
+        ]),
         env: Some(env),
-        readiness_probe: Some(http_probe(&node.readiness_path, "ws", 2)),
-        liveness_probe: Some(http_probe(&node.liveness_path, "ws", 10)),
+        readiness_probe: Some(http_probe(&node.readiness_path, node_probe_port(), 2)),
+        liveness_probe: Some(http_probe(&node.liveness_path, node_probe_port(), 10)),
         resources: node.resources.clone(),
         volume_mounts: Some(mounts),
+        security_context: Some(restricted_container()),
         ..Container::default()
     };
     Ok(StatefulSet {
@@ -543,6 +617,8 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
                     containers: vec![container],
                     volumes: Some(volumes),
                     termination_grace_period_seconds: Some(NODE_TERMINATION_GRACE_SECONDS),
+                    security_context: Some(restricted_pod()),
+                    automount_service_account_token: Some(false),
                     ..PodSpec::default()
                 }),
             },
@@ -607,6 +683,8 @@ pub fn proxy_deployment(
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
+                    security_context: Some(restricted_pod()),
+                    automount_service_account_token: Some(false),
                     ..PodSpec::default()
                 }),
             },
@@ -672,6 +750,7 @@ fn proxy_container(c: &WsCluster, env: Vec<EnvVar>, mounts: Vec<VolumeMount>) ->
         image_pull_policy: Some(proxy.image_pull_policy.as_str().into()),
         ports: Some(vec![
             tcp_port("ws", PROXY_PORT),
+            tcp_port("api", PROXY_API_PORT),
             tcp_port("admin", PROXY_ADMIN_PORT),
         ]),
         env: Some(env),
@@ -679,6 +758,7 @@ fn proxy_container(c: &WsCluster, env: Vec<EnvVar>, mounts: Vec<VolumeMount>) ->
         liveness_probe: Some(http_probe("/healthz", "admin", 10)),
         resources: proxy.resources.clone(),
         volume_mounts: Some(mounts),
+        security_context: Some(restricted_container()),
         ..Container::default()
     }
 }
@@ -693,7 +773,19 @@ fn tcp_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-/// The client-facing Service of the proxies.
+/// A `ClusterIP`-style port of a Service onto the named container port.
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// The client-facing Service of the proxies: the public port only. The admin port
+/// (metrics, health) is on [`metrics_service`], the server API on [`proxy_api_service`].
 pub fn proxy_service(c: &WsCluster) -> Result<Service> {
     let cluster = ClusterRef::of(c)?;
     let proxy = &c.spec.proxy;
@@ -702,27 +794,138 @@ pub fn proxy_service(c: &WsCluster) -> Result<Service> {
         spec: Some(ServiceSpec {
             type_: Some(proxy.service_type.as_str().into()),
             selector: Some(cluster.selector_labels(Component::Proxy)),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("ws".into()),
-                    port: proxy.service_port,
-                    target_port: Some(IntOrString::String("ws".into())),
-                    node_port: proxy.node_port,
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                },
-                ServicePort {
-                    name: Some("admin".into()),
-                    port: PROXY_ADMIN_PORT,
-                    target_port: Some(IntOrString::String("admin".into())),
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                },
-            ]),
+            ports: Some(vec![ServicePort {
+                node_port: proxy.node_port,
+                ..service_port("ws", proxy.service_port)
+            }]),
             ..ServiceSpec::default()
         }),
         status: None,
     })
+}
+
+/// `<c>-api`: the proxies' server API (`/api/v1/...`, API keys), inside the cluster only
+/// (`ClusterIP`): the user's backend calls it, end users never do.
+pub fn proxy_api_service(c: &WsCluster) -> Result<Service> {
+    let cluster = ClusterRef::of(c)?;
+    Ok(Service {
+        metadata: cluster.meta(format!("{}-api", cluster.name), Component::Proxy),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(cluster.selector_labels(Component::Proxy)),
+            ports: Some(vec![service_port("api", PROXY_API_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// `<c>-metrics`: a headless Service over every proxy and node pod's `admin` port, for
+/// Prometheus (a ServiceMonitor, or `kubernetes_sd` on its endpoints). Headless, so each pod
+/// is scraped on its own address.
+pub fn metrics_service(c: &WsCluster) -> Result<Service> {
+    let cluster = ClusterRef::of(c)?;
+    let mut selector = cluster.selector_labels(Component::Node);
+    selector.remove(labels::COMPONENT);
+    Ok(Service {
+        metadata: cluster.meta(format!("{}-metrics", cluster.name), Component::Config),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector),
+            ports: Some(vec![service_port("admin", PROXY_ADMIN_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The NetworkPolicy of the node pods: their public port only from the cluster's proxy pods
+/// (a client cannot bypass the proxy's key check); their admin port from pods of the same
+/// namespace, from namespaces labelled [`MONITORING_NAMESPACE_LABEL`]` = "true"` (Prometheus)
+/// and from the operator's namespace (its session-count probe). Everything else is refused.
+pub fn node_network_policy(c: &WsCluster, operator_namespace: &str) -> Result<NetworkPolicy> {
+    let cluster = ClusterRef::of(c)?;
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    let namespace_named = |key: &str, value: &str| NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let from_proxies = NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(label_selector(&cluster, Component::Proxy)),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![port(c.spec.node.port)]),
+    };
+    let to_admin = NetworkPolicyIngressRule {
+        from: Some(vec![
+            NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector::default()),
+                ..NetworkPolicyPeer::default()
+            },
+            namespace_named(MONITORING_NAMESPACE_LABEL, "true"),
+            namespace_named(NAMESPACE_NAME_LABEL, operator_namespace),
+        ]),
+        ports: Some(vec![port(NODE_ADMIN_PORT)]),
+    };
+    Ok(NetworkPolicy {
+        metadata: cluster.meta(cluster.node_name(), Component::Node),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(label_selector(&cluster, Component::Node)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![from_proxies, to_admin]),
+            egress: None,
+        }),
+    })
+}
+
+/// Label of namespaces whose pods (Prometheus) may scrape the node admin ports.
+pub const MONITORING_NAMESPACE_LABEL: &str = "wscluster.io/monitoring";
+/// The label Kubernetes sets on every namespace with its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// The user id (and group) the pods run as: distroless's `nonroot`, as in the Dockerfile.
+pub const POD_USER_ID: i64 = 65532;
+
+/// The pod-level half of the Restricted Pod Security Standard: a non-root user and group,
+/// the runtime's default seccomp profile, and the group mounted Secrets are readable by.
+pub fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(POD_USER_ID),
+        run_as_group: Some(POD_USER_ID),
+        fs_group: Some(POD_USER_ID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The container-level half: no privilege escalation, no capabilities, a read-only root
+/// filesystem (nodes and proxies write nothing to disk; logs go to stdout).
+pub fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
 }
 
 /// The PodDisruptionBudget of the nodes: voluntary evictions take one node at a time, so a
@@ -847,6 +1050,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             ring_url: "http://op:7400".into(),
+            operator_namespace: "wscluster-system".into(),
         }
     }
 
@@ -944,14 +1148,29 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_service_maps_the_service_port_to_ws_and_exposes_admin() {
+    fn the_proxy_service_maps_the_service_port_to_ws_and_nothing_else() {
         let mut c = WsCluster::test();
         c.spec.proxy.service_port = 443;
         let svc = proxy_service(&c).expect("svc");
         let ports = svc.spec.expect("spec").ports.expect("ports");
+        assert_eq!(ports.len(), 1, "admin and API stay off the client Service");
         assert_eq!(ports[0].port, 443);
         assert_eq!(ports[0].target_port, Some(IntOrString::String("ws".into())));
-        assert_eq!(ports[1].port, 9090);
+        let api = proxy_api_service(&c).expect("api").spec.expect("spec");
+        assert_eq!(api.type_.as_deref(), Some("ClusterIP"));
+        let api_port = &api.ports.expect("ports")[0];
+        assert_eq!(
+            (api_port.port, api_port.target_port.clone()),
+            (PROXY_API_PORT, Some(IntOrString::String("api".into())))
+        );
+        let metrics = metrics_service(&c).expect("metrics").spec.expect("spec");
+        assert_eq!(metrics.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(metrics.ports.expect("ports")[0].port, PROXY_ADMIN_PORT);
+        let selector = metrics.selector.expect("selector");
+        assert!(
+            !selector.contains_key(labels::COMPONENT),
+            "proxies and nodes"
+        );
     }
 
     /// What the proxy reads from the rendered file: parsed and validated by its own loader.
@@ -1240,5 +1459,202 @@ mod tests {
                 "{name} is not reserved"
             );
         }
+    }
+
+    fn pod_of_node(c: &WsCluster) -> PodSpec {
+        node_statefulset(c, &settings(), 1)
+            .expect("sts")
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+    }
+
+    fn pod_of_proxy(c: &WsCluster) -> PodSpec {
+        proxy_deployment(c, &settings(), "h")
+            .expect("deployment")
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+    }
+
+    /// (volume, Secret, key, mount dir, read-only) of every Secret volume of a pod.
+    fn secret_mounts(pod: &PodSpec) -> Vec<(String, String, String, String, bool)> {
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+        pod.volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                let secret = v.secret.as_ref()?;
+                let item = &secret.items.as_ref()?[0];
+                let mount = mounts.iter().find(|m| m.name == v.name)?;
+                Some((
+                    v.name.clone(),
+                    secret.secret_name.clone().unwrap_or_default(),
+                    item.key.clone(),
+                    mount.mount_path.clone(),
+                    mount.read_only == Some(true),
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_pod_mounts_its_own_kinds_ring_token_and_the_shared_credentials_read_only() {
+        let c = WsCluster::test();
+        let row = |v: &str, s: &str, k: &str, d: &str| {
+            (
+                v.to_string(),
+                s.to_string(),
+                k.to_string(),
+                d.to_string(),
+                true,
+            )
+        };
+        let shared = [
+            row(
+                "proxy-secret",
+                "chat-proxy-secret",
+                "secret",
+                PROXY_SECRET_DIR,
+            ),
+            row("api-keys", "chat-api-keys", "keys", API_KEYS_DIR),
+        ];
+        let mut node = vec![row("ring-token", "chat-ring-token", "node", RING_TOKEN_DIR)];
+        node.extend(shared.clone());
+        assert_eq!(secret_mounts(&pod_of_node(&c)), node);
+        let mut proxy = vec![row(
+            "ring-token",
+            "chat-ring-token",
+            "proxy",
+            RING_TOKEN_DIR,
+        )];
+        proxy.extend(shared);
+        assert_eq!(secret_mounts(&pod_of_proxy(&c)), proxy);
+    }
+
+    #[test]
+    fn every_pod_meets_the_restricted_pod_security_standard() {
+        let c = WsCluster::test();
+        for pod in [pod_of_node(&c), pod_of_proxy(&c)] {
+            let p = pod.security_context.as_ref().expect("pod context");
+            assert_eq!(p.run_as_non_root, Some(true));
+            assert_eq!(p.run_as_user, Some(POD_USER_ID));
+            assert_eq!(
+                p.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+                Some("RuntimeDefault")
+            );
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            let sc = pod.containers[0]
+                .security_context
+                .as_ref()
+                .expect("container");
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(
+                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_string()])
+            );
+        }
+    }
+
+    #[test]
+    fn the_trust_flags_are_rendered_exactly_when_the_binary_reads_them() {
+        let mut c = WsCluster::test();
+        c.spec.server.legacy_send = true;
+        c.spec.server.chat = true;
+        c.spec.sessions.per_key = Some(2);
+        c.spec.sessions.policy = Some(crate::crd::SessionPolicy::ReplaceOldest);
+        c.spec.node.max_http_connections = Some(100);
+        c.spec.node.max_inflight_sends = Some(10);
+        let node = env_of(&pod_of_node(&c).containers[0]);
+        let expected_node = [
+            (flags::PROXY_SECRET_FILE, PROXY_SECRET_FILE.to_string()),
+            (flags::API_KEYS_FILE, API_KEYS_FILE.to_string()),
+            (flags::ADMIN_LISTEN, format!("0.0.0.0:{NODE_ADMIN_PORT}")),
+            (flags::LEGACY_SEND, "true".into()),
+            (flags::CHAT, "true".into()),
+            (flags::SESSIONS_PER_KEY, "2".into()),
+            (flags::SESSION_POLICY, "replace-oldest".into()),
+            (flags::MAX_HTTP_CONNECTIONS, "100".into()),
+            (flags::MAX_INFLIGHT_SENDS, "10".into()),
+        ];
+        for (flag, value) in expected_node {
+            let rendered = node.get(flag.env).and_then(|e| e.value.clone());
+            let want = binary_reads(flags::node::ALL, flag).then_some(value);
+            assert_eq!(rendered, want, "node {}", flag.env);
+        }
+        let proxy = env_of(&pod_of_proxy(&c).containers[0]);
+        let expected_proxy = [
+            (flags::PROXY_SECRET_FILE, PROXY_SECRET_FILE.to_string()),
+            (flags::API_KEYS_FILE, API_KEYS_FILE.to_string()),
+            (flags::API_LISTEN, format!("0.0.0.0:{PROXY_API_PORT}")),
+        ];
+        for (flag, value) in expected_proxy {
+            let rendered = proxy.get(flag.env).and_then(|e| e.value.clone());
+            let want = binary_reads(flags::proxy::ALL, flag).then_some(value);
+            assert_eq!(rendered, want, "proxy {}", flag.env);
+        }
+        let probe = pod_of_node(&c).containers[0]
+            .readiness_probe
+            .clone()
+            .and_then(|p| p.http_get)
+            .map(|h| h.port);
+        assert_eq!(probe, Some(IntOrString::String(node_probe_port().into())));
+    }
+
+    #[test]
+    fn only_proxies_reach_the_node_port_and_the_admin_port_stays_inside() {
+        let policy = node_network_policy(&WsCluster::test(), "ops").expect("policy");
+        let spec = policy.spec.expect("spec");
+        assert_eq!(
+            spec.pod_selector.and_then(|s| s.match_labels),
+            Some(
+                ClusterRef::of(&WsCluster::test())
+                    .expect("ref")
+                    .selector_labels(Component::Node)
+            )
+        );
+        let rules = spec.ingress.expect("ingress");
+        assert_eq!(rules.len(), 2);
+        let ports = |r: &NetworkPolicyIngressRule| -> Vec<IntOrString> {
+            r.ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.port.clone())
+                .collect()
+        };
+        assert_eq!(ports(&rules[0]), vec![IntOrString::Int(8080)]);
+        let from = rules[0].from.clone().expect("from");
+        assert_eq!(from.len(), 1);
+        assert_eq!(
+            from[0]
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .map(|l| l[labels::COMPONENT].as_str()),
+            Some("proxy")
+        );
+        assert!(
+            from[0].namespace_selector.is_none(),
+            "proxies of this namespace only"
+        );
+        assert_eq!(ports(&rules[1]), vec![IntOrString::Int(NODE_ADMIN_PORT)]);
+        let namespaces: Vec<BTreeMap<String, String>> = rules[1]
+            .from
+            .iter()
+            .flatten()
+            .filter_map(|p| p.namespace_selector.as_ref()?.match_labels.clone())
+            .collect();
+        assert_eq!(
+            namespaces,
+            vec![
+                BTreeMap::from([(MONITORING_NAMESPACE_LABEL.to_string(), "true".to_string())]),
+                BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "ops".to_string())]),
+            ]
+        );
     }
 }

@@ -91,10 +91,26 @@ pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
     );
     let svc = server.apply(&format!("{NS}/services/chat-node")).await;
     assert_eq!(svc["spec"]["clusterIP"], "None");
-    server.apply(&format!("{NS}/services/chat-proxy")).await;
+    let proxy_svc = server.apply(&format!("{NS}/services/chat-proxy")).await;
+    let ports: Vec<&Value> = proxy_svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .collect();
+    assert_eq!(ports.len(), 1, "clients reach the ws port only: {ports:?}");
+    assert_eq!(ports[0]["name"], "ws");
+    let api = server.apply(&format!("{NS}/services/chat-api")).await;
+    assert_eq!(api["spec"]["type"], "ClusterIP");
+    assert_eq!(api["spec"]["ports"][0]["port"], 8081);
+    let metrics = server.apply(&format!("{NS}/services/chat-metrics")).await;
+    assert_eq!(metrics["spec"]["ports"][0]["name"], "admin");
     server
         .apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/chat-node")
         .await;
+    let policy = server
+        .apply("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/chat-node")
+        .await;
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
     let get_sts = server
         .expect(Method::GET, &format!("{APPS}/statefulsets/chat-node"))
         .await;

@@ -11,6 +11,7 @@ use wscluster_runtime::flags::{self, Flag, node, proxy};
 
 use super::children::{PROXY_STOP_GRACE, node_id};
 use super::process::{ChildKind, ChildSpec};
+use crate::resources::binary_reads;
 
 /// Everything the supervisor needs to know, resolved from the flags.
 #[derive(Debug, Clone)]
@@ -38,6 +39,14 @@ pub struct Settings {
     pub proxy_config: Option<PathBuf>,
     /// Client and admin addresses of each proxy, fixed for the run so restarts keep them.
     pub proxy_addresses: Vec<(SocketAddr, SocketAddr)>,
+    /// Server API address of each proxy (`--api-listen`), fixed for the run.
+    pub proxy_api_addresses: Vec<SocketAddr>,
+    /// Admin address of each node ordinal (`--admin-listen`), fixed for the run.
+    pub node_admin_addresses: Vec<SocketAddr>,
+    /// The run's proxy secret (`--proxy-secret-file`, proxies and nodes), in the temp dir.
+    pub proxy_secret_file: PathBuf,
+    /// The run's API keys, one per line (`--api-keys-file`, proxies and nodes).
+    pub api_keys_file: PathBuf,
     /// Where children's logs go.
     pub log_dir: PathBuf,
     /// Nodes' `--grace-period-seconds`.
@@ -85,6 +94,19 @@ impl Settings {
         if let Some(url) = &self.amqp_url {
             args.push(node::AMQP_URL, url);
         }
+        let admin = self.node_admin(ordinal);
+        args.push_if_read(node::ALL, flags::PROXY_SECRET_FILE, &self.secret_path())
+            .push_if_read(node::ALL, flags::API_KEYS_FILE, &self.keys_path());
+        if let Some(admin) = admin {
+            args.push_if_read(node::ALL, flags::ADMIN_LISTEN, &admin.to_string());
+        }
+        // Once the node serves an admin port, its health and count live there.
+        let probe_base = match admin {
+            Some(admin) if binary_reads(node::ALL, flags::ADMIN_LISTEN) => {
+                format!("http://{admin}")
+            }
+            _ => "http://{address}".to_string(),
+        };
         ChildSpec {
             kind: ChildKind::Node(ordinal),
             generation,
@@ -93,8 +115,8 @@ impl Settings {
             env: self.child_env(SubscriberKind::Node),
             log_file: self.log_dir.join(format!("{}.log", node_id(ordinal))),
             known_address: None,
-            readyz_url: "http://{address}/readyz".to_string(),
-            count_url: Some("http://{address}/count".to_string()),
+            readyz_url: format!("{probe_base}/readyz"),
+            count_url: Some(format!("{probe_base}/count")),
             grace: self.node_grace + Duration::from_secs(2),
         }
     }
@@ -120,6 +142,11 @@ impl Settings {
         if let Some(url) = &self.amqp_url {
             args.push(proxy::AMQP_URL, url);
         }
+        args.push_if_read(proxy::ALL, flags::PROXY_SECRET_FILE, &self.secret_path())
+            .push_if_read(proxy::ALL, flags::API_KEYS_FILE, &self.keys_path());
+        if let Some(api) = self.proxy_api_addresses.get(usize::try_from(index).ok()?) {
+            args.push_if_read(proxy::ALL, flags::API_LISTEN, &api.to_string());
+        }
         Some(ChildSpec {
             kind: ChildKind::Proxy(index),
             generation,
@@ -135,6 +162,22 @@ impl Settings {
     }
 }
 
+impl Settings {
+    fn node_admin(&self, ordinal: u32) -> Option<SocketAddr> {
+        self.node_admin_addresses
+            .get(usize::try_from(ordinal).ok()?)
+            .copied()
+    }
+
+    fn secret_path(&self) -> String {
+        self.proxy_secret_file.display().to_string()
+    }
+
+    fn keys_path(&self) -> String {
+        self.api_keys_file.display().to_string()
+    }
+}
+
 /// A child's command line: its subcommand, then flags rendered from the binaries' own flag
 /// definitions (`wscluster_runtime::flags`), so a renamed flag cannot drift.
 struct CommandLine(Vec<String>);
@@ -147,6 +190,15 @@ impl CommandLine {
     fn push(&mut self, flag: Flag, value: &str) -> &mut CommandLine {
         self.0.push(flag.dashed());
         self.0.push(value.to_string());
+        self
+    }
+
+    /// Pushes `flag value` once the child's parser (`binary`, its `flags::*::ALL`) reads the
+    /// flag: the same integration gate as the operator's ([`binary_reads`]).
+    fn push_if_read(&mut self, binary: &[Flag], flag: Flag, value: &str) -> &mut CommandLine {
+        if binary_reads(binary, flag) {
+            self.push(flag, value);
+        }
         self
     }
 }
@@ -172,6 +224,12 @@ mod tests {
                 "127.0.0.1:8080".parse().expect("addr"),
                 "127.0.0.1:9090".parse().expect("addr"),
             )],
+            proxy_api_addresses: vec!["127.0.0.1:8081".parse().expect("addr")],
+            node_admin_addresses: (0..16)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 9100 + i)))
+                .collect(),
+            proxy_secret_file: PathBuf::from("/tmp/run/proxy-secret"),
+            api_keys_file: PathBuf::from("/tmp/run/api-keys"),
             log_dir: PathBuf::from("/tmp/logs"),
             node_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
@@ -221,5 +279,47 @@ mod tests {
             "a proxy gets the proxy token, never the node token"
         );
         assert!(settings().proxy_spec(1, 1).is_none(), "there is one proxy");
+    }
+
+    /// The value of `flag` on a command line, if present.
+    fn value_of(args: &[String], flag: Flag) -> Option<String> {
+        let dashed = flag.dashed();
+        let at = args.iter().position(|a| *a == dashed)?;
+        args.get(at + 1).cloned()
+    }
+
+    #[test]
+    fn children_get_the_runs_secret_files_and_ports_once_their_parsers_read_the_flags() {
+        let settings = settings();
+        let node = settings.node_spec(2, 1);
+        let node_expected = [
+            (flags::PROXY_SECRET_FILE, "/tmp/run/proxy-secret"),
+            (flags::API_KEYS_FILE, "/tmp/run/api-keys"),
+            (flags::ADMIN_LISTEN, "127.0.0.1:9102"),
+        ];
+        for (flag, value) in node_expected {
+            let want = binary_reads(node::ALL, flag).then(|| value.to_string());
+            assert_eq!(value_of(&node.args, flag), want, "node {}", flag.long);
+        }
+        let admin_on = binary_reads(node::ALL, flags::ADMIN_LISTEN);
+        assert_eq!(node.readyz_url.contains("127.0.0.1:9102"), admin_on);
+        let proxy = settings.proxy_spec(0, 1).expect("proxy 0");
+        let proxy_expected = [
+            (flags::PROXY_SECRET_FILE, "/tmp/run/proxy-secret"),
+            (flags::API_KEYS_FILE, "/tmp/run/api-keys"),
+            (flags::API_LISTEN, "127.0.0.1:8081"),
+        ];
+        for (flag, value) in proxy_expected {
+            let want = binary_reads(proxy::ALL, flag).then(|| value.to_string());
+            assert_eq!(value_of(&proxy.args, flag), want, "proxy {}", flag.long);
+        }
+        // Secrets travel as files or environment, never as a command-line value.
+        for args in [&node.args, &proxy.args] {
+            assert!(
+                !args
+                    .iter()
+                    .any(|a| a.contains("pr0xy") || a.contains("n0de"))
+            );
+        }
     }
 }

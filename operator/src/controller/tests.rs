@@ -824,3 +824,44 @@ async fn reconcile_is_idempotent_and_applies_complete_typed_objects() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_partly_filled_generated_secret_keeps_its_values_and_gets_only_the_missing_ones() {
+    let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+    let obj = WsCluster::test();
+    let cluster = ClusterRef::of(&obj).expect("ref");
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), "default");
+    let b64 = |v: &str| {
+        serde_json::to_value(k8s_openapi::ByteString(v.as_bytes().to_vec())).expect("base64")
+    };
+    let (values, applied) = tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        tokio::join!(
+            ensure_generated(&ctx, &secrets, &obj, &cluster, Generated::RingTokens),
+            async {
+                let path = format!("{NS}/secrets/chat-ring-token");
+                server.expect(Method::GET, &path).await.respond(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": "chat-ring-token", "namespace": "default"},
+                            "data": {"proxy": b64("rotated-by-hand"), "node": b64("  \n")}}),
+                );
+                server.apply(&path).await
+            }
+        )
+    })
+    .await
+    .expect("in time");
+    let values = values.expect("ensured");
+    assert_eq!(
+        values["proxy"], "rotated-by-hand",
+        "an existing value is kept"
+    );
+    assert_eq!(
+        values["node"], "test-chat-ring-token/node",
+        "a blank one is generated"
+    );
+    assert_eq!(
+        applied["data"],
+        json!({"proxy": b64("rotated-by-hand"), "node": b64("test-chat-ring-token/node")})
+    );
+}

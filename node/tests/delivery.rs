@@ -280,7 +280,11 @@ async fn a_broadcast_answered_202_waits_in_the_durable_queue_of_a_node_that_is_a
         let queue = queue_name(&broker.cluster, "n-b");
         b.stop().await;
         let (status, body) = a
-            .http("POST", "/api/v1/broadcast", Some(r#"{"message":"while away"}"#))
+            .http(
+                "POST",
+                "/api/v1/broadcast",
+                Some(r#"{"message":"while away"}"#),
+            )
             .await;
         assert_eq!(status, 202, "{body}");
         assert_eq!(
@@ -309,7 +313,11 @@ async fn without_a_reachable_broker_a_broadcast_is_refused_with_503_never_202() 
         let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
         let node = Node::spawn("n-0", &["--amqp-url", &url]).await;
         let (status, body): (u16, Value) = node
-            .http("POST", "/api/v1/broadcast", Some(r#"{"message":"nobody has it"}"#))
+            .http(
+                "POST",
+                "/api/v1/broadcast",
+                Some(r#"{"message":"nobody has it"}"#),
+            )
             .await;
         assert_eq!(
             (status, body["error"].as_str()),

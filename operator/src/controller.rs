@@ -4,10 +4,12 @@
 //!
 //! 1. check the spec ([`crate::validate`]) and GET every Secret it references; a problem sets
 //!    `Degraded` (status + Warning Event) and stops here, touching nothing else;
-//! 2. GET the ring token Secret, creating it with a random token if absent; hand the token to
-//!    the ring hub;
-//! 3. apply (server-side, field manager `wscluster-operator`, forced) the ConfigMap, the two
-//!    Services and the PodDisruptionBudget;
+//! 2. GET the generated Secrets (ring tokens, proxy secret, API keys), creating each missing
+//!    value once at random and never replacing an existing one; hand the ring tokens (one per
+//!    subscriber kind) to the ring hub;
+//! 3. apply (server-side, field manager `wscluster-operator`, forced) the ConfigMap, the
+//!    node, proxy, API and metrics Services, the PodDisruptionBudget and the node
+//!    NetworkPolicy;
 //! 4. GET the StatefulSet, decide the scaling step ([`crate::scaling`]), apply the StatefulSet
 //!    with the replicas it chose, apply the proxy Deployment;
 //! 5. LIST the node Service's EndpointSlices, compute members and the ring
@@ -15,6 +17,7 @@
 //! 6. apply the status (ring version and members first in status, *then* publish: see
 //!    `membership` for why), publish to the hub, emit Events for what changed.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +36,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 use wscluster_ring::RingSnapshot;
 use wscluster_ring::contract::stream::SubscriberKind;
+use wscluster_ring_stream::KindTokens;
 
 use crate::converge::{Intent, NodeCounts, Pass, Platform, converge};
 use crate::crd::{WsCluster, WsClusterStatus};
@@ -40,7 +44,10 @@ use crate::error::{Error, Result};
 use crate::membership::{Endpoint, endpoints, snapshot_from_status};
 use crate::metrics::Metrics;
 use crate::probe::ConnectionProbe;
-use crate::resources::{self, ClusterRef, FIELD_MANAGER, RING_TOKEN_KEY, Settings, labels};
+use crate::resources::{
+    self, ClusterRef, FIELD_MANAGER, Generated, RING_TOKEN_NODE_KEY, RING_TOKEN_PROXY_KEY,
+    Settings, labels,
+};
 use crate::scaling::{ScalePlan, Step};
 use crate::status::degraded_status;
 use crate::validate::{referenced_secrets, validate_spec};
@@ -76,8 +83,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The clock, an argument so tests fix time (drain timeouts, condition times).
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
-    /// Makes a new ring token; tests fix it so request bodies are predictable.
-    pub new_token: fn() -> String,
+    /// Makes a new secret value for a generated Secret's key (`<secret>/<key>` names it);
+    /// tests fix it so request bodies are predictable.
+    pub new_token: fn(&str) -> String,
     /// Asks draining nodes for their session count, so a drain ends early once they are empty.
     pub probe: Arc<dyn ConnectionProbe>,
     /// Cluster ids this process handed to the hub, so those of deleted clusters can be
@@ -107,8 +115,9 @@ impl Context {
     }
 }
 
-/// A random 256-bit token, hex.
-pub fn random_token() -> String {
+/// A random 256-bit token, hex. The argument (what it is for) does not matter: every value is
+/// independent.
+pub fn random_token(_purpose: &str) -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -200,7 +209,7 @@ async fn degrade(obj: &WsCluster, ctx: &Context, error: &Error) -> Result<Action
 
 /// While degraded nothing is applied, but the ring the status recorded stays served: after an
 /// operator restart the hub is empty, and proxies or nodes starting meanwhile would otherwise
-/// get no ring at all. Needs the ring token Secret; without it there is nothing to serve.
+/// get no ring at all. Needs both ring tokens; without them there is nothing to serve.
 async fn serve_recorded_ring(obj: &WsCluster, ctx: &Context, cluster: &ClusterRef) -> Result<()> {
     let cluster_id = cluster.cluster_id();
     if ctx.ring.current(&cluster_id).is_some() {
@@ -210,10 +219,10 @@ async fn serve_recorded_ring(obj: &WsCluster, ctx: &Context, cluster: &ClusterRe
         return Ok(());
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &cluster.namespace);
-    let Some(token) = read_token(&secrets, cluster).await? else {
+    let Some(tokens) = read_tokens(&secrets, cluster).await? else {
         return Ok(());
     };
-    ctx.ring.set_token(&cluster_id, token);
+    ctx.ring.set_tokens(&cluster_id, tokens);
     remember(ctx, &cluster_id);
     let version = recorded.version;
     ctx.ring.publish(recorded)?;
@@ -228,16 +237,81 @@ fn remember(ctx: &Context, cluster_id: &str) {
         .insert(cluster_id.to_string());
 }
 
-/// The token of the ring token Secret, if it exists and holds a non-empty one.
-async fn read_token(secrets: &Api<Secret>, cluster: &ClusterRef) -> Result<Option<String>> {
-    Ok(secrets
-        .get_opt(&cluster.token_secret_name())
+/// The values of a generated Secret's keys that exist and are not blank.
+async fn read_generated(
+    secrets: &Api<Secret>,
+    cluster: &ClusterRef,
+    which: Generated,
+) -> Result<BTreeMap<String, String>> {
+    let data = secrets
+        .get_opt(&cluster.generated_name(which))
         .await?
         .and_then(|s| s.data)
-        .and_then(|d| d.get(RING_TOKEN_KEY).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok())
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty()))
+        .unwrap_or_default();
+    Ok(data
+        .into_iter()
+        .filter(|(k, _)| which.keys().contains(&k.as_str()))
+        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+        .filter(|(_, v)| !v.trim().is_empty())
+        .collect())
+}
+
+/// The ring tokens from the ring token Secret, if it holds both.
+async fn read_tokens(secrets: &Api<Secret>, cluster: &ClusterRef) -> Result<Option<KindTokens>> {
+    let values = read_generated(secrets, cluster, Generated::RingTokens).await?;
+    Ok(kind_tokens(&values))
+}
+
+fn kind_tokens(values: &BTreeMap<String, String>) -> Option<KindTokens> {
+    let get = |key: &str| values.get(key).map(|v| v.trim().to_string());
+    Some(KindTokens::new(
+        get(RING_TOKEN_PROXY_KEY)?,
+        get(RING_TOKEN_NODE_KEY)?,
+    ))
+}
+
+/// Reads a generated Secret, creating its missing values once (existing values are kept, so a
+/// rotated key is never overwritten) and applying it only when something was missing.
+async fn ensure_generated(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    obj: &WsCluster,
+    cluster: &ClusterRef,
+    which: Generated,
+) -> Result<BTreeMap<String, String>> {
+    let mut values = read_generated(secrets, cluster, which).await?;
+    let mut missing = false;
+    for key in which.keys() {
+        if !values.contains_key(*key) {
+            let name = cluster.generated_name(which);
+            let token = (ctx.new_token)(&format!("{name}/{key}"));
+            values.insert((*key).to_string(), resources::initial_value(which, &token));
+            missing = true;
+        }
+    }
+    if missing {
+        let secret = resources::generated_secret(obj, which, &values)?;
+        apply(&ctx.client, &cluster.namespace, &secret).await?;
+        info!(cluster = %cluster.cluster_id(), secret = %cluster.generated_name(which), "generated the missing secret values");
+    }
+    Ok(values)
+}
+
+/// Ensures every generated Secret and returns the ring tokens.
+async fn ensure_credentials(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    obj: &WsCluster,
+    cluster: &ClusterRef,
+) -> Result<KindTokens> {
+    let mut tokens = None;
+    for which in Generated::ALL {
+        let values = ensure_generated(ctx, secrets, obj, cluster, which).await?;
+        if which == Generated::RingTokens {
+            tokens = kind_tokens(&values);
+        }
+    }
+    tokens.ok_or(Error::MissingField("ring token secret keys"))
 }
 
 /// Checks the Secrets the spec references: they must exist and hold the key.
@@ -263,27 +337,6 @@ async fn check_secrets(secrets: &Api<Secret>, obj: &WsCluster) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Reads the ring token, creating the Secret with a new token when it is missing or empty.
-async fn ring_token(
-    ctx: &Context,
-    secrets: &Api<Secret>,
-    obj: &WsCluster,
-    cluster: &ClusterRef,
-) -> Result<String> {
-    if let Some(token) = read_token(secrets, cluster).await? {
-        return Ok(token);
-    }
-    let token = (ctx.new_token)();
-    apply(
-        &ctx.client,
-        &cluster.namespace,
-        &resources::ring_token_secret(obj, &token)?,
-    )
-    .await?;
-    info!(cluster = %cluster.cluster_id(), "created the ring token secret");
-    Ok(token)
 }
 
 /// Reconciles one `WsCluster`. See the module docs for the steps.
@@ -316,9 +369,9 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
         };
     }
 
-    // 2. The ring token.
-    let token = ring_token(ctx, &secrets, obj, &cluster).await?;
-    ctx.ring.set_token(&cluster_id, token);
+    // 2. The generated credentials; the ring tokens go to the hub.
+    let tokens = ensure_credentials(ctx, &secrets, obj, &cluster).await?;
+    ctx.ring.set_tokens(&cluster_id, tokens);
     remember(ctx, &cluster_id);
 
     // 3. Configuration and Services.
@@ -326,7 +379,11 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     apply(&ctx.client, ns, &resources::config_map(obj)?).await?;
     apply(&ctx.client, ns, &resources::node_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::proxy_service(obj)?).await?;
+    apply(&ctx.client, ns, &resources::proxy_api_service(obj)?).await?;
+    apply(&ctx.client, ns, &resources::metrics_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::node_pdb(obj)?).await?;
+    let policy = resources::node_network_policy(obj, &ctx.settings.operator_namespace)?;
+    apply(&ctx.client, ns, &policy).await?;
 
     // 4-6. Scaling, membership, ring and status: the decision core (`crate::converge`) on the
     // StatefulSet, its EndpointSlices and the proxy Deployment.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use k8s_openapi::jiff::Timestamp;
 use wscluster_ring::contract::stream::SubscriberKind;
 use wscluster_ring::{RingError, RingParams, RingSnapshot};
-use wscluster_ring_stream::{RingHub, SubscriberInfo};
+use wscluster_ring_stream::{KindTokens, RingHub, SubscriberInfo};
 
 use crate::crd::{MemberStateStatus, WsClusterSpec, WsClusterStatus};
 use crate::error::Result;
@@ -37,8 +37,8 @@ use crate::status::{ProxySync, StatusInput, compute_status};
 /// Where rings go and acknowledgements come from: the ring stream's hub. A trait so the
 /// controller's tests can play the subscribers' acknowledgements without real proxies.
 pub trait RingAuthority: Send + Sync {
-    /// Sets the bearer token subscribers of a cluster must present.
-    fn set_token(&self, cluster_id: &str, token: String);
+    /// Sets the bearer tokens subscribers of a cluster must present, one per kind.
+    fn set_tokens(&self, cluster_id: &str, tokens: KindTokens);
     /// The current snapshot of a cluster.
     fn current(&self, cluster_id: &str) -> Option<Arc<RingSnapshot>>;
     /// Publishes a strictly newer snapshot.
@@ -50,8 +50,8 @@ pub trait RingAuthority: Send + Sync {
 }
 
 impl RingAuthority for RingHub {
-    fn set_token(&self, cluster_id: &str, token: String) {
-        RingHub::set_token(self, cluster_id, token);
+    fn set_tokens(&self, cluster_id: &str, tokens: KindTokens) {
+        RingHub::set_tokens(self, cluster_id, tokens);
     }
     fn current(&self, cluster_id: &str) -> Option<Arc<RingSnapshot>> {
         RingHub::current(self, cluster_id)

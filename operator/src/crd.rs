@@ -128,7 +128,65 @@ pub struct WsClusterSpec {
     /// RabbitMQ for broadcasts and reset events; without it nodes use an in-memory bus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<ConnectionSpec>,
+    /// What the nodes serve beyond WebSocket sessions and the server API. Everything here is
+    /// off by default: each opens a way for clients to send.
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// How many live sessions one key may hold on its node, and what happens to one more.
+    #[serde(default)]
+    pub sessions: SessionsSpec,
 }
+
+/// Node features that let clients send, each off unless asked for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// Serve the seed-compatible `GET /send?userId=…&message=…` on the public port. Anyone who
+    /// reaches the port can then send to any user: keep it off outside trusted networks and
+    /// use the server API (API keys) instead.
+    #[serde(default)]
+    pub legacy_send: bool,
+    /// Let authenticated clients publish to other users over their own socket.
+    #[serde(default)]
+    pub chat: bool,
+}
+
+/// The per-key session cap on a node.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsSpec {
+    /// Most live sessions per key on its owner; unset keeps the node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub per_key: Option<i32>,
+    /// What a session over the cap does: `refuse` it, or `replace-oldest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<SessionPolicy>,
+}
+
+/// What a session over the per-key cap does (the node's `--session-policy`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionPolicy {
+    /// The new session is refused.
+    Refuse,
+    /// The oldest session of the key is closed to make room.
+    ReplaceOldest,
+}
+
+impl SessionPolicy {
+    /// The node flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionPolicy::Refuse => "refuse",
+            SessionPolicy::ReplaceOldest => "replace-oldest",
+        }
+    }
+}
+
+/// Largest `node.maxHttpConnections` and `node.maxInflightSends`: far above what one pod can
+/// serve, so only a typo is refused.
+pub const MAX_NODE_LIMIT: i32 = 1_000_000;
 
 fn default_replicas() -> i32 {
     3
@@ -163,6 +221,8 @@ impl Default for WsClusterSpec {
             ring: RingSpec::default(),
             redis: None,
             rabbitmq: None,
+            server: ServerSpec::default(),
+            sessions: SessionsSpec::default(),
         }
     }
 }
@@ -220,6 +280,15 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
+    /// Most concurrent HTTP connections per node; unset keeps the node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_http_connections: Option<i32>,
+    /// Most sends being stored and delivered at once per node (more get 503); unset keeps the
+    /// node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_inflight_sends: Option<i32>,
 }
 
 fn default_node_image() -> String {
@@ -248,6 +317,8 @@ impl Default for NodeSpec {
             liveness_path: default_liveness_path(),
             resources: None,
             env: Vec::new(),
+            max_http_connections: None,
+            max_inflight_sends: None,
         }
     }
 }

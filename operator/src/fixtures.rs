@@ -134,7 +134,7 @@ use serde_json::{Value, json};
 use tower_test::mock;
 use wscluster_ring::contract::stream::SubscriberKind;
 use wscluster_ring::{RingError, RingSnapshot};
-use wscluster_ring_stream::{RingHub, SubscriberInfo};
+use wscluster_ring_stream::{KindTokens, RingHub, SubscriberInfo};
 
 use crate::controller::{Context, RingAuthority};
 use std::collections::BTreeMap;
@@ -180,8 +180,8 @@ impl FakeHub {
 }
 
 impl RingAuthority for FakeHub {
-    fn set_token(&self, cluster_id: &str, token: String) {
-        self.hub.set_token(cluster_id, token);
+    fn set_tokens(&self, cluster_id: &str, tokens: KindTokens) {
+        self.hub.set_tokens(cluster_id, tokens);
     }
     fn current(&self, cluster_id: &str) -> Option<Arc<RingSnapshot>> {
         self.hub.current(cluster_id)
@@ -200,8 +200,15 @@ impl RingAuthority for FakeHub {
     }
 }
 
-/// The fixed token tests create.
+/// The proxies' ring token of the Secret tests serve as existing.
 pub const TEST_TOKEN: &str = "test-token";
+/// The nodes' ring token of that Secret.
+pub const TEST_NODE_TOKEN: &str = "test-node-token";
+
+/// The value tests generate for a Secret key: `test-<secret>/<key>`, so each key differs.
+pub fn test_token(purpose: &str) -> String {
+    format!("test-{purpose}")
+}
 
 /// A clock the test moves.
 #[derive(Clone)]
@@ -280,10 +287,11 @@ pub fn mock_context_with(
         ring: hub,
         settings: Settings {
             ring_url: "http://wscluster-operator.wscluster-system.svc:7400".into(),
+            operator_namespace: "wscluster-system".into(),
         },
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || clock.now()),
-        new_token: || TEST_TOKEN.to_string(),
+        new_token: test_token,
         probe: probe.clone(),
         known: Mutex::default(),
     };

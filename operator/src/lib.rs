@@ -12,7 +12,8 @@
 //! * [`crd`] — the `WsCluster` types; `wscluster-operator crd` prints the CRD.
 //! * [`rbac`] — the exact API permissions, printed by `wscluster-operator rbac`.
 //! * [`validate`] — spec rules the schema cannot check.
-//! * [`resources`] — desired child objects from a spec.
+//! * [`resources`] — desired child objects from a spec; [`render`] prints them
+//!   (`wscluster-operator render -f wscluster.yaml`).
 //! * [`membership`] — endpoints from EndpointSlices, ring members from endpoints, ring versioning.
 //! * [`scaling`] — the scale-down state machine.
 //! * [`status`] — status and conditions.
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod probe;
 pub mod rbac;
+pub mod render;
 pub mod resources;
 pub mod scaling;
 pub mod server;

@@ -1,9 +1,10 @@
 //! `wscluster-operator`: the Kubernetes operator binary. See the library docs for the design.
 //!
 //! Subcommands: `run` (the controller), `crd` (print the CRD YAML), `rbac` (print the API
-//! permissions as JSON), `local` (everything on 127.0.0.1 without Kubernetes), and `node` and
-//! `proxy`, which run exactly what `wscluster-node` and `wscluster-proxy` run (same flags), so
-//! this one executable is enough for local mode: it spawns itself as its nodes and proxies.
+//! permissions as JSON), `render -f wscluster.yaml` (print the children of a WsCluster),
+//! `local` (everything on 127.0.0.1 without Kubernetes), and `node` and `proxy`, which run
+//! exactly what `wscluster-node` and `wscluster-proxy` run (same flags), so this one
+//! executable is enough for local mode: it spawns itself as its nodes and proxies.
 //! `kubectl` is the kubectl plugin (`kubectl wscluster owner|ring|status`); invoked under the
 //! name `kubectl-wscluster` the binary runs it directly.
 
@@ -48,6 +49,8 @@ enum Command {
     Crd,
     /// Print, as JSON, the API permissions the operator needs.
     Rbac,
+    /// Print, as YAML, the objects the operator would create for a WsCluster manifest.
+    Render(RenderArgs),
     /// Run ring authority, proxy and nodes on 127.0.0.1 without Kubernetes.
     Local(LocalCli),
     /// Run a node, exactly as `wscluster-node` does (same flags).
@@ -111,6 +114,43 @@ struct RunArgs {
     log: LogArgs,
 }
 
+/// Flags of `render`.
+#[derive(Args, Debug)]
+struct RenderArgs {
+    /// The WsCluster manifest (`-` for stdin).
+    #[arg(short = 'f', long = "filename")]
+    file: std::path::PathBuf,
+    /// The ring stream URL the pods are told to use, as `run --ring-public-url`.
+    #[arg(
+        long,
+        default_value = "http://wscluster-operator.wscluster-system.svc:7400"
+    )]
+    ring_public_url: String,
+    /// The operator's namespace (the node NetworkPolicy admits it to the admin port).
+    #[arg(long, default_value = wscluster_operator::resources::DEFAULT_OPERATOR_NAMESPACE)]
+    operator_namespace: String,
+}
+
+/// `render`: read the manifest, print the children.
+fn render(args: RenderArgs) -> anyhow::Result<String> {
+    let yaml = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the manifest from stdin")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let settings = wscluster_operator::resources::Settings {
+        ring_url: args.ring_public_url,
+        operator_namespace: args.operator_namespace,
+    };
+    let rendered = wscluster_operator::render::render_children(
+        &yaml,
+        &settings,
+        wscluster_operator::controller::random_token,
+    )?;
+    Ok(rendered)
+}
+
 /// Flags of `local`: local mode's own and the logging flags.
 #[derive(Args, Debug)]
 struct LocalCli {
@@ -135,6 +175,13 @@ fn main() -> ExitCode {
             println!("{}", wscluster_operator::rbac::rules_json());
             ExitCode::SUCCESS
         }
+        Command::Render(args) => match render(args) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => process::fail(e),
+        },
         Command::Run(args) => run(args),
         Command::Local(cli) => local(cli),
         Command::Node(config) => wscluster_node::main(*config),

@@ -61,8 +61,23 @@ pub fn parse_count(body: &[u8]) -> Option<u64> {
     value.get("count")?.as_u64()
 }
 
+/// Where a member's `/count` is served, from its ring address (`host:ws-port`): the node's
+/// admin port ([`crate::resources::NODE_ADMIN_PORT`]) once nodes serve one (the same gate as
+/// the pods' `--admin-listen`, [`crate::resources::binary_reads`]), else the ring address.
+pub fn count_address(member_address: &str) -> String {
+    use wscluster_runtime::flags;
+    let on_admin = crate::resources::binary_reads(flags::node::ALL, flags::ADMIN_LISTEN);
+    match member_address.rsplit_once(':') {
+        Some((host, _)) if on_admin => {
+            format!("{host}:{}", crate::resources::NODE_ADMIN_PORT)
+        }
+        _ => member_address.to_string(),
+    }
+}
+
 impl HttpProbe {
     async fn fetch(&self, address: &str) -> Option<u64> {
+        let address = count_address(address);
         let uri: http::Uri = format!("http://{address}/count").parse().ok()?;
         let response = self.client.get(uri).await.ok()?;
         if !response.status().is_success() {
@@ -147,5 +162,23 @@ mod tests {
         })
         .await
         .expect("in time");
+    }
+
+    #[test]
+    fn the_count_is_asked_on_the_admin_port_once_nodes_serve_one() {
+        use wscluster_runtime::flags;
+        let admin = crate::resources::binary_reads(flags::node::ALL, flags::ADMIN_LISTEN);
+        let expected = if admin {
+            "10.0.0.7:9090"
+        } else {
+            "10.0.0.7:8080"
+        };
+        assert_eq!(count_address("10.0.0.7:8080"), expected);
+        let v6 = if admin {
+            "[fd00::7]:9090"
+        } else {
+            "[fd00::7]:8080"
+        };
+        assert_eq!(count_address("[fd00::7]:8080"), v6);
     }
 }

@@ -53,9 +53,16 @@ pub const RULES: &[Rule] = &[
         resources: &["poddisruptionbudgets"],
         verbs: OWNED,
     },
-    // Secrets are read one by one (the ring token and the user's referenced Secrets) and the
-    // ring token is created; never listed or watched, so the operator cannot read every Secret
-    // of the cluster in one call.
+    Rule {
+        api_groups: &["networking.k8s.io"],
+        resources: &["networkpolicies"],
+        verbs: OWNED,
+    },
+    // Secrets are read one by one by name (the generated ones and the user's referenced
+    // Secrets), and the generated ones are created with a server-side apply (`create` and
+    // `patch`); never listed or watched, so the operator cannot read every Secret of the
+    // cluster in one call. RBAC cannot narrow further: `resourceNames` cannot restrict
+    // `create`, and the names depend on each WsCluster's name.
     Rule {
         api_groups: &[""],
         resources: &["secrets"],

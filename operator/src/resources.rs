@@ -6,10 +6,18 @@
 //! | object | name | notes |
 //! |---|---|---|
 //! | StatefulSet + headless Service | `<c>-node` | port `ws`; member id = pod name |
-//! | Deployment + Service | `<c>-proxy` | Service port → 8080 `ws`, admin 9090 |
+//! | Deployment + Service | `<c>-proxy` | Service port → 8080 `ws` only (clients) |
+//! | Service | `<c>-api` | `ClusterIP` 8081 `api`: the proxies' server API |
+//! | Service | `<c>-metrics` | headless 9090 `admin` of every proxy and node pod |
+//! | NetworkPolicy | `<c>-node` | node `ws` from proxies only; `admin` from the namespace, monitoring, operator |
 //! | PodDisruptionBudget | `<c>-node` | one node pod down at a time |
 //! | ConfigMap | `<c>-config` | `proxy.yaml` at `/etc/wscluster/proxy.yaml` |
-//! | Secret | `<c>-ring-token` | `token` at `/var/run/wscluster/ring/token` |
+//! | Secret | `<c>-ring-token` | keys `proxy`, `node`; each kind's at `/var/run/wscluster/ring/token` |
+//! | Secret | `<c>-proxy-secret` | `secret` at `/var/run/wscluster/proxy-secret/secret` (both) |
+//! | Secret | `<c>-api-keys` | `keys` at `/var/run/wscluster/api-keys/keys` (both) |
+//!
+//! The three Secrets are [`Generated`]: created once with random values, owned by the
+//! `WsCluster`, never regenerated over an existing value (a user may rotate them).
 
 use std::collections::BTreeMap;
 
@@ -19,9 +27,14 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -43,8 +56,28 @@ pub const PROXY_ADMIN_PORT: i32 = 9090;
 pub const RING_TOKEN_DIR: &str = "/var/run/wscluster/ring";
 /// File of the ring token inside the pods.
 pub const RING_TOKEN_FILE: &str = "/var/run/wscluster/ring/token";
-/// Key of the token in the ring token Secret.
-pub const RING_TOKEN_KEY: &str = "token";
+/// Path of the token inside the ring token volume (each kind's key is projected to it).
+pub const RING_TOKEN_PATH: &str = "token";
+/// Key of the proxies' ring stream token in the ring token Secret.
+pub const RING_TOKEN_PROXY_KEY: &str = "proxy";
+/// Key of the nodes' ring stream token in the ring token Secret.
+pub const RING_TOKEN_NODE_KEY: &str = "node";
+/// Directory the proxy secret is mounted at, in proxies and nodes.
+pub const PROXY_SECRET_DIR: &str = "/var/run/wscluster/proxy-secret";
+/// Key of the proxy secret in its Secret (and its file name).
+pub const PROXY_SECRET_KEY: &str = "secret";
+/// File of the proxy secret inside the pods (`--proxy-secret-file`).
+pub const PROXY_SECRET_FILE: &str = "/var/run/wscluster/proxy-secret/secret";
+/// Directory the API keys are mounted at, in proxies and nodes.
+pub const API_KEYS_DIR: &str = "/var/run/wscluster/api-keys";
+/// Key of the API keys in their Secret (and its file name): one key per line.
+pub const API_KEYS_KEY: &str = "keys";
+/// File of the API keys inside the pods (`--api-keys-file`).
+pub const API_KEYS_FILE: &str = "/var/run/wscluster/api-keys/keys";
+/// Port of the proxy's server API (`/api/v1/...`), apart from the client port.
+pub const PROXY_API_PORT: i32 = 8081;
+/// Port of the node's admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/count`).
+pub const NODE_ADMIN_PORT: i32 = 9090;
 /// File of the proxy configuration inside proxy pods.
 pub const PROXY_CONFIG_FILE: &str = "/etc/wscluster/proxy.yaml";
 /// Key of the proxy configuration in the ConfigMap.
@@ -106,6 +139,52 @@ impl Component {
 pub struct Settings {
     /// The ring stream URL pods are told to subscribe to (`--ring-public-url`).
     pub ring_url: String,
+    /// The operator's own namespace: the node NetworkPolicy lets it reach the admin port
+    /// (its session-count probe of draining nodes).
+    pub operator_namespace: String,
+}
+
+/// The namespace the operator assumes it runs in when `POD_NAMESPACE` is unset: the one
+/// `deploy/` and the chart's defaults install into.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "wscluster-system";
+
+/// The Secrets the operator generates for every `WsCluster`: created once with random values
+/// and never regenerated over an existing value, so a user can rotate them (API keys: add a
+/// line, move the callers, remove the old line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generated {
+    /// `<c>-ring-token`: the ring stream tokens, one per subscriber kind.
+    RingTokens,
+    /// `<c>-proxy-secret`: what proxies present to nodes.
+    ProxySecret,
+    /// `<c>-api-keys`: the server API's keys, one per line.
+    ApiKeys,
+}
+
+impl Generated {
+    /// Every generated Secret, in the order reconcile ensures them.
+    pub const ALL: [Generated; 3] = [
+        Generated::RingTokens,
+        Generated::ProxySecret,
+        Generated::ApiKeys,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Generated::RingTokens => "ring-token",
+            Generated::ProxySecret => "proxy-secret",
+            Generated::ApiKeys => "api-keys",
+        }
+    }
+
+    /// The data keys the Secret must hold, each with a non-empty value.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            Generated::RingTokens => &[RING_TOKEN_PROXY_KEY, RING_TOKEN_NODE_KEY],
+            Generated::ProxySecret => &[PROXY_SECRET_KEY],
+            Generated::ApiKeys => &[API_KEYS_KEY],
+        }
+    }
 }
 
 /// Identity of a `WsCluster`, checked once: every object the API server returns has these.
@@ -158,6 +237,11 @@ impl ClusterRef {
     /// Ring token Secret name.
     pub fn token_secret_name(&self) -> String {
         format!("{}-ring-token", self.name)
+    }
+
+    /// The name of one of the generated Secrets.
+    pub fn generated_name(&self, which: Generated) -> String {
+        format!("{}-{}", self.name, which.suffix())
     }
 
     /// The recommended labels of a component.
@@ -243,14 +327,44 @@ fn pod_name_env() -> EnvVar {
     }
 }
 
-/// Environment every node and proxy pod gets: identity, cluster, ring stream, RabbitMQ.
-fn common_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
+/// Whether `binary` (its `flags::node::ALL` or `flags::proxy::ALL`) reads `flag`.
+///
+/// The integration gate for the trust flags (`--proxy-secret-file`, `--api-keys-file`,
+/// `--api-listen`, `--admin-listen` on nodes, the node limits): the operator and local mode
+/// render such a flag only once the binary's parser lists it, so every rendered variable stays
+/// one the binary reads. When a binary adds the flag to its `ALL`, the wiring turns on.
+pub fn binary_reads(binary: &[Flag], flag: Flag) -> bool {
+    binary.contains(&flag)
+}
+
+/// Pushes `flag = value` when `binary` reads it ([`binary_reads`]).
+fn push_if_read(env: &mut Vec<EnvVar>, binary: &[Flag], flag: Flag, value: impl Into<String>) {
+    if binary_reads(binary, flag) {
+        env.push(env_value(flag, value));
+    }
+}
+
+/// Environment every node and proxy pod gets: identity, cluster, ring stream, credentials,
+/// RabbitMQ. `binary` is the flags its parser reads.
+fn common_env(
+    c: &WsCluster,
+    cluster: &ClusterRef,
+    settings: &Settings,
+    binary: &[Flag],
+) -> Vec<EnvVar> {
     let mut env = vec![
         pod_name_env(),
         env_value(flags::CLUSTER_ID, cluster.cluster_id()),
         env_value(flags::RING_URL, settings.ring_url.clone()),
         env_value(flags::RING_TOKEN_FILE, RING_TOKEN_FILE),
     ];
+    push_if_read(
+        &mut env,
+        binary,
+        flags::PROXY_SECRET_FILE,
+        PROXY_SECRET_FILE,
+    );
+    push_if_read(&mut env, binary, flags::API_KEYS_FILE, API_KEYS_FILE);
     if let Some(amqp) = &c.spec.rabbitmq {
         env.push(env_from_connection(flags::AMQP_URL, amqp));
     }
@@ -259,7 +373,7 @@ fn common_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<E
 
 /// A node container's environment: the common part, Redis, the listen port, then the user's.
 fn node_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
-    let mut env = common_env(c, cluster, settings);
+    let mut env = common_env(c, cluster, settings, flags::node::ALL);
     if let Some(redis) = &c.spec.redis {
         env.push(env_from_connection(flags::node::REDIS_URL, redis));
     }
@@ -267,14 +381,57 @@ fn node_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<Env
         flags::node::LISTEN,
         format!("0.0.0.0:{}", c.spec.node.port),
     ));
+    env.extend(node_feature_env(c));
     env.extend(c.spec.node.env.iter().cloned());
     env
+}
+
+/// The node's admin port, features and limits from the spec, each only when the node reads
+/// the flag ([`binary_reads`]); an unset limit keeps the node's default.
+fn node_feature_env(c: &WsCluster) -> Vec<EnvVar> {
+    let all = flags::node::ALL;
+    let spec = &c.spec;
+    let mut env = Vec::new();
+    let admin = format!("0.0.0.0:{NODE_ADMIN_PORT}");
+    push_if_read(&mut env, all, flags::ADMIN_LISTEN, admin);
+    let on_off = |b: bool| if b { "true" } else { "false" };
+    push_if_read(
+        &mut env,
+        all,
+        flags::LEGACY_SEND,
+        on_off(spec.server.legacy_send),
+    );
+    push_if_read(&mut env, all, flags::CHAT, on_off(spec.server.chat));
+    let limits = [
+        (flags::SESSIONS_PER_KEY, spec.sessions.per_key),
+        (flags::MAX_HTTP_CONNECTIONS, spec.node.max_http_connections),
+        (flags::MAX_INFLIGHT_SENDS, spec.node.max_inflight_sends),
+    ];
+    for (flag, value) in limits {
+        if let Some(v) = value {
+            push_if_read(&mut env, all, flag, v.to_string());
+        }
+    }
+    if let Some(policy) = spec.sessions.policy {
+        push_if_read(&mut env, all, flags::SESSION_POLICY, policy.as_str());
+    }
+    env
+}
+
+/// The node container port its probes use: `admin` once the node serves an admin port
+/// (`--admin-listen`, see [`binary_reads`]), `ws` until then.
+fn node_probe_port() -> &'static str {
+    if binary_reads(flags::node::ALL, flags::ADMIN_LISTEN) {
+        "admin"
+    } else {
+        "ws"
+    }
 }
 
 /// A proxy container's environment: the common part (proxies need no Redis), both listen
 /// ports, the config file, then the user's.
 fn proxy_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
-    let mut env = common_env(c, cluster, settings);
+    let mut env = common_env(c, cluster, settings, flags::proxy::ALL);
     env.push(env_value(
         flags::proxy::LISTEN,
         format!("0.0.0.0:{PROXY_PORT}"),
@@ -283,6 +440,12 @@ fn proxy_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<En
         flags::proxy::ADMIN_LISTEN,
         format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
     ));
+    push_if_read(
+        &mut env,
+        flags::proxy::ALL,
+        flags::API_LISTEN,
+        format!("0.0.0.0:{PROXY_API_PORT}"),
+    );
     env.push(env_value(flags::proxy::CONFIG, PROXY_CONFIG_FILE));
     env.extend(c.spec.proxy.env.iter().cloned());
     env
@@ -298,11 +461,20 @@ pub const RESERVED_ENV: &[&str] = &[
     flags::RING_TOKEN_FILE.env,
     flags::RING_TOKEN.env,
     flags::RING_FILE.env,
+    flags::PROXY_SECRET_FILE.env,
+    flags::API_KEYS_FILE.env,
+    flags::API_LISTEN.env,
     flags::REDIS_URL.env,
     flags::AMQP_URL.env,
     flags::LISTEN.env,
     flags::ADMIN_LISTEN.env,
     flags::CONFIG.env,
+    flags::LEGACY_SEND.env,
+    flags::CHAT.env,
+    flags::SESSIONS_PER_KEY.env,
+    flags::SESSION_POLICY.env,
+    flags::MAX_HTTP_CONNECTIONS.env,
+    flags::MAX_INFLIGHT_SENDS.env,
 ];
 
 fn http_probe(path: &str, port: &str, period_seconds: i32) -> Probe {
@@ -317,28 +489,75 @@ fn http_probe(path: &str, port: &str, period_seconds: i32) -> Probe {
     }
 }
 
-fn ring_token_volume(cluster: &ClusterRef) -> (Volume, VolumeMount) {
+/// A read-only volume of one Secret key at `dir/path`.
+fn secret_file_volume(
+    name: &str,
+    secret_name: String,
+    key: &str,
+    dir: &str,
+    path: &str,
+) -> (Volume, VolumeMount) {
     (
         Volume {
-            name: "ring-token".into(),
+            name: name.into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(cluster.token_secret_name()),
+                secret_name: Some(secret_name),
                 items: Some(vec![KeyToPath {
-                    key: RING_TOKEN_KEY.into(),
-                    path: RING_TOKEN_KEY.into(),
+                    key: key.into(),
+                    path: path.into(),
                     mode: None,
                 }]),
+                // Owner read-only: the containers run as a non-root user of the pod's fsGroup.
+                default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
         },
         VolumeMount {
-            name: "ring-token".into(),
-            mount_path: RING_TOKEN_DIR.into(),
+            name: name.into(),
+            mount_path: dir.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         },
     )
+}
+
+/// The ring token of `component`'s kind at [`RING_TOKEN_FILE`]: a node pod never holds the
+/// proxy token, so a node cannot acknowledge a ring as a proxy.
+fn ring_token_volume(cluster: &ClusterRef, component: Component) -> (Volume, VolumeMount) {
+    let key = match component {
+        Component::Proxy => RING_TOKEN_PROXY_KEY,
+        Component::Node | Component::Config => RING_TOKEN_NODE_KEY,
+    };
+    secret_file_volume(
+        "ring-token",
+        cluster.token_secret_name(),
+        key,
+        RING_TOKEN_DIR,
+        RING_TOKEN_PATH,
+    )
+}
+
+/// The credentials every node and proxy pod mounts: its kind's ring token, the proxy secret
+/// and the API keys.
+fn credential_volumes(cluster: &ClusterRef, component: Component) -> Vec<(Volume, VolumeMount)> {
+    vec![
+        ring_token_volume(cluster, component),
+        secret_file_volume(
+            "proxy-secret",
+            cluster.generated_name(Generated::ProxySecret),
+            PROXY_SECRET_KEY,
+            PROXY_SECRET_DIR,
+            PROXY_SECRET_KEY,
+        ),
+        secret_file_volume(
+            "api-keys",
+            cluster.generated_name(Generated::ApiKeys),
+            API_KEYS_KEY,
+            API_KEYS_DIR,
+            API_KEYS_KEY,
+        ),
+    ]
 }
 
 fn label_selector(cluster: &ClusterRef, component: Component) -> LabelSelector {
@@ -354,17 +573,24 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
     let cluster = ClusterRef::of(c)?;
     let node = &c.spec.node;
     let env = node_env(c, &cluster, settings);
-    let (volume, mount) = ring_token_volume(&cluster);
+    let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) =
+        credential_volumes(&cluster, Component::Node)
+            .into_iter()
+            .unzip();
     let container = Container {
         name: "node".into(),
         image: Some(node.image.clone()),
         image_pull_policy: Some(node.image_pull_policy.as_str().into()),
-        ports: Some(vec![tcp_port("ws", node.port)]),
+        ports: Some(vec![
+            tcp_port("ws", node.port),
+            tcp_port("admin", NODE_ADMIN_PORT),
+        ]),
         env: Some(env),
-        readiness_probe: Some(http_probe(&node.readiness_path, "ws", 2)),
-        liveness_probe: Some(http_probe(&node.liveness_path, "ws", 10)),
+        readiness_probe: Some(http_probe(&node.readiness_path, node_probe_port(), 2)),
+        liveness_probe: Some(http_probe(&node.liveness_path, node_probe_port(), 10)),
         resources: node.resources.clone(),
-        volume_mounts: Some(vec![mount]),
+        volume_mounts: Some(mounts),
+        security_context: Some(restricted_container()),
         ..Container::default()
     };
     Ok(StatefulSet {
@@ -389,8 +615,10 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: Some(vec![volume]),
+                    volumes: Some(volumes),
                     termination_grace_period_seconds: Some(NODE_TERMINATION_GRACE_SECONDS),
+                    security_context: Some(restricted_pod()),
+                    automount_service_account_token: Some(false),
                     ..PodSpec::default()
                 }),
             },
@@ -430,8 +658,9 @@ pub fn proxy_deployment(
     config_hash: &str,
 ) -> Result<Deployment> {
     let cluster = ClusterRef::of(c)?;
-    // 1. Volumes: the ring token, proxy.yaml, and the JWT key when a key source verifies one.
-    let mut volumes = vec![ring_token_volume(&cluster), proxy_config_volume(&cluster)];
+    // 1. Volumes: the credentials, proxy.yaml, and the JWT key when a key source verifies one.
+    let mut volumes = credential_volumes(&cluster, Component::Proxy);
+    volumes.push(proxy_config_volume(&cluster));
     volumes.extend(jwt_key_volume(c));
     let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) = volumes.into_iter().unzip();
     // 2. The container: its environment, ports, probes and mounts.
@@ -454,6 +683,8 @@ pub fn proxy_deployment(
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
+                    security_context: Some(restricted_pod()),
+                    automount_service_account_token: Some(false),
                     ..PodSpec::default()
                 }),
             },
@@ -519,6 +750,7 @@ fn proxy_container(c: &WsCluster, env: Vec<EnvVar>, mounts: Vec<VolumeMount>) ->
         image_pull_policy: Some(proxy.image_pull_policy.as_str().into()),
         ports: Some(vec![
             tcp_port("ws", PROXY_PORT),
+            tcp_port("api", PROXY_API_PORT),
             tcp_port("admin", PROXY_ADMIN_PORT),
         ]),
         env: Some(env),
@@ -526,6 +758,7 @@ fn proxy_container(c: &WsCluster, env: Vec<EnvVar>, mounts: Vec<VolumeMount>) ->
         liveness_probe: Some(http_probe("/healthz", "admin", 10)),
         resources: proxy.resources.clone(),
         volume_mounts: Some(mounts),
+        security_context: Some(restricted_container()),
         ..Container::default()
     }
 }
@@ -540,7 +773,19 @@ fn tcp_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-/// The client-facing Service of the proxies.
+/// A `ClusterIP`-style port of a Service onto the named container port.
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// The client-facing Service of the proxies: the public port only. The admin port
+/// (metrics, health) is on [`metrics_service`], the server API on [`proxy_api_service`].
 pub fn proxy_service(c: &WsCluster) -> Result<Service> {
     let cluster = ClusterRef::of(c)?;
     let proxy = &c.spec.proxy;
@@ -549,27 +794,138 @@ pub fn proxy_service(c: &WsCluster) -> Result<Service> {
         spec: Some(ServiceSpec {
             type_: Some(proxy.service_type.as_str().into()),
             selector: Some(cluster.selector_labels(Component::Proxy)),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("ws".into()),
-                    port: proxy.service_port,
-                    target_port: Some(IntOrString::String("ws".into())),
-                    node_port: proxy.node_port,
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                },
-                ServicePort {
-                    name: Some("admin".into()),
-                    port: PROXY_ADMIN_PORT,
-                    target_port: Some(IntOrString::String("admin".into())),
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                },
-            ]),
+            ports: Some(vec![ServicePort {
+                node_port: proxy.node_port,
+                ..service_port("ws", proxy.service_port)
+            }]),
             ..ServiceSpec::default()
         }),
         status: None,
     })
+}
+
+/// `<c>-api`: the proxies' server API (`/api/v1/...`, API keys), inside the cluster only
+/// (`ClusterIP`): the user's backend calls it, end users never do.
+pub fn proxy_api_service(c: &WsCluster) -> Result<Service> {
+    let cluster = ClusterRef::of(c)?;
+    Ok(Service {
+        metadata: cluster.meta(format!("{}-api", cluster.name), Component::Proxy),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(cluster.selector_labels(Component::Proxy)),
+            ports: Some(vec![service_port("api", PROXY_API_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// `<c>-metrics`: a headless Service over every proxy and node pod's `admin` port, for
+/// Prometheus (a ServiceMonitor, or `kubernetes_sd` on its endpoints). Headless, so each pod
+/// is scraped on its own address.
+pub fn metrics_service(c: &WsCluster) -> Result<Service> {
+    let cluster = ClusterRef::of(c)?;
+    let mut selector = cluster.selector_labels(Component::Node);
+    selector.remove(labels::COMPONENT);
+    Ok(Service {
+        metadata: cluster.meta(format!("{}-metrics", cluster.name), Component::Config),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector),
+            ports: Some(vec![service_port("admin", PROXY_ADMIN_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The NetworkPolicy of the node pods: their public port only from the cluster's proxy pods
+/// (a client cannot bypass the proxy's key check); their admin port from pods of the same
+/// namespace, from namespaces labelled [`MONITORING_NAMESPACE_LABEL`]` = "true"` (Prometheus)
+/// and from the operator's namespace (its session-count probe). Everything else is refused.
+pub fn node_network_policy(c: &WsCluster, operator_namespace: &str) -> Result<NetworkPolicy> {
+    let cluster = ClusterRef::of(c)?;
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    let namespace_named = |key: &str, value: &str| NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let from_proxies = NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(label_selector(&cluster, Component::Proxy)),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![port(c.spec.node.port)]),
+    };
+    let to_admin = NetworkPolicyIngressRule {
+        from: Some(vec![
+            NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector::default()),
+                ..NetworkPolicyPeer::default()
+            },
+            namespace_named(MONITORING_NAMESPACE_LABEL, "true"),
+            namespace_named(NAMESPACE_NAME_LABEL, operator_namespace),
+        ]),
+        ports: Some(vec![port(NODE_ADMIN_PORT)]),
+    };
+    Ok(NetworkPolicy {
+        metadata: cluster.meta(cluster.node_name(), Component::Node),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(label_selector(&cluster, Component::Node)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![from_proxies, to_admin]),
+            egress: None,
+        }),
+    })
+}
+
+/// Label of namespaces whose pods (Prometheus) may scrape the node admin ports.
+pub const MONITORING_NAMESPACE_LABEL: &str = "wscluster.io/monitoring";
+/// The label Kubernetes sets on every namespace with its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// The user id (and group) the pods run as: distroless's `nonroot`, as in the Dockerfile.
+pub const POD_USER_ID: i64 = 65532;
+
+/// The pod-level half of the Restricted Pod Security Standard: a non-root user and group,
+/// the runtime's default seccomp profile, and the group mounted Secrets are readable by.
+pub fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(POD_USER_ID),
+        run_as_group: Some(POD_USER_ID),
+        fs_group: Some(POD_USER_ID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The container-level half: no privilege escalation, no capabilities, a read-only root
+/// filesystem (nodes and proxies write nothing to disk; logs go to stdout).
+pub fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
 }
 
 /// The PodDisruptionBudget of the nodes: voluntary evictions take one node at a time, so a
@@ -600,18 +956,36 @@ pub fn config_map(c: &WsCluster) -> Result<ConfigMap> {
     })
 }
 
-/// The ring token Secret with a given token (generated once by the controller, then kept).
-pub fn ring_token_secret(c: &WsCluster, token: &str) -> Result<Secret> {
+/// One generated Secret with its values (the controller generates each missing value once and
+/// keeps every existing one).
+pub fn generated_secret(
+    c: &WsCluster,
+    which: Generated,
+    values: &BTreeMap<String, String>,
+) -> Result<Secret> {
     let cluster = ClusterRef::of(c)?;
     Ok(Secret {
-        metadata: cluster.meta(cluster.token_secret_name(), Component::Config),
+        metadata: cluster.meta(cluster.generated_name(which), Component::Config),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            RING_TOKEN_KEY.to_string(),
-            ByteString(token.as_bytes().to_vec()),
-        )])),
+        data: Some(
+            values
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
         ..Secret::default()
     })
+}
+
+/// The value a generated Secret's key starts with: a random `token`, and for the API keys file
+/// a comment saying how to rotate, then the key on its own line.
+pub fn initial_value(which: Generated, token: &str) -> String {
+    match which {
+        Generated::ApiKeys => format!(
+            "# One API key per line. To rotate: add a line, move the callers, remove the old line.\n{token}\n"
+        ),
+        Generated::RingTokens | Generated::ProxySecret => token.to_string(),
+    }
 }
 
 /// The proxy's configuration for a spec, as the proxy's own type: `keySources` (a jwt
@@ -676,6 +1050,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             ring_url: "http://op:7400".into(),
+            operator_namespace: "wscluster-system".into(),
         }
     }
 
@@ -773,14 +1148,29 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_service_maps_the_service_port_to_ws_and_exposes_admin() {
+    fn the_proxy_service_maps_the_service_port_to_ws_and_nothing_else() {
         let mut c = WsCluster::test();
         c.spec.proxy.service_port = 443;
         let svc = proxy_service(&c).expect("svc");
         let ports = svc.spec.expect("spec").ports.expect("ports");
+        assert_eq!(ports.len(), 1, "admin and API stay off the client Service");
         assert_eq!(ports[0].port, 443);
         assert_eq!(ports[0].target_port, Some(IntOrString::String("ws".into())));
-        assert_eq!(ports[1].port, 9090);
+        let api = proxy_api_service(&c).expect("api").spec.expect("spec");
+        assert_eq!(api.type_.as_deref(), Some("ClusterIP"));
+        let api_port = &api.ports.expect("ports")[0];
+        assert_eq!(
+            (api_port.port, api_port.target_port.clone()),
+            (PROXY_API_PORT, Some(IntOrString::String("api".into())))
+        );
+        let metrics = metrics_service(&c).expect("metrics").spec.expect("spec");
+        assert_eq!(metrics.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(metrics.ports.expect("ports")[0].port, PROXY_ADMIN_PORT);
+        let selector = metrics.selector.expect("selector");
+        assert!(
+            !selector.contains_key(labels::COMPONENT),
+            "proxies and nodes"
+        );
     }
 
     /// What the proxy reads from the rendered file: parsed and validated by its own loader.
@@ -1069,5 +1459,202 @@ mod tests {
                 "{name} is not reserved"
             );
         }
+    }
+
+    fn pod_of_node(c: &WsCluster) -> PodSpec {
+        node_statefulset(c, &settings(), 1)
+            .expect("sts")
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+    }
+
+    fn pod_of_proxy(c: &WsCluster) -> PodSpec {
+        proxy_deployment(c, &settings(), "h")
+            .expect("deployment")
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+    }
+
+    /// (volume, Secret, key, mount dir, read-only) of every Secret volume of a pod.
+    fn secret_mounts(pod: &PodSpec) -> Vec<(String, String, String, String, bool)> {
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+        pod.volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                let secret = v.secret.as_ref()?;
+                let item = &secret.items.as_ref()?[0];
+                let mount = mounts.iter().find(|m| m.name == v.name)?;
+                Some((
+                    v.name.clone(),
+                    secret.secret_name.clone().unwrap_or_default(),
+                    item.key.clone(),
+                    mount.mount_path.clone(),
+                    mount.read_only == Some(true),
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_pod_mounts_its_own_kinds_ring_token_and_the_shared_credentials_read_only() {
+        let c = WsCluster::test();
+        let row = |v: &str, s: &str, k: &str, d: &str| {
+            (
+                v.to_string(),
+                s.to_string(),
+                k.to_string(),
+                d.to_string(),
+                true,
+            )
+        };
+        let shared = [
+            row(
+                "proxy-secret",
+                "chat-proxy-secret",
+                "secret",
+                PROXY_SECRET_DIR,
+            ),
+            row("api-keys", "chat-api-keys", "keys", API_KEYS_DIR),
+        ];
+        let mut node = vec![row("ring-token", "chat-ring-token", "node", RING_TOKEN_DIR)];
+        node.extend(shared.clone());
+        assert_eq!(secret_mounts(&pod_of_node(&c)), node);
+        let mut proxy = vec![row(
+            "ring-token",
+            "chat-ring-token",
+            "proxy",
+            RING_TOKEN_DIR,
+        )];
+        proxy.extend(shared);
+        assert_eq!(secret_mounts(&pod_of_proxy(&c)), proxy);
+    }
+
+    #[test]
+    fn every_pod_meets_the_restricted_pod_security_standard() {
+        let c = WsCluster::test();
+        for pod in [pod_of_node(&c), pod_of_proxy(&c)] {
+            let p = pod.security_context.as_ref().expect("pod context");
+            assert_eq!(p.run_as_non_root, Some(true));
+            assert_eq!(p.run_as_user, Some(POD_USER_ID));
+            assert_eq!(
+                p.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+                Some("RuntimeDefault")
+            );
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            let sc = pod.containers[0]
+                .security_context
+                .as_ref()
+                .expect("container");
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(
+                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_string()])
+            );
+        }
+    }
+
+    #[test]
+    fn the_trust_flags_are_rendered_exactly_when_the_binary_reads_them() {
+        let mut c = WsCluster::test();
+        c.spec.server.legacy_send = true;
+        c.spec.server.chat = true;
+        c.spec.sessions.per_key = Some(2);
+        c.spec.sessions.policy = Some(crate::crd::SessionPolicy::ReplaceOldest);
+        c.spec.node.max_http_connections = Some(100);
+        c.spec.node.max_inflight_sends = Some(10);
+        let node = env_of(&pod_of_node(&c).containers[0]);
+        let expected_node = [
+            (flags::PROXY_SECRET_FILE, PROXY_SECRET_FILE.to_string()),
+            (flags::API_KEYS_FILE, API_KEYS_FILE.to_string()),
+            (flags::ADMIN_LISTEN, format!("0.0.0.0:{NODE_ADMIN_PORT}")),
+            (flags::LEGACY_SEND, "true".into()),
+            (flags::CHAT, "true".into()),
+            (flags::SESSIONS_PER_KEY, "2".into()),
+            (flags::SESSION_POLICY, "replace-oldest".into()),
+            (flags::MAX_HTTP_CONNECTIONS, "100".into()),
+            (flags::MAX_INFLIGHT_SENDS, "10".into()),
+        ];
+        for (flag, value) in expected_node {
+            let rendered = node.get(flag.env).and_then(|e| e.value.clone());
+            let want = binary_reads(flags::node::ALL, flag).then_some(value);
+            assert_eq!(rendered, want, "node {}", flag.env);
+        }
+        let proxy = env_of(&pod_of_proxy(&c).containers[0]);
+        let expected_proxy = [
+            (flags::PROXY_SECRET_FILE, PROXY_SECRET_FILE.to_string()),
+            (flags::API_KEYS_FILE, API_KEYS_FILE.to_string()),
+            (flags::API_LISTEN, format!("0.0.0.0:{PROXY_API_PORT}")),
+        ];
+        for (flag, value) in expected_proxy {
+            let rendered = proxy.get(flag.env).and_then(|e| e.value.clone());
+            let want = binary_reads(flags::proxy::ALL, flag).then_some(value);
+            assert_eq!(rendered, want, "proxy {}", flag.env);
+        }
+        let probe = pod_of_node(&c).containers[0]
+            .readiness_probe
+            .clone()
+            .and_then(|p| p.http_get)
+            .map(|h| h.port);
+        assert_eq!(probe, Some(IntOrString::String(node_probe_port().into())));
+    }
+
+    #[test]
+    fn only_proxies_reach_the_node_port_and_the_admin_port_stays_inside() {
+        let policy = node_network_policy(&WsCluster::test(), "ops").expect("policy");
+        let spec = policy.spec.expect("spec");
+        assert_eq!(
+            spec.pod_selector.and_then(|s| s.match_labels),
+            Some(
+                ClusterRef::of(&WsCluster::test())
+                    .expect("ref")
+                    .selector_labels(Component::Node)
+            )
+        );
+        let rules = spec.ingress.expect("ingress");
+        assert_eq!(rules.len(), 2);
+        let ports = |r: &NetworkPolicyIngressRule| -> Vec<IntOrString> {
+            r.ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.port.clone())
+                .collect()
+        };
+        assert_eq!(ports(&rules[0]), vec![IntOrString::Int(8080)]);
+        let from = rules[0].from.clone().expect("from");
+        assert_eq!(from.len(), 1);
+        assert_eq!(
+            from[0]
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .map(|l| l[labels::COMPONENT].as_str()),
+            Some("proxy")
+        );
+        assert!(
+            from[0].namespace_selector.is_none(),
+            "proxies of this namespace only"
+        );
+        assert_eq!(ports(&rules[1]), vec![IntOrString::Int(NODE_ADMIN_PORT)]);
+        let namespaces: Vec<BTreeMap<String, String>> = rules[1]
+            .from
+            .iter()
+            .flatten()
+            .filter_map(|p| p.namespace_selector.as_ref()?.match_labels.clone())
+            .collect();
+        assert_eq!(
+            namespaces,
+            vec![
+                BTreeMap::from([(MONITORING_NAMESPACE_LABEL.to_string(), "true".to_string())]),
+                BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "ops".to_string())]),
+            ]
+        );
     }
 }

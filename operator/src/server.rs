@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Controller;
@@ -296,6 +297,11 @@ impl Leading<'_> {
             ring: self.hub.clone(),
             settings: Settings {
                 ring_url: self.config.ring_public_url.clone(),
+                operator_namespace: self
+                    .config
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| crate::resources::DEFAULT_OPERATOR_NAMESPACE.into()),
             },
             metrics: self.metrics.clone(),
             clock: Arc::new(Timestamp::now),
@@ -337,7 +343,8 @@ impl Leading<'_> {
             .owns(f.api::<Deployment>(), ours.clone())
             .owns(f.api::<Service>(), ours.clone())
             .owns(f.api::<ConfigMap>(), ours.clone())
-            .owns(f.api::<PodDisruptionBudget>(), ours)
+            .owns(f.api::<PodDisruptionBudget>(), ours.clone())
+            .owns(f.api::<NetworkPolicy>(), ours)
             .watches(f.api::<EndpointSlice>(), node_slices, slice_owner)
             .graceful_shutdown_on(stop)
             .run(reconcile, error_policy, ctx)

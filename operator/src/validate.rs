@@ -3,7 +3,7 @@
 //! `ProxyConfig::validate`, on the configuration rendered from them. Pure; a failure becomes a
 //! `Degraded` condition with reason `InvalidSpec`, never a crash, and touches no other cluster.
 
-use crate::crd::{SecretKeyRef, WsClusterSpec};
+use crate::crd::{MAX_NODE_LIMIT, SecretKeyRef, WsClusterSpec};
 use crate::resources::{RESERVED_ENV, proxy_config};
 
 /// A Secret key the spec depends on, and what for.
@@ -57,6 +57,34 @@ pub fn validate_spec(spec: &WsClusterSpec) -> Result<(), String> {
             ));
         }
     }
+    validate_node_limits(spec)
+}
+
+/// The node-side limits: each, when set, within its range; a policy needs a cap to apply to.
+fn validate_node_limits(spec: &WsClusterSpec) -> Result<(), String> {
+    let ranges = [
+        ("sessions.perKey", spec.sessions.per_key, 1000),
+        (
+            "node.maxHttpConnections",
+            spec.node.max_http_connections,
+            MAX_NODE_LIMIT,
+        ),
+        (
+            "node.maxInflightSends",
+            spec.node.max_inflight_sends,
+            MAX_NODE_LIMIT,
+        ),
+    ];
+    for (field, value, max) in ranges {
+        if let Some(v) = value
+            && !(1..=max).contains(&v)
+        {
+            return Err(format!("{field} must be between 1 and {max}, not {v}"));
+        }
+    }
+    if spec.sessions.policy.is_some() && spec.sessions.per_key.is_none() {
+        return Err("sessions.policy needs sessions.perKey, the cap it applies to".into());
+    }
     Ok(())
 }
 
@@ -81,6 +109,45 @@ mod tests {
         spec.key_sources[1].header = Some("X-User".into());
         let err = validate_spec(&spec).expect_err("invalid");
         assert!(err.starts_with("keySources[1] sets 2"), "{err}");
+    }
+
+    #[test]
+    fn node_limits_out_of_range_are_refused_naming_the_field() {
+        type Break = fn(&mut WsClusterSpec);
+        let cases: [(Break, &str); 5] = [
+            (
+                |s| s.sessions.per_key = Some(0),
+                "sessions.perKey must be between 1 and 1000, not 0",
+            ),
+            (
+                |s| s.sessions.per_key = Some(1001),
+                "sessions.perKey must be between 1 and 1000, not 1001",
+            ),
+            (
+                |s| s.node.max_http_connections = Some(-1),
+                "node.maxHttpConnections must be between 1 and 1000000, not -1",
+            ),
+            (
+                |s| s.node.max_inflight_sends = Some(1_000_001),
+                "node.maxInflightSends must be between 1 and 1000000, not 1000001",
+            ),
+            (
+                |s| s.sessions.policy = Some(crate::crd::SessionPolicy::Refuse),
+                "sessions.policy needs sessions.perKey, the cap it applies to",
+            ),
+        ];
+        for (break_it, message) in cases {
+            let mut spec = WsClusterSpec::default();
+            break_it(&mut spec);
+            assert_eq!(validate_spec(&spec), Err(message.to_string()));
+        }
+        let mut spec = WsClusterSpec::default();
+        spec.sessions.per_key = Some(1);
+        spec.sessions.policy = Some(crate::crd::SessionPolicy::ReplaceOldest);
+        spec.node.max_http_connections = Some(1_000_000);
+        spec.node.max_inflight_sends = Some(1);
+        spec.server.legacy_send = true;
+        assert_eq!(validate_spec(&spec), Ok(()));
     }
 
     #[test]

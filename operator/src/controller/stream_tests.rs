@@ -13,7 +13,9 @@ use wscluster_ring_stream::{RingHub, SubscriberConfig, Subscription};
 
 use super::tests::{Observed, run, standard, status_of};
 use super::*;
-use crate::fixtures::{TEST_TOKEN, TestClock, WsClusterExt, mock_context_with, ready_slice};
+use crate::fixtures::{
+    TEST_NODE_TOKEN, TEST_TOKEN, TestClock, WsClusterExt, mock_context_with, ready_slice,
+};
 
 /// Bound on every wait for the stream (reconnect backoff included).
 const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
@@ -161,4 +163,102 @@ async fn a_subscriber_reconnects_after_the_server_restarts_and_gets_the_newest_r
     assert!(*sub.connected().borrow());
     shutdown.cancel();
     stop.cancel();
+}
+
+#[tokio::test]
+async fn after_reconcile_the_node_token_cannot_pose_as_a_proxy_on_the_operators_hub() {
+    let hub = RingHub::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = serve_hub(listener, hub.clone()).await;
+    let (ctx, mut server) = mock_context_with(
+        hub.clone(),
+        TestClock::new(),
+        Arc::new(crate::probe::NoProbe),
+    );
+    let (result, ()) = run(WsCluster::test(), ctx, async move {
+        let observed = Observed {
+            token_exists: true,
+            sts: Some(3),
+            sts_status: (3, 3),
+            slices: vec![ready_slice(3)],
+        };
+        standard(&mut server, observed).await;
+        server.event().await;
+    })
+    .await;
+    result.expect("reconciled");
+    let shutdown = CancellationToken::new();
+    let subscription = |token: &str, kind: SubscriberKind, id: &str| {
+        Subscription::spawn(
+            SubscriberConfig {
+                base_url: format!("http://{addr}"),
+                cluster_id: "default/chat".into(),
+                token: token.into(),
+                kind,
+                subscriber_id: id.into(),
+            },
+            shutdown.clone(),
+        )
+    };
+    // The node token, as a node: served. As a proxy: refused, so it can never ack one.
+    let node = subscription(TEST_NODE_TOKEN, SubscriberKind::Node, "chat-node-0");
+    wait_for_version(&node, 1).await;
+    let watch = |kind: &str| {
+        format!("/v1/clusters/default/chat/ring/watch?subscriber=chat-proxy-9&kind={kind}")
+    };
+    let ack = r#"{"subscriber":"chat-proxy-9","kind":"proxy","version":1}"#;
+    let requests = [
+        (http::Method::GET, watch("proxy"), TEST_NODE_TOKEN, ""),
+        (
+            http::Method::POST,
+            "/v1/clusters/default/chat/ring/ack".to_string(),
+            TEST_NODE_TOKEN,
+            ack,
+        ),
+    ];
+    for (method, path, token, body) in requests {
+        let status = raw_status(addr, method, &path, token, body).await;
+        assert_eq!(status, http::StatusCode::FORBIDDEN, "{path}");
+    }
+    assert!(
+        hub.subscribers("default/chat")
+            .iter()
+            .all(|s| s.id != "chat-proxy-9"),
+        "the hub recorded nothing of the impostor"
+    );
+    let proxy = subscription(TEST_TOKEN, SubscriberKind::Proxy, "chat-proxy-0");
+    wait_for_version(&proxy, 1).await;
+    shutdown.cancel();
+    stop.cancel();
+}
+
+/// The status of one request to the hub with a bearer token.
+async fn raw_status(
+    addr: std::net::SocketAddr,
+    method: http::Method,
+    path: &str,
+    token: &str,
+    body: &'static str,
+) -> http::StatusCode {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .expect("request");
+    tokio::time::timeout(STREAM_TIMEOUT, sender.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response")
+        .status()
 }

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use super::*;
 use crate::crd::WsClusterStatus;
 use crate::fixtures::{
-    ApiServer, FakeHub, TEST_TOKEN, TestClock, WsClusterExt, endpoint, mock_context, ready_slice,
-    slice,
+    ApiServer, FakeHub, TEST_NODE_TOKEN, TEST_TOKEN, TestClock, WsClusterExt, endpoint,
+    mock_context, ready_slice, slice,
 };
 
 const NS: &str = "/api/v1/namespaces/default";
@@ -21,7 +21,7 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the fake API server holds before a reconcile.
 pub(super) struct Observed {
-    /// The ring token Secret exists.
+    /// The generated Secrets (ring tokens, proxy secret, API keys) exist.
     pub(super) token_exists: bool,
     /// The StatefulSet's `spec.replicas`, or absent.
     pub(super) sts: Option<i32>,
@@ -33,30 +33,56 @@ pub(super) struct Observed {
 
 /// What reconcile applied.
 pub(super) struct Applied {
-    pub(super) secret: Option<Value>,
+    /// The generated Secrets reconcile created (ring tokens, proxy secret, API keys).
+    pub(super) secret: Option<Vec<Value>>,
     pub(super) statefulset: Value,
     pub(super) deployment: Value,
     pub(super) status: Value,
 }
 
-fn secret_with_token() -> Value {
+pub(super) fn secret_with_token() -> Value {
+    let b64 = |v: &str| {
+        serde_json::to_value(k8s_openapi::ByteString(v.as_bytes().to_vec())).expect("base64")
+    };
     json!({"apiVersion": "v1", "kind": "Secret",
            "metadata": {"name": "chat-ring-token", "namespace": "default"},
-           "data": {"token": "dGVzdC10b2tlbg=="}})
+           "data": {"proxy": b64(TEST_TOKEN), "node": b64(TEST_NODE_TOKEN)}})
+}
+
+/// An existing generated Secret (`<name>` under `chat-`) holding `key`.
+fn existing_secret(name: &str, key: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": format!("chat-{name}"), "namespace": "default"},
+           "data": {key: "ZXhpc3Rpbmc="}})
+}
+
+/// The GETs (and, when they are missing, the applies) of the three generated Secrets.
+pub(super) async fn generated_secrets(server: &mut ApiServer, exist: bool) -> Option<Vec<Value>> {
+    let mut created = Vec::new();
+    for (name, key) in [
+        ("ring-token", ""),
+        ("proxy-secret", "secret"),
+        ("api-keys", "keys"),
+    ] {
+        let path = format!("{NS}/secrets/chat-{name}");
+        let get = server.expect(Method::GET, &path).await;
+        if exist {
+            if name == "ring-token" {
+                get.respond(StatusCode::OK, &secret_with_token());
+            } else {
+                get.respond(StatusCode::OK, &existing_secret(name, key));
+            }
+        } else {
+            get.not_found();
+            created.push(server.apply(&path).await);
+        }
+    }
+    (!exist).then_some(created)
 }
 
 /// The requests of a reconcile that gets past validation, in order.
 pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
-    let get_token = server
-        .expect(Method::GET, &format!("{NS}/secrets/chat-ring-token"))
-        .await;
-    let secret = if o.token_exists {
-        get_token.respond(StatusCode::OK, &secret_with_token());
-        None
-    } else {
-        get_token.not_found();
-        Some(server.apply(&format!("{NS}/secrets/chat-ring-token")).await)
-    };
+    let secret = generated_secrets(server, o.token_exists).await;
     let cm = server.apply(&format!("{NS}/configmaps/chat-config")).await;
     assert!(
         cm["data"]["proxy.yaml"]
@@ -65,10 +91,26 @@ pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
     );
     let svc = server.apply(&format!("{NS}/services/chat-node")).await;
     assert_eq!(svc["spec"]["clusterIP"], "None");
-    server.apply(&format!("{NS}/services/chat-proxy")).await;
+    let proxy_svc = server.apply(&format!("{NS}/services/chat-proxy")).await;
+    let ports: Vec<&Value> = proxy_svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .collect();
+    assert_eq!(ports.len(), 1, "clients reach the ws port only: {ports:?}");
+    assert_eq!(ports[0]["name"], "ws");
+    let api = server.apply(&format!("{NS}/services/chat-api")).await;
+    assert_eq!(api["spec"]["type"], "ClusterIP");
+    assert_eq!(api["spec"]["ports"][0]["port"], 8081);
+    let metrics = server.apply(&format!("{NS}/services/chat-metrics")).await;
+    assert_eq!(metrics["spec"]["ports"][0]["name"], "admin");
     server
         .apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/chat-node")
         .await;
+    let policy = server
+        .apply("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/chat-node")
+        .await;
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
     let get_sts = server
         .expect(Method::GET, &format!("{APPS}/statefulsets/chat-node"))
         .await;
@@ -187,12 +229,41 @@ async fn a_new_cluster_creates_every_child_and_publishes_ring_one() {
     })
     .await;
     assert_eq!(result.expect("reconciled"), Action::requeue(STEADY_REQUEUE));
-    let secret = applied.secret.as_ref().expect("token secret created");
-    assert_eq!(secret["data"]["token"], "dGVzdC10b2tlbg==");
+    let secrets = applied.secret.as_ref().expect("generated secrets created");
+    let data: Vec<(String, Value)> = secrets
+        .iter()
+        .map(|s| (s["metadata"]["name"].to_string(), s["data"].clone()))
+        .collect();
+    let b64 = |v: &str| {
+        serde_json::to_value(k8s_openapi::ByteString(v.as_bytes().to_vec())).expect("base64")
+    };
     assert_eq!(
-        secret["metadata"]["ownerReferences"][0]["kind"],
-        "WsCluster"
+        data,
+        vec![
+            (
+                "\"chat-ring-token\"".to_string(),
+                json!({"node": b64("test-chat-ring-token/node"),
+                       "proxy": b64("test-chat-ring-token/proxy")})
+            ),
+            (
+                "\"chat-proxy-secret\"".to_string(),
+                json!({"secret": b64("test-chat-proxy-secret/secret")})
+            ),
+            (
+                "\"chat-api-keys\"".to_string(),
+                json!({"keys": b64(&resources::initial_value(
+                    Generated::ApiKeys,
+                    "test-chat-api-keys/keys"
+                ))})
+            ),
+        ]
     );
+    for secret in secrets {
+        assert_eq!(
+            secret["metadata"]["ownerReferences"][0]["kind"],
+            "WsCluster"
+        );
+    }
     assert_eq!(sts_replicas(&applied), 3);
     assert_eq!(applied.deployment["spec"]["replicas"], 2);
     let status = status_of(&applied);
@@ -210,7 +281,6 @@ async fn a_new_cluster_creates_every_child_and_publishes_ring_one() {
         Some("Creating")
     );
     assert_eq!(hub.current("default/chat").map(|s| s.version), Some(1));
-    let _ = TEST_TOKEN;
 }
 
 fn steady_status(version: i64, n: usize) -> WsClusterStatus {
@@ -753,4 +823,45 @@ async fn reconcile_is_idempotent_and_applies_complete_typed_objects() {
             "wscluster"
         );
     }
+}
+
+#[tokio::test]
+async fn a_partly_filled_generated_secret_keeps_its_values_and_gets_only_the_missing_ones() {
+    let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
+    let obj = WsCluster::test();
+    let cluster = ClusterRef::of(&obj).expect("ref");
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), "default");
+    let b64 = |v: &str| {
+        serde_json::to_value(k8s_openapi::ByteString(v.as_bytes().to_vec())).expect("base64")
+    };
+    let (values, applied) = tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        tokio::join!(
+            ensure_generated(&ctx, &secrets, &obj, &cluster, Generated::RingTokens),
+            async {
+                let path = format!("{NS}/secrets/chat-ring-token");
+                server.expect(Method::GET, &path).await.respond(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": "chat-ring-token", "namespace": "default"},
+                            "data": {"proxy": b64("rotated-by-hand"), "node": b64("  \n")}}),
+                );
+                server.apply(&path).await
+            }
+        )
+    })
+    .await
+    .expect("in time");
+    let values = values.expect("ensured");
+    assert_eq!(
+        values["proxy"], "rotated-by-hand",
+        "an existing value is kept"
+    );
+    assert_eq!(
+        values["node"], "test-chat-ring-token/node",
+        "a blank one is generated"
+    );
+    assert_eq!(
+        applied["data"],
+        json!({"proxy": b64("rotated-by-hand"), "node": b64("test-chat-ring-token/node")})
+    );
 }

@@ -13,6 +13,13 @@
 //! | `POST /api/send` `{"userId","message"}` | `GET /send` through the first live proxy |
 //! | `POST /api/broadcast` `{"message"}` | `POST /broadcast` through the first live proxy (with the in-memory bus: to every node) |
 //!
+//! Writes (every method but GET and HEAD) from a browser page of another origin are refused
+//! with 403 `cross-origin`: a request whose `Origin` header is not one of the control page's
+//! own origins ([`page_origins`]: the control port and each proxy's client port, on
+//! `127.0.0.1`, `localhost` or `[::1]`) never reaches the supervisor, so a web page the user
+//! happens to visit cannot scale or kill the local cluster. Requests without `Origin` (curl,
+//! scripts) are not browser cross-origin requests and pass.
+//!
 //! Commands (scale, kill, restart, authority) answer `{"ok": true, "ring": <snapshot>}`, the ring
 //! published right after the command. Errors are JSON `{"error": "<code>", "message": "<text>"}`
 //! with a 4xx/5xx status.
@@ -56,6 +63,36 @@ pub struct Control {
     pub view: watch::Receiver<Arc<StateView>>,
     /// For forwarding `/api/send` and `/api/broadcast` to a proxy.
     pub client: HttpClient,
+    /// The origins the control page is served from ([`page_origins`]); a write whose
+    /// `Origin` is another one is refused.
+    pub origins: Arc<Vec<String>>,
+}
+
+/// The origins the control page is served from: each of `ports` (the control port and the
+/// proxies' client ports, which forward keyless HTTP to it) on the loopback names a browser
+/// may use. An explicit list, not a comparison with `Host`: a DNS-rebinding page has a
+/// matching `Host` but never one of these origins.
+pub fn page_origins(ports: impl IntoIterator<Item = u16>) -> Vec<String> {
+    ports
+        .into_iter()
+        .flat_map(|port| {
+            ["127.0.0.1", "localhost", "[::1]"].map(|host| format!("http://{host}:{port}"))
+        })
+        .collect()
+}
+
+/// Whether a request may change anything: reads always may; a write may unless a browser
+/// sent it from a page of another origin.
+fn same_origin_or_not_a_browser(control: &Control, req: &Request<Incoming>) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return true;
+    }
+    match req.headers().get(http::header::ORIGIN) {
+        None => true,
+        Some(origin) => origin
+            .to_str()
+            .is_ok_and(|o| control.origins.iter().any(|allowed| allowed == o)),
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -100,6 +137,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Resp {
 
 /// Routes one request.
 pub async fn handle(control: &Control, req: Request<Incoming>) -> Resp {
+    if !same_origin_or_not_a_browser(control, &req) {
+        return error_response(&ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-origin",
+            "writes are accepted only from the control page's own origin",
+        ));
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -374,10 +418,12 @@ mod tests {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let shutdown = CancellationToken::new();
+        let port = listener.local_addr().expect("address").port();
         let control = Control {
             commands,
             view,
             client: http_client(),
+            origins: Arc::new(page_origins([port, 8080])),
         };
         tokio::spawn(serve(listener, control, shutdown.clone()));
         (base, seen, shutdown)
@@ -560,5 +606,76 @@ mod tests {
         assert!(number("-1", "x").is_err());
         assert!(number("1e3", "x").is_err());
         assert!(number("", "x").is_err());
+    }
+
+    /// A raw request with an `Origin` header (the shared client sets none).
+    async fn call_from(method: Method, url: &str, origin: &str) -> StatusCode {
+        let url: http::Uri = url.parse().expect("url");
+        let authority = url.authority().expect("authority").to_string();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(url.path())
+            .header(http::header::HOST, authority)
+            .header(http::header::ORIGIN, origin)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"replicas":2}"#)))
+            .expect("request");
+        sender.send_request(req).await.expect("response").status()
+    }
+
+    #[tokio::test]
+    async fn a_write_from_another_origin_is_refused_and_never_reaches_the_supervisor() {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let (base, mut seen, shutdown) = server().await;
+            let port = base.rsplit(':').next().expect("port").to_string();
+            let scale = format!("{base}/api/scale");
+            for origin in [
+                "http://evil.example".to_string(),
+                format!("http://evil.example:{port}"),
+                "null".to_string(),
+                format!("https://127.0.0.1:{port}"),
+                "http://127.0.0.1:1".to_string(),
+            ] {
+                assert_eq!(
+                    call_from(Method::POST, &scale, &origin).await,
+                    StatusCode::FORBIDDEN,
+                    "{origin}"
+                );
+            }
+            assert!(seen.try_recv().is_err(), "nothing reached the supervisor");
+            // Reads stay open to any origin (the page's state is not a secret).
+            assert_eq!(
+                call_from(
+                    Method::GET,
+                    &format!("{base}/api/state"),
+                    "http://evil.example"
+                )
+                .await,
+                StatusCode::OK
+            );
+            // The page's own origins, through the control port or a proxy, may write.
+            for origin in [
+                format!("http://127.0.0.1:{port}"),
+                format!("http://localhost:{port}"),
+                "http://127.0.0.1:8080".to_string(),
+            ] {
+                assert_eq!(
+                    call_from(Method::POST, &scale, &origin).await,
+                    StatusCode::OK
+                );
+                assert!(matches!(seen.recv().await, Some(Command::Scale(2))));
+            }
+            shutdown.cancel();
+        })
+        .await
+        .expect("within the limit");
     }
 }

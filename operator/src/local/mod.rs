@@ -30,14 +30,15 @@ pub mod view;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wscluster_ring_stream::RingHub;
+use wscluster_ring_stream::{KindTokens, RingHub};
 
 use self::settings::Settings;
 use self::supervisor::Supervisor;
@@ -111,10 +112,13 @@ pub async fn run(args: LocalArgs, shutdown: CancellationToken) -> anyhow::Result
         shutdown.clone(),
     );
     let (commands_tx, commands_rx) = mpsc::channel(64);
+    let page_ports = std::iter::once(listeners.control_addr.port())
+        .chain(listeners.proxies.iter().map(|(listen, _)| listen.port()));
     let control = control::Control {
         commands: commands_tx,
         view,
         client,
+        origins: Arc::new(control::page_origins(page_ports)),
     };
     let control_task = tokio::spawn(control::serve(listeners.control, control, shutdown.clone()));
     let deadline = Duration::from_secs(args.node_grace_period_seconds + 15);
@@ -166,6 +170,10 @@ struct Listeners {
     ring_addr: SocketAddr,
     /// Client and admin address of each proxy.
     proxies: Vec<(SocketAddr, SocketAddr)>,
+    /// Server API address of each proxy.
+    proxy_apis: Vec<SocketAddr>,
+    /// Admin address of each node ordinal (up to [`MAX_REPLICAS`]).
+    node_admins: Vec<SocketAddr>,
 }
 
 impl Listeners {
@@ -177,10 +185,17 @@ impl Listeners {
             .await
             .with_context(|| format!("binding the ring authority to {}", args.ring_listen))?;
         let mut proxies = Vec::new();
+        let mut proxy_apis = Vec::new();
         for i in 0..args.proxies {
             proxies.push((proxy_address(args.proxy_port, i)?, free_port()?));
+            proxy_apis.push(free_port()?);
         }
+        let node_admins = (0..MAX_REPLICAS)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Listeners {
+            proxy_apis,
+            node_admins,
             control_addr: control.local_addr()?,
             control,
             ring_addr: ring.local_addr()?,
@@ -213,7 +228,7 @@ fn settings(args: &LocalArgs, listeners: &Listeners) -> anyhow::Result<Settings>
         .with_context(|| format!("creating the log directory {}", log_dir.display()))?;
     Ok(Settings {
         cluster_id: args.cluster_id.clone(),
-        token: random_token(),
+        tokens: KindTokens::new(random_token(), random_token()),
         nodes: args.nodes,
         max_replicas: MAX_REPLICAS,
         proxies: args.proxies,
@@ -224,6 +239,14 @@ fn settings(args: &LocalArgs, listeners: &Listeners) -> anyhow::Result<Settings>
         amqp_url: args.amqp_url.clone(),
         proxy_config: args.proxy_config.clone(),
         proxy_addresses: listeners.proxies.clone(),
+        proxy_api_addresses: listeners.proxy_apis.clone(),
+        node_admin_addresses: listeners.node_admins.clone(),
+        proxy_secret_file: write_secret_file(&log_dir, "proxy-secret", &random_token())?,
+        api_keys_file: write_secret_file(
+            &log_dir,
+            "api-keys",
+            &crate::resources::initial_value(crate::resources::Generated::ApiKeys, &random_token()),
+        )?,
         log_dir,
         node_grace: Duration::from_secs(args.node_grace_period_seconds),
         drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
@@ -269,6 +292,19 @@ fn print_banner(settings: &Settings, control_addr: SocketAddr) -> anyhow::Result
             "  proxy {i}: ws://{listen}/connect/{{userId}}   http://{listen}/send?userId=…&message=…   admin http://{admin}/metrics"
         )?;
     }
+    if let Some(api) = settings.proxy_api_addresses.first() {
+        writeln!(
+            out,
+            "  server API: http://{api}/api/v1/   (Authorization: Bearer <a line of {}>)",
+            settings.api_keys_file.display()
+        )?;
+    }
+    writeln!(
+        out,
+        "  API keys: {}   proxy secret: {}",
+        settings.api_keys_file.display(),
+        settings.proxy_secret_file.display()
+    )?;
     writeln!(
         out,
         "  ring authority: {}/v1/clusters/{}/ring",
@@ -292,7 +328,24 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// 128 random bits as hex: the ring stream's bearer token for this run.
+/// Writes a secret of this run to `dir/name`, readable by this user only, and returns the path
+/// children get in `--proxy-secret-file` / `--api-keys-file`.
+fn write_secret_file(dir: &Path, name: &str, contents: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| writeln!(file))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// 128 random bits as hex: a secret for this run (ring stream tokens, proxy secret, API key).
 fn random_token() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -5,18 +5,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wscluster_ring::contract::stream::SubscriberKind;
+use wscluster_ring_stream::KindTokens;
 use wscluster_runtime::flags::{self, Flag, node, proxy};
 
 use super::children::{PROXY_STOP_GRACE, node_id};
 use super::process::{ChildKind, ChildSpec};
+use crate::resources::binary_reads;
 
 /// Everything the supervisor needs to know, resolved from the flags.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Ring cluster id (`local/demo`), also the node's Redis namespace and exchange name.
     pub cluster_id: String,
-    /// Bearer token of the ring stream, handed to children through the environment.
-    pub token: String,
+    /// Ring stream bearer tokens, one per kind (only the proxy token may acknowledge as a
+    /// proxy), handed to children through the environment.
+    pub tokens: KindTokens,
     /// Initial node count.
     pub nodes: u32,
     /// Largest replica count the control API accepts.
@@ -35,6 +39,14 @@ pub struct Settings {
     pub proxy_config: Option<PathBuf>,
     /// Client and admin addresses of each proxy, fixed for the run so restarts keep them.
     pub proxy_addresses: Vec<(SocketAddr, SocketAddr)>,
+    /// Server API address of each proxy (`--api-listen`), fixed for the run.
+    pub proxy_api_addresses: Vec<SocketAddr>,
+    /// Admin address of each node ordinal (`--admin-listen`), fixed for the run.
+    pub node_admin_addresses: Vec<SocketAddr>,
+    /// The run's proxy secret (`--proxy-secret-file`, proxies and nodes), in the temp dir.
+    pub proxy_secret_file: PathBuf,
+    /// The run's API keys, one per line (`--api-keys-file`, proxies and nodes).
+    pub api_keys_file: PathBuf,
     /// Where children's logs go.
     pub log_dir: PathBuf,
     /// Nodes' `--grace-period-seconds`.
@@ -53,10 +65,14 @@ impl Settings {
         format!("http://{}", self.ring_addr)
     }
 
-    /// The environment every child gets: the ring stream's token (never on a command line,
-    /// where `ps` would show it).
-    fn child_env(&self) -> Vec<(String, String)> {
-        let (name, value) = flags::RING_TOKEN.env_var(self.token.clone());
+    /// The environment a child of `kind` gets: its kind's ring stream token (never on a
+    /// command line, where `ps` would show it).
+    fn child_env(&self, kind: SubscriberKind) -> Vec<(String, String)> {
+        let token = match kind {
+            SubscriberKind::Proxy => &self.tokens.proxy,
+            SubscriberKind::Node => &self.tokens.node,
+        };
+        let (name, value) = flags::RING_TOKEN.env_var(token.clone().unwrap_or_default());
         vec![(name.to_string(), value)]
     }
 
@@ -64,7 +80,6 @@ impl Settings {
     pub fn node_spec(&self, ordinal: u32, generation: u64) -> ChildSpec {
         let mut args = CommandLine::new("node");
         args.push(node::LISTEN, "127.0.0.1:0")
-            .push(node::ADMIN_LISTEN, "127.0.0.1:0")
             .push(node::ID, &node_id(ordinal))
             .push(node::CLUSTER_ID, &self.cluster_id)
             .push(node::RING_URL, &self.ring_url())
@@ -79,16 +94,29 @@ impl Settings {
         if let Some(url) = &self.amqp_url {
             args.push(node::AMQP_URL, url);
         }
+        let admin = self.node_admin(ordinal);
+        args.push_if_read(node::ALL, flags::PROXY_SECRET_FILE, &self.secret_path())
+            .push_if_read(node::ALL, flags::API_KEYS_FILE, &self.keys_path());
+        if let Some(admin) = admin {
+            args.push_if_read(node::ALL, flags::ADMIN_LISTEN, &admin.to_string());
+        }
+        // Once the node serves an admin port, its health and count live there.
+        let probe_base = match admin {
+            Some(admin) if binary_reads(node::ALL, flags::ADMIN_LISTEN) => {
+                format!("http://{admin}")
+            }
+            _ => "http://{address}".to_string(),
+        };
         ChildSpec {
             kind: ChildKind::Node(ordinal),
             generation,
             program: self.program.clone(),
             args: args.0,
-            env: node_env(self.child_env()),
+            env: node_env(self.child_env(SubscriberKind::Node)),
             log_file: self.log_dir.join(format!("{}.log", node_id(ordinal))),
             known_address: None,
-            readyz_url: "http://{admin}/readyz".to_string(),
-            count_url: Some("http://{admin}/count".to_string()),
+            readyz_url: format!("{probe_base}/readyz"),
+            count_url: Some(format!("{probe_base}/count")),
             grace: self.node_grace + Duration::from_secs(2),
         }
     }
@@ -114,12 +142,17 @@ impl Settings {
         if let Some(url) = &self.amqp_url {
             args.push(proxy::AMQP_URL, url);
         }
+        args.push_if_read(proxy::ALL, flags::PROXY_SECRET_FILE, &self.secret_path())
+            .push_if_read(proxy::ALL, flags::API_KEYS_FILE, &self.keys_path());
+        if let Some(api) = self.proxy_api_addresses.get(usize::try_from(index).ok()?) {
+            args.push_if_read(proxy::ALL, flags::API_LISTEN, &api.to_string());
+        }
         Some(ChildSpec {
             kind: ChildKind::Proxy(index),
             generation,
             program: self.program.clone(),
             args: args.0,
-            env: self.child_env(),
+            env: self.child_env(SubscriberKind::Proxy),
             log_file: self.log_dir.join(format!("{id}.log")),
             known_address: Some(admin.to_string()),
             readyz_url: "http://{address}/readyz".to_string(),
@@ -129,13 +162,28 @@ impl Settings {
     }
 }
 
-/// Node-side wiring helper B added so local mode keeps working while the node keeps its
-/// internals on the admin port: the seed's `/send` and `/broadcast` stay on (the control API
-/// and the proxies use them) until local mode passes API keys (helper D replaces this).
+/// Until local mode's control API and test harness send through the server API, its nodes keep
+/// the seed's `/send` and `/broadcast` on (the control page and the fleet harness use them).
 fn node_env(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
     let (name, value) = node::LEGACY_SEND.env_var("true");
     env.push((name.to_string(), value));
     env
+}
+
+impl Settings {
+    fn node_admin(&self, ordinal: u32) -> Option<SocketAddr> {
+        self.node_admin_addresses
+            .get(usize::try_from(ordinal).ok()?)
+            .copied()
+    }
+
+    fn secret_path(&self) -> String {
+        self.proxy_secret_file.display().to_string()
+    }
+
+    fn keys_path(&self) -> String {
+        self.api_keys_file.display().to_string()
+    }
 }
 
 /// A child's command line: its subcommand, then flags rendered from the binaries' own flag
@@ -152,6 +200,15 @@ impl CommandLine {
         self.0.push(value.to_string());
         self
     }
+
+    /// Pushes `flag value` once the child's parser (`binary`, its `flags::*::ALL`) reads the
+    /// flag: the same integration gate as the operator's ([`binary_reads`]).
+    fn push_if_read(&mut self, binary: &[Flag], flag: Flag, value: &str) -> &mut CommandLine {
+        if binary_reads(binary, flag) {
+            self.push(flag, value);
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -162,7 +219,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             cluster_id: "local/demo".into(),
-            token: "t0k3n".into(),
+            tokens: KindTokens::new("pr0xy".into(), "n0de".into()),
             nodes: 3,
             max_replicas: 16,
             proxies: 1,
@@ -175,6 +232,12 @@ mod tests {
                 "127.0.0.1:8080".parse().expect("addr"),
                 "127.0.0.1:9090".parse().expect("addr"),
             )],
+            proxy_api_addresses: vec!["127.0.0.1:8081".parse().expect("addr")],
+            node_admin_addresses: (0..16)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 9100 + i)))
+                .collect(),
+            proxy_secret_file: PathBuf::from("/tmp/run/proxy-secret"),
+            api_keys_file: PathBuf::from("/tmp/run/api-keys"),
             log_dir: PathBuf::from("/tmp/logs"),
             node_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
@@ -198,11 +261,10 @@ mod tests {
         assert_eq!(
             spec.env,
             [
-                ("WSCLUSTER_RING_TOKEN".to_string(), "t0k3n".to_string()),
+                ("WSCLUSTER_RING_TOKEN".to_string(), "n0de".to_string()),
                 ("WSCLUSTER_LEGACY_SEND".to_string(), "true".to_string()),
             ]
         );
-        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:0");
     }
 
     #[test]
@@ -222,6 +284,53 @@ mod tests {
         ] {
             assert!(rendered.contains(expected), "{expected} in {rendered}");
         }
+        assert_eq!(
+            spec.env,
+            [("WSCLUSTER_RING_TOKEN".to_string(), "pr0xy".to_string())],
+            "a proxy gets the proxy token, never the node token"
+        );
         assert!(settings().proxy_spec(1, 1).is_none(), "there is one proxy");
+    }
+
+    /// The value of `flag` on a command line, if present.
+    fn value_of(args: &[String], flag: Flag) -> Option<String> {
+        let dashed = flag.dashed();
+        let at = args.iter().position(|a| *a == dashed)?;
+        args.get(at + 1).cloned()
+    }
+
+    #[test]
+    fn children_get_the_runs_secret_files_and_ports_once_their_parsers_read_the_flags() {
+        let settings = settings();
+        let node = settings.node_spec(2, 1);
+        let node_expected = [
+            (flags::PROXY_SECRET_FILE, "/tmp/run/proxy-secret"),
+            (flags::API_KEYS_FILE, "/tmp/run/api-keys"),
+            (flags::ADMIN_LISTEN, "127.0.0.1:9102"),
+        ];
+        for (flag, value) in node_expected {
+            let want = binary_reads(node::ALL, flag).then(|| value.to_string());
+            assert_eq!(value_of(&node.args, flag), want, "node {}", flag.long);
+        }
+        let admin_on = binary_reads(node::ALL, flags::ADMIN_LISTEN);
+        assert_eq!(node.readyz_url.contains("127.0.0.1:9102"), admin_on);
+        let proxy = settings.proxy_spec(0, 1).expect("proxy 0");
+        let proxy_expected = [
+            (flags::PROXY_SECRET_FILE, "/tmp/run/proxy-secret"),
+            (flags::API_KEYS_FILE, "/tmp/run/api-keys"),
+            (flags::API_LISTEN, "127.0.0.1:8081"),
+        ];
+        for (flag, value) in proxy_expected {
+            let want = binary_reads(proxy::ALL, flag).then(|| value.to_string());
+            assert_eq!(value_of(&proxy.args, flag), want, "proxy {}", flag.long);
+        }
+        // Secrets travel as files or environment, never as a command-line value.
+        for args in [&node.args, &proxy.args] {
+            assert!(
+                !args
+                    .iter()
+                    .any(|a| a.contains("pr0xy") || a.contains("n0de"))
+            );
+        }
     }
 }

@@ -141,7 +141,7 @@ impl Supervisor {
     /// and returns when they are gone.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Request>) {
         self.hub
-            .set_token(&self.settings.cluster_id, self.settings.token.clone());
+            .set_tokens(&self.settings.cluster_id, self.settings.tokens.clone());
         self.start_authority();
         for index in 0..self.settings.proxies {
             self.platform.children.spawn_proxy(index);

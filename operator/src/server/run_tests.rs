@@ -72,7 +72,7 @@ fn endless_watch() -> Response<MockBody> {
 struct Seen {
     /// `(method, path)` of every request.
     requests: Vec<(Method, String, String)>,
-    /// The ring token the operator created for `chat`.
+    /// The proxies' ring token the operator created for `chat`.
     token: Option<String>,
     /// Status bodies applied, by cluster name.
     statuses: std::collections::BTreeMap<String, Value>,
@@ -110,7 +110,7 @@ async fn answer(req: Request<Body>, seen: &Mutex<Seen>) -> Response<MockBody> {
         ("patch", "secrets") => {
             let secret: Secret = serde_json::from_value(body.clone()).expect("secret");
             let token = secret.data.and_then(|d| {
-                d.get("token")
+                d.get(crate::resources::RING_TOKEN_PROXY_KEY)
                     .map(|b| String::from_utf8_lossy(&b.0).into_owned())
             });
             if path.ends_with("/chat-ring-token") {

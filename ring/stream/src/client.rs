@@ -236,7 +236,8 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
-        if status == StatusCode::UNAUTHORIZED {
+        // 403: a valid token of another kind. Like a wrong token it does not fix itself soon.
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(Error::Unauthorized);
         }
         let body = http_body_util::Limited::new(response.into_body(), MAX_ERROR_BODY_BYTES)

@@ -1,7 +1,14 @@
 //! The hub side: the current ring per cluster, served as an NDJSON stream, and the acks.
 //!
 //! Per cluster the hub keeps a `tokio::sync::watch` of the current snapshot (with its stream
-//! line serialised once), the cluster's bearer token, and what it knows of each subscriber.
+//! line serialised once), the cluster's bearer tokens (one per [`SubscriberKind`]), and what it
+//! knows of each subscriber.
+//!
+//! Credentials per kind: a request proves its kind with the token it presents. A watch or an
+//! ack that declares a kind its token does not prove answers 403, so a node (whose token is in
+//! every node pod) can never acknowledge a ring as a proxy and release a drain. An unknown
+//! cluster, a cluster without tokens and a wrong token all answer the same 401, so the hub
+//! cannot be probed for the clusters it serves.
 //! A watch stream only ever needs the newest snapshot, so a slow subscriber costs one slot, never
 //! a queue: it skips the versions it was too slow to read.
 
@@ -65,11 +72,77 @@ pub struct RingHub {
     heartbeat: Duration,
 }
 
+/// The bearer tokens of one cluster, one per subscriber kind. `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KindTokens {
+    /// What proxies present; only it may watch or acknowledge as [`SubscriberKind::Proxy`].
+    pub proxy: Option<String>,
+    /// What nodes present; only it may watch or acknowledge as [`SubscriberKind::Node`].
+    pub node: Option<String>,
+}
+
+impl std::fmt::Debug for KindTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KindTokens")
+            .field("proxy", &self.proxy.as_ref().map(|_| "<set>"))
+            .field("node", &self.node.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl KindTokens {
+    /// Distinct tokens for proxies and nodes: the deployment shape.
+    pub fn new(proxy: String, node: String) -> KindTokens {
+        KindTokens {
+            proxy: Some(proxy),
+            node: Some(node),
+        }
+    }
+
+    /// The kinds `presented` proves, compared in constant time against both tokens (both
+    /// comparisons always run). Empty for a missing or wrong token.
+    fn proven(&self, presented: Option<&str>) -> Proven {
+        let Some(presented) = presented else {
+            return Proven::default();
+        };
+        let check = |token: &Option<String>| {
+            token.as_deref().is_some_and(|t| {
+                wscluster_runtime::credentials::constant_time_eq(t.as_bytes(), presented.as_bytes())
+            })
+        };
+        let proxy = check(&self.proxy);
+        let node = check(&self.node);
+        Proven { proxy, node }
+    }
+}
+
+/// The subscriber kinds a presented token proves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Proven {
+    /// It is the proxy token.
+    proxy: bool,
+    /// It is the node token.
+    node: bool,
+}
+
+impl Proven {
+    fn any(self) -> bool {
+        self.proxy || self.node
+    }
+
+    fn allows(self, kind: SubscriberKind) -> bool {
+        match kind {
+            SubscriberKind::Proxy => self.proxy,
+            SubscriberKind::Node => self.node,
+        }
+    }
+}
+
 /// One cluster's state.
 #[derive(Debug)]
 struct Cluster {
-    /// The bearer token subscribers must present; `None` refuses everyone.
-    token: Mutex<Option<String>>,
+    /// The bearer tokens subscribers must present, per kind; a kind without one is refused.
+    tokens: Mutex<KindTokens>,
     /// The current snapshot; watch streams subscribe to it.
     ring: watch::Sender<Option<Arc<Published>>>,
     /// Subscribers by id.
@@ -118,7 +191,7 @@ enum Endpoint {
 impl Cluster {
     fn new() -> Cluster {
         Cluster {
-            token: Mutex::new(None),
+            tokens: Mutex::new(KindTokens::default()),
             ring: watch::Sender::new(None),
             subscribers: Mutex::new(HashMap::new()),
             removed: CancellationToken::new(),
@@ -136,16 +209,12 @@ impl Cluster {
             .map_or(0, |p| p.snapshot.version)
     }
 
-    /// Whether `presented` is this cluster's token, compared in constant time.
-    fn authorised(&self, presented: Option<&str>) -> bool {
-        let token = self.token.lock().unwrap_or_else(PoisonError::into_inner);
-        match (token.as_deref(), presented) {
-            (Some(expected), Some(presented)) => wscluster_runtime::credentials::constant_time_eq(
-                expected.as_bytes(),
-                presented.as_bytes(),
-            ),
-            _ => false,
-        }
+    /// The kinds `presented` proves for this cluster.
+    fn proven(&self, presented: Option<&str>) -> Proven {
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .proven(presented)
     }
 
     /// Runs `f` on the subscriber `id`, creating it if there is room. `None` when the cluster
@@ -223,12 +292,28 @@ impl RingHub {
         )
     }
 
-    /// Sets (or replaces) the bearer token of a cluster; the cluster becomes known to the hub.
-    /// Open streams stay open; new requests need the new token. Until a token is set, every
-    /// request for the cluster answers 401.
-    pub fn set_token(&self, cluster_id: &str, token: String) {
+    /// Sets (or replaces) the bearer tokens of a cluster, one per subscriber kind; the cluster
+    /// becomes known to the hub. Open streams stay open; new requests need the new tokens.
+    /// Until a kind has a token, every request as that kind answers 401.
+    pub fn set_tokens(&self, cluster_id: &str, tokens: KindTokens) {
         let cluster = self.cluster_or_insert(cluster_id);
-        *cluster.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token);
+        *cluster
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tokens;
+    }
+
+    /// Sets one token for both kinds. The kind a subscriber declares is then not proven: use
+    /// it only where every subscriber is equally trusted (single-process tests);
+    /// deployments use [`RingHub::set_tokens`] with distinct tokens.
+    pub fn set_token(&self, cluster_id: &str, token: String) {
+        self.set_tokens(
+            cluster_id,
+            KindTokens {
+                proxy: Some(token.clone()),
+                node: Some(token),
+            },
+        );
     }
 
     /// Publishes a snapshot for its cluster (`snapshot.cluster_id`); open streams receive it at
@@ -324,8 +409,9 @@ impl RingHub {
 
     /// Answers a request under `/v1/clusters/`; `None` for any other path, so the caller can
     /// serve it (for example `/metrics`) on the same port. Errors are JSON
-    /// `{"error":"…"}`: 404 unknown cluster or path, 401 missing or wrong token, 405 wrong
-    /// method, 400 bad query or ack, 413 oversized ack.
+    /// `{"error":"…"}`: 404 unknown path (or no ring published yet), 401 missing or wrong
+    /// token or unknown cluster (one answer, so clusters cannot be probed), 403 a kind the
+    /// token does not prove, 405 wrong method, 400 bad query or ack, 413 oversized ack.
     ///
     /// Streams end when the client goes, when the cluster is removed, or (when served by
     /// [`serve`]) at shutdown; a server that mounts `handle` itself ends them by dropping its
@@ -343,21 +429,18 @@ impl RingHub {
             return Some(error(StatusCode::NOT_FOUND, "unknown path"));
         };
         let cluster_id = cluster_id.to_string();
-        let Some(cluster) = self.cluster(&cluster_id) else {
-            return Some(error(StatusCode::NOT_FOUND, "unknown cluster"));
+        let presented = wscluster_runtime::credentials::bearer(req.headers().get(AUTHORIZATION));
+        // An unknown cluster answers exactly as a wrong token does: no probing for clusters.
+        let Some((cluster, proven)) = self
+            .cluster(&cluster_id)
+            .map(|c| {
+                let proven = c.proven(presented);
+                (c, proven)
+            })
+            .filter(|(_, proven)| proven.any())
+        else {
+            return Some(unauthorised());
         };
-        let presented = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !cluster.authorised(presented) {
-            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Some(response);
-        }
         let expected = match endpoint {
             Endpoint::Watch | Endpoint::Snapshot => Method::GET,
             Endpoint::Ack => Method::POST,
@@ -379,8 +462,8 @@ impl RingHub {
                 Some(p) => json(StatusCode::OK, p.snapshot.to_json()),
                 None => error(StatusCode::NOT_FOUND, "no ring published yet"),
             },
-            Endpoint::Watch => self.watch(cluster, &cluster_id, &req),
-            Endpoint::Ack => ack(cluster, &cluster_id, req).await,
+            Endpoint::Watch => self.watch(cluster, &cluster_id, proven, &req),
+            Endpoint::Ack => ack(cluster, &cluster_id, proven, req).await,
         })
     }
 
@@ -389,6 +472,7 @@ impl RingHub {
         &self,
         cluster: Arc<Cluster>,
         cluster_id: &str,
+        proven: Proven,
         req: &Request<Incoming>,
     ) -> Response<BoxBody> {
         let query = req.uri().query().unwrap_or("");
@@ -411,6 +495,9 @@ impl RingHub {
                 );
             }
         };
+        if !proven.allows(kind) {
+            return wrong_kind(kind);
+        }
         if cluster
             .with_subscriber(&subscriber, kind, |s| s.open_streams += 1)
             .is_none()
@@ -448,7 +535,12 @@ impl RingHub {
 }
 
 /// Records an ack.
-async fn ack(cluster: Arc<Cluster>, cluster_id: &str, req: Request<Incoming>) -> Response<BoxBody> {
+async fn ack(
+    cluster: Arc<Cluster>,
+    cluster_id: &str,
+    proven: Proven,
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
     let body = match Limited::new(req.into_body(), MAX_ACK_BODY_BYTES)
         .collect()
         .await
@@ -471,6 +563,9 @@ async fn ack(cluster: Arc<Cluster>, cluster_id: &str, req: Request<Incoming>) ->
             StatusCode::BAD_REQUEST,
             "subscriber must be 1 to 253 printable characters without whitespace",
         );
+    }
+    if !proven.allows(ack.kind) {
+        return wrong_kind(ack.kind);
     }
     let current = cluster.current_version();
     if ack.version > current {
@@ -681,6 +776,23 @@ fn json(status: StatusCode, body: String) -> Response<BoxBody> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The one answer to a missing or wrong token and to an unknown cluster.
+fn unauthorised() -> Response<BoxBody> {
+    let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// A valid token of another kind than the request declares.
+fn wrong_kind(kind: SubscriberKind) -> Response<BoxBody> {
+    error(
+        StatusCode::FORBIDDEN,
+        &format!("the token is not a {} token", kind.as_str()),
+    )
 }
 
 /// A JSON error response, `{"error":"…"}`.

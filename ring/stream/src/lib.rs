@@ -99,7 +99,7 @@ mod hub;
 pub use client::{SubscriberConfig, Subscription};
 pub use error::{Error, Result};
 pub use file::{FILE_POLL_INTERVAL_MS, load_ring_file, watch_ring_file};
-pub use hub::{RingHub, SubscriberInfo, serve};
+pub use hub::{KindTokens, RingHub, SubscriberInfo, serve};
 
 /// The response body type of [`RingHub::handle`]: boxed, `Send` but not `Sync` (a stream body
 /// holds a timer), and infallible. Build your own responses with

@@ -24,7 +24,8 @@ use wscluster_ring::contract::stream::{
 };
 use wscluster_ring::{Member, Ring, RingError, RingSnapshot};
 use wscluster_ring_stream::{
-    RingHub, SubscriberConfig, SubscriberInfo, Subscription, load_ring_file, serve, watch_ring_file,
+    KindTokens, RingHub, SubscriberConfig, SubscriberInfo, Subscription, load_ring_file, serve,
+    watch_ring_file,
 };
 
 const CLUSTER: &str = "ns/chat";
@@ -428,7 +429,7 @@ async fn bad_requests_get_clear_json_errors() {
                 watch_path("ns/unknown"),
                 Some(TOKEN),
                 String::new(),
-                StatusCode::NOT_FOUND,
+                StatusCode::UNAUTHORIZED,
             ),
             (
                 Method::GET,
@@ -623,7 +624,8 @@ async fn removing_a_cluster_ends_its_streams() {
         assert_eq!(hub.current(CLUSTER), None);
         let (status, _, _) =
             request(served.addr, Method::GET, &watch_uri("p-0"), Some(TOKEN), "").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
+        // A removed cluster is an unknown one: the same 401 as a wrong token.
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(rings.borrow().as_ref().map(|r| r.version()), Some(1));
         shutdown.cancel();
         served.shutdown.cancel();
@@ -807,6 +809,152 @@ async fn a_watched_ring_file_picks_up_a_rewrite_and_ignores_an_invalid_one() {
         assert_eq!(ring.members().len(), 3);
         shutdown.cancel();
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    })
+    .await
+    .expect("within the limit");
+}
+
+const PROXY_TOKEN: &str = "proxy-token-1";
+const NODE_TOKEN: &str = "node-token-2";
+
+fn hub_with_kind_tokens() -> Arc<RingHub> {
+    let hub = RingHub::with_heartbeat(Duration::from_millis(100));
+    hub.set_tokens(
+        CLUSTER,
+        KindTokens::new(PROXY_TOKEN.to_string(), NODE_TOKEN.to_string()),
+    );
+    hub.publish(snapshot(2, 3)).expect("publish");
+    hub
+}
+
+fn ack_body(subscriber: &str, kind: &str, version: u64) -> String {
+    format!(r#"{{"subscriber":"{subscriber}","kind":"{kind}","version":{version}}}"#)
+}
+
+#[tokio::test]
+async fn a_node_token_can_neither_watch_nor_ack_as_a_proxy() {
+    tokio::time::timeout(LIMIT, async {
+        let hub = hub_with_kind_tokens();
+        let served = start(Arc::clone(&hub)).await;
+        let addr = served.addr;
+        let as_proxy = format!("{}?subscriber=p-0&kind=proxy", watch_path(CLUSTER));
+        let (status, _, body) = request(addr, Method::GET, &as_proxy, Some(NODE_TOKEN), "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(text(body).await.contains("not a proxy token"));
+        let (status, _, body) = request(
+            addr,
+            Method::POST,
+            &ack_path(CLUSTER),
+            Some(NODE_TOKEN),
+            &ack_body("p-0", "proxy", 2),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(text(body).await.contains("not a proxy token"));
+        // The refused ack recorded nothing: no proxy appears to have applied the ring.
+        assert_eq!(hub.subscribers(CLUSTER), Vec::new());
+        // A proxy token cannot pose as a node either.
+        let (status, _, _) =
+            request(addr, Method::GET, &watch_uri("n-0"), Some(PROXY_TOKEN), "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        served.shutdown.cancel();
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
+async fn each_kind_token_watches_and_acks_as_its_own_kind() {
+    tokio::time::timeout(LIMIT, async {
+        let hub = hub_with_kind_tokens();
+        let served = start(Arc::clone(&hub)).await;
+        let addr = served.addr;
+        let as_proxy = format!("{}?subscriber=p-0&kind=proxy", watch_path(CLUSTER));
+        let (status, _, mut body) =
+            request(addr, Method::GET, &as_proxy, Some(PROXY_TOKEN), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(matches!(
+            lines(&mut body, 1).await[0],
+            StreamEvent::Snapshot { .. }
+        ));
+        let (status, _, _) =
+            request(addr, Method::GET, &watch_uri("n-0"), Some(NODE_TOKEN), "").await;
+        assert_eq!(status, StatusCode::OK);
+        for (token, id, kind) in [(PROXY_TOKEN, "p-0", "proxy"), (NODE_TOKEN, "n-0", "node")] {
+            let (status, _, _) = request(
+                addr,
+                Method::POST,
+                &ack_path(CLUSTER),
+                Some(token),
+                &ack_body(id, kind, 2),
+            )
+            .await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{kind} ack");
+        }
+        let applied: Vec<(String, SubscriberKind, Option<u64>)> = hub
+            .subscribers(CLUSTER)
+            .into_iter()
+            .map(|s| (s.id, s.kind, s.applied_version))
+            .collect();
+        assert_eq!(
+            applied,
+            vec![
+                ("n-0".to_string(), SubscriberKind::Node, Some(2)),
+                ("p-0".to_string(), SubscriberKind::Proxy, Some(2)),
+            ]
+        );
+        served.shutdown.cancel();
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
+async fn an_unknown_cluster_answers_exactly_like_a_wrong_token() {
+    tokio::time::timeout(LIMIT, async {
+        let hub = hub_with_kind_tokens();
+        // A known cluster whose tokens were never set answers the same way too.
+        hub.publish(RingSnapshot::new(
+            "ns/untokened",
+            1,
+            vec![Member::active("n-0", "h:1")],
+        ))
+        .expect("publish");
+        let served = start(Arc::clone(&hub)).await;
+        let addr = served.addr;
+        let mut answers = Vec::new();
+        for (cluster, token) in [
+            (CLUSTER, Some("wrong")),
+            (CLUSTER, None),
+            ("ns/unknown", Some(PROXY_TOKEN)),
+            ("ns/unknown", None),
+            ("ns/untokened", Some(PROXY_TOKEN)),
+        ] {
+            let uri = format!("{}?subscriber=p-0&kind=proxy", watch_path(cluster));
+            let (status, headers, body) = request(addr, Method::GET, &uri, token, "").await;
+            answers.push((
+                status,
+                headers.get("www-authenticate").cloned(),
+                text(body).await,
+            ));
+            let (status, _, body) =
+                request(addr, Method::GET, &snapshot_path(cluster), token, "").await;
+            answers.push((status, None, text(body).await));
+        }
+        let watch = answers[0].clone();
+        let snapshot = answers[1].clone();
+        assert_eq!(watch.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(watch.1.as_ref().map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
+        for (i, answer) in answers.iter().enumerate() {
+            let expected = if i % 2 == 0 { &watch } else { &snapshot };
+            let answer = if i % 2 == 0 {
+                answer.clone()
+            } else {
+                (answer.0, None, answer.2.clone())
+            };
+            assert_eq!(&answer, expected, "answer {i}");
+        }
+        served.shutdown.cancel();
     })
     .await
     .expect("within the limit");

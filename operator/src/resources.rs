@@ -635,6 +635,9 @@ pub fn proxy_config(spec: &WsClusterSpec) -> Result<ProxyConfig, String> {
         resets: spec.resets,
         drain_timeout_seconds,
         limits: spec.proxy.limits,
+        // The seed's `/send` on the public port: off until the WsCluster has the switch that
+        // turns it on for nodes and proxies together.
+        legacy_send: false,
     };
     config.validate().map_err(|e| match e {
         // `limits` is the one field the spec nests elsewhere (under `proxy`).
@@ -819,6 +822,8 @@ mod tests {
             idle_timeout_seconds: 60,
             max_frame_bytes: 65_536,
             connect_timeout_ms: 500,
+            max_body_bytes: 4_096,
+            body_timeout_ms: 1_500,
         };
         let resets = ResetConfig {
             rate_per_second: 42,
@@ -865,6 +870,7 @@ mod tests {
                 resets,
                 drain_timeout_seconds: 7,
                 limits,
+                legacy_send: false,
             };
             assert_eq!(rendered(&c), expected, "from {from:?}");
         }

@@ -8,7 +8,9 @@
 //! resets: {ratePerSecond: 500, jitterMs: 2000}
 //! drainTimeoutSeconds: 30
 //! limits: {maxConnections: 100000, headerReadTimeoutMs: 10000, maxHeaderBytes: 16384,
-//!          idleTimeoutSeconds: 600, maxFrameBytes: 1048576, connectTimeoutMs: 2000}
+//!          idleTimeoutSeconds: 600, maxFrameBytes: 1048576, connectTimeoutMs: 2000,
+//!          maxBodyBytes: 1048576, bodyTimeoutMs: 10000}
+//! legacySend: false
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -51,6 +53,9 @@ pub struct ProxyConfig {
     pub drain_timeout_seconds: u64,
     /// Resource limits.
     pub limits: Limits,
+    /// Route the seed's `GET|POST /send?userId=…` on the public port to the key's owner, for
+    /// migrations from the seed (off by default: sends belong on the server API port).
+    pub legacy_send: bool,
 }
 
 impl Default for ProxyConfig {
@@ -63,6 +68,7 @@ impl Default for ProxyConfig {
             resets: ResetConfig::default(),
             drain_timeout_seconds: 30,
             limits: Limits::default(),
+            legacy_send: false,
         }
     }
 }
@@ -327,7 +333,18 @@ pub struct Limits {
     /// Time allowed to connect to an owner before answering 502.
     #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub connect_timeout_ms: u64,
+    /// Largest request body read on the server API port (bodies are held whole so a call
+    /// refused with 421 can be retried); larger gets 413.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_BODY_BYTES)))]
+    pub max_body_bytes: usize,
+    /// Time a client has to send a whole request body on the server API port; slower gets
+    /// 408.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub body_timeout_ms: u64,
 }
+
+/// Largest `limits.maxBodyBytes` accepted (64 MiB).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -338,6 +355,8 @@ impl Default for Limits {
             idle_timeout_seconds: 600,
             max_frame_bytes: 1_048_576,
             connect_timeout_ms: 2_000,
+            max_body_bytes: 1_048_576,
+            body_timeout_ms: 10_000,
         }
     }
 }
@@ -354,6 +373,10 @@ impl Limits {
     /// [`Limits::connect_timeout_ms`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// [`Limits::body_timeout_ms`] as a duration.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 }
 
@@ -446,6 +469,7 @@ impl Limits {
             ("headerReadTimeoutMs", self.header_read_timeout_ms == 0),
             ("idleTimeoutSeconds", self.idle_timeout_seconds == 0),
             ("connectTimeoutMs", self.connect_timeout_ms == 0),
+            ("bodyTimeoutMs", self.body_timeout_ms == 0),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(format!("limits.{name} must be at least 1"));
@@ -454,6 +478,9 @@ impl Limits {
             return Err(format!(
                 "limits.maxHeaderBytes must be {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"
             ));
+        }
+        if !(1..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
+            return Err(format!("limits.maxBodyBytes must be 1 to {MAX_BODY_BYTES}"));
         }
         if self.max_frame_bytes < MIN_FRAME_BYTES {
             return Err(format!(
@@ -633,7 +660,10 @@ resets: {ratePerSecond: 10, jitterMs: 0}
                 idle_timeout_seconds: 5,
                 max_frame_bytes: 126,
                 connect_timeout_ms: 6,
+                max_body_bytes: 7,
+                body_timeout_ms: 8,
             },
+            legacy_send: true,
         };
         let yaml = serde_yaml::to_string(&config).expect("serialises");
         assert!(

@@ -24,11 +24,13 @@
 //! `--admin-listen 0.0.0.0:9090`, `--id` (default `POD_NAME`, else the hostname),
 //! `--cluster-id default/chat`, `--config /etc/wscluster/proxy.yaml` (optional),
 //! `--ring-url` with `--ring-token-file` or `--ring-token` (not both), or `--ring-file`,
-//! `--amqp-url`, `--fallback-upstream host:port` (where keyless plain HTTP goes instead of a
-//! 400), `--worker-threads` and `--log-format text|json`.
+//! `--amqp-url`, `--fallback-upstream host:port` (where plain HTTP that is not for a member
+//! goes instead of a 404), `--proxy-secret-file` (the secret sent to members),
+//! `--api-listen 0.0.0.0:8081` with `--api-keys-file` (the server API, [`api`]),
+//! `--worker-threads` and `--log-format text|json`.
 //!
 //! ```no_run
-//! use wscluster_proxy::{RingSource, Settings, config::ProxyConfig, run};
+//! use wscluster_proxy::{Listeners, RingSource, Settings, config::ProxyConfig, run};
 //! # async fn example() -> Result<(), wscluster_proxy::error::Error> {
 //! let settings = Settings {
 //!     id: "proxy-0".into(),
@@ -37,14 +39,20 @@
 //!     ring: RingSource::File("ring.json".into()),
 //!     amqp_url: None,
 //!     fallback_upstream: None,
+//!     proxy_secret: None,
+//!     api_keys: None,
 //! };
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! run(settings, listener, admin, tokio_util::sync::CancellationToken::new()).await
+//! let listeners = Listeners {
+//!     client: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+//!     admin: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+//!     api: None,
+//! };
+//! run(settings, listeners, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
 
 pub mod admin;
+pub mod api;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -73,6 +81,8 @@ use tracing::{Instrument, info, info_span, warn};
 use wscluster_ring::Ring;
 use wscluster_ring::contract::stream::SubscriberKind;
 use wscluster_ring_stream::{SubscriberConfig, Subscription, watch_ring_file};
+use wscluster_runtime::credentials::{DEFAULT_RELOAD_INTERVAL, WatchedCredentials};
+use wscluster_runtime::flags;
 
 use crate::config::ProxyConfig;
 use crate::error::Result;
@@ -102,23 +112,57 @@ pub struct Settings {
     pub ring: RingSource,
     /// RabbitMQ URL for reset events, if any.
     pub amqp_url: Option<String>,
-    /// Where plain HTTP requests that carry no key go (`host:port`), instead of a 400; local
-    /// mode points it at its control server so the demo page is served at the proxy's root.
+    /// Where plain HTTP requests that are not for a member go (`host:port`), instead of a
+    /// 404; local mode points it at its control server so the demo page is served at the
+    /// proxy's root. Never the key, never the secret, never an internal path.
     pub fallback_upstream: Option<String>,
+    /// The cluster's proxy secret(s) (`--proxy-secret-file`): the first goes to members on
+    /// every request. `None` is dev mode: members cannot tell this proxy from a client.
+    pub proxy_secret: Option<WatchedCredentials>,
+    /// The server API's keys (`--api-keys-file`); required when [`Listeners::api`] is given.
+    pub api_keys: Option<WatchedCredentials>,
+}
+
+/// The sockets [`run`] serves, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Clients (WebSocket upgrades, and the seed's `/send` when `legacySend` is on).
+    pub client: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: TcpListener,
+    /// The server API (`/api/v1/...`), when `--api-listen` is given.
+    pub api: Option<TcpListener>,
 }
 
 /// Runs the proxy until `shutdown`: then stops accepting, lets spliced connections finish for
 /// `drainTimeoutSeconds`, resets the rest with reason "drain", and returns.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let Listeners {
+        client: listener,
+        admin: admin_listener,
+        api: api_listener,
+    } = listeners;
     // 1. The shared state; background work stops when `run` returns.
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     let shared = shared_state(&settings, &background)?;
+    watch_credentials(&settings, &background);
+    if let Some(api_listener) = api_listener {
+        let keys = settings.api_keys.clone().ok_or_else(|| {
+            error::Error::Config(format!(
+                "--{} needs --{}",
+                flags::API_LISTEN.long,
+                flags::API_KEYS_FILE.long
+            ))
+        })?;
+        let api = api::Api::new(Arc::clone(&shared), keys);
+        info!(addr = ?api_listener.local_addr().ok(), "server API listening");
+        tokio::spawn(api.serve(api_listener, shutdown.clone()));
+    }
     // 2. Rings, resets, the idle sweep and the admin port.
     let (rings, subscription) = ring_source(&settings, &background);
     tokio::spawn(
@@ -152,6 +196,30 @@ pub async fn run(
     Ok(())
 }
 
+/// Follows the secret files: rotation needs no restart. Says once, at start, when there is no
+/// proxy secret, since members then cannot verify what this proxy sets.
+fn watch_credentials(settings: &Settings, background: &CancellationToken) {
+    match &settings.proxy_secret {
+        Some(secret) => {
+            tokio::spawn(
+                secret
+                    .clone()
+                    .watch(DEFAULT_RELOAD_INTERVAL, background.clone()),
+            );
+        }
+        None => warn!(
+            "no --{}: members cannot verify that requests come from this proxy (dev mode)",
+            flags::PROXY_SECRET_FILE.long
+        ),
+    }
+    if let Some(keys) = &settings.api_keys {
+        tokio::spawn(
+            keys.clone()
+                .watch(DEFAULT_RELOAD_INTERVAL, background.clone()),
+        );
+    }
+}
+
 /// What every task shares, built from the settings: key sources (JWT keys loaded), metrics,
 /// the reset publisher when `--amqp-url` is given, and an unknown ring until the first arrives.
 fn shared_state(settings: &Settings, background: &CancellationToken) -> Result<Arc<Shared>> {
@@ -176,6 +244,8 @@ fn shared_state(settings: &Settings, background: &CancellationToken) -> Result<A
         reset_sink,
         metrics,
         fallback_upstream: settings.fallback_upstream.clone(),
+        proxy_secret: settings.proxy_secret.clone(),
+        ring_applied: watch::Sender::new(0),
     }))
 }
 
@@ -241,6 +311,7 @@ async fn follow_rings(
             seen = Some(ring.version());
             match apply_ring(&shared, ring) {
                 Applied::Applied { version, .. } => {
+                    shared.ring_applied.send_replace(version);
                     if let Some(s) = &subscription {
                         s.ack(version);
                     }

@@ -392,6 +392,8 @@ mod tests {
             reset_sink: None,
             metrics: Arc::new(Metrics::new()),
             fallback_upstream: None,
+            proxy_secret: None,
+            ring_applied: tokio::sync::watch::Sender::new(0),
         }
     }
 

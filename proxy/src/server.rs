@@ -29,16 +29,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
+use wscluster_runtime::credentials::CredentialSet;
 
-use wscluster_ring::contract::RING_VERSION_HEADER;
+use wscluster_ring::contract::{
+    KEY_HEADER, PROXY_SECRET_HEADER, RING_VERSION_HEADER, api, percent_encode,
+};
 
 use crate::head::{self, First, Prefixed, RawHead};
-use crate::key::KeyError;
 use crate::resets::check_late_registration;
 use crate::route::{Route, Target, Unrouted, route};
 use crate::splice::{End, Splice};
 use crate::state::{MemberRoute, Shared};
-use crate::upstream;
+use crate::upstream::{self, ProxyFields};
 
 /// Response body: our own JSON or a forwarded upstream body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -70,7 +72,7 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
 /// A whole answer to a client that is not (or not yet) an upgrade: ours or an owner's refusal
 /// passed on. Hyper's path sends it as a response; the fast path writes it and closes.
 #[derive(Debug)]
-struct Reply {
+pub(crate) struct Reply {
     /// The status.
     status: StatusCode,
     /// The header fields, without framing fields (the body is framed when sent).
@@ -125,7 +127,7 @@ impl Reply {
     }
 
     /// As hyper's response.
-    fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let mut resp = Response::new(
             Full::new(self.body)
                 .map_err(|never| match never {})
@@ -146,7 +148,7 @@ impl Reply {
 
 /// A failure to reach an owner, or to find one; the one place such failures become answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
+pub(crate) enum Failure {
     /// No ring yet.
     NoRing,
     /// The ring has no active member.
@@ -200,7 +202,7 @@ impl Failure {
     }
 
     /// Counts the failure and gives its answer; `member` names the owner it concerns.
-    fn reply(self, shared: &Shared, member: Option<&str>) -> Reply {
+    pub(crate) fn reply(self, shared: &Shared, member: Option<&str>) -> Reply {
         shared.metrics.error(self.label());
         let (status, message) = self.status_and_message();
         let mut body = serde_json::json!({"error": self.label(), "message": message});
@@ -476,7 +478,9 @@ impl Conn {
         let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
         let head = RawHead::parse(bytes, &mut fields)?;
         let route = route(&head, &shared.keys, &shared.routing).ok()?;
-        let request = route.upgrade_request(&head, self.peer.ip());
+        let secret = shared.proxy_secret();
+        let secret = secret.as_deref().map(CredentialSet::current);
+        let request = route.upgrade_request(&head, self.peer.ip(), secret);
         Some(FastRoute {
             route,
             request,
@@ -498,7 +502,7 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -514,24 +518,40 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Tells the owner which ring routed the request (replacing anything the client sent), so a
-/// new owner that lags behind waits for that ring instead of refusing; see
-/// [`RING_VERSION_HEADER`].
-fn set_ring_version(headers: &mut HeaderMap, version: Option<u64>) {
-    let name = HeaderName::from_static(RING_VERSION_HEADER);
-    match version {
-        Some(v) => {
-            headers.insert(name, HeaderValue::from(v));
-        }
-        None => {
-            headers.remove(name);
-        }
+/// Removes every field the client named with the internal prefix, then sets the proxy's own
+/// ([`ProxyFields`]) when the request goes to a member: the verified key, the proxy secret and
+/// the ring version it was routed with (so a new owner that lags behind waits for that ring
+/// instead of refusing; see [`RING_VERSION_HEADER`]).
+pub(crate) fn set_proxy_fields(headers: &mut HeaderMap, own: Option<ProxyFields<'_>>) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| upstream::is_internal(name.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
     }
+    let Some(own) = own else { return };
+    // A percent-encoded key is ASCII, and a secret has no control characters (credentials.rs
+    // refuses them): both are valid field values.
+    if let Some(key) = own
+        .key
+        .and_then(|k| HeaderValue::from_str(&percent_encode(k)).ok())
+    {
+        headers.insert(HeaderName::from_static(KEY_HEADER), key);
+    }
+    if let Some(secret) = own.secret.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(HeaderName::from_static(PROXY_SECRET_HEADER), secret);
+    }
+    headers.insert(
+        HeaderName::from_static(RING_VERSION_HEADER),
+        HeaderValue::from(own.ring_version),
+    );
 }
 
 /// Replaces the client's `X-Forwarded-For` fields with the one the proxy passes on
 /// ([`upstream::push_forwarded_for`], as for upgrades).
-fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+pub(crate) fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let mut value = Vec::with_capacity(64);
     let prior = headers
         .get_all(X_FORWARDED_FOR)
@@ -544,7 +564,7 @@ fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-/// Hyper's path: routes a request and forwards it, upgrades included.
+/// Hyper's path: routes an upgrade and splices it; plain HTTP goes to [`plain_http`].
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -552,31 +572,78 @@ async fn handle(
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let shared = &ctx.shared;
-    let upgrade = is_websocket_upgrade(req.headers());
-    let route = match route(&req, &shared.keys, &shared.routing) {
-        Ok(route) => route,
-        Err(Unrouted::Key(KeyError::Missing { .. }))
-            if !upgrade && shared.fallback_upstream.is_some() =>
-        {
-            let fallback = Destination {
-                address: shared.fallback_upstream.as_deref().unwrap_or_default(),
-                name: "fallback",
-                ring_version: None,
-            };
-            return forward(req, peer, fallback, shared, &ctx.client).await;
-        }
-        Err(unrouted) => return Reply::unrouted(unrouted, shared).into_response(),
-    };
-    if upgrade {
-        return upgrade_with_hyper(req, peer, route, &ctx, permit).await;
+    if !is_websocket_upgrade(req.headers()) {
+        return plain_http(req, peer, &ctx).await;
     }
-    let owner = route.owner();
-    let destination = Destination {
-        address: &owner.address,
-        name: &owner.id,
-        ring_version: Some(route.ring_version()),
-    };
-    forward(req, peer, destination, shared, &ctx.client).await
+    match route(&req, &shared.keys, &shared.routing) {
+        Ok(route) => upgrade_with_hyper(req, peer, route, &ctx, permit).await,
+        Err(unrouted) => Reply::unrouted(unrouted, shared).into_response(),
+    }
+}
+
+/// The seed's send path, routed on the public port only with `legacySend: true`.
+pub const LEGACY_SEND_PATH: &str = "/send";
+
+/// Paths that are never passed on from the public port, not even to the fallback: the server
+/// API (its own port) and every member's or proxy's internal route (their admin ports).
+const INTERNAL_PATHS: [&str; 7] = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/count",
+    "/users",
+    "/broadcast",
+    LEGACY_SEND_PATH,
+];
+
+/// Whether the public port must answer `path` itself with 404.
+pub fn is_internal_path(path: &str) -> bool {
+    path.starts_with(api::PREFIX)
+        || path == api::PREFIX.trim_end_matches('/')
+        || INTERNAL_PATHS.contains(&path)
+}
+
+/// Plain HTTP on the public port: nothing reaches a member but the seed's `/send` when the
+/// config enables it (routed by its key like an upgrade). Anything else that is not an
+/// internal path goes to the fallback when one is configured (without key or secret), and
+/// is answered 404 otherwise.
+async fn plain_http(req: Request<Incoming>, peer: SocketAddr, ctx: &ConnCtx) -> Response<Body> {
+    let shared = &ctx.shared;
+    let path = req.uri().path();
+    if shared.config.legacy_send && path == LEGACY_SEND_PATH {
+        let route = match route(&req, &shared.keys, &shared.routing) {
+            Ok(route) => route,
+            Err(unrouted) => return Reply::unrouted(unrouted, shared).into_response(),
+        };
+        let owner = route.owner();
+        let secret = shared.proxy_secret();
+        let destination = Destination {
+            address: &owner.address,
+            name: &owner.id,
+            own: Some(route.proxy_fields(secret.as_deref().map(CredentialSet::current))),
+        };
+        return forward(req, peer, destination, shared, &ctx.client).await;
+    }
+    match shared.fallback_upstream.as_deref() {
+        Some(address) if !is_internal_path(path) => {
+            let fallback = Destination {
+                address,
+                name: "fallback",
+                own: None,
+            };
+            forward(req, peer, fallback, shared, &ctx.client).await
+        }
+        _ => not_found(shared),
+    }
+}
+
+/// The public port's answer to a path it does not serve.
+pub fn not_found(shared: &Shared) -> Response<Body> {
+    shared.metrics.error("not-found");
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not-found", "message": "no such route on this port"}),
+    )
 }
 
 /// Where a plain HTTP request is forwarded.
@@ -586,9 +653,9 @@ struct Destination<'a> {
     address: &'a str,
     /// What errors and logs call it: the owning member's id, or "fallback".
     name: &'a str,
-    /// The ring it was routed with, sent along as [`RING_VERSION_HEADER`]; none for the
-    /// fallback, which is not a member.
-    ring_version: Option<u64>,
+    /// The fields the proxy sets for a member (key, secret, ring version); none for the
+    /// fallback, which is not a member and gets neither the key nor the secret.
+    own: Option<ProxyFields<'a>>,
 }
 
 /// Forwards a plain HTTP request to `to`.
@@ -609,7 +676,7 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded_for(&mut parts.headers, peer);
-    set_ring_version(&mut parts.headers, to.ring_version);
+    set_proxy_fields(&mut parts.headers, to.own);
     shared.metrics.http_requests.inc();
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
@@ -638,7 +705,12 @@ async fn upgrade_with_hyper(
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let shared = &ctx.shared;
-    let request = route.upgrade_request(&req, peer.ip());
+    let secret = shared.proxy_secret();
+    let request = route.upgrade_request(
+        &req,
+        peer.ip(),
+        secret.as_deref().map(CredentialSet::current),
+    );
     let switched = match ask_owner(&request, route.owner(), shared).await {
         Ok(switched) => switched,
         Err(reply) => return reply.into_response(),
@@ -806,14 +878,39 @@ mod tests {
     }
 
     #[test]
-    fn the_ring_version_header_replaces_the_clients_and_is_dropped_for_the_fallback() {
+    fn the_proxys_fields_replace_the_clients_and_none_go_to_the_fallback() {
         let mut h = HeaderMap::new();
         h.insert(RING_VERSION_HEADER, HeaderValue::from_static("999"));
-        set_ring_version(&mut h, Some(7));
+        h.append(KEY_HEADER, HeaderValue::from_static("mallory"));
+        h.append(KEY_HEADER, HeaderValue::from_static("mallory2"));
+        h.insert(PROXY_SECRET_HEADER, HeaderValue::from_static("guess"));
+        h.insert("x-wscluster-sender", HeaderValue::from_static("mallory"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let own = ProxyFields {
+            key: Some("a b"),
+            secret: Some("s3cret"),
+            ring_version: 7,
+        };
+        set_proxy_fields(&mut h, Some(own));
         assert_eq!(h.get_all(RING_VERSION_HEADER).iter().count(), 1);
         assert_eq!(h.get(RING_VERSION_HEADER), Some(&HeaderValue::from(7u64)));
-        set_ring_version(&mut h, None);
-        assert!(h.get(RING_VERSION_HEADER).is_none());
+        let all_keys: Vec<_> = h.get_all(KEY_HEADER).iter().collect();
+        assert_eq!(all_keys, ["a%20b"]);
+        assert_eq!(h[PROXY_SECRET_HEADER], "s3cret");
+        assert!(!h.contains_key("x-wscluster-sender"));
+        set_proxy_fields(&mut h, None);
+        assert_eq!(h.len(), 1, "only x-keep is left: {h:?}");
+        set_proxy_fields(
+            &mut h,
+            Some(ProxyFields {
+                secret: None,
+                ..own
+            }),
+        );
+        assert!(
+            !h.contains_key(PROXY_SECRET_HEADER),
+            "dev mode sends no secret"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::gauge::Gauge;
 use wscluster_ring::{KeyHash, Member, NoOwner, Ring};
+use wscluster_runtime::credentials::{CredentialSet, WatchedCredentials};
 
 use crate::config::ProxyConfig;
 use crate::key::KeySources;
@@ -96,4 +97,18 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Upstream (`host:port`) for plain HTTP requests without a key, if configured.
     pub fallback_upstream: Option<String>,
+    /// The cluster's proxy secret(s) (`--proxy-secret-file`), followed as the file changes;
+    /// the first is sent to members. `None` in dev mode: members cannot verify the proxy.
+    pub proxy_secret: Option<WatchedCredentials>,
+    /// The version of the ring in use, announced each time one is applied: what a request
+    /// refused with 421 under a newer ring waits for before its retry.
+    pub ring_applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl Shared {
+    /// The proxy secrets as they are now (hold the value while using its
+    /// [`CredentialSet::current`]).
+    pub fn proxy_secret(&self) -> Option<Arc<CredentialSet>> {
+        self.proxy_secret.as_ref().map(WatchedCredentials::load)
+    }
 }

@@ -803,6 +803,10 @@ mod tests {
                 },
                 from,
                 query_param: "t".into(),
+                audience: Some("chat".into()),
+                issuer: Some("https://idp.example".into()),
+                leeway_seconds: 10,
+                jwks: true,
             }),
             ..KeySource::default()
         }
@@ -861,6 +865,10 @@ mod tests {
                         key_file: PathBuf::from("/etc/wscluster/jwt/key"),
                         from,
                         query_param: "t".into(),
+                        audience: Some("chat".into()),
+                        issuer: Some("https://idp.example".into()),
+                        leeway_seconds: 10,
+                        jwks_file: Some(PathBuf::from("/etc/wscluster/jwt/key")),
                     }),
                     KeySourceSpec::Path("/ws/{key}/chat".into()),
                     KeySourceSpec::Query("room".into()),

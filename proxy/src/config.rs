@@ -233,6 +233,10 @@ pub enum JwtAlgorithm {
     RS256,
     /// ECDSA P-256 with SHA-256; the key is a PEM public key.
     ES256,
+    /// RSASSA-PSS with SHA-256; the key is a PEM public key.
+    PS256,
+    /// Ed25519 (EdDSA); the key is a PEM public key.
+    EdDSA,
 }
 
 /// Where the token is read from.
@@ -268,6 +272,28 @@ pub struct JwtSpec {
     /// The query parameter holding the token when `from: query`.
     #[serde(default = "default_query_param")]
     pub query_param: String,
+    /// The audience a token must name in `aud`; when unset, `aud` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The issuer a token must name in `iss`; when unset, `iss` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most [`MAX_JWT_LEEWAY_SECONDS`]).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// A JWKS document (`{"keys":[...]}`) holding the verifying keys, chosen by the token's
+    /// `kid`; when set, `keyFile` is not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// The default `jwt.leewaySeconds`: clocks drift, and 30 s is short against token lifetimes.
+pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
+/// The largest `jwt.leewaySeconds` accepted (5 minutes).
+pub const MAX_JWT_LEEWAY_SECONDS: u64 = 300;
+
+fn default_leeway() -> u64 {
+    DEFAULT_JWT_LEEWAY_SECONDS
 }
 
 fn default_key_file() -> PathBuf {
@@ -441,6 +467,16 @@ fn validate_key_source(source: &KeySourceSpec) -> std::result::Result<(), String
         KeySourceSpec::Jwt(j) if j.claim.is_empty() => Err("jwt.claim must not be empty".into()),
         KeySourceSpec::Jwt(j) if j.from == TokenFrom::Query && j.query_param.is_empty() => {
             Err("jwt.queryParam must not be empty".into())
+        }
+        KeySourceSpec::Jwt(j) if j.leeway_seconds > MAX_JWT_LEEWAY_SECONDS => Err(format!(
+            "jwt.leewaySeconds must be at most {MAX_JWT_LEEWAY_SECONDS}"
+        )),
+        KeySourceSpec::Jwt(j)
+            if [&j.audience, &j.issuer]
+                .into_iter()
+                .any(|v| v.as_deref() == Some("")) =>
+        {
+            Err("jwt.audience and jwt.issuer must not be empty when set".into())
         }
         _ => Ok(()),
     }
@@ -642,6 +678,10 @@ resets: {ratePerSecond: 10, jitterMs: 0}
                     key_file: PathBuf::from("/k"),
                     from: TokenFrom::Query,
                     query_param: "t".into(),
+                    audience: Some("wscluster".into()),
+                    issuer: Some("https://idp.example".into()),
+                    leeway_seconds: 5,
+                    jwks_file: Some(PathBuf::from("/jwks.json")),
                 }),
                 KeySourceSpec::Path("/c/{key}".into()),
                 KeySourceSpec::Query("u".into()),

@@ -59,6 +59,7 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod head;
+pub mod jwt;
 pub mod key;
 pub mod metrics;
 pub mod registry;
@@ -151,6 +152,9 @@ pub async fn run(
     let _stop_background = background.clone().drop_guard();
     let shared = shared_state(&settings, &background)?;
     watch_credentials(&settings, &background);
+    if shared.keys.has_key_file() {
+        tokio::spawn(follow_jwt_keys(Arc::clone(&shared), background.clone()));
+    }
     if let Some(api_listener) = api_listener {
         let keys = settings.api_keys.clone().ok_or_else(|| {
             error::Error::Config(format!(
@@ -217,6 +221,27 @@ fn watch_credentials(settings: &Settings, background: &CancellationToken) {
             keys.clone()
                 .watch(DEFAULT_RELOAD_INTERVAL, background.clone()),
         );
+    }
+}
+
+/// Re-reads the JWT key file every few seconds, so a rotated key needs no restart and drops no
+/// connection; a broken file keeps the previous keys.
+async fn follow_jwt_keys(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(DEFAULT_RELOAD_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match shared.keys.reload() {
+            Ok(true) => info!("JWT key file changed; new keys in use"),
+            Ok(false) => {}
+            Err(error) => {
+                shared.metrics.error("jwt-key-reload");
+                warn!(%error, "JWT key file unusable; keeping the previous keys");
+            }
+        }
     }
 }
 

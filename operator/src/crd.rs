@@ -320,6 +320,11 @@ pub struct ProxySpec {
     /// Resource limits of each proxy. Rendered 1:1 into `proxy.yaml` (`limits`).
     #[serde(default)]
     pub limits: Limits,
+    /// Origins (`https://app.example.com`) a browser's WebSocket upgrade may come from; an
+    /// upgrade with another `Origin` gets 403. Required with a cookie key source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_proxy_replicas() -> i32 {
@@ -346,6 +351,7 @@ impl Default for ProxySpec {
             resources: None,
             env: Vec::new(),
             limits: Limits::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -638,6 +638,7 @@ pub fn proxy_config(spec: &WsClusterSpec) -> Result<ProxyConfig, String> {
         // The seed's `/send` on the public port: off until the WsCluster has the switch that
         // turns it on for nodes and proxies together.
         legacy_send: false,
+        allowed_origins: spec.proxy.allowed_origins.clone(),
     };
     config.validate().map_err(|e| match e {
         // `limits` is the one field the spec nests elsewhere (under `proxy`).
@@ -828,6 +829,9 @@ mod tests {
             connect_timeout_ms: 500,
             max_body_bytes: 4_096,
             body_timeout_ms: 1_500,
+            per_ip_connections: Some(20),
+            per_ip_upgrades_per_second: Some(5),
+            per_ip_burst: Some(10),
         };
         let resets = ResetConfig {
             rate_per_second: 42,
@@ -857,6 +861,7 @@ mod tests {
             c.spec.resets = resets;
             c.spec.drain_timeout_seconds = 7;
             c.spec.proxy.limits = limits;
+            c.spec.proxy.allowed_origins = vec!["https://chat.example".into()];
             let expected = ProxyConfig {
                 key_sources: vec![
                     KeySourceSpec::Jwt(JwtSpec {
@@ -879,6 +884,7 @@ mod tests {
                 drain_timeout_seconds: 7,
                 limits,
                 legacy_send: false,
+                allowed_origins: vec!["https://chat.example".into()],
             };
             assert_eq!(rendered(&c), expected, "from {from:?}");
         }

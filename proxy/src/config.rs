@@ -56,6 +56,10 @@ pub struct ProxyConfig {
     /// Route the seed's `GET|POST /send?userId=…` on the public port to the key's owner, for
     /// migrations from the seed (off by default: sends belong on the server API port).
     pub legacy_send: bool,
+    /// Origins (`https://app.example.com`) a browser's WebSocket upgrade may come from; an
+    /// upgrade with another `Origin` gets 403. Empty: not checked. Required with a cookie key
+    /// source (cross-site WebSocket hijacking).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +73,7 @@ impl Default for ProxyConfig {
             drain_timeout_seconds: 30,
             limits: Limits::default(),
             legacy_send: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -367,6 +372,20 @@ pub struct Limits {
     /// 408.
     #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub body_timeout_ms: u64,
+    /// Client connections held at once per client IP address; more get 429 (unset: no limit).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub per_ip_connections: Option<u32>,
+    /// WebSocket upgrades per second per client IP address, a token bucket refilled at this
+    /// rate; more get 429 (unset: no limit).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub per_ip_upgrades_per_second: Option<u32>,
+    /// The bucket's size: upgrades an address may make at once after a quiet spell (default:
+    /// `perIpUpgradesPerSecond`; without that rate, no effect).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub per_ip_burst: Option<u32>,
 }
 
 /// Largest `limits.maxBodyBytes` accepted (64 MiB).
@@ -383,6 +402,9 @@ impl Default for Limits {
             connect_timeout_ms: 2_000,
             max_body_bytes: 1_048_576,
             body_timeout_ms: 10_000,
+            per_ip_connections: None,
+            per_ip_upgrades_per_second: None,
+            per_ip_burst: None,
         }
     }
 }
@@ -432,10 +454,47 @@ impl ProxyConfig {
     /// position of a key source (`keySources[2]: ...`).
     pub fn validate(&self) -> Result<()> {
         validate_key_sources(&self.key_sources)
+            .and_then(|()| validate_origins(&self.allowed_origins, &self.key_sources))
             .and_then(|()| self.resets.validate())
             .and_then(|()| self.limits.validate())
             .map_err(Error::Config)
     }
+}
+
+/// Each origin is `scheme://host[:port]` (http or https, nothing after the authority), as a
+/// browser sends it; a cookie key source needs at least one.
+fn validate_origins(
+    origins: &[String],
+    sources: &[KeySourceSpec],
+) -> std::result::Result<(), String> {
+    for (i, origin) in origins.iter().enumerate() {
+        let bad = |why: &str| format!("allowedOrigins[{i}] {origin:?}: {why}");
+        let uri: http::Uri = origin.parse().map_err(|_| bad("not an origin"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+            return Err(bad("must be http(s)://host[:port]"));
+        }
+        if origin.len()
+            != format!(
+                "{}://{}",
+                uri.scheme_str().unwrap_or_default(),
+                uri.authority().map_or("", |a| a.as_str())
+            )
+            .len()
+        {
+            return Err(bad("must have no path, not even /, and no query"));
+        }
+    }
+    let cookie = sources
+        .iter()
+        .any(|s| matches!(s, KeySourceSpec::Cookie(_)));
+    if cookie && origins.is_empty() {
+        return Err(
+            "a cookie key source needs allowedOrigins: browsers send cookies on \
+            cross-site WebSocket upgrades (cross-site WebSocket hijacking)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn validate_key_sources(sources: &[KeySourceSpec]) -> std::result::Result<(), String> {
@@ -506,7 +565,14 @@ impl Limits {
             ("idleTimeoutSeconds", self.idle_timeout_seconds == 0),
             ("connectTimeoutMs", self.connect_timeout_ms == 0),
             ("bodyTimeoutMs", self.body_timeout_ms == 0),
+            ("perIpConnections", self.per_ip_connections == Some(0)),
+            (
+                "perIpUpgradesPerSecond",
+                self.per_ip_upgrades_per_second == Some(0),
+            ),
+            ("perIpBurst", self.per_ip_burst == Some(0)),
         ];
+
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(format!("limits.{name} must be at least 1"));
         }
@@ -552,6 +618,7 @@ keySources:
   - cookie: uid
   - jwt: {claim: sub, algorithm: HS256, keyFile: /tmp/k, from: query, queryParam: t}
 resets: {ratePerSecond: 10, jitterMs: 0}
+allowedOrigins: ["https://app.example"]
 "#;
         let c = ProxyConfig::from_yaml(yaml).expect("valid");
         assert_eq!(c.key_sources.len(), 5);
@@ -599,6 +666,11 @@ resets: {ratePerSecond: 10, jitterMs: 0}
                 "exactly one",
             ),
             ("keySources: [{queries: x}]", "unknown field"),
+            ("keySources: [{cookie: uid}]", "allowedOrigins"),
+            ("allowedOrigins: [\"https://a.example/\"]", "no path"),
+            ("allowedOrigins: [\"a.example\"]", "allowedOrigins[0]"),
+            ("allowedOrigins: [\"ftp://a.example\"]", "http(s)"),
+            ("limits: {perIpConnections: 0}", "perIpConnections"),
         ] {
             let err = ProxyConfig::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.contains(needle), "{yaml}: {err}");
@@ -702,8 +774,12 @@ resets: {ratePerSecond: 10, jitterMs: 0}
                 connect_timeout_ms: 6,
                 max_body_bytes: 7,
                 body_timeout_ms: 8,
+                per_ip_connections: Some(9),
+                per_ip_upgrades_per_second: Some(10),
+                per_ip_burst: Some(11),
             },
             legacy_send: true,
+            allowed_origins: vec!["https://app.example".into()],
         };
         let yaml = serde_yaml::to_string(&config).expect("serialises");
         assert!(

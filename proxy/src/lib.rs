@@ -61,6 +61,7 @@ pub mod frame;
 pub mod head;
 pub mod jwt;
 pub mod key;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod resets;
@@ -177,6 +178,7 @@ pub async fn run(
         resets::run_pacer(Arc::clone(&shared), background.clone()).instrument(info_span!("pacer")),
     );
     tokio::spawn(resets::run_sweeper(Arc::clone(&shared), background.clone()));
+    tokio::spawn(limits::run_sweeper(Arc::clone(&shared), background.clone()));
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&shared),
@@ -271,6 +273,7 @@ fn shared_state(settings: &Settings, background: &CancellationToken) -> Result<A
         fallback_upstream: settings.fallback_upstream.clone(),
         proxy_secret: settings.proxy_secret.clone(),
         ring_applied: watch::Sender::new(0),
+        client_limits: limits::ClientLimits::new(&settings.config.limits),
     }))
 }
 

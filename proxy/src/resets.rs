@@ -394,6 +394,7 @@ mod tests {
             fallback_upstream: None,
             proxy_secret: None,
             ring_applied: tokio::sync::watch::Sender::new(0),
+            client_limits: crate::limits::ClientLimits::new(&crate::config::Limits::default()),
         }
     }
 

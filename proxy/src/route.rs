@@ -49,6 +49,30 @@ pub enum Unrouted {
     NoRing,
     /// The ring has no active member.
     NoOwner,
+    /// A browser's upgrade from an origin not in `allowedOrigins`.
+    Origin,
+    /// The client's address is over its upgrade rate (`limits.perIpUpgradesPerSecond`).
+    RateLimited,
+}
+
+/// Checks an upgrade's `Origin` against `allowed` (compared case-insensitively): passes when
+/// the list is empty or the request has no `Origin` (not a browser, so no ambient cookies to
+/// abuse).
+pub fn check_origin<I: KeyInput + ?Sized>(head: &I, allowed: &[String]) -> Result<(), Unrouted> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match head.header_values("origin").next() {
+        None => Ok(()),
+        Some(origin)
+            if allowed
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin)) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Unrouted::Origin),
+    }
 }
 
 /// A request routed: its key and the owner the ring in use gives it.

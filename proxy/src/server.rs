@@ -36,8 +36,9 @@ use wscluster_ring::contract::{
 };
 
 use crate::head::{self, First, Prefixed, RawHead};
+use crate::limits::IpSlot;
 use crate::resets::check_late_registration;
-use crate::route::{Route, Target, Unrouted, route};
+use crate::route::{Route, Target, Unrouted, check_origin, route};
 use crate::splice::{End, Splice};
 use crate::state::{MemberRoute, Shared};
 use crate::upstream::{self, ProxyFields};
@@ -123,7 +124,31 @@ impl Reply {
             }
             Unrouted::NoRing => Failure::NoRing.reply(shared, None),
             Unrouted::NoOwner => Failure::NoOwner.reply(shared, None),
+            Unrouted::Origin => {
+                shared.metrics.error("origin-not-allowed");
+                let body = serde_json::json!({
+                    "error": "origin-not-allowed",
+                    "message": "this Origin may not open a WebSocket here",
+                });
+                Reply::json(StatusCode::FORBIDDEN, &body)
+            }
+            Unrouted::RateLimited => Reply::too_many(
+                shared,
+                "upgrade-rate",
+                "too many upgrades from this address; retry later",
+            ),
         }
+    }
+
+    /// A 429 with `Retry-After: 1`, counted under `kind`.
+    fn too_many(shared: &Shared, kind: &'static str, message: &str) -> Reply {
+        shared.metrics.error(kind);
+        let body = serde_json::json!({"error": kind, "message": message});
+        let mut reply = Reply::json(StatusCode::TOO_MANY_REQUESTS, &body);
+        reply
+            .headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        reply
     }
 
     /// As hyper's response.
@@ -272,6 +297,22 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let ip = match shared.client_limits.admit_connection(peer.ip()) {
+            Ok(ip) => ip,
+            Err(()) => {
+                let reply = Reply::too_many(
+                    &shared,
+                    "per-ip-connections",
+                    "too many connections from this address",
+                );
+                tracker.spawn(refuse_after_head(stream, reply, limits, permit));
+                continue;
+            }
+        };
+        let permit = ConnSlot {
+            _permit: permit,
+            _ip: ip,
+        };
         let conn = Conn {
             peer,
             ctx: Arc::clone(&ctx),
@@ -281,6 +322,34 @@ pub async fn serve(
                 .instrument(debug_span!("conn", %peer)),
         );
     }
+}
+
+/// A connection's place under the limits, held until it ends: its slot under
+/// `maxConnections` and, with `perIpConnections`, under its address's.
+pub struct ConnSlot {
+    /// The slot under `maxConnections`.
+    _permit: OwnedSemaphorePermit,
+    /// The slot under `perIpConnections`, when that limit is set.
+    _ip: Option<IpSlot>,
+}
+
+/// Answers a connection refused at accept once its request head is in (so the client reads
+/// the answer rather than a reset), within the header-read timeout, and closes it.
+async fn refuse_after_head(
+    mut stream: TcpStream,
+    reply: Reply,
+    limits: crate::config::Limits,
+    _permit: OwnedSemaphorePermit,
+) {
+    let wait = limits.header_read_timeout();
+    let read = head::read_first(&mut stream, limits.max_header_bytes);
+    if !matches!(
+        tokio::time::timeout(wait, read).await,
+        Ok(Ok(First::Head(_) | First::Other(_)))
+    ) {
+        return;
+    }
+    let _ = tokio::time::timeout(wait, stream.write_all(&reply.closing_bytes())).await;
 }
 
 /// What every connection's task shares, built once per listener.
@@ -313,7 +382,7 @@ enum Next {
     /// Splice (the fast path upgraded it).
     Splice(Pin<Box<dyn Future<Output = ()> + Send>>),
     /// Hyper serves it from the first byte.
-    Http(Conn, Prefixed, OwnedSemaphorePermit),
+    Http(Conn, Prefixed, ConnSlot),
 }
 
 /// How the fast path left a connection.
@@ -367,7 +436,7 @@ struct Upgraded {
 impl Conn {
     /// Reads the first request head; a WebSocket upgrade that can be routed is spliced here
     /// ([`Conn::fast_upgrade`]), anything else is served by hyper from the first byte.
-    async fn run(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
+    async fn run(self, stream: TcpStream, permit: ConnSlot) {
         // This task's future stays allocated, at the size of its largest state, for the whole
         // life of the connection: so it only ever holds pointers, and each step is its own
         // boxed future, freed when done (the first read and fast path, the splice, hyper).
@@ -380,7 +449,7 @@ impl Conn {
 
     /// Reads the first request head and takes the fast path when it applies; says what the
     /// connection does next.
-    async fn start(self, mut stream: TcpStream, permit: OwnedSemaphorePermit) -> Next {
+    async fn start(self, mut stream: TcpStream, permit: ConnSlot) -> Next {
         let limits = self.ctx.shared.config.limits;
         let first = tokio::select! {
             () = self.ctx.shutdown.cancelled() => return Next::Done,
@@ -415,7 +484,7 @@ impl Conn {
 
     /// Serves the connection with hyper (plain HTTP, and upgrades after earlier requests or
     /// that the fast path left to it), until it ends or shutdown drains it.
-    async fn serve_http(self, io: Prefixed, permit: OwnedSemaphorePermit) {
+    async fn serve_http(self, io: Prefixed, permit: ConnSlot) {
         let Conn { peer, ctx } = self;
         let permit = Arc::new(permit);
         let service_ctx = Arc::clone(&ctx);
@@ -477,7 +546,13 @@ impl Conn {
         let shared = &self.ctx.shared;
         let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
         let head = RawHead::parse(bytes, &mut fields)?;
+        check_origin(&head, &shared.config.allowed_origins).ok()?;
         let route = route(&head, &shared.keys, &shared.routing).ok()?;
+        // Last, so only an upgrade that would otherwise go ahead spends a token; refused, it
+        // goes to hyper's path, which answers 429.
+        if !shared.client_limits.admit_upgrade(self.peer.ip()) {
+            return None;
+        }
         let secret = shared.proxy_secret();
         let secret = secret.as_deref().map(CredentialSet::current);
         let request = route.upgrade_request(&head, self.peer.ip(), secret);
@@ -569,13 +644,21 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     ctx: Arc<ConnCtx>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnSlot>,
 ) -> Response<Body> {
     let shared = &ctx.shared;
     if !is_websocket_upgrade(req.headers()) {
         return plain_http(req, peer, &ctx).await;
     }
-    match route(&req, &shared.keys, &shared.routing) {
+    let routed = check_origin(&req, &shared.config.allowed_origins)
+        .and_then(|()| route(&req, &shared.keys, &shared.routing))
+        .and_then(
+            |route| match shared.client_limits.admit_upgrade(peer.ip()) {
+                true => Ok(route),
+                false => Err(Unrouted::RateLimited),
+            },
+        );
+    match routed {
         Ok(route) => upgrade_with_hyper(req, peer, route, &ctx, permit).await,
         Err(unrouted) => Reply::unrouted(unrouted, shared).into_response(),
     }
@@ -702,7 +785,7 @@ async fn upgrade_with_hyper(
     peer: SocketAddr,
     route: Route,
     ctx: &ConnCtx,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnSlot>,
 ) -> Response<Body> {
     let shared = &ctx.shared;
     let secret = shared.proxy_secret();
@@ -738,7 +821,7 @@ async fn splice_after_101(
     shared: Arc<Shared>,
     target: Target,
     upstream: Leg,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnSlot>,
 ) {
     let client = match client.await {
         Ok(client) => client,

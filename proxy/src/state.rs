@@ -11,6 +11,7 @@ use wscluster_runtime::credentials::{CredentialSet, WatchedCredentials};
 
 use crate::config::ProxyConfig;
 use crate::key::KeySources;
+use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::resets::{ResetQueue, ResetSink};
@@ -103,6 +104,8 @@ pub struct Shared {
     /// The version of the ring in use, announced each time one is applied: what a request
     /// refused with 421 under a newer ring waits for before its retry.
     pub ring_applied: tokio::sync::watch::Sender<u64>,
+    /// Per-client-address limits (`limits.perIp*`).
+    pub client_limits: ClientLimits,
 }
 
 impl Shared {

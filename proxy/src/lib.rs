@@ -15,10 +15,11 @@
 //! application, pacer, idle sweep, drain), [`frame`] (RFC 6455 frame boundaries and the frames
 //! the proxy writes), [`splice`] (the low-memory copy loop), [`upstream`] (the owner's side of
 //! an upgrade, spoken directly), [`server`] (accept loop, the fast path and hyper's path, HTTP
-//! forwarding, every answer before the upgrade), [`admin`] (`/healthz`, `/readyz`,
-//! `/metrics`), [`bus`] (reset events to RabbitMQ), [`metrics`], [`state`] (what tasks share),
-//! [`error`], [`cli`] (the flags and the whole process, for `wscluster-proxy` and
-//! `wscluster-operator proxy`).
+//! forwarding, every answer before the upgrade), [`api`] (the server API port, its API keys
+//! and the retry on 421), [`jwt`] (token verification, JWKS, key reloads), [`limits`]
+//! (per-address limits), [`admin`] (`/healthz`, `/readyz`, `/metrics`), [`bus`] (reset events
+//! to RabbitMQ), [`metrics`], [`state`] (what tasks share), [`error`], [`cli`] (the flags and
+//! the whole process, for `wscluster-proxy` and `wscluster-operator proxy`).
 //!
 //! Flags (each also read from `WSCLUSTER_<FLAG>`; [`cli::Args`]): `--listen 0.0.0.0:8080`,
 //! `--admin-listen 0.0.0.0:9090`, `--id` (default `POD_NAME`, else the hostname),

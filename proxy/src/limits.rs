@@ -126,7 +126,7 @@ impl ClientLimits {
     }
 }
 
-/// Sweeps idle buckets every [`SWEEP_INTERVAL`] until `stop`.
+/// Sweeps idle buckets every minute until `stop`.
 pub async fn run_sweeper(shared: Arc<Shared>, stop: CancellationToken) {
     if shared.client_limits.upgrades.is_none() {
         return;

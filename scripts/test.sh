@@ -4,7 +4,8 @@
 # Installs and starts what is missing (Redis, RabbitMQ, a Python virtualenv with the packaging
 # tools, Chromium and Node.js for the browser test), then runs, in order: rustfmt, clippy, the
 # workspace build, every Rust test (unit, property, golden, real Redis/RabbitMQ, cross-process),
-# the packaging checks (real Helm and Kubernetes schemas) and the browser test of the demo page.
+# the packaging checks (real Helm and Kubernetes schemas), the JavaScript client library's tests
+# and the browser test of the demo page.
 # Exits non-zero on the first failure. `.ci/run` calls exactly this.
 #
 # Environment:
@@ -85,6 +86,13 @@ if [ -x scripts/check-packaging.sh ]; then
   step "packaging: Helm lint/render, kubernetes-validate, CRD and RBAC checks"
   scripts/check-packaging.sh
 fi
+
+step "JavaScript client library (clients/js: node --test, fake server and a real local cluster)"
+# Node >= 22 has a global WebSocket; Node 20 and 21 need the flag.
+NODE_MAJOR=$(node -p 'process.versions.node.split(".")[0]')
+NODE_WS_FLAG=""
+if [ "$NODE_MAJOR" -lt 22 ]; then NODE_WS_FLAG="--experimental-websocket"; fi
+node $NODE_WS_FLAG --test --test-timeout=180000 clients/js/test/*.test.js
 
 if [ -x tests/browser/run.sh ]; then
   step "browser test of the local demo page (headless Chromium, Playwright)"

@@ -1,8 +1,8 @@
-// wscluster local demo page. Plain JavaScript, no dependencies, works offline.
-// It polls the control API (/api/state) every second, draws the ring, and runs WebSocket
-// clients with the reconnect logic of docs/client.md: reset frames, close codes 4000-4002,
-// `since` offsets and de-duplication by offset.
-"use strict";
+// wscluster local demo page. Plain JavaScript (an ES module), no dependencies, works offline.
+// It polls the control API (/api/state) every second, draws the ring, and runs one client of
+// the wscluster JavaScript library (clients/js, served as /wscluster.js) per user: reset frames,
+// the close-code table, resume by `since` and `epoch`, de-duplication.
+import { WsClusterClient } from "/wscluster.js";
 
 const PALETTE = [
   "#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
@@ -14,7 +14,7 @@ const LOG_MAX = 500;
 let state = null;
 const users = new Map(); // user id -> client record
 let moves = null; // {version, reset: Set of users reset for this version}
-window.wscluster = { users, get state() { return state; } };
+window.wscluster = { users, WsClusterClient, get state() { return state; } };
 
 const $ = (id) => document.getElementById(id);
 
@@ -86,102 +86,83 @@ function proxyBases() {
   return state.proxies.filter((p) => p.process === "running").map((p) => p.wsUrl);
 }
 
-// The reconnecting client of docs/client.md, instrumented for the page.
+// One WsClusterClient (the library at /wscluster.js, clients/js) per user, instrumented for the
+// page: its callbacks fill the user's row and the log.
 function connectUser(userId) {
   if (users.has(userId) && !users.get(userId).stopped) return users.get(userId);
   const u = {
-    id: userId, lastOffset: 0, retryAfterMs: null, backoffMs: 500, stopped: false,
-    ws: null, status: "connecting", node: null, resets: 0, messages: 0, duplicates: 0,
-    proxy: 0, reconnecting: false, lastReason: null,
+    id: userId, stopped: false, status: "connecting", node: null, resets: 0, messages: 0,
+    proxy: 0, reconnecting: false, lastReason: null, changes: [], client: null,
+    get lastOffset() { return this.client ? this.client.position.offset : 0; },
+    get duplicates() { return this.client ? this.client.duplicates : 0; },
   };
   users.set(userId, u);
-
-  function open() {
-    const bases = proxyBases();
-    if (bases.length === 0) { setTimeout(open, 1000); return; }
-    const base = bases[u.proxy % bases.length];
-    const url = `${base}/connect/${encodeURIComponent(userId)}` +
-      (u.lastOffset > 0 ? `?since=${u.lastOffset}` : "");
-    const ws = new WebSocket(url);
-    u.ws = ws;
-    u.status = u.reconnecting ? "reconnecting" : "connecting";
-    ws.onopen = () => { u.backoffMs = 500; u.retryAfterMs = null; u.status = "open"; renderUsers(); };
-    ws.onmessage = (event) => {
-      let msg;
-      try { msg = JSON.parse(event.data); } catch (_) { return; }
-      if (msg.type === "reset") { // the close frame follows
-        u.retryAfterMs = msg.retryAfterMs;
-        u.resets += 1;
-        u.lastReason = msg.reason;
-        noteReset(userId, msg.ringVersion);
-        log("move", userId, `reset (${msg.reason}, ring v${msg.ringVersion ?? "?"}) on ${u.node}; reconnecting in ${msg.retryAfterMs} ms`);
-        renderUsers();
-        return;
+  u.client = new WsClusterClient({
+    // Another proxy after an unexpected drop; none running yet: the client backs off and retries.
+    url: () => {
+      const bases = proxyBases();
+      if (bases.length === 0) throw new Error("no proxy is running");
+      return bases[u.proxy % bases.length];
+    },
+    key: userId,
+    onReset: (r) => {
+      u.resets += 1;
+      u.lastReason = r.reason;
+      noteReset(userId, r.ringVersion);
+      log("move", userId, `reset (${r.reason}, ring v${r.ringVersion ?? "?"}) on ${u.node}; reconnecting in ${r.retryAfterMs} ms`);
+      renderUsers();
+    },
+    onReady: (r) => {
+      const from = u.node;
+      u.node = r.server;
+      if (u.reconnecting) {
+        log("reconnect", userId, `back on ${r.server}` + (from && from !== r.server ? ` (was ${from})` : "") +
+          (u.lastOffset > 0 ? `, resumed after offset ${u.lastOffset}` : ""));
+      } else {
+        log("info", userId, `connected to ${r.server}`);
       }
-      if (msg.type === "system" && msg.content === "ready") {
-        const from = u.node;
-        u.node = msg.server;
-        if (u.reconnecting) {
-          log("reconnect", userId, `back on ${msg.server}` + (from && from !== msg.server ? ` (was ${from})` : "") +
-            (u.lastOffset > 0 ? `, resumed after offset ${u.lastOffset}` : ""));
-        } else {
-          log("info", userId, `connected to ${msg.server}`);
-        }
-        u.reconnecting = false;
-        renderUsers();
-        return;
-      }
-      if (msg.type === "error") {
-        // In-memory mailboxes are per node: after a move the new node's offsets start again.
-        const ahead = /ahead of the latest offset (\d+)/.exec(msg.content || "");
-        if (ahead) u.lastOffset = Number(ahead[1]);
-        log("info", userId, `server note: ${msg.content}`);
-        return;
-      }
-      if (msg.offset !== undefined && msg.offset !== null) {
-        if (msg.offset <= u.lastOffset) { u.duplicates += 1; return; } // at-least-once
-        u.lastOffset = msg.offset;
-      }
+      u.reconnecting = false;
+      renderUsers();
+    },
+    onRecoveryIncomplete: (info) => {
+      log("info", userId, `recovery incomplete (${info.reason}): messages after offset ${info.since} may be missing; ` +
+        `resuming from offset ${info.offset}`);
+    },
+    onMessage: (msg) => {
+      if (msg.type === "error") { log("info", userId, `server note: ${msg.content}`); return; }
       u.messages += 1;
       log("message", userId, `${msg.type} "${msg.content}"` +
         (msg.offset ? ` (offset ${msg.offset})` : "") + ` from ${msg.server}`);
       renderUsers();
-    };
-    ws.onclose = (event) => {
-      if (u.ws !== ws) return;
-      if (u.stopped || event.code === 4002 || event.code === 4008) {
-        u.status = "closed";
-        if (!u.stopped) log("error", userId, `closed ${event.code} ${event.reason}; not reconnecting`);
-        renderUsers();
-        return;
-      }
-      let delay;
-      if (u.retryAfterMs !== null && (event.code === 4000 || event.code === 4001)) {
-        delay = u.retryAfterMs; // planned move: the server chose the delay
-      } else {
-        delay = u.backoffMs / 2 + Math.random() * u.backoffMs; // unexpected: backoff, jitter
-        u.backoffMs = Math.min(u.backoffMs * 2, 30000);
-        u.proxy += 1; // try the next proxy after an unexpected drop
-        log("move", userId, `connection lost (${event.code}) on ${u.node ?? "?"}; reconnecting in ${Math.round(delay)} ms`);
-      }
-      u.retryAfterMs = null;
-      u.reconnecting = true;
-      u.status = "reconnecting";
-      renderUsers();
-      setTimeout(() => { if (!u.stopped) open(); }, delay);
-    };
-  }
-
-  open();
+    },
+    onStateChange: (change) => onStateChange(u, change),
+  });
+  u.client.connect();
   renderUsers();
   return u;
+}
+
+function onStateChange(u, change) {
+  u.changes.push(change);
+  u.status = change.state;
+  if (change.state === "reconnecting") {
+    u.reconnecting = true;
+    if (!change.reset) {
+      u.proxy += 1; // try the next proxy after an unexpected drop
+      log("move", u.id, `connection lost (${change.code ?? change.reason}) on ${u.node ?? "?"}; reconnecting in ${change.delayMs} ms`);
+    }
+  }
+  if (change.state === "closed" && change.reason !== "client") {
+    log("error", u.id, `closed ${change.code ?? ""} ${change.reason}; not reconnecting`);
+  }
+  renderUsers();
 }
 
 function disconnectUser(userId) {
   const u = users.get(userId);
   if (!u) return;
   u.stopped = true;
-  if (u.ws) u.ws.close(1000);
+  u.client.close(1000);
   users.delete(userId);
   renderUsers();
 }

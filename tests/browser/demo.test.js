@@ -2,7 +2,9 @@
 // headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core), connects users,
 // scales 3 -> 4, and checks what the page shows: a newer ring version, four active nodes, and
 // resets for exactly the users whose node changed (all of them now on the new node), then that
-// a message to every user and a broadcast arrive. Saves a
+// a message to every user and a broadcast arrive. The page's clients are the JavaScript library
+// (clients/js, served as /wscluster.js): the moved users reconnected through it, after their reset
+// frame's retryAfterMs and resuming with `since`. Saves a
 // screenshot to artifacts/demo.png. Exits non-zero on any failure; bounded in time.
 "use strict";
 
@@ -150,6 +152,30 @@ async function main() {
     if (moved.length === 0) fail("no user moved to the new node (expected about a quarter)");
     if (moved.length > USERS / 2) fail(`${moved.length} of ${USERS} users moved; expected about a quarter`);
     if (final.some((r) => r.resets > 1)) fail("a user was reset more than once");
+
+    // The page's clients are the library's (/wscluster.js), and the moved ones reconnected
+    // through it: a rebalance close (4000) after the reset frame, waiting its retryAfterMs, then
+    // resuming with `since`. The others never reconnected.
+    const clients = await page.evaluate(() => [...window.wscluster.users.values()].map((u) => {
+      const reconnects = u.changes.filter((c) => c.state === "reconnecting");
+      const opens = u.changes.filter((c) => c.state === "open");
+      const r = reconnects[0];
+      return {
+        user: u.id, library: u.client instanceof window.wscluster.WsClusterClient, state: u.client.state,
+        reconnects: reconnects.length, code: r ? r.code : null, reason: r ? r.reason : null,
+        obeyed: Boolean(r && r.reset && r.delayMs === r.reset.retryAfterMs),
+        resumedSince: opens.length > 1 ? new URL(opens[opens.length - 1].url).searchParams.get("since") : null,
+      };
+    }));
+    for (const c of clients) {
+      if (!c.library || c.state !== "open") fail(`${c.user} is not an open library client: ${JSON.stringify(c)}`);
+      const wasMoved = moved.includes(c.user);
+      if (!wasMoved && c.reconnects !== 0) fail(`${c.user} was not moved but reconnected: ${JSON.stringify(c)}`);
+      if (wasMoved && (c.reconnects !== 1 || c.code !== 4000 || c.reason !== "rebalance" || !c.obeyed ||
+        c.resumedSince === null)) {
+        fail(`${c.user} did not reconnect through the library after its reset: ${JSON.stringify(c)}`);
+      }
+    }
 
     // The log names only moved users in its reset and reconnect lines.
     const logged = await page.$$eval("#log li[data-kind=move], #log li[data-kind=reconnect]",

@@ -3,6 +3,7 @@
 //! | route | what |
 //! | --- | --- |
 //! | `GET /` | the demo page (`/app.js`, `/style.css` beside it) |
+//! | `GET /wscluster.js` | the JavaScript client library (`clients/js/src/index.js`, an ES module) the page uses |
 //! | `GET /api/state` | ring version, nodes, proxies, drain, ring snapshot and arcs |
 //! | `POST /api/scale` `{"replicas":N}` | desired node count, 1 to [`super::MAX_REPLICAS`] (16) |
 //! | `POST /api/nodes/{ordinal}/kill` | SIGKILL a node |
@@ -38,6 +39,8 @@ use super::view::StateView;
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const STYLE_CSS: &str = include_str!("../../assets/style.css");
+/// The client library, served as is so the page runs the same code as `@wscluster/client`.
+const CLIENT_JS: &str = include_str!("../../../clients/js/src/index.js");
 
 /// Largest request body the control API reads.
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -104,6 +107,7 @@ pub async fn handle(control: &Control, req: Request<Incoming>) -> Resp {
         (&Method::GET, [""] | ["index.html"]) => Ok(asset("text/html; charset=utf-8", INDEX_HTML)),
         (&Method::GET, ["app.js"]) => Ok(asset("text/javascript; charset=utf-8", APP_JS)),
         (&Method::GET, ["style.css"]) => Ok(asset("text/css; charset=utf-8", STYLE_CSS)),
+        (&Method::GET, ["wscluster.js"]) => Ok(asset("text/javascript; charset=utf-8", CLIENT_JS)),
         (&Method::GET, ["api", "state"]) => {
             let view = Arc::clone(&control.view.borrow());
             Ok(json_response(
@@ -138,7 +142,8 @@ pub async fn handle(control: &Control, req: Request<Incoming>) -> Resp {
         }
         (&Method::POST, ["api", "send"]) => send(control, req).await,
         (&Method::POST, ["api", "broadcast"]) => broadcast(control, req).await,
-        (_, ["api", ..]) | (_, [""] | ["app.js"] | ["style.css"] | ["index.html"]) => {
+        (_, ["api", ..])
+        | (_, [""] | ["app.js"] | ["style.css"] | ["index.html"] | ["wscluster.js"]) => {
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -528,6 +533,7 @@ mod tests {
         for (path, needle) in [
             ("/", "<canvas id=\"ring\""),
             ("/app.js", "function connectUser"),
+            ("/wscluster.js", "export class WsClusterClient"),
             ("/style.css", "#log"),
         ] {
             let (status, body) = http_call(&client, Method::GET, &format!("{base}{path}"), None)

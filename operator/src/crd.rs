@@ -22,8 +22,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
 use wscluster_proxy::config::{
-    DEFAULT_JWT_CLAIM, DEFAULT_TOKEN_QUERY_PARAM, JwtSpec, MAX_KEY_SOURCE_NAME_CHARS,
+    DEFAULT_JWT_CLAIM, DEFAULT_JWT_LEEWAY_SECONDS, DEFAULT_TOKEN_QUERY_PARAM, JwtSpec,
+    MAX_JWT_LEEWAY_SECONDS, MAX_KEY_SOURCE_NAME_CHARS,
 };
 pub use wscluster_proxy::config::{JwtAlgorithm, KeySourceMap, Limits, ResetConfig, TokenFrom};
 
@@ -388,6 +391,11 @@ pub struct ProxySpec {
     /// Resource limits of each proxy. Rendered 1:1 into `proxy.yaml` (`limits`).
     #[serde(default)]
     pub limits: Limits,
+    /// Origins (`https://app.example.com`) a browser's WebSocket upgrade may come from; an
+    /// upgrade with another `Origin` gets 403. Required with a cookie key source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_proxy_replicas() -> i32 {
@@ -414,6 +422,7 @@ impl Default for ProxySpec {
             resources: None,
             env: Vec::new(),
             limits: Limits::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -444,18 +453,44 @@ pub struct JwtSource {
     #[serde(default = "default_query_param")]
     #[schemars(length(min = 1, max = MAX_KEY_SOURCE_NAME_CHARS))]
     pub query_param: String,
+    /// The audience a token must name in `aud`; unset, `aud` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// The issuer a token must name in `iss`; unset, `iss` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    #[schemars(range(max = MAX_JWT_LEEWAY_SECONDS))]
+    pub leeway_seconds: u64,
+    /// The Secret key holds a JWKS document (keys chosen by the token's `kid`) rather than one
+    /// key. Kubernetes updates the mounted Secret in place and the proxy re-reads it, so keys
+    /// rotate without a restart.
+    #[serde(default)]
+    pub jwks: bool,
+}
+
+fn default_leeway() -> u64 {
+    DEFAULT_JWT_LEEWAY_SECONDS
 }
 
 impl JwtSource {
     /// The proxy's jwt source: the same settings, with the key read from `key_file`, where
     /// the operator mounts [`JwtSource::secret_ref`].
     pub fn into_proxy(self, key_file: &str) -> JwtSpec {
+        let key_file = PathBuf::from(key_file);
         JwtSpec {
             claim: self.claim,
             algorithm: self.algorithm,
-            key_file: key_file.into(),
+            jwks_file: self.jwks.then(|| key_file.clone()),
+            key_file,
             from: self.from,
             query_param: self.query_param,
+            audience: self.audience,
+            issuer: self.issuer,
+            leeway_seconds: self.leeway_seconds,
         }
     }
 }
@@ -666,7 +701,7 @@ mod tests {
             "at most one keySource may be a jwt source",
             r#""maximum":1000"#,
             r#""enum":["ClusterIP","NodePort","LoadBalancer"]"#,
-            r#""enum":["HS256","RS256","ES256"]"#,
+            r#""enum":["HS256","RS256","ES256","PS256","EdDSA"]"#,
         ] {
             assert!(json.contains(needle), "missing {needle}");
         }

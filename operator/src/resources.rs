@@ -1009,6 +1009,10 @@ pub fn proxy_config(spec: &WsClusterSpec) -> Result<ProxyConfig, String> {
         resets: spec.resets,
         drain_timeout_seconds,
         limits: spec.proxy.limits,
+        // The seed's `/send` on the public port: off until the WsCluster has the switch that
+        // turns it on for nodes and proxies together.
+        legacy_send: false,
+        allowed_origins: spec.proxy.allowed_origins.clone(),
     };
     config.validate().map_err(|e| match e {
         // `limits` is the one field the spec nests elsewhere (under `proxy`).
@@ -1190,6 +1194,10 @@ mod tests {
                 },
                 from,
                 query_param: "t".into(),
+                audience: Some("chat".into()),
+                issuer: Some("https://idp.example".into()),
+                leeway_seconds: 10,
+                jwks: true,
             }),
             ..KeySource::default()
         }
@@ -1209,6 +1217,11 @@ mod tests {
             idle_timeout_seconds: 60,
             max_frame_bytes: 65_536,
             connect_timeout_ms: 500,
+            max_body_bytes: 4_096,
+            body_timeout_ms: 1_500,
+            per_ip_connections: Some(20),
+            per_ip_upgrades_per_second: Some(5),
+            per_ip_burst: Some(10),
         };
         let resets = ResetConfig {
             rate_per_second: 42,
@@ -1238,6 +1251,7 @@ mod tests {
             c.spec.resets = resets;
             c.spec.drain_timeout_seconds = 7;
             c.spec.proxy.limits = limits;
+            c.spec.proxy.allowed_origins = vec!["https://chat.example".into()];
             let expected = ProxyConfig {
                 key_sources: vec![
                     KeySourceSpec::Jwt(JwtSpec {
@@ -1246,6 +1260,10 @@ mod tests {
                         key_file: PathBuf::from("/etc/wscluster/jwt/key"),
                         from,
                         query_param: "t".into(),
+                        audience: Some("chat".into()),
+                        issuer: Some("https://idp.example".into()),
+                        leeway_seconds: 10,
+                        jwks_file: Some(PathBuf::from("/etc/wscluster/jwt/key")),
                     }),
                     KeySourceSpec::Path("/ws/{key}/chat".into()),
                     KeySourceSpec::Query("room".into()),
@@ -1255,6 +1273,8 @@ mod tests {
                 resets,
                 drain_timeout_seconds: 7,
                 limits,
+                legacy_send: false,
+                allowed_origins: vec!["https://chat.example".into()],
             };
             assert_eq!(rendered(&c), expected, "from {from:?}");
         }

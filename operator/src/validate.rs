@@ -213,6 +213,10 @@ mod tests {
                 },
                 from: Default::default(),
                 query_param: "access_token".into(),
+                audience: None,
+                issuer: None,
+                leeway_seconds: 30,
+                jwks: false,
             }),
             ..KeySource::default()
         }

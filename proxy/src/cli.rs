@@ -12,6 +12,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wscluster_runtime::Announcement;
+use wscluster_runtime::credentials::{CredentialError, WatchedCredentials};
 use wscluster_runtime::flags::{self, proxy as flag};
 use wscluster_runtime::log::LogArgs;
 use wscluster_runtime::process::{self, ProcessSpec};
@@ -59,6 +60,19 @@ pub struct Args {
     /// NGINX worker, which is the cheapest per message when one core is enough.
     #[arg(long = flag::WORKER_THREADS.long, env = flag::WORKER_THREADS.env, value_parser = parse_worker_threads)]
     pub worker_threads: Option<NonZeroUsize>,
+    /// File holding the cluster's proxy secret (one per line; the first is sent): set on
+    /// every request to a member so it can trust the key this proxy sets. Re-read when it
+    /// changes. Without it members cannot verify the proxy (dev mode).
+    #[arg(long = flag::PROXY_SECRET_FILE.long, env = flag::PROXY_SECRET_FILE.env)]
+    pub proxy_secret_file: Option<PathBuf>,
+    /// Address of the server API (`/api/v1/...`, `Authorization: Bearer <API key>`); off
+    /// unless given. Needs --api-keys-file.
+    #[arg(long = flag::API_LISTEN.long, env = flag::API_LISTEN.env, requires = "api_keys_file")]
+    pub api_listen: Option<SocketAddr>,
+    /// File holding the server API's keys, one per line (several at once for rotation);
+    /// re-read when it changes.
+    #[arg(long = flag::API_KEYS_FILE.long, env = flag::API_KEYS_FILE.env)]
+    pub api_keys_file: Option<PathBuf>,
     /// Logging (`--log-format`).
     #[command(flatten)]
     pub log: LogArgs,
@@ -73,6 +87,8 @@ pub struct Start {
     pub listen: SocketAddr,
     /// `--admin-listen`.
     pub admin_listen: SocketAddr,
+    /// `--api-listen`.
+    pub api_listen: Option<SocketAddr>,
 }
 
 /// Why the proxy process stopped with an error.
@@ -87,6 +103,9 @@ pub enum ProcessError {
     /// The config file is unusable (the error says why).
     #[error(transparent)]
     Config(crate::error::Error),
+    /// A secret file (`--proxy-secret-file`, `--api-keys-file`) is unusable.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -151,6 +170,9 @@ impl Args {
         };
         config.validate().map_err(ProcessError::Config)?;
         let ring = self.ring.source()?.ok_or(ProcessError::NoRingSource)?;
+        let open = |path: &Option<PathBuf>| path.as_deref().map(WatchedCredentials::open);
+        let proxy_secret = open(&self.proxy_secret_file).transpose()?;
+        let api_keys = open(&self.api_keys_file).transpose()?;
         let settings = Settings {
             id: self.id.unwrap_or_else(default_id),
             cluster_id: self.cluster_id,
@@ -158,18 +180,21 @@ impl Args {
             ring,
             amqp_url: self.amqp_url,
             fallback_upstream: self.fallback_upstream,
+            proxy_secret,
+            api_keys,
         };
         Ok(Start {
             settings,
             listen: self.listen,
             admin_listen: self.admin_listen,
+            api_listen: self.api_listen,
         })
     }
 }
 
 /// The whole `wscluster-proxy` process from parsed flags (also `wscluster-operator proxy`):
-/// the settings, logging, the runtime (`--worker-threads`), SIGTERM/SIGINT, both listeners,
-/// `listening on <client addr> admin=<admin addr>` as the first line of stdout, and the proxy
+/// the settings, logging, the runtime (`--worker-threads`), SIGTERM/SIGINT, the listeners,
+/// `listening on <client addr> admin=<admin addr>[ api=<api addr>]` as the first line of stdout, and the proxy
 /// until the signal and its drain (`drainTimeoutSeconds` plus 15 s at most). Any failure is one
 /// `error: …` line on stderr and exit code 1.
 pub fn main(args: Args) -> ExitCode {
@@ -191,13 +216,20 @@ pub fn main(args: Args) -> ExitCode {
 
 /// [`main`]'s work: bind, announce, run.
 async fn run_process(start: Start, shutdown: CancellationToken) -> Result<(), ProcessError> {
-    let (listener, listen) = bind(start.listen).await?;
+    let (client, listen) = bind(start.listen).await?;
     let (admin, admin_listen) = bind(start.admin_listen).await?;
-    Announcement::new(listen)
-        .with("admin", admin_listen)
-        .print()
-        .map_err(ProcessError::Announce)?;
-    crate::run(start.settings, listener, admin, shutdown)
+    let mut announcement = Announcement::new(listen).with("admin", admin_listen);
+    let api = match start.api_listen {
+        Some(addr) => {
+            let (api, api_listen) = bind(addr).await?;
+            announcement = announcement.with("api", api_listen);
+            Some(api)
+        }
+        None => None,
+    };
+    announcement.print().map_err(ProcessError::Announce)?;
+    let listeners = crate::Listeners { client, admin, api };
+    crate::run(start.settings, listeners, shutdown)
         .await
         .map_err(ProcessError::Run)
 }
@@ -284,5 +316,25 @@ mod tests {
                 .contains("at least 1")
         );
         assert!(parse(&["--fallback-upstream", "no-port"]).is_err());
+        let no_keys = parse(&["--ring-file", "r.json", "--api-listen", "127.0.0.1:0"]);
+        assert!(
+            no_keys
+                .expect_err("an API port without keys")
+                .to_string()
+                .contains("--api-keys-file"),
+            "the server API never starts without its keys"
+        );
+        let missing = parse(&[
+            "--ring-file",
+            "r.json",
+            "--proxy-secret-file",
+            "/nonexistent/s",
+        ])
+        .expect("parses")
+        .settings();
+        assert!(
+            missing.is_err(),
+            "a proxy never starts without its secret file"
+        );
     }
 }

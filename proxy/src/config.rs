@@ -8,7 +8,9 @@
 //! resets: {ratePerSecond: 500, jitterMs: 2000}
 //! drainTimeoutSeconds: 30
 //! limits: {maxConnections: 100000, headerReadTimeoutMs: 10000, maxHeaderBytes: 16384,
-//!          idleTimeoutSeconds: 600, maxFrameBytes: 1048576, connectTimeoutMs: 2000}
+//!          idleTimeoutSeconds: 600, maxFrameBytes: 1048576, connectTimeoutMs: 2000,
+//!          maxBodyBytes: 1048576, bodyTimeoutMs: 10000}
+//! legacySend: false
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -51,6 +53,13 @@ pub struct ProxyConfig {
     pub drain_timeout_seconds: u64,
     /// Resource limits.
     pub limits: Limits,
+    /// Route the seed's `GET|POST /send?userId=…` on the public port to the key's owner, for
+    /// migrations from the seed (off by default: sends belong on the server API port).
+    pub legacy_send: bool,
+    /// Origins (`https://app.example.com`) a browser's WebSocket upgrade may come from; an
+    /// upgrade with another `Origin` gets 403. Empty: not checked. Required with a cookie key
+    /// source (cross-site WebSocket hijacking).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -63,6 +72,8 @@ impl Default for ProxyConfig {
             resets: ResetConfig::default(),
             drain_timeout_seconds: 30,
             limits: Limits::default(),
+            legacy_send: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -227,6 +238,10 @@ pub enum JwtAlgorithm {
     RS256,
     /// ECDSA P-256 with SHA-256; the key is a PEM public key.
     ES256,
+    /// RSASSA-PSS with SHA-256; the key is a PEM public key.
+    PS256,
+    /// Ed25519 (EdDSA); the key is a PEM public key.
+    EdDSA,
 }
 
 /// Where the token is read from.
@@ -262,6 +277,28 @@ pub struct JwtSpec {
     /// The query parameter holding the token when `from: query`.
     #[serde(default = "default_query_param")]
     pub query_param: String,
+    /// The audience a token must name in `aud`; when unset, `aud` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The issuer a token must name in `iss`; when unset, `iss` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most [`MAX_JWT_LEEWAY_SECONDS`]).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// A JWKS document (`{"keys":[...]}`) holding the verifying keys, chosen by the token's
+    /// `kid`; when set, `keyFile` is not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// The default `jwt.leewaySeconds`: clocks drift, and 30 s is short against token lifetimes.
+pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
+/// The largest `jwt.leewaySeconds` accepted (5 minutes).
+pub const MAX_JWT_LEEWAY_SECONDS: u64 = 300;
+
+fn default_leeway() -> u64 {
+    DEFAULT_JWT_LEEWAY_SECONDS
 }
 
 fn default_key_file() -> PathBuf {
@@ -327,7 +364,32 @@ pub struct Limits {
     /// Time allowed to connect to an owner before answering 502.
     #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub connect_timeout_ms: u64,
+    /// Largest request body read on the server API port (bodies are held whole so a call
+    /// refused with 421 can be retried); larger gets 413.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_BODY_BYTES)))]
+    pub max_body_bytes: usize,
+    /// Time a client has to send a whole request body on the server API port; slower gets
+    /// 408.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub body_timeout_ms: u64,
+    /// Client connections held at once per client IP address; more get 429 (unset: no limit).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub per_ip_connections: Option<u32>,
+    /// WebSocket upgrades per second per client IP address, a token bucket refilled at this
+    /// rate; more get 429 (unset: no limit).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub per_ip_upgrades_per_second: Option<u32>,
+    /// The bucket's size: upgrades an address may make at once after a quiet spell (default:
+    /// `perIpUpgradesPerSecond`; without that rate, no effect).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub per_ip_burst: Option<u32>,
 }
+
+/// Largest `limits.maxBodyBytes` accepted (64 MiB).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -338,6 +400,11 @@ impl Default for Limits {
             idle_timeout_seconds: 600,
             max_frame_bytes: 1_048_576,
             connect_timeout_ms: 2_000,
+            max_body_bytes: 1_048_576,
+            body_timeout_ms: 10_000,
+            per_ip_connections: None,
+            per_ip_upgrades_per_second: None,
+            per_ip_burst: None,
         }
     }
 }
@@ -354,6 +421,10 @@ impl Limits {
     /// [`Limits::connect_timeout_ms`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// [`Limits::body_timeout_ms`] as a duration.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 }
 
@@ -383,10 +454,47 @@ impl ProxyConfig {
     /// position of a key source (`keySources[2]: ...`).
     pub fn validate(&self) -> Result<()> {
         validate_key_sources(&self.key_sources)
+            .and_then(|()| validate_origins(&self.allowed_origins, &self.key_sources))
             .and_then(|()| self.resets.validate())
             .and_then(|()| self.limits.validate())
             .map_err(Error::Config)
     }
+}
+
+/// Each origin is `scheme://host[:port]` (http or https, nothing after the authority), as a
+/// browser sends it; a cookie key source needs at least one.
+fn validate_origins(
+    origins: &[String],
+    sources: &[KeySourceSpec],
+) -> std::result::Result<(), String> {
+    for (i, origin) in origins.iter().enumerate() {
+        let bad = |why: &str| format!("allowedOrigins[{i}] {origin:?}: {why}");
+        let uri: http::Uri = origin.parse().map_err(|_| bad("not an origin"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+            return Err(bad("must be http(s)://host[:port]"));
+        }
+        if origin.len()
+            != format!(
+                "{}://{}",
+                uri.scheme_str().unwrap_or_default(),
+                uri.authority().map_or("", |a| a.as_str())
+            )
+            .len()
+        {
+            return Err(bad("must have no path, not even /, and no query"));
+        }
+    }
+    let cookie = sources
+        .iter()
+        .any(|s| matches!(s, KeySourceSpec::Cookie(_)));
+    if cookie && origins.is_empty() {
+        return Err(
+            "a cookie key source needs allowedOrigins: browsers send cookies on \
+            cross-site WebSocket upgrades (cross-site WebSocket hijacking)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn validate_key_sources(sources: &[KeySourceSpec]) -> std::result::Result<(), String> {
@@ -419,6 +527,16 @@ fn validate_key_source(source: &KeySourceSpec) -> std::result::Result<(), String
         KeySourceSpec::Jwt(j) if j.from == TokenFrom::Query && j.query_param.is_empty() => {
             Err("jwt.queryParam must not be empty".into())
         }
+        KeySourceSpec::Jwt(j) if j.leeway_seconds > MAX_JWT_LEEWAY_SECONDS => Err(format!(
+            "jwt.leewaySeconds must be at most {MAX_JWT_LEEWAY_SECONDS}"
+        )),
+        KeySourceSpec::Jwt(j)
+            if [&j.audience, &j.issuer]
+                .into_iter()
+                .any(|v| v.as_deref() == Some("")) =>
+        {
+            Err("jwt.audience and jwt.issuer must not be empty when set".into())
+        }
         _ => Ok(()),
     }
 }
@@ -446,7 +564,15 @@ impl Limits {
             ("headerReadTimeoutMs", self.header_read_timeout_ms == 0),
             ("idleTimeoutSeconds", self.idle_timeout_seconds == 0),
             ("connectTimeoutMs", self.connect_timeout_ms == 0),
+            ("bodyTimeoutMs", self.body_timeout_ms == 0),
+            ("perIpConnections", self.per_ip_connections == Some(0)),
+            (
+                "perIpUpgradesPerSecond",
+                self.per_ip_upgrades_per_second == Some(0),
+            ),
+            ("perIpBurst", self.per_ip_burst == Some(0)),
         ];
+
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(format!("limits.{name} must be at least 1"));
         }
@@ -454,6 +580,9 @@ impl Limits {
             return Err(format!(
                 "limits.maxHeaderBytes must be {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"
             ));
+        }
+        if !(1..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
+            return Err(format!("limits.maxBodyBytes must be 1 to {MAX_BODY_BYTES}"));
         }
         if self.max_frame_bytes < MIN_FRAME_BYTES {
             return Err(format!(
@@ -489,6 +618,7 @@ keySources:
   - cookie: uid
   - jwt: {claim: sub, algorithm: HS256, keyFile: /tmp/k, from: query, queryParam: t}
 resets: {ratePerSecond: 10, jitterMs: 0}
+allowedOrigins: ["https://app.example"]
 "#;
         let c = ProxyConfig::from_yaml(yaml).expect("valid");
         assert_eq!(c.key_sources.len(), 5);
@@ -536,6 +666,11 @@ resets: {ratePerSecond: 10, jitterMs: 0}
                 "exactly one",
             ),
             ("keySources: [{queries: x}]", "unknown field"),
+            ("keySources: [{cookie: uid}]", "allowedOrigins"),
+            ("allowedOrigins: [\"https://a.example/\"]", "no path"),
+            ("allowedOrigins: [\"a.example\"]", "allowedOrigins[0]"),
+            ("allowedOrigins: [\"ftp://a.example\"]", "http(s)"),
+            ("limits: {perIpConnections: 0}", "perIpConnections"),
         ] {
             let err = ProxyConfig::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.contains(needle), "{yaml}: {err}");
@@ -615,6 +750,10 @@ resets: {ratePerSecond: 10, jitterMs: 0}
                     key_file: PathBuf::from("/k"),
                     from: TokenFrom::Query,
                     query_param: "t".into(),
+                    audience: Some("wscluster".into()),
+                    issuer: Some("https://idp.example".into()),
+                    leeway_seconds: 5,
+                    jwks_file: Some(PathBuf::from("/jwks.json")),
                 }),
                 KeySourceSpec::Path("/c/{key}".into()),
                 KeySourceSpec::Query("u".into()),
@@ -633,7 +772,14 @@ resets: {ratePerSecond: 10, jitterMs: 0}
                 idle_timeout_seconds: 5,
                 max_frame_bytes: 126,
                 connect_timeout_ms: 6,
+                max_body_bytes: 7,
+                body_timeout_ms: 8,
+                per_ip_connections: Some(9),
+                per_ip_upgrades_per_second: Some(10),
+                per_ip_burst: Some(11),
             },
+            legacy_send: true,
+            allowed_origins: vec!["https://app.example".into()],
         };
         let yaml = serde_yaml::to_string(&config).expect("serialises");
         assert!(

@@ -9,15 +9,15 @@
 use std::fmt;
 
 use http::{HeaderName, Request, StatusCode};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 use wscluster_ring::KeyHash;
 use wscluster_ring::contract::{
     DecodeError, RequestTarget, percent_decode, split_target, validate_key,
 };
 
-use crate::config::{JwtAlgorithm, JwtSpec, KeySourceSpec, TokenFrom};
+use crate::config::{KeySourceSpec, TokenFrom};
 use crate::error::{Error, Result};
+use crate::jwt::JwtSource;
 
 /// A validated business key and its ring hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,24 +166,6 @@ impl fmt::Display for PathPattern {
     }
 }
 
-/// A verified-token source.
-struct JwtSource {
-    claim: String,
-    from: TokenFrom,
-    query_param: String,
-    key: DecodingKey,
-    validation: Validation,
-}
-
-impl fmt::Debug for JwtSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtSource")
-            .field("claim", &self.claim)
-            .field("from", &self.from)
-            .finish_non_exhaustive()
-    }
-}
-
 #[derive(Debug)]
 enum Source {
     Path(PathPattern),
@@ -226,13 +208,7 @@ impl KeySources {
                         .map_err(|e| Error::Config(format!("header {h:?}: {e}")))?,
                 )),
                 KeySourceSpec::Cookie(c) => sources.push(Source::Cookie(c.clone())),
-                KeySourceSpec::Jwt(spec) => {
-                    let bytes = std::fs::read(&spec.key_file).map_err(|e| Error::JwtKey {
-                        path: spec.key_file.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    jwt = Some(JwtSource::new(spec, &bytes)?);
-                }
+                KeySourceSpec::Jwt(spec) => jwt = Some(JwtSource::open(spec)?),
             }
         }
         Ok(KeySources { sources, jwt })
@@ -250,9 +226,24 @@ impl KeySources {
         if let Some(KeySourceSpec::Jwt(spec)) =
             specs.iter().find(|s| matches!(s, KeySourceSpec::Jwt(_)))
         {
-            out.jwt = Some(JwtSource::new(spec, key)?);
+            out.jwt = Some(JwtSource::with_key(spec, key)?);
         }
         Ok(out)
+    }
+
+    /// Re-reads the JWT key file, if there is one: `Ok(true)` when new keys are in use. On
+    /// error the previous keys stay.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or holds no usable key.
+    pub fn reload(&self) -> Result<bool> {
+        self.jwt.as_ref().map_or(Ok(false), JwtSource::reload)
+    }
+
+    /// Whether there is a key file to follow.
+    pub fn has_key_file(&self) -> bool {
+        self.jwt.as_ref().and_then(JwtSource::path).is_some()
     }
 
     fn expected(&self) -> Vec<String> {
@@ -267,72 +258,34 @@ impl KeySources {
     }
 }
 
-impl JwtSource {
-    fn new(spec: &JwtSpec, bytes: &[u8]) -> Result<JwtSource> {
-        let bad = |reason: String| Error::JwtKey {
-            path: spec.key_file.clone(),
-            reason,
-        };
-        let (key, alg) = match spec.algorithm {
-            JwtAlgorithm::HS256 => {
-                let secret = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-                let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
-                if secret.len() < 16 {
-                    return Err(bad("an HS256 secret must be at least 16 bytes".into()));
-                }
-                (DecodingKey::from_secret(secret), Algorithm::HS256)
-            }
-            JwtAlgorithm::RS256 => (
-                DecodingKey::from_rsa_pem(bytes).map_err(|e| bad(e.to_string()))?,
-                Algorithm::RS256,
-            ),
-            JwtAlgorithm::ES256 => (
-                DecodingKey::from_ec_pem(bytes).map_err(|e| bad(e.to_string()))?,
-                Algorithm::ES256,
-            ),
-        };
-        let mut validation = Validation::new(alg);
-        validation.validate_nbf = true;
-        validation.validate_exp = true;
-        // Clocks drift; 30 s is the usual allowance and short against token lifetimes.
-        validation.leeway = 30;
-        Ok(JwtSource {
-            claim: spec.claim.clone(),
-            from: spec.from,
-            query_param: spec.query_param.clone(),
-            key,
-            validation,
-        })
-    }
-
-    /// The verified key of a request whose query is `query`.
-    fn key<I: KeyInput + ?Sized>(&self, req: &I, query: Option<&str>) -> Result<Key, KeyError> {
+/// The verified key of a request whose query is `query`, by its `jwt` source.
+fn verified_key<I: KeyInput + ?Sized>(
+    jwt: &JwtSource,
+    req: &I,
+    query: Option<&str>,
+) -> Result<Key, KeyError> {
+    {
         let unauthorized = |reason: &str| KeyError::Unauthorized {
             reason: reason.to_owned(),
         };
-        let token = match self.from {
+        let token = match jwt.from {
             TokenFrom::Header => {
                 bearer(req).ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?
             }
-            TokenFrom::Query => query_param(query, &self.query_param)
+            TokenFrom::Query => query_param(query, &jwt.query_param)
                 .ok_or_else(|| {
-                    unauthorized(&format!("missing token in query {}", self.query_param))
+                    unauthorized(&format!("missing token in query {}", jwt.query_param))
                 })?
                 .map_err(|_| unauthorized("token is not valid percent-encoding"))?,
         };
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token.as_bytes(),
-            &self.key,
-            &self.validation,
-        )
-        .map_err(|e| unauthorized(&format!("invalid token: {e}")))?;
-        let Some(serde_json::Value::String(key)) = data.claims.get(&self.claim) else {
+        let claims = jwt.verify(&token).map_err(|e| unauthorized(&e))?;
+        let Some(serde_json::Value::String(key)) = claims.get(&jwt.claim) else {
             return Err(unauthorized(&format!(
                 "token has no string claim {}",
-                self.claim
+                jwt.claim
             )));
         };
-        validate_key(key).map_err(|e| unauthorized(&format!("claim {}: {e}", self.claim)))?;
+        validate_key(key).map_err(|e| unauthorized(&format!("claim {}: {e}", jwt.claim)))?;
         Ok(Key::new(key.clone()))
     }
 }
@@ -373,7 +326,7 @@ fn visible(value: &[u8]) -> Option<&str> {
 pub fn extract_key<I: KeyInput + ?Sized>(req: &I, sources: &KeySources) -> Result<Key, KeyError> {
     let target = req.target();
     let verified = match &sources.jwt {
-        Some(jwt) => Some(jwt.key(req, target.query)?),
+        Some(jwt) => Some(verified_key(jwt, req, target.query)?),
         None => None,
     };
     for source in &sources.sources {
@@ -447,8 +400,8 @@ fn cookie<I: KeyInput + ?Sized>(req: &I, name: &str) -> Option<Result<String, &'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProxyConfig;
-    use jsonwebtoken::{EncodingKey, Header};
+    use crate::config::{JwtAlgorithm, JwtSpec, ProxyConfig};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -570,6 +523,10 @@ mod tests {
                 key_file: "unused".into(),
                 from,
                 query_param: "access_token".into(),
+                audience: None,
+                issuer: None,
+                leeway_seconds: 30,
+                jwks_file: None,
             }),
         ];
         KeySources::with_jwt_key(&specs, SECRET).expect("compile")

@@ -15,20 +15,23 @@
 //! application, pacer, idle sweep, drain), [`frame`] (RFC 6455 frame boundaries and the frames
 //! the proxy writes), [`splice`] (the low-memory copy loop), [`upstream`] (the owner's side of
 //! an upgrade, spoken directly), [`server`] (accept loop, the fast path and hyper's path, HTTP
-//! forwarding, every answer before the upgrade), [`admin`] (`/healthz`, `/readyz`,
-//! `/metrics`), [`bus`] (reset events to RabbitMQ), [`metrics`], [`state`] (what tasks share),
-//! [`error`], [`cli`] (the flags and the whole process, for `wscluster-proxy` and
-//! `wscluster-operator proxy`).
+//! forwarding, every answer before the upgrade), [`api`] (the server API port, its API keys
+//! and the retry on 421), [`jwt`] (token verification, JWKS, key reloads), [`limits`]
+//! (per-address limits), [`admin`] (`/healthz`, `/readyz`, `/metrics`), [`bus`] (reset events
+//! to RabbitMQ), [`metrics`], [`state`] (what tasks share), [`error`], [`cli`] (the flags and
+//! the whole process, for `wscluster-proxy` and `wscluster-operator proxy`).
 //!
 //! Flags (each also read from `WSCLUSTER_<FLAG>`; [`cli::Args`]): `--listen 0.0.0.0:8080`,
 //! `--admin-listen 0.0.0.0:9090`, `--id` (default `POD_NAME`, else the hostname),
 //! `--cluster-id default/chat`, `--config /etc/wscluster/proxy.yaml` (optional),
 //! `--ring-url` with `--ring-token-file` or `--ring-token` (not both), or `--ring-file`,
-//! `--amqp-url`, `--fallback-upstream host:port` (where keyless plain HTTP goes instead of a
-//! 400), `--worker-threads` and `--log-format text|json`.
+//! `--amqp-url`, `--fallback-upstream host:port` (where plain HTTP that is not for a member
+//! goes instead of a 404), `--proxy-secret-file` (the secret sent to members),
+//! `--api-listen 0.0.0.0:8081` with `--api-keys-file` (the server API, [`api`]),
+//! `--worker-threads` and `--log-format text|json`.
 //!
 //! ```no_run
-//! use wscluster_proxy::{RingSource, Settings, config::ProxyConfig, run};
+//! use wscluster_proxy::{Listeners, RingSource, Settings, config::ProxyConfig, run};
 //! # async fn example() -> Result<(), wscluster_proxy::error::Error> {
 //! let settings = Settings {
 //!     id: "proxy-0".into(),
@@ -37,21 +40,29 @@
 //!     ring: RingSource::File("ring.json".into()),
 //!     amqp_url: None,
 //!     fallback_upstream: None,
+//!     proxy_secret: None,
+//!     api_keys: None,
 //! };
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! run(settings, listener, admin, tokio_util::sync::CancellationToken::new()).await
+//! let listeners = Listeners {
+//!     client: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+//!     admin: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+//!     api: None,
+//! };
+//! run(settings, listeners, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
 
 pub mod admin;
+pub mod api;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod frame;
 pub mod head;
+pub mod jwt;
 pub mod key;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod resets;
@@ -74,6 +85,8 @@ use tracing::{Instrument, info, info_span, warn};
 use wscluster_ring::Ring;
 use wscluster_ring::contract::stream::SubscriberKind;
 use wscluster_ring_stream::{SubscriberConfig, Subscription, watch_ring_file};
+use wscluster_runtime::credentials::{DEFAULT_RELOAD_INTERVAL, WatchedCredentials};
+use wscluster_runtime::flags;
 
 use crate::config::ProxyConfig;
 use crate::error::Result;
@@ -103,23 +116,60 @@ pub struct Settings {
     pub ring: RingSource,
     /// RabbitMQ URL for reset events, if any.
     pub amqp_url: Option<String>,
-    /// Where plain HTTP requests that carry no key go (`host:port`), instead of a 400; local
-    /// mode points it at its control server so the demo page is served at the proxy's root.
+    /// Where plain HTTP requests that are not for a member go (`host:port`), instead of a
+    /// 404; local mode points it at its control server so the demo page is served at the
+    /// proxy's root. Never the key, never the secret, never an internal path.
     pub fallback_upstream: Option<String>,
+    /// The cluster's proxy secret(s) (`--proxy-secret-file`): the first goes to members on
+    /// every request. `None` is dev mode: members cannot tell this proxy from a client.
+    pub proxy_secret: Option<WatchedCredentials>,
+    /// The server API's keys (`--api-keys-file`); required when [`Listeners::api`] is given.
+    pub api_keys: Option<WatchedCredentials>,
+}
+
+/// The sockets [`run`] serves, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Clients (WebSocket upgrades, and the seed's `/send` when `legacySend` is on).
+    pub client: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: TcpListener,
+    /// The server API (`/api/v1/...`), when `--api-listen` is given.
+    pub api: Option<TcpListener>,
 }
 
 /// Runs the proxy until `shutdown`: then stops accepting, lets spliced connections finish for
 /// `drainTimeoutSeconds`, resets the rest with reason "drain", and returns.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let Listeners {
+        client: listener,
+        admin: admin_listener,
+        api: api_listener,
+    } = listeners;
     // 1. The shared state; background work stops when `run` returns.
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     let shared = shared_state(&settings, &background)?;
+    watch_credentials(&settings, &background);
+    if shared.keys.has_key_file() {
+        tokio::spawn(follow_jwt_keys(Arc::clone(&shared), background.clone()));
+    }
+    if let Some(api_listener) = api_listener {
+        let keys = settings.api_keys.clone().ok_or_else(|| {
+            error::Error::Config(format!(
+                "--{} needs --{}",
+                flags::API_LISTEN.long,
+                flags::API_KEYS_FILE.long
+            ))
+        })?;
+        let api = api::Api::new(Arc::clone(&shared), keys);
+        info!(addr = ?api_listener.local_addr().ok(), "server API listening");
+        tokio::spawn(api.serve(api_listener, shutdown.clone()));
+    }
     // 2. Rings, resets, the idle sweep and the admin port.
     let (rings, subscription) = ring_source(&settings, &background);
     tokio::spawn(
@@ -130,6 +180,7 @@ pub async fn run(
         resets::run_pacer(Arc::clone(&shared), background.clone()).instrument(info_span!("pacer")),
     );
     tokio::spawn(resets::run_sweeper(Arc::clone(&shared), background.clone()));
+    tokio::spawn(limits::run_sweeper(Arc::clone(&shared), background.clone()));
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&shared),
@@ -151,6 +202,51 @@ pub async fn run(
     let grace = Duration::from_secs(settings.config.drain_timeout_seconds);
     drain(&shared, &tracker, grace).await;
     Ok(())
+}
+
+/// Follows the secret files: rotation needs no restart. Says once, at start, when there is no
+/// proxy secret, since members then cannot verify what this proxy sets.
+fn watch_credentials(settings: &Settings, background: &CancellationToken) {
+    match &settings.proxy_secret {
+        Some(secret) => {
+            tokio::spawn(
+                secret
+                    .clone()
+                    .watch(DEFAULT_RELOAD_INTERVAL, background.clone()),
+            );
+        }
+        None => warn!(
+            "no --{}: members cannot verify that requests come from this proxy (dev mode)",
+            flags::PROXY_SECRET_FILE.long
+        ),
+    }
+    if let Some(keys) = &settings.api_keys {
+        tokio::spawn(
+            keys.clone()
+                .watch(DEFAULT_RELOAD_INTERVAL, background.clone()),
+        );
+    }
+}
+
+/// Re-reads the JWT key file every few seconds, so a rotated key needs no restart and drops no
+/// connection; a broken file keeps the previous keys.
+async fn follow_jwt_keys(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(DEFAULT_RELOAD_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match shared.keys.reload() {
+            Ok(true) => info!("JWT key file changed; new keys in use"),
+            Ok(false) => {}
+            Err(error) => {
+                shared.metrics.error("jwt-key-reload");
+                warn!(%error, "JWT key file unusable; keeping the previous keys");
+            }
+        }
+    }
 }
 
 /// What every task shares, built from the settings: key sources (JWT keys loaded), metrics,
@@ -177,6 +273,9 @@ fn shared_state(settings: &Settings, background: &CancellationToken) -> Result<A
         reset_sink,
         metrics,
         fallback_upstream: settings.fallback_upstream.clone(),
+        proxy_secret: settings.proxy_secret.clone(),
+        ring_applied: watch::Sender::new(0),
+        client_limits: limits::ClientLimits::new(&settings.config.limits),
     }))
 }
 
@@ -242,6 +341,7 @@ async fn follow_rings(
             seen = Some(ring.version());
             match apply_ring(&shared, ring) {
                 Applied::Applied { version, .. } => {
+                    shared.ring_applied.send_replace(version);
                     if let Some(s) = &subscription {
                         s.ack(version);
                     }

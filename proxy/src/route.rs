@@ -49,6 +49,30 @@ pub enum Unrouted {
     NoRing,
     /// The ring has no active member.
     NoOwner,
+    /// A browser's upgrade from an origin not in `allowedOrigins`.
+    Origin,
+    /// The client's address is over its upgrade rate (`limits.perIpUpgradesPerSecond`).
+    RateLimited,
+}
+
+/// Checks an upgrade's `Origin` against `allowed` (compared case-insensitively): passes when
+/// the list is empty or the request has no `Origin` (not a browser, so no ambient cookies to
+/// abuse).
+pub fn check_origin<I: KeyInput + ?Sized>(head: &I, allowed: &[String]) -> Result<(), Unrouted> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match head.header_values("origin").next() {
+        None => Ok(()),
+        Some(origin)
+            if allowed
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin)) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Unrouted::Origin),
+    }
 }
 
 /// A request routed: its key and the owner the ring in use gives it.
@@ -115,8 +139,14 @@ impl Route {
     }
 
     /// The upgrade request head for the owner, from the client's `head` (see
-    /// [`upstream::write_request`] for what changes on the way).
-    pub fn upgrade_request(&self, head: &impl RequestHead, peer: IpAddr) -> Vec<u8> {
+    /// [`upstream::write_request`] for what changes on the way): it carries this route's key
+    /// and `secret`, the proxy secret (none in dev mode).
+    pub fn upgrade_request(
+        &self,
+        head: &impl RequestHead,
+        peer: IpAddr,
+        secret: Option<&str>,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(UPGRADE_HEAD_BYTES);
         upstream::write_request(
             &mut out,
@@ -124,9 +154,18 @@ impl Route {
             head.target().path_and_query,
             head.fields(),
             peer,
-            self.ring_version(),
+            self.proxy_fields(secret),
         );
         out
+    }
+
+    /// The fields the proxy sets on whatever it forwards on this route.
+    pub fn proxy_fields<'a>(&'a self, secret: Option<&'a str>) -> upstream::ProxyFields<'a> {
+        upstream::ProxyFields {
+            key: Some(&self.key.key),
+            secret,
+            ring_version: self.ring_version(),
+        }
     }
 
     /// What the connection keeps once the owner switched protocols.
@@ -208,8 +247,8 @@ mod tests {
             assert_eq!(a.key, b.key, "{target}");
             assert_eq!(a.owner().id, b.owner().id, "{target}");
             let (ha, hb) = (
-                a.upgrade_request(&fast, PEER),
-                b.upgrade_request(&hyper, PEER),
+                a.upgrade_request(&fast, PEER, Some("s")),
+                b.upgrade_request(&hyper, PEER, Some("s")),
             );
             // hyper lowercases field names; everything else is the same, byte for byte.
             assert_eq!(

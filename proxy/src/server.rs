@@ -29,16 +29,19 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
+use wscluster_runtime::credentials::CredentialSet;
 
-use wscluster_ring::contract::RING_VERSION_HEADER;
+use wscluster_ring::contract::{
+    KEY_HEADER, PROXY_SECRET_HEADER, RING_VERSION_HEADER, api, percent_encode,
+};
 
 use crate::head::{self, First, Prefixed, RawHead};
-use crate::key::KeyError;
+use crate::limits::IpSlot;
 use crate::resets::check_late_registration;
-use crate::route::{Route, Target, Unrouted, route};
+use crate::route::{Route, Target, Unrouted, check_origin, route};
 use crate::splice::{End, Splice};
 use crate::state::{MemberRoute, Shared};
-use crate::upstream;
+use crate::upstream::{self, ProxyFields};
 
 /// Response body: our own JSON or a forwarded upstream body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -70,7 +73,7 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
 /// A whole answer to a client that is not (or not yet) an upgrade: ours or an owner's refusal
 /// passed on. Hyper's path sends it as a response; the fast path writes it and closes.
 #[derive(Debug)]
-struct Reply {
+pub(crate) struct Reply {
     /// The status.
     status: StatusCode,
     /// The header fields, without framing fields (the body is framed when sent).
@@ -121,11 +124,35 @@ impl Reply {
             }
             Unrouted::NoRing => Failure::NoRing.reply(shared, None),
             Unrouted::NoOwner => Failure::NoOwner.reply(shared, None),
+            Unrouted::Origin => {
+                shared.metrics.error("origin-not-allowed");
+                let body = serde_json::json!({
+                    "error": "origin-not-allowed",
+                    "message": "this Origin may not open a WebSocket here",
+                });
+                Reply::json(StatusCode::FORBIDDEN, &body)
+            }
+            Unrouted::RateLimited => Reply::too_many(
+                shared,
+                "upgrade-rate",
+                "too many upgrades from this address; retry later",
+            ),
         }
     }
 
+    /// A 429 with `Retry-After: 1`, counted under `kind`.
+    fn too_many(shared: &Shared, kind: &'static str, message: &str) -> Reply {
+        shared.metrics.error(kind);
+        let body = serde_json::json!({"error": kind, "message": message});
+        let mut reply = Reply::json(StatusCode::TOO_MANY_REQUESTS, &body);
+        reply
+            .headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        reply
+    }
+
     /// As hyper's response.
-    fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let mut resp = Response::new(
             Full::new(self.body)
                 .map_err(|never| match never {})
@@ -146,7 +173,7 @@ impl Reply {
 
 /// A failure to reach an owner, or to find one; the one place such failures become answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
+pub(crate) enum Failure {
     /// No ring yet.
     NoRing,
     /// The ring has no active member.
@@ -200,7 +227,7 @@ impl Failure {
     }
 
     /// Counts the failure and gives its answer; `member` names the owner it concerns.
-    fn reply(self, shared: &Shared, member: Option<&str>) -> Reply {
+    pub(crate) fn reply(self, shared: &Shared, member: Option<&str>) -> Reply {
         shared.metrics.error(self.label());
         let (status, message) = self.status_and_message();
         let mut body = serde_json::json!({"error": self.label(), "message": message});
@@ -270,6 +297,22 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let ip = match shared.client_limits.admit_connection(peer.ip()) {
+            Ok(ip) => ip,
+            Err(()) => {
+                let reply = Reply::too_many(
+                    &shared,
+                    "per-ip-connections",
+                    "too many connections from this address",
+                );
+                tracker.spawn(refuse_after_head(stream, reply, limits, permit));
+                continue;
+            }
+        };
+        let permit = ConnSlot {
+            _permit: permit,
+            _ip: ip,
+        };
         let conn = Conn {
             peer,
             ctx: Arc::clone(&ctx),
@@ -279,6 +322,34 @@ pub async fn serve(
                 .instrument(debug_span!("conn", %peer)),
         );
     }
+}
+
+/// A connection's place under the limits, held until it ends: its slot under
+/// `maxConnections` and, with `perIpConnections`, under its address's.
+pub struct ConnSlot {
+    /// The slot under `maxConnections`.
+    _permit: OwnedSemaphorePermit,
+    /// The slot under `perIpConnections`, when that limit is set.
+    _ip: Option<IpSlot>,
+}
+
+/// Answers a connection refused at accept once its request head is in (so the client reads
+/// the answer rather than a reset), within the header-read timeout, and closes it.
+async fn refuse_after_head(
+    mut stream: TcpStream,
+    reply: Reply,
+    limits: crate::config::Limits,
+    _permit: OwnedSemaphorePermit,
+) {
+    let wait = limits.header_read_timeout();
+    let read = head::read_first(&mut stream, limits.max_header_bytes);
+    if !matches!(
+        tokio::time::timeout(wait, read).await,
+        Ok(Ok(First::Head(_) | First::Other(_)))
+    ) {
+        return;
+    }
+    let _ = tokio::time::timeout(wait, stream.write_all(&reply.closing_bytes())).await;
 }
 
 /// What every connection's task shares, built once per listener.
@@ -311,7 +382,7 @@ enum Next {
     /// Splice (the fast path upgraded it).
     Splice(Pin<Box<dyn Future<Output = ()> + Send>>),
     /// Hyper serves it from the first byte.
-    Http(Conn, Prefixed, OwnedSemaphorePermit),
+    Http(Conn, Prefixed, ConnSlot),
 }
 
 /// How the fast path left a connection.
@@ -365,7 +436,7 @@ struct Upgraded {
 impl Conn {
     /// Reads the first request head; a WebSocket upgrade that can be routed is spliced here
     /// ([`Conn::fast_upgrade`]), anything else is served by hyper from the first byte.
-    async fn run(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
+    async fn run(self, stream: TcpStream, permit: ConnSlot) {
         // This task's future stays allocated, at the size of its largest state, for the whole
         // life of the connection: so it only ever holds pointers, and each step is its own
         // boxed future, freed when done (the first read and fast path, the splice, hyper).
@@ -378,7 +449,7 @@ impl Conn {
 
     /// Reads the first request head and takes the fast path when it applies; says what the
     /// connection does next.
-    async fn start(self, mut stream: TcpStream, permit: OwnedSemaphorePermit) -> Next {
+    async fn start(self, mut stream: TcpStream, permit: ConnSlot) -> Next {
         let limits = self.ctx.shared.config.limits;
         let first = tokio::select! {
             () = self.ctx.shutdown.cancelled() => return Next::Done,
@@ -413,7 +484,7 @@ impl Conn {
 
     /// Serves the connection with hyper (plain HTTP, and upgrades after earlier requests or
     /// that the fast path left to it), until it ends or shutdown drains it.
-    async fn serve_http(self, io: Prefixed, permit: OwnedSemaphorePermit) {
+    async fn serve_http(self, io: Prefixed, permit: ConnSlot) {
         let Conn { peer, ctx } = self;
         let permit = Arc::new(permit);
         let service_ctx = Arc::clone(&ctx);
@@ -475,8 +546,16 @@ impl Conn {
         let shared = &self.ctx.shared;
         let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
         let head = RawHead::parse(bytes, &mut fields)?;
+        check_origin(&head, &shared.config.allowed_origins).ok()?;
         let route = route(&head, &shared.keys, &shared.routing).ok()?;
-        let request = route.upgrade_request(&head, self.peer.ip());
+        // Last, so only an upgrade that would otherwise go ahead spends a token; refused, it
+        // goes to hyper's path, which answers 429.
+        if !shared.client_limits.admit_upgrade(self.peer.ip()) {
+            return None;
+        }
+        let secret = shared.proxy_secret();
+        let secret = secret.as_deref().map(CredentialSet::current);
+        let request = route.upgrade_request(&head, self.peer.ip(), secret);
         Some(FastRoute {
             route,
             request,
@@ -498,7 +577,7 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -514,24 +593,40 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Tells the owner which ring routed the request (replacing anything the client sent), so a
-/// new owner that lags behind waits for that ring instead of refusing; see
-/// [`RING_VERSION_HEADER`].
-fn set_ring_version(headers: &mut HeaderMap, version: Option<u64>) {
-    let name = HeaderName::from_static(RING_VERSION_HEADER);
-    match version {
-        Some(v) => {
-            headers.insert(name, HeaderValue::from(v));
-        }
-        None => {
-            headers.remove(name);
-        }
+/// Removes every field the client named with the internal prefix, then sets the proxy's own
+/// ([`ProxyFields`]) when the request goes to a member: the verified key, the proxy secret and
+/// the ring version it was routed with (so a new owner that lags behind waits for that ring
+/// instead of refusing; see [`RING_VERSION_HEADER`]).
+pub(crate) fn set_proxy_fields(headers: &mut HeaderMap, own: Option<ProxyFields<'_>>) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| upstream::is_internal(name.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
     }
+    let Some(own) = own else { return };
+    // A percent-encoded key is ASCII, and a secret has no control characters (credentials.rs
+    // refuses them): both are valid field values.
+    if let Some(key) = own
+        .key
+        .and_then(|k| HeaderValue::from_str(&percent_encode(k)).ok())
+    {
+        headers.insert(HeaderName::from_static(KEY_HEADER), key);
+    }
+    if let Some(secret) = own.secret.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(HeaderName::from_static(PROXY_SECRET_HEADER), secret);
+    }
+    headers.insert(
+        HeaderName::from_static(RING_VERSION_HEADER),
+        HeaderValue::from(own.ring_version),
+    );
 }
 
 /// Replaces the client's `X-Forwarded-For` fields with the one the proxy passes on
 /// ([`upstream::push_forwarded_for`], as for upgrades).
-fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+pub(crate) fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let mut value = Vec::with_capacity(64);
     let prior = headers
         .get_all(X_FORWARDED_FOR)
@@ -544,39 +639,94 @@ fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-/// Hyper's path: routes a request and forwards it, upgrades included.
+/// Hyper's path: routes an upgrade and splices it; plain HTTP goes to [`plain_http`].
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     ctx: Arc<ConnCtx>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnSlot>,
 ) -> Response<Body> {
     let shared = &ctx.shared;
-    let upgrade = is_websocket_upgrade(req.headers());
-    let route = match route(&req, &shared.keys, &shared.routing) {
-        Ok(route) => route,
-        Err(Unrouted::Key(KeyError::Missing { .. }))
-            if !upgrade && shared.fallback_upstream.is_some() =>
-        {
-            let fallback = Destination {
-                address: shared.fallback_upstream.as_deref().unwrap_or_default(),
-                name: "fallback",
-                ring_version: None,
-            };
-            return forward(req, peer, fallback, shared, &ctx.client).await;
-        }
-        Err(unrouted) => return Reply::unrouted(unrouted, shared).into_response(),
-    };
-    if upgrade {
-        return upgrade_with_hyper(req, peer, route, &ctx, permit).await;
+    if !is_websocket_upgrade(req.headers()) {
+        return plain_http(req, peer, &ctx).await;
     }
-    let owner = route.owner();
-    let destination = Destination {
-        address: &owner.address,
-        name: &owner.id,
-        ring_version: Some(route.ring_version()),
-    };
-    forward(req, peer, destination, shared, &ctx.client).await
+    let routed = check_origin(&req, &shared.config.allowed_origins)
+        .and_then(|()| route(&req, &shared.keys, &shared.routing))
+        .and_then(
+            |route| match shared.client_limits.admit_upgrade(peer.ip()) {
+                true => Ok(route),
+                false => Err(Unrouted::RateLimited),
+            },
+        );
+    match routed {
+        Ok(route) => upgrade_with_hyper(req, peer, route, &ctx, permit).await,
+        Err(unrouted) => Reply::unrouted(unrouted, shared).into_response(),
+    }
+}
+
+/// The seed's send path, routed on the public port only with `legacySend: true`.
+pub const LEGACY_SEND_PATH: &str = "/send";
+
+/// Paths that are never passed on from the public port, not even to the fallback: the server
+/// API (its own port) and every member's or proxy's internal route (their admin ports).
+const INTERNAL_PATHS: [&str; 7] = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/count",
+    "/users",
+    "/broadcast",
+    LEGACY_SEND_PATH,
+];
+
+/// Whether the public port must answer `path` itself with 404.
+pub fn is_internal_path(path: &str) -> bool {
+    path.starts_with(api::PREFIX)
+        || path == api::PREFIX.trim_end_matches('/')
+        || INTERNAL_PATHS.contains(&path)
+}
+
+/// Plain HTTP on the public port: nothing reaches a member but the seed's `/send` when the
+/// config enables it (routed by its key like an upgrade). Anything else that is not an
+/// internal path goes to the fallback when one is configured (without key or secret), and
+/// is answered 404 otherwise.
+async fn plain_http(req: Request<Incoming>, peer: SocketAddr, ctx: &ConnCtx) -> Response<Body> {
+    let shared = &ctx.shared;
+    let path = req.uri().path();
+    if shared.config.legacy_send && path == LEGACY_SEND_PATH {
+        let route = match route(&req, &shared.keys, &shared.routing) {
+            Ok(route) => route,
+            Err(unrouted) => return Reply::unrouted(unrouted, shared).into_response(),
+        };
+        let owner = route.owner();
+        let secret = shared.proxy_secret();
+        let destination = Destination {
+            address: &owner.address,
+            name: &owner.id,
+            own: Some(route.proxy_fields(secret.as_deref().map(CredentialSet::current))),
+        };
+        return forward(req, peer, destination, shared, &ctx.client).await;
+    }
+    match shared.fallback_upstream.as_deref() {
+        Some(address) if !is_internal_path(path) => {
+            let fallback = Destination {
+                address,
+                name: "fallback",
+                own: None,
+            };
+            forward(req, peer, fallback, shared, &ctx.client).await
+        }
+        _ => not_found(shared),
+    }
+}
+
+/// The public port's answer to a path it does not serve.
+pub fn not_found(shared: &Shared) -> Response<Body> {
+    shared.metrics.error("not-found");
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not-found", "message": "no such route on this port"}),
+    )
 }
 
 /// Where a plain HTTP request is forwarded.
@@ -586,9 +736,9 @@ struct Destination<'a> {
     address: &'a str,
     /// What errors and logs call it: the owning member's id, or "fallback".
     name: &'a str,
-    /// The ring it was routed with, sent along as [`RING_VERSION_HEADER`]; none for the
-    /// fallback, which is not a member.
-    ring_version: Option<u64>,
+    /// The fields the proxy sets for a member (key, secret, ring version); none for the
+    /// fallback, which is not a member and gets neither the key nor the secret.
+    own: Option<ProxyFields<'a>>,
 }
 
 /// Forwards a plain HTTP request to `to`.
@@ -609,7 +759,7 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded_for(&mut parts.headers, peer);
-    set_ring_version(&mut parts.headers, to.ring_version);
+    set_proxy_fields(&mut parts.headers, to.own);
     shared.metrics.http_requests.inc();
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
@@ -635,10 +785,15 @@ async fn upgrade_with_hyper(
     peer: SocketAddr,
     route: Route,
     ctx: &ConnCtx,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnSlot>,
 ) -> Response<Body> {
     let shared = &ctx.shared;
-    let request = route.upgrade_request(&req, peer.ip());
+    let secret = shared.proxy_secret();
+    let request = route.upgrade_request(
+        &req,
+        peer.ip(),
+        secret.as_deref().map(CredentialSet::current),
+    );
     let switched = match ask_owner(&request, route.owner(), shared).await {
         Ok(switched) => switched,
         Err(reply) => return reply.into_response(),
@@ -666,7 +821,7 @@ async fn splice_after_101(
     shared: Arc<Shared>,
     target: Target,
     upstream: Leg,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnSlot>,
 ) {
     let client = match client.await {
         Ok(client) => client,
@@ -806,14 +961,39 @@ mod tests {
     }
 
     #[test]
-    fn the_ring_version_header_replaces_the_clients_and_is_dropped_for_the_fallback() {
+    fn the_proxys_fields_replace_the_clients_and_none_go_to_the_fallback() {
         let mut h = HeaderMap::new();
         h.insert(RING_VERSION_HEADER, HeaderValue::from_static("999"));
-        set_ring_version(&mut h, Some(7));
+        h.append(KEY_HEADER, HeaderValue::from_static("mallory"));
+        h.append(KEY_HEADER, HeaderValue::from_static("mallory2"));
+        h.insert(PROXY_SECRET_HEADER, HeaderValue::from_static("guess"));
+        h.insert("x-wscluster-sender", HeaderValue::from_static("mallory"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let own = ProxyFields {
+            key: Some("a b"),
+            secret: Some("s3cret"),
+            ring_version: 7,
+        };
+        set_proxy_fields(&mut h, Some(own));
         assert_eq!(h.get_all(RING_VERSION_HEADER).iter().count(), 1);
         assert_eq!(h.get(RING_VERSION_HEADER), Some(&HeaderValue::from(7u64)));
-        set_ring_version(&mut h, None);
-        assert!(h.get(RING_VERSION_HEADER).is_none());
+        let all_keys: Vec<_> = h.get_all(KEY_HEADER).iter().collect();
+        assert_eq!(all_keys, ["a%20b"]);
+        assert_eq!(h[PROXY_SECRET_HEADER], "s3cret");
+        assert!(!h.contains_key("x-wscluster-sender"));
+        set_proxy_fields(&mut h, None);
+        assert_eq!(h.len(), 1, "only x-keep is left: {h:?}");
+        set_proxy_fields(
+            &mut h,
+            Some(ProxyFields {
+                secret: None,
+                ..own
+            }),
+        );
+        assert!(
+            !h.contains_key(PROXY_SECRET_HEADER),
+            "dev mode sends no secret"
+        );
     }
 
     #[test]

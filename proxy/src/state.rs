@@ -7,9 +7,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::gauge::Gauge;
 use wscluster_ring::{KeyHash, Member, NoOwner, Ring};
+use wscluster_runtime::credentials::{CredentialSet, WatchedCredentials};
 
 use crate::config::ProxyConfig;
 use crate::key::KeySources;
+use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::resets::{ResetQueue, ResetSink};
@@ -96,4 +98,20 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Upstream (`host:port`) for plain HTTP requests without a key, if configured.
     pub fallback_upstream: Option<String>,
+    /// The cluster's proxy secret(s) (`--proxy-secret-file`), followed as the file changes;
+    /// the first is sent to members. `None` in dev mode: members cannot verify the proxy.
+    pub proxy_secret: Option<WatchedCredentials>,
+    /// The version of the ring in use, announced each time one is applied: what a request
+    /// refused with 421 under a newer ring waits for before its retry.
+    pub ring_applied: tokio::sync::watch::Sender<u64>,
+    /// Per-client-address limits (`limits.perIp*`).
+    pub client_limits: ClientLimits,
+}
+
+impl Shared {
+    /// The proxy secrets as they are now (hold the value while using its
+    /// [`CredentialSet::current`]).
+    pub fn proxy_secret(&self) -> Option<Arc<CredentialSet>> {
+        self.proxy_secret.as_ref().map(WatchedCredentials::load)
+    }
 }

@@ -16,7 +16,9 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use wscluster_ring::contract::RING_VERSION_HEADER;
+use wscluster_ring::contract::{
+    INTERNAL_HEADER_PREFIX, KEY_HEADER, PROXY_SECRET_HEADER, RING_VERSION_HEADER, percent_encode,
+};
 
 /// Most header fields accepted in the owner's answer.
 const MAX_HEADERS: usize = 64;
@@ -74,19 +76,41 @@ pub struct Refusal {
     pub body: Bytes,
 }
 
+/// The fields the proxy sets itself on every request it routes to a member, after removing
+/// every client field named with [`INTERNAL_HEADER_PREFIX`]: the key it verified, the cluster's
+/// proxy secret (when configured) and the ring version it routed with.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyFields<'a> {
+    /// The business key the proxy chose and verified, sent percent-encoded as [`KEY_HEADER`]
+    /// (none for a server API broadcast, which names no user).
+    pub key: Option<&'a str>,
+    /// The current proxy secret, sent as [`PROXY_SECRET_HEADER`]; `None` in dev mode.
+    pub secret: Option<&'a str>,
+    /// The ring version routed with, sent as [`RING_VERSION_HEADER`].
+    pub ring_version: u64,
+}
+
+/// Whether a header field name is one of wscluster's own ([`INTERNAL_HEADER_PREFIX`], compared
+/// case-insensitively): a client's such field is never passed on.
+pub fn is_internal(name: &[u8]) -> bool {
+    let prefix = INTERNAL_HEADER_PREFIX.as_bytes();
+    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
 /// Appends the upgrade request head for the owner to `out`: the client's method, path and
-/// header fields, except that `X-Forwarded-For` gains `peer_ip` ([`push_forwarded_for`]), the routed ring version
-/// replaces anything the client sent under [`RING_VERSION_HEADER`], and the framing fields
-/// (`Content-Length`, `Transfer-Encoding`) are dropped because no body is forwarded with an
-/// upgrade. `fields` are (name, value) pairs as parsed (by hyper or `httparse`, both of which
-/// refuse CR and LF in them), so nothing a client sends can split the head.
+/// header fields, except that `X-Forwarded-For` gains `peer_ip` ([`push_forwarded_for`]),
+/// every field the client sent with [`INTERNAL_HEADER_PREFIX`] is dropped and the proxy's own
+/// ([`ProxyFields`]) are set, and the framing fields (`Content-Length`, `Transfer-Encoding`)
+/// are dropped because no body is forwarded with an upgrade. `fields` are (name, value) pairs
+/// as parsed (by hyper or `httparse`, both of which refuse CR and LF in them), so nothing a
+/// client sends can split the head.
 pub fn write_request<'a>(
     out: &mut Vec<u8>,
     method: &str,
     path_and_query: &str,
     fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     peer_ip: std::net::IpAddr,
-    ring_version: u64,
+    own: ProxyFields<'_>,
 ) {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -104,7 +128,7 @@ pub fn write_request<'a>(
             }
             continue;
         }
-        if name.eq_ignore_ascii_case(RING_VERSION_HEADER.as_bytes())
+        if is_internal(name)
             || name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
         {
@@ -119,10 +143,16 @@ pub fn write_request<'a>(
         peer_ip,
     );
     out.extend_from_slice(b"\r\n");
+    if let Some(key) = own.key {
+        push_field(out, KEY_HEADER.as_bytes(), percent_encode(key).as_bytes());
+    }
+    if let Some(secret) = own.secret {
+        push_field(out, PROXY_SECRET_HEADER.as_bytes(), secret.as_bytes());
+    }
     push_field(
         out,
         RING_VERSION_HEADER.as_bytes(),
-        ring_version.to_string().as_bytes(),
+        own.ring_version.to_string().as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
 }
@@ -565,6 +595,10 @@ mod tests {
             (b"X-Forwarded-For", b"10.0.0.1"),
             (ring_upper.as_bytes(), b"999"),
             (b"x-forwarded-for", b"10.0.0.5"),
+            (b"X-WsCluster-Key", b"mallory"),
+            (b"x-wscluster-proxy-secret", b"guess"),
+            (b"X-WSCLUSTER-SENDER", b"mallory"),
+            (b"x-wscluster-anything-else", b"1"),
             (b"Content-Length", b"4"),
         ];
         let mut out = Vec::new();
@@ -574,7 +608,11 @@ mod tests {
             "/connect/u1?since=3",
             fields,
             std::net::IpAddr::from([10, 0, 0, 2]),
-            7,
+            ProxyFields {
+                key: Some("u 1/é"),
+                secret: Some("s3cret"),
+                ring_version: 7,
+            },
         );
         let text = String::from_utf8(out).expect("ascii");
         assert!(
@@ -588,10 +626,19 @@ mod tests {
             "Sec-WebSocket-Protocol: a\r\nsec-websocket-protocol: b\r\n",
             "x-forwarded-for: 10.0.0.1, 10.0.0.5, 10.0.0.2\r\n",
             &format!("{RING_VERSION_HEADER}: 7\r\n"),
+            &format!("{KEY_HEADER}: u%201%2F%C3%A9\r\n"),
+            &format!("{PROXY_SECRET_HEADER}: s3cret\r\n"),
         ] {
             assert!(text.contains(line), "missing {line:?} in {text}");
         }
         assert_eq!(text.matches(RING_VERSION_HEADER).count(), 1);
+        // Nothing the client named x-wscluster-* survives: only the proxy's three fields.
+        let internal = text.lines().filter(|l| is_internal(l.as_bytes())).count();
+        assert_eq!(internal, 3, "{text}");
+        assert!(
+            !text.contains("mallory") && !text.contains("guess"),
+            "{text}"
+        );
         assert!(!text.to_ascii_lowercase().contains("content-length"));
         // The head parses as a request with every field intact.
         let mut fields = [httparse::EMPTY_HEADER; 16];

@@ -15,6 +15,10 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wscluster_ring::{Member, RingSnapshot};
 
+/// The config of a proxy that routes the seed's `/send` (most tests here route plain HTTP
+/// through it).
+const LEGACY: &str = "legacySend: true";
+
 /// The ids of the three backends most tests route over.
 const THREE: [&str; 3] = ["node-a", "node-b", "node-c"];
 
@@ -62,7 +66,7 @@ async fn get_on_kept_alive(s: &mut tokio::net::TcpStream, path: &str) -> String 
 #[tokio::test]
 async fn the_same_key_always_reaches_the_same_backend_over_websocket_and_http() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let behind = BehindProxy::start("same-key", &THREE, "", 1).await;
+        let behind = BehindProxy::start("same-key", &THREE, LEGACY, 1).await;
         let (proxy, ring) = (&behind.proxy, &behind.ring);
         let mut per_backend: HashMap<String, usize> = HashMap::new();
         for i in 0..60 {
@@ -94,7 +98,7 @@ async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_routed_too()
     // A fresh connection's first upgrade takes the proxy's fast path; an upgrade that follows
     // a plain request on a kept-alive connection goes through hyper. Both reach the owner.
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let behind = BehindProxy::start("keepalive-upgrade", &THREE, "", 1).await;
+        let behind = BehindProxy::start("keepalive-upgrade", &THREE, LEGACY, 1).await;
         let (proxy, ring) = (&behind.proxy, &behind.ring);
         for key in ["carol", "dave", "erin"] {
             let expected = ring.owner(key).expect("owner").id.clone();
@@ -151,7 +155,7 @@ async fn a_fragment_in_the_target_is_not_part_of_the_key_on_either_path() {
     // Clients should not send a fragment, but some do; hyper (and so the node) drops it, and
     // the fast path, which reads the raw head, must cut the target the same way.
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let behind = BehindProxy::start("fragment", &THREE, "", 1).await;
+        let behind = BehindProxy::start("fragment", &THREE, LEGACY, 1).await;
         let (proxy, ring) = (&behind.proxy, &behind.ring);
         // A key whose owner is not that of the key with the fragment glued on, so routing by
         // the whole target would reach the wrong backend.
@@ -185,7 +189,7 @@ async fn readiness_waits_for_a_ring_and_requests_before_it_get_503_with_retry_af
         let backend = Backend::start("node-a").await;
         let dir = temp_dir("no-ring");
         let ring_path = dir.join("ring.json");
-        let proxy = Proxy::spawn(&dir, "", support::Ring::File(&ring_path)).await;
+        let proxy = Proxy::spawn(&dir, LEGACY, support::Ring::File(&ring_path)).await;
         let (status, _) = proxy.admin_get("/healthz").await;
         assert_eq!(status, StatusCode::OK);
         let (status, _) = proxy.admin_get("/readyz").await;
@@ -215,7 +219,7 @@ async fn readiness_waits_for_a_ring_and_requests_before_it_get_503_with_retry_af
 #[tokio::test]
 async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let behind = BehindProxy::start("bad-key", &["node-a"], "", 1).await;
+        let behind = BehindProxy::start("bad-key", &["node-a"], LEGACY, 1).await;
         let proxy = &behind.proxy;
         let (status, body) = http_get(proxy.addr, "/send?message=hi", &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -227,10 +231,14 @@ async fn a_missing_or_invalid_key_is_400_naming_the_expected_sources() {
         );
         let long = "x".repeat(200);
         for path in ["/connect/a%00b", &format!("/connect/{long}"), "/x?userId="] {
-            let (status, body) = http_get(proxy.addr, path, &[]).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+            let resp = refused_upgrade(&proxy.ws_url(path)).await;
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
             assert!(body.contains("invalid-key"), "{path}: {body}");
         }
+        let (status, body) = http_get(proxy.addr, "/send?userId=", &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("invalid-key"), "{body}");
         // A WebSocket upgrade without a key is refused the same way.
         let resp = refused_upgrade(&proxy.ws_url("/elsewhere")).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
@@ -257,7 +265,7 @@ async fn keyless_plain_http_goes_to_the_fallback_upstream_but_keyless_upgrades_a
         let upstream = site.addr.to_string();
         let proxy = Proxy::spawn_with(
             &dir,
-            "",
+            LEGACY,
             support::Ring::File(&ring_path),
             support::CLUSTER,
             &["--fallback-upstream", &upstream],
@@ -268,11 +276,24 @@ async fn keyless_plain_http_goes_to_the_fallback_upstream_but_keyless_upgrades_a
         assert_eq!((status, body.as_str()), (StatusCode::OK, "fallback-site"));
         let (status, body) = http_get(proxy.addr, "/api/state", &[]).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "fallback-site"));
-        // A request with a key still goes to its owner; an invalid key is still a 400.
+        // The seed's send still goes to its owner; an invalid key there is still a 400.
         let (status, body) = http_get(proxy.addr, "/send?userId=alice&message=hi", &[]).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "node-a"));
-        let (status, _) = http_get(proxy.addr, "/x?userId=", &[]).await;
+        let (status, _) = http_get(proxy.addr, "/send?userId=", &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        // Other plain HTTP with a key is not for a member: the fallback gets it.
+        let (status, body) = http_get(proxy.addr, "/x?userId=alice", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "fallback-site"));
+        // Internal paths reach neither a member nor the fallback.
+        for path in [
+            "/metrics?userId=alice",
+            "/api/v1/broadcast",
+            "/healthz",
+            "/count",
+        ] {
+            let (status, body) = http_get(proxy.addr, path, &[]).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        }
         // An upgrade without a key is refused, never handed to the fallback.
         let resp = refused_upgrade(&proxy.ws_url("/elsewhere")).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
@@ -311,7 +332,7 @@ async fn jwt_keys_are_verified_and_a_client_cannot_claim_someone_else_s_key() {
         let secret = b"a-test-secret-of-at-least-32-bytes!!";
         std::fs::write(dir.join("jwt.key"), secret).expect("write key");
         let config = format!(
-            "keySources:\n  - path: \"/connect/{{key}}\"\n  - jwt: {{claim: sub, algorithm: HS256, keyFile: {}, from: query, queryParam: token}}\n",
+            "legacySend: true\nkeySources:\n  - path: \"/connect/{{key}}\"\n  - jwt: {{claim: sub, algorithm: HS256, keyFile: {}, from: query, queryParam: token}}\n",
             dir.join("jwt.key").display()
         );
         let proxy = Proxy::spawn(&dir, &config, support::Ring::File(&ring_path)).await;
@@ -329,8 +350,8 @@ async fn jwt_keys_are_verified_and_a_client_cannot_claim_someone_else_s_key() {
         assert_eq!(id, "node-a");
         let (status, _) = http_get(proxy.addr, &format!("/send?token={alice}"), &[]).await;
         assert_eq!(status, StatusCode::OK);
-        let (status, body) = http_get(proxy.addr, &format!("/connect/bob?token={alice}"), &[]).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let resp = refused_upgrade(&proxy.ws_url(&format!("/connect/bob?token={alice}"))).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         let forged = sign(serde_json::json!({"sub": "alice", "exp": now + 300}), b"another-secret-another-secret-xx");
         let expired = sign(serde_json::json!({"sub": "alice", "exp": now - 300}), secret);
         for token in [None, Some(forged), Some(expired), Some("garbage".to_string())] {
@@ -338,8 +359,9 @@ async fn jwt_keys_are_verified_and_a_client_cannot_claim_someone_else_s_key() {
                 Some(t) => format!("/connect/alice?token={t}"),
                 None => "/connect/alice".to_string(),
             };
-            let (status, body) = http_get(proxy.addr, &path, &[]).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+            let resp = refused_upgrade(&proxy.ws_url(&path)).await;
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{token:?}: {body}");
             assert!(body.contains("unauthorized"), "{body}");
         }
     })
@@ -364,7 +386,7 @@ async fn an_unreachable_owner_is_a_quick_502_never_a_hang() {
         );
         let proxy = Proxy::spawn(
             &dir,
-            "limits: {connectTimeoutMs: 500}",
+            "legacySend: true\nlimits: {connectTimeoutMs: 500}",
             support::Ring::File(&ring_path),
         )
         .await;
@@ -388,7 +410,7 @@ async fn an_unreachable_owner_is_a_quick_502_never_a_hang() {
 #[tokio::test]
 async fn oversized_headers_get_431_and_a_slow_client_is_cut_off() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let limits = "limits: {maxHeaderBytes: 8192, headerReadTimeoutMs: 500}";
+        let limits = "legacySend: true\nlimits: {maxHeaderBytes: 8192, headerReadTimeoutMs: 500}";
         let behind = BehindProxy::start("limits", &["node-a"], limits, 1).await;
         let proxy = &behind.proxy;
         let big = "y".repeat(20_000);

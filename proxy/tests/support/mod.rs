@@ -62,8 +62,13 @@ pub struct Backend {
     pub id: String,
     pub addr: SocketAddr,
     pub events: mpsc::UnboundedReceiver<BackendEvent>,
+    /// Every request it received (upgrades and plain HTTP): target and header fields.
+    pub seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The requests a backend received, in order.
+pub type Seen = Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>;
 
 impl Drop for Backend {
     fn drop(&mut self) {
@@ -79,6 +84,8 @@ impl Backend {
         let addr = listener.local_addr().expect("addr");
         let (tx, events) = mpsc::unbounded_channel();
         let id_owned: Arc<str> = Arc::from(id);
+        let seen = Seen::default();
+        let seen_by_task = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -86,10 +93,14 @@ impl Backend {
                 };
                 let id = Arc::clone(&id_owned);
                 let tx = tx.clone();
+                let seen = Arc::clone(&seen_by_task);
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         let id = Arc::clone(&id);
                         let tx = tx.clone();
+                        if let Ok(mut seen) = seen.lock() {
+                            seen.push((req.uri().to_string(), req.headers().clone()));
+                        }
                         async move { Ok::<_, Infallible>(backend_answer(req, id, tx)) }
                     });
                     let _ = http1::Builder::new()
@@ -103,8 +114,14 @@ impl Backend {
             id: id.to_owned(),
             addr,
             events,
+            seen,
             task,
         }
+    }
+
+    /// The requests received so far.
+    pub fn requests(&self) -> Vec<(String, http::HeaderMap)> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     pub fn member(&self) -> Member {
@@ -205,6 +222,8 @@ pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The server API address, when started with `--api-listen`.
+    pub api: Option<SocketAddr>,
     pub dir: PathBuf,
 }
 
@@ -254,6 +273,9 @@ impl Proxy {
             .env_remove("WSCLUSTER_RING_URL")
             .env_remove("WSCLUSTER_RING_FILE")
             .env_remove("WSCLUSTER_AMQP_URL")
+            .env_remove("WSCLUSTER_PROXY_SECRET_FILE")
+            .env_remove("WSCLUSTER_API_LISTEN")
+            .env_remove("WSCLUSTER_API_KEYS_FILE")
             .stdout(Stdio::piped())
             // The proxy logs on stderr: shown with PROXY_TEST_LOG set, dropped otherwise.
             .stderr(if std::env::var_os("PROXY_TEST_LOG").is_some() {
@@ -286,6 +308,7 @@ impl Proxy {
         let admin = announced
             .get("admin")
             .expect("the admin address is announced");
+        let api = announced.get("api");
         // Keep draining stdout so the proxy never blocks on a full pipe.
         tokio::spawn(async move {
             let mut lines = stdout.lines();
@@ -295,6 +318,7 @@ impl Proxy {
             child,
             addr,
             admin,
+            api,
             dir: dir.to_owned(),
         }
     }
@@ -496,4 +520,116 @@ impl BehindProxy {
             proxy,
         }
     }
+}
+
+/// One HTTP/1.1 request with a method, extra headers and a body: status, headers and body.
+pub async fn http_call(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A plain HTTP server whose every answer `answer` makes from the request's target and
+/// fields; what it received goes to the returned channel. Stops when the handle is dropped.
+pub struct FakeNode {
+    pub addr: SocketAddr,
+    pub requests: mpsc::UnboundedReceiver<(String, http::HeaderMap, Bytes)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeNode {
+    /// Starts one; `answer(target, fields)` gives the status, extra fields and body.
+    pub async fn start<F>(answer: F) -> FakeNode
+    where
+        F: Fn(&str, &http::HeaderMap) -> (StatusCode, Vec<(String, String)>, String)
+            + Send
+            + Sync
+            + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, requests) = mpsc::unbounded_channel();
+        let answer = Arc::new(answer);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (tx, answer) = (tx.clone(), Arc::clone(&answer));
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (tx, answer) = (tx.clone(), Arc::clone(&answer));
+                        async move {
+                            let target = req.uri().to_string();
+                            let headers = req.headers().clone();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let (status, fields, text) = answer(&target, &headers);
+                            let _ = tx.send((target, headers, body.unwrap_or_default()));
+                            let mut resp = Response::new(Full::new(Bytes::from(text)));
+                            *resp.status_mut() = status;
+                            for (k, v) in fields {
+                                if let (Ok(k), Ok(v)) = (
+                                    http::HeaderName::from_bytes(k.as_bytes()),
+                                    http::HeaderValue::from_str(&v),
+                                ) {
+                                    resp.headers_mut().insert(k, v);
+                                }
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeNode {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// The next request it received, within a deadline.
+    pub async fn next_request(&mut self) -> (String, http::HeaderMap, Bytes) {
+        tokio::time::timeout(Duration::from_secs(10), self.requests.recv())
+            .await
+            .expect("a request in time")
+            .expect("fake node running")
+    }
+}
+
+/// Writes `text` to `path` atomically (write then rename), as Kubernetes updates a mounted
+/// Secret.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
 }

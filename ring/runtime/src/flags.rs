@@ -200,8 +200,9 @@ pub mod node {
 pub mod proxy {
     use super::Flag;
     pub use super::{
-        ADMIN_LISTEN, AMQP_URL, CLUSTER_ID, CONFIG, FALLBACK_UPSTREAM, ID, LISTEN, LOG_FORMAT,
-        RING_FILE, RING_TOKEN, RING_TOKEN_FILE, RING_URL, WORKER_THREADS,
+        ADMIN_LISTEN, AMQP_URL, API_KEYS_FILE, API_LISTEN, CLUSTER_ID, CONFIG, FALLBACK_UPSTREAM,
+        ID, LISTEN, LOG_FORMAT, PROXY_SECRET_FILE, RING_FILE, RING_TOKEN, RING_TOKEN_FILE,
+        RING_URL, WORKER_THREADS,
     };
 
     /// Every flag of the proxy's parser.
@@ -219,6 +220,9 @@ pub mod proxy {
         FALLBACK_UPSTREAM,
         WORKER_THREADS,
         LOG_FORMAT,
+        PROXY_SECRET_FILE,
+        API_LISTEN,
+        API_KEYS_FILE,
     ];
 }
 

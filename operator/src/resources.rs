@@ -1009,9 +1009,8 @@ pub fn proxy_config(spec: &WsClusterSpec) -> Result<ProxyConfig, String> {
         resets: spec.resets,
         drain_timeout_seconds,
         limits: spec.proxy.limits,
-        // The seed's `/send` on the public port: off until the WsCluster has the switch that
-        // turns it on for nodes and proxies together.
-        legacy_send: false,
+        // The seed's `/send` on the public port: one switch for nodes and proxies together.
+        legacy_send: spec.server.legacy_send,
         allowed_origins: spec.proxy.allowed_origins.clone(),
     };
     config.validate().map_err(|e| match e {
@@ -1579,6 +1578,14 @@ mod tests {
                 Some(vec!["ALL".to_string()])
             );
         }
+    }
+
+    #[test]
+    fn the_proxy_routes_the_seeds_send_exactly_when_the_nodes_serve_it() {
+        let mut c = WsCluster::test();
+        assert!(!proxy_config(&c.spec).expect("valid").legacy_send);
+        c.spec.server.legacy_send = true;
+        assert!(proxy_config(&c.spec).expect("valid").legacy_send);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use hyper::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::Ring;
-use wscluster_ring::contract::percent_encode;
+use wscluster_ring::contract::api::Route;
 
 use crate::client::{Client, Record};
 use crate::http;
@@ -115,18 +115,18 @@ impl Fleet {
         .await
     }
 
-    /// Sends message `<user>:<seq>` to every client through the proxies (round robin, each
-    /// send retried by [`send_with_retry`]), `concurrency` at a time.
+    /// Sends message `<user>:<seq>` to every client through the proxies' server API (round
+    /// robin, each send retried by [`send_with_retry`]), `concurrency` at a time.
     pub async fn send_round(
         &self,
-        proxies: &[String],
+        api: &ServerApi,
         seq: usize,
         concurrency: usize,
     ) -> anyhow::Result<()> {
         let results: Vec<anyhow::Result<()>> =
             futures_util::stream::iter(self.clients.iter().enumerate())
                 .map(|(i, c)| async move {
-                    send_with_retry(proxies, i, &c.user, &format!("{}:{seq}", c.user)).await
+                    send_with_retry(api, i, &c.user, &format!("{}:{seq}", c.user)).await
                 })
                 .buffer_unordered(concurrency.max(1))
                 .collect()
@@ -155,28 +155,41 @@ pub fn reset_users(records: &BTreeMap<String, Record>) -> BTreeSet<String> {
         .collect()
 }
 
-/// `GET /send?userId=…&message=…` through proxy `i % n` (`http://` base URLs), retried on the
+/// The server API of a local-mode run: each proxy's API base URL and an API key.
+#[derive(Debug, Clone)]
+pub struct ServerApi {
+    /// `http://host:port` of each proxy's server API port.
+    pub urls: Vec<String>,
+    /// A line of the run's API keys file.
+    pub key: String,
+}
+
+/// `POST /api/v1/users/{user}/messages` through proxy `i % n`'s server API, retried on the
 /// next proxy while it fails (a proxy being killed, a node refusing under a newer ring), for up
-/// to [`SEND_RETRY_SECONDS`].
+/// to [`SEND_RETRY_SECONDS`]. A 200 (queued to a live session) and a 202 (stored, replayed on
+/// the next connection) both count: the message is in the user's mailbox.
 pub async fn send_with_retry(
-    proxies: &[String],
+    api: &ServerApi,
     i: usize,
     user: &str,
     message: &str,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(!proxies.is_empty(), "no proxy to send {message:?} through");
+    anyhow::ensure!(!api.urls.is_empty(), "no proxy to send {message:?} through");
     let deadline = Instant::now() + Duration::from_secs(SEND_RETRY_SECONDS);
+    let path = Route::UserMessages(user.to_owned()).path();
+    let body = serde_json::json!({ "message": message });
+    let bearer = format!("Bearer {}", api.key);
     let mut attempt = 0;
     loop {
-        let proxy = &proxies[(i + attempt) % proxies.len()];
+        let base = &api.urls[(i + attempt) % api.urls.len()];
         attempt += 1;
-        let url = format!(
-            "{proxy}/send?userId={}&message={}",
-            percent_encode(user),
-            percent_encode(message)
-        );
-        let error = match http::request(Method::GET, &url, None).await {
-            Ok(r) if r.status == StatusCode::OK => return Ok(()),
+        let url = format!("{base}{path}");
+        let headers = [("authorization", bearer.as_str())];
+        let sent = http::request_with(Method::POST, &url, Some(&body), &headers);
+        let error = match sent.await {
+            Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::ACCEPTED => {
+                return Ok(());
+            }
             Ok(r) => format!("{} {}", r.status, r.text()),
             Err(e) => format!("{e:#}"),
         };

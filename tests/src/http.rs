@@ -41,8 +41,21 @@ impl Response {
 /// Sends `method` to an `http://` URL with an optional JSON body, within
 /// [`REQUEST_TIMEOUT_SECONDS`].
 pub async fn request(method: Method, url: &str, json: Option<&Value>) -> anyhow::Result<Response> {
+    request_with(method, url, json, &[]).await
+}
+
+/// [`request`] with extra header fields (`authorization` for the server API).
+pub async fn request_with(
+    method: Method,
+    url: &str,
+    json: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
     let what = format!("{method} {url}");
     let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
     if json.is_some() {
         builder = builder.header(header::CONTENT_TYPE, "application/json");
     }

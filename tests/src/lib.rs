@@ -39,7 +39,7 @@ pub mod wait;
 pub use client::{Client, Record};
 pub use delivery::{delivery_problems, ensure_delivered};
 pub use env::{TempDir, binary, operator_binary, unique};
-pub use fleet::{Fleet, reset_users, send_with_retry};
+pub use fleet::{Fleet, ServerApi, reset_users, send_with_retry};
 pub use local::{Local, LocalOptions, ring_of, settled};
 pub use scenario::{Scenario, Started};
 pub use wait::{run_bounded, wait_for};

@@ -237,6 +237,25 @@ impl Local {
             .collect())
     }
 
+    /// The proxies' server API URLs and the run's first API key.
+    pub async fn server_api(&self) -> anyhow::Result<crate::fleet::ServerApi> {
+        let state = self.state().await?;
+        let urls = state["proxies"]
+            .as_array()
+            .context("no proxies in /api/state")?
+            .iter()
+            .filter_map(|p| p["apiUrl"].as_str().map(str::to_owned))
+            .collect();
+        let file = state["apiKeysFile"]
+            .as_str()
+            .context("no apiKeysFile in /api/state")?;
+        let keys = wscluster_runtime::credentials::CredentialSet::from_file(Path::new(file))?;
+        Ok(crate::fleet::ServerApi {
+            urls,
+            key: keys.current().to_owned(),
+        })
+    }
+
     /// Waits until the ring has exactly `nodes` members, all active, and every running proxy
     /// applied the current version. Returns that state.
     pub async fn wait_settled(&self, nodes: usize, timeout: Duration) -> anyhow::Result<Value> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::env::env_count;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, ServerApi};
 use crate::local::{Local, LocalOptions, settled};
 use crate::wait::run_bounded;
 
@@ -70,6 +70,8 @@ pub struct Started {
     pub local: Local,
     /// The proxies' base URLs (`http://…`).
     pub proxies: Vec<String>,
+    /// The proxies' server API and a key for it.
+    pub api: ServerApi,
     /// The connected clients.
     pub fleet: Fleet,
     /// How many clients.
@@ -86,10 +88,12 @@ impl Started {
         let options = LocalOptions::real_backends(scenario.name, scenario.nodes, PROXIES);
         let local = Local::start(options).await?;
         let proxies = local.proxy_urls().await?;
+        let api = local.server_api().await?;
         let fleet = Fleet::connect(scenario.user_prefix, clients, &proxies);
         let mut started = Started {
             local,
             proxies,
+            api,
             fleet,
             clients,
             rounds: 0,
@@ -111,7 +115,7 @@ impl Started {
     pub async fn send_round(&mut self) -> anyhow::Result<()> {
         self.rounds += 1;
         self.fleet
-            .send_round(&self.proxies, self.rounds, SEND_CONCURRENCY)
+            .send_round(&self.api, self.rounds, SEND_CONCURRENCY)
             .await
     }
 

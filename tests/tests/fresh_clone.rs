@@ -92,7 +92,7 @@ async fn run_and_message_a_client(command: Command, stderr: &Path) -> anyhow::Re
     anyhow::ensure!(!proxies.is_empty(), "local mode reports no proxy");
     let fleet = Fleet::connect("fresh-clone", 1, &proxies);
     fleet.wait_connected(Duration::from_secs(30)).await?;
-    fleet.send_round(&proxies, 1, 1).await?;
+    fleet.send_round(&local.server_api().await?, 1, 1).await?;
     fleet.wait_messages(1, Duration::from_secs(30)).await?;
     ensure_delivered(&fleet.records(), 1, "through the proxy")?;
     fleet.close();

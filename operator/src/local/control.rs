@@ -10,8 +10,8 @@
 //! | `POST /api/nodes/{ordinal}/restart` | start it again (a live one is stopped first) |
 //! | `POST /api/proxies/{index}/kill`, `/restart` | the same for proxies |
 //! | `POST /api/authority/stop`, `/start` | stop or resume serving the ring stream |
-//! | `POST /api/send` `{"userId","message"}` | `GET /send` through the first live proxy |
-//! | `POST /api/broadcast` `{"message"}` | `POST /broadcast` through the first live proxy (with the in-memory bus: to every node) |
+//! | `POST /api/send` `{"userId","message"}` | the server API's send through the first live proxy's API port |
+//! | `POST /api/broadcast` `{"message"}` | the server API's broadcast through that proxy (with the in-memory bus: to every node, with the proxy secret) |
 //!
 //! Writes (every method but GET and HEAD) from a browser page of another origin are refused
 //! with 403 `cross-origin`: a request whose `Origin` header is not one of the control page's
@@ -35,11 +35,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use wscluster_ring::contract::{MAX_KEY_LEN, percent_encode as encode, validate_key};
+use wscluster_ring::contract::{MAX_KEY_LEN, PROXY_SECRET_HEADER, api, validate_key};
 use wscluster_runtime::json::{self, BodyError};
 use wscluster_runtime::serve::{ServeOptions, serve as serve_http};
 
-use super::process::{HttpClient, http_call};
+use super::process::{HttpClient, http_call_with};
 use super::supervisor::{ApiError, Command, Request as SupervisorRequest};
 use super::view::StateView;
 
@@ -66,6 +66,39 @@ pub struct Control {
     /// The origins the control page is served from ([`page_origins`]); a write whose
     /// `Origin` is another one is refused.
     pub origins: Arc<Vec<String>>,
+    /// What sends and broadcasts present: the server API is the only way in.
+    pub credentials: Arc<ServerCredentials>,
+}
+
+/// The run's credentials as the control API presents them: an API key to the proxies' server
+/// API port and, for the in-memory bus's broadcast to every node, the proxy secret nodes trust.
+pub struct ServerCredentials {
+    /// A line of the run's API keys file.
+    pub api_key: String,
+    /// The run's proxy secret.
+    pub proxy_secret: String,
+}
+
+impl ServerCredentials {
+    /// Reads the run's files.
+    ///
+    /// # Errors
+    ///
+    /// A file is unreadable or holds no secret.
+    pub fn read(
+        api_keys: &std::path::Path,
+        proxy_secret: &std::path::Path,
+    ) -> Result<ServerCredentials, wscluster_runtime::credentials::CredentialError> {
+        use wscluster_runtime::credentials::CredentialSet;
+        Ok(ServerCredentials {
+            api_key: CredentialSet::from_file(api_keys)?.current().to_owned(),
+            proxy_secret: CredentialSet::from_file(proxy_secret)?.current().to_owned(),
+        })
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.api_key)
+    }
 }
 
 /// The origins the control page is served from: each of `ports` (the control port and the
@@ -298,32 +331,55 @@ fn check_message(message: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn proxy_url(control: &Control) -> Result<String, ApiError> {
+/// The server API base URL of the first running proxy.
+fn api_url(control: &Control) -> Result<String, ApiError> {
     let view = control.view.borrow();
     view.proxies
         .iter()
-        .find(|p| p.process == "running")
-        .map(|p| p.url.clone())
+        .filter(|p| p.process == "running")
+        .find_map(|p| p.api_url.clone())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no-proxy",
-                "no proxy is running; restart one",
+                "no proxy with a server API port is running; restart one",
             )
         })
 }
 
-async fn forward(control: &Control, method: Method, url: &str) -> Result<Resp, ApiError> {
-    let (status, body) = http_call(&control.client, method, url, None)
+/// Posts `{"message": …}` to a server API URL with the run's credentials and answers with
+/// what it answered.
+async fn post_message(
+    control: &Control,
+    url: &str,
+    message: String,
+    with_secret: bool,
+) -> Result<(StatusCode, Bytes), ApiError> {
+    let body = serde_json::to_vec(&api::MessageRequest { message })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string()))?;
+    let bearer = control.credentials.bearer();
+    let mut headers = vec![("authorization", bearer.as_str())];
+    if with_secret {
+        headers.push((
+            PROXY_SECRET_HEADER,
+            control.credentials.proxy_secret.as_str(),
+        ));
+    }
+    let json = Some(("application/json", Bytes::from(body)));
+    http_call_with(&control.client, Method::POST, url, json, &headers)
         .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "proxy-unreachable", e))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "proxy-unreachable", e))
+}
+
+fn passed_on(status: StatusCode, body: Bytes) -> Resp {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(resp)
+    resp
 }
 
+/// `POST /api/send`: the server API's send, through the first running proxy's API port.
 async fn send(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let body: SendBody = body_json(req).await?;
     validate_key(&body.user_id).map_err(|e| {
@@ -334,15 +390,14 @@ async fn send(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiErro
         )
     })?;
     check_message(&body.message)?;
-    let url = format!(
-        "{}/send?userId={}&message={}",
-        proxy_url(control)?,
-        encode(&body.user_id),
-        encode(&body.message)
-    );
-    forward(control, Method::GET, &url).await
+    let path = api::Route::UserMessages(body.user_id).path();
+    let url = format!("{}{path}", api_url(control)?);
+    let (status, answer) = post_message(control, &url, body.message, false).await?;
+    Ok(passed_on(status, answer))
 }
 
+/// `POST /api/broadcast`: the server API's broadcast through a proxy, or, with the in-memory
+/// bus (each node has its own), to every running node directly.
 async fn broadcast(control: &Control, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let body: BroadcastBody = body_json(req).await?;
     check_message(&body.message)?;
@@ -356,39 +411,30 @@ async fn broadcast(control: &Control, req: Request<Incoming>) -> Result<Resp, Ap
             .collect();
         (view.bus == "memory", nodes)
     };
-    if in_memory {
-        // Without RabbitMQ each node has its own in-process bus, so a broadcast accepted by one
-        // node reaches only its users: hand it to every running node instead.
-        let mut accepted = Vec::new();
-        for address in nodes {
-            let url = format!(
-                "http://{address}/broadcast?message={}",
-                encode(&body.message)
-            );
-            if let Ok((status, _)) = http_call(&control.client, Method::POST, &url, None).await
-                && status.is_success()
-            {
-                accepted.push(address);
-            }
-        }
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"deliveredVia": "every node (in-memory bus)", "nodes": accepted}),
-        ));
+    if !in_memory {
+        let url = format!("{}{}", api_url(control)?, api::BROADCAST_PATH);
+        let (status, answer) = post_message(control, &url, body.message, false).await?;
+        return Ok(passed_on(status, answer));
     }
-    // The proxy routes every request by a key; any key will do for a broadcast.
-    let url = format!(
-        "{}/broadcast?userId=local-control&message={}",
-        proxy_url(control)?,
-        encode(&body.message)
-    );
-    forward(control, Method::POST, &url).await
+    let mut accepted = Vec::new();
+    for address in nodes {
+        let url = format!("http://{address}{}", api::BROADCAST_PATH);
+        if let Ok((status, _)) = post_message(control, &url, body.message.clone(), true).await
+            && status.is_success()
+        {
+            accepted.push(address);
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"deliveredVia": "every node (in-memory bus)", "nodes": accepted}),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::process::http_client;
+    use crate::local::process::{http_call, http_client};
 
     /// A control server whose supervisor accepts every command and records it.
     async fn server() -> (String, mpsc::Receiver<Command>, CancellationToken) {
@@ -424,6 +470,10 @@ mod tests {
             view,
             client: http_client(),
             origins: Arc::new(page_origins([port, 8080])),
+            credentials: Arc::new(ServerCredentials {
+                api_key: "k3y".into(),
+                proxy_secret: "s3cret".into(),
+            }),
         };
         tokio::spawn(serve(listener, control, shutdown.clone()));
         (base, seen, shutdown)

@@ -102,6 +102,9 @@ pub async fn run(args: LocalArgs, shutdown: CancellationToken) -> anyhow::Result
     let listeners = Listeners::bind(&args).await?;
     let settings = settings(&args, &listeners)?;
     print_banner(&settings, listeners.control_addr)?;
+    let credentials =
+        control::ServerCredentials::read(&settings.api_keys_file, &settings.proxy_secret_file)
+            .context("reading the run's API key and proxy secret")?;
 
     let client = process::http_client();
     let (supervisor, view) = Supervisor::new(
@@ -119,6 +122,7 @@ pub async fn run(args: LocalArgs, shutdown: CancellationToken) -> anyhow::Result
         view,
         client,
         origins: Arc::new(control::page_origins(page_ports)),
+        credentials: Arc::new(credentials),
     };
     let control_task = tokio::spawn(control::serve(listeners.control, control, shutdown.clone()));
     let deadline = Duration::from_secs(args.node_grace_period_seconds + 15);
@@ -289,7 +293,7 @@ fn print_banner(settings: &Settings, control_addr: SocketAddr) -> anyhow::Result
     for (i, (listen, admin)) in settings.proxy_addresses.iter().enumerate() {
         writeln!(
             out,
-            "  proxy {i}: ws://{listen}/connect/{{userId}}   http://{listen}/send?userId=…&message=…   admin http://{admin}/metrics"
+            "  proxy {i}: ws://{listen}/connect/{{userId}}   admin http://{admin}/metrics"
         )?;
     }
     if let Some(api) = settings.proxy_api_addresses.first() {

@@ -37,7 +37,21 @@ pub async fn http_call(
     url: &str,
     body: Option<(&'static str, Bytes)>,
 ) -> Result<(http::StatusCode, Bytes), String> {
+    http_call_with(client, method, url, body, &[]).await
+}
+
+/// [`http_call`] with extra request header fields (credentials for the server API).
+pub async fn http_call_with(
+    client: &HttpClient,
+    method: http::Method,
+    url: &str,
+    body: Option<(&'static str, Bytes)>,
+    headers: &[(&'static str, &str)],
+) -> Result<(http::StatusCode, Bytes), String> {
     let mut builder = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
     let payload = match body {
         Some((content_type, bytes)) => {
             builder = builder.header(http::header::CONTENT_TYPE, content_type);

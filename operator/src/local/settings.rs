@@ -112,7 +112,7 @@ impl Settings {
             generation,
             program: self.program.clone(),
             args: args.0,
-            env: node_env(self.child_env(SubscriberKind::Node)),
+            env: self.child_env(SubscriberKind::Node),
             log_file: self.log_dir.join(format!("{}.log", node_id(ordinal))),
             known_address: None,
             readyz_url: format!("{probe_base}/readyz"),
@@ -160,14 +160,6 @@ impl Settings {
             grace: PROXY_STOP_GRACE,
         })
     }
-}
-
-/// Until local mode's control API and test harness send through the server API, its nodes keep
-/// the seed's `/send` and `/broadcast` on (the control page and the fleet harness use them).
-fn node_env(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
-    let (name, value) = node::LEGACY_SEND.env_var("true");
-    env.push((name.to_string(), value));
-    env
 }
 
 impl Settings {
@@ -260,10 +252,7 @@ mod tests {
         assert_eq!(config.grace_period_seconds, 5);
         assert_eq!(
             spec.env,
-            [
-                ("WSCLUSTER_RING_TOKEN".to_string(), "n0de".to_string()),
-                ("WSCLUSTER_LEGACY_SEND".to_string(), "true".to_string()),
-            ]
+            [("WSCLUSTER_RING_TOKEN".to_string(), "n0de".to_string())]
         );
     }
 

@@ -36,6 +36,8 @@ pub struct StateView {
     pub bus: &'static str,
     /// The control API's base URL.
     pub control_url: String,
+    /// The file holding the server API's keys, one per line.
+    pub api_keys_file: String,
     /// Ring authority state.
     pub authority: AuthorityView,
     /// Nodes by ordinal.
@@ -111,6 +113,8 @@ pub struct ProxyView {
     pub ws_url: String,
     /// Admin base URL.
     pub admin_url: String,
+    /// Base URL of its server API port (`/api/v1/...`, an API key from `apiKeysFile`).
+    pub api_url: Option<String>,
     /// `starting`, `running` or `exited`.
     pub process: &'static str,
     /// `/readyz` said 200 at the last probe.
@@ -291,6 +295,7 @@ pub fn render(input: &RenderInput<'_>) -> StateView {
             "memory"
         },
         control_url: s.control_url.clone(),
+        api_keys_file: s.api_keys_file.display().to_string(),
         authority: AuthorityView {
             running: input.authority_running,
             url: s.ring_url(),
@@ -346,6 +351,10 @@ fn proxy_views(
                 url: format!("http://{listen}"),
                 ws_url: format!("ws://{listen}"),
                 admin_url: format!("http://{admin}"),
+                api_url: s
+                    .proxy_api_addresses
+                    .get(usize::try_from(index).ok()?)
+                    .map(|api| format!("http://{api}")),
                 process: p.map_or("exited", Proc::process_state),
                 ready: p.is_some_and(|p| p.ready),
                 applied_version: sub.and_then(|x| x.applied_version),

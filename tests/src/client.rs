@@ -1,8 +1,10 @@
 //! One WebSocket client with the reconnect logic of `docs/client.md`, recording what it saw.
 //!
-//! It reads frames with the contract's own types ([`ResetFrame`], [`ClientMessage`]), so a
-//! frame the node or proxy sends in any other shape is counted ([`Record::unreadable`]) and
-//! reported by [`crate::delivery`], not skipped.
+//! It reads frames with the contract's own types ([`ResetFrame`], [`ReadyFrame`],
+//! [`ClientMessage`]), so a frame the node or proxy sends in any other shape is counted
+//! ([`Record::unreadable`]) and reported by [`crate::delivery`], not skipped. It resumes with
+//! `since` and `epoch`, and de-duplicates by offset within an epoch only: a message of a new
+//! epoch is always taken.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -11,7 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::{
-    CLOSE_POLICY, CLOSE_REPLACED, ClientMessage, MessageKind, ResetFrame, percent_encode,
+    CLOSE_POLICY, CLOSE_REPLACED, ClientMessage, MessageKind, ReadyFrame, ResetFrame,
+    percent_encode,
 };
 
 /// Longest a WebSocket handshake may take before the attempt counts as failed.
@@ -43,8 +46,15 @@ pub struct Record {
     pub last_connect_error: Option<String>,
     /// Message contents accepted, in order, after de-duplication by offset.
     pub messages: Vec<String>,
-    /// The highest offset accepted.
+    /// The highest offset accepted (within [`Record::epoch`]).
     pub last_offset: u64,
+    /// The epoch of the user's stream the offsets belong to, once the node named one.
+    pub epoch: Option<String>,
+    /// Ready frames that said `recovered: false`: the node could not give everything after
+    /// `since`, so messages may have been missed (and the client knows it).
+    pub unrecovered: u64,
+    /// Broadcast contents received, in order.
+    pub broadcasts: Vec<String>,
     /// Messages dropped as duplicates (offset already seen).
     pub duplicates: u64,
     /// Messages whose content names another user: must stay 0.
@@ -72,7 +82,10 @@ impl Record {
                     self.unreadable += 1;
                     return;
                 };
-                if offset <= self.last_offset {
+                let new_epoch = message.epoch.is_some() && message.epoch != self.epoch;
+                if new_epoch {
+                    self.epoch = message.epoch;
+                } else if offset <= self.last_offset {
                     self.duplicates += 1;
                     return;
                 }
@@ -82,7 +95,27 @@ impl Record {
                 }
                 self.messages.push(message.content);
             }
+            MessageKind::Broadcast => self.broadcasts.push(message.content),
             _ => {}
+        }
+    }
+
+    /// Takes a ready frame: the session is live. When the node could not recover everything
+    /// after `since` (or the epoch changed), the client adopts the stream's epoch and latest
+    /// offset, as `docs/client.md` says, and counts the incomplete recovery.
+    fn ready(&mut self, frame: ReadyFrame) {
+        self.node = Some(frame.server);
+        self.connected = true;
+        self.sessions += 1;
+        self.ready_at = Some(Instant::now());
+        if !frame.recovered {
+            self.unrecovered += 1;
+        }
+        if self.epoch.as_deref() != Some(frame.epoch.as_str()) {
+            self.epoch = Some(frame.epoch);
+            self.last_offset = frame.offset;
+        } else if !frame.recovered {
+            self.last_offset = self.last_offset.max(frame.offset);
         }
     }
 }
@@ -186,12 +219,16 @@ impl Client {
         }
     }
 
-    /// `<base>/connect/<user>`, with `?since=<last offset>` once it has seen one.
+    /// `<base>/connect/<user>`, with `?since=<last offset>` once it has seen one, and
+    /// `&epoch=<epoch>` once the node named one.
     fn connect_url(&self, base: &str) -> String {
-        let since = self.update(|r| r.last_offset);
+        let (since, epoch) = self.update(|r| (r.last_offset, r.epoch.clone()));
         let mut url = format!("{base}/connect/{}", percent_encode(&self.user));
         if since > 0 {
             url.push_str(&format!("?since={since}"));
+            if let Some(epoch) = epoch {
+                url.push_str(&format!("&epoch={}", percent_encode(&epoch)));
+            }
         }
         url
     }
@@ -233,6 +270,10 @@ impl Client {
         if let Ok(reset) = serde_json::from_str::<ResetFrame>(text) {
             self.update(|r| r.resets.push(reset));
             return Some(reset);
+        }
+        if let Ok(ready) = serde_json::from_str::<ReadyFrame>(text) {
+            self.update(|r| r.ready(ready));
+            return None;
         }
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => self.update(|r| r.accept(&self.user, message)),
@@ -287,6 +328,40 @@ mod tests {
             "a message without offset and an unknown type"
         );
         assert_eq!(r.resets, [reset]);
+    }
+
+    fn epoch_message(content: &str, offset: u64, epoch: &str) -> String {
+        let mut m: ClientMessage =
+            serde_json::from_str(&message(MessageKind::Message, content, Some(offset)))
+                .expect("parses");
+        m.epoch = Some(epoch.to_owned());
+        serde_json::to_string(&m).expect("serialises")
+    }
+
+    #[test]
+    fn offsets_compare_within_an_epoch_and_an_unrecovered_ready_frame_is_counted() {
+        let client = Client::new("alice".to_owned());
+        client.on_text(&ReadyFrame::new("node-1", "e1", 0, true).to_json());
+        client.on_text(&epoch_message("alice:1", 1, "e1"));
+        client.on_text(&epoch_message("alice:2", 2, "e1"));
+        client.on_text(&epoch_message("alice:2", 2, "e1"));
+        assert!(
+            client
+                .connect_url("ws://p")
+                .ends_with("/connect/alice?since=2&epoch=e1")
+        );
+        // The stream was made again: offset 1 of the new epoch is new, not a duplicate.
+        client.on_text(&epoch_message("alice:3", 1, "e2"));
+        client.on_text(&ReadyFrame::new("node-2", "e3", 7, false).to_json());
+        client.on_text(&epoch_message("alice:4", 8, "e3"));
+        client.on_text(&message(MessageKind::Broadcast, "all:1", None));
+        let r = client.snapshot();
+        assert_eq!(r.messages, ["alice:1", "alice:2", "alice:3", "alice:4"]);
+        assert_eq!((r.duplicates, r.unrecovered, r.sessions), (1, 1, 2));
+        assert_eq!((r.epoch.as_deref(), r.last_offset), (Some("e3"), 8));
+        assert_eq!(r.node.as_deref(), Some("node-2"));
+        assert_eq!(r.broadcasts, ["all:1"]);
+        assert_eq!(r.unreadable, 0);
     }
 
     #[test]

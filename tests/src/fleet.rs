@@ -170,12 +170,7 @@ pub async fn send_with_retry(
     loop {
         let proxy = &proxies[(i + attempt) % proxies.len()];
         attempt += 1;
-        let url = format!(
-            "{proxy}/send?userId={}&message={}",
-            percent_encode(user),
-            percent_encode(message)
-        );
-        let error = match http::request(Method::GET, &url, None).await {
+        let error = match send_once(proxy, user, message).await {
             Ok(r) if r.status == StatusCode::OK => return Ok(()),
             Ok(r) => format!("{} {}", r.status, r.text()),
             Err(e) => format!("{e:#}"),
@@ -185,4 +180,31 @@ pub async fn send_with_retry(
         }
         tokio::time::sleep(Duration::from_millis(SEND_RETRY_PAUSE_MS)).await;
     }
+}
+
+/// One send of `message` to `user` through `proxy` (an `http://` base URL), no retry: the
+/// answer as it came (200 delivered, 202 stored only, 5xx not stored), or the transport error.
+/// Every send of the harness goes through here.
+pub async fn send_once(proxy: &str, user: &str, message: &str) -> anyhow::Result<http::Response> {
+    let url = format!(
+        "{proxy}/send?userId={}&message={}",
+        percent_encode(user),
+        percent_encode(message)
+    );
+    http::request(Method::GET, &url, None).await
+}
+
+/// One broadcast of `message` through `proxy`, no retry (202 when the bus took it). The proxy
+/// routes every request by a key; `via` is the key this one is routed by.
+pub async fn broadcast_once(
+    proxy: &str,
+    via: &str,
+    message: &str,
+) -> anyhow::Result<http::Response> {
+    let url = format!(
+        "{proxy}/broadcast?userId={}&message={}",
+        percent_encode(via),
+        percent_encode(message)
+    );
+    http::request(Method::POST, &url, None).await
 }

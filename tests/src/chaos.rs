@@ -140,24 +140,38 @@ pub fn users_of(fleet: &Fleet) -> Vec<String> {
     fleet.clients.iter().map(|c| c.user.clone()).collect()
 }
 
-/// Answers to sends started in `[from, to)` and answered before `to`, by kind:
-/// `(acknowledged, refused, failed, slowest)`.
-pub fn answers_between(
-    log: &SendLog,
-    from: Instant,
-    to: Instant,
-) -> (usize, usize, usize, Duration) {
-    let mut counts = (0, 0, 0, Duration::ZERO);
+/// How the sends started during a fault window were answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowAnswers {
+    /// Answered 2xx within the window.
+    pub acknowledged: usize,
+    /// Answered 503 within the window.
+    pub refused: usize,
+    /// Answered otherwise (or failed) within the window.
+    pub failed: usize,
+    /// Started in the window but answered only after it: they hung through the fault.
+    pub held: usize,
+    /// The slowest answer within the window.
+    pub slowest: Duration,
+}
+
+/// How the sends started in `[from, to)` were answered.
+pub fn answers_between(log: &SendLog, from: Instant, to: Instant) -> WindowAnswers {
+    let mut w = WindowAnswers::default();
     for s in log.values().flatten() {
-        if s.started < from || s.answered >= to {
+        if s.started < from || s.started >= to {
+            continue;
+        }
+        if s.answered >= to {
+            w.held += 1;
             continue;
         }
         match s.outcome {
-            Outcome::Acknowledged(_) => counts.0 += 1,
-            Outcome::Refused(_) => counts.1 += 1,
-            Outcome::Failed(_) => counts.2 += 1,
+            Outcome::Acknowledged(_) => w.acknowledged += 1,
+            Outcome::Refused(_) => w.refused += 1,
+            Outcome::Failed(_) => w.failed += 1,
         }
-        counts.3 = counts.3.max(s.answered - s.started);
+        w.slowest = w.slowest.max(s.answered - s.started);
     }
-    counts
+    w
 }

@@ -22,10 +22,19 @@ use wscluster_tests::{Client, run_bounded, wait_for};
 const KILL_MARGIN: Duration = Duration::from_millis(200);
 /// The slowest a refusal during the outage may be: sends fail fast.
 const FAIL_FAST: Duration = Duration::from_secs(2);
+/// Longest Redis stays down.
+const OUTAGE_MAX: Duration = Duration::from_secs(5);
 /// Longest the system may take to acknowledge sends again after Redis is back.
 const BACK_WITHIN: Duration = Duration::from_secs(20);
 
+/// The outage lasts until a second's worth of sends was answered during it, or [`OUTAGE_MAX`]
+/// (sends that hang are then counted by the assertions, not waited for).
+async fn outage(load: &SendLoad, killed: Instant, rate: usize) {
+    let _ = wait_answered_after(load, killed + KILL_MARGIN, rate, OUTAGE_MAX).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs sends to fail fast with 503 while Redis is down (issue 14 §3, helper C): today they hang until Redis returns"]
 async fn acknowledged_sends_survive_a_durable_redis_sigkill_and_the_outage_answers_503() {
     let run = ChaosRun::new("chaos-redis", 3, "ra");
     run_bounded(run.limit(), durable(run)).await;
@@ -43,14 +52,7 @@ async fn durable(run: ChaosRun) -> anyhow::Result<()> {
 
     let killed = Instant::now();
     redis.kill().await?;
-    // The outage lasts until a second's worth of sends was answered during it.
-    wait_answered_after(
-        &load,
-        killed + KILL_MARGIN,
-        run.rate,
-        Duration::from_secs(20),
-    )
-    .await?;
+    outage(&load, killed, run.rate).await;
     redis.restart().await?;
     let restarted = Instant::now();
     let back = wait_acknowledged_after(&load, restarted, BACK_WITHIN).await?;
@@ -58,25 +60,32 @@ async fn durable(run: ChaosRun) -> anyhow::Result<()> {
 
     let (log, tally) = settle_sends(load, || s.fleet.records(), |t| t.lost == 0).await;
     let tally = tally.with_recovery(back);
-    let (acked, refused, failed, slowest) = answers_between(&log, killed + KILL_MARGIN, restarted);
+    let w = answers_between(&log, killed + KILL_MARGIN, restarted);
     println!("{}", tally.line("a-redis-durable", s.clients));
     println!(
-        "chaos a-redis-durable outage {:?}: acknowledged {acked}, refused-503 {refused}, \
-         failed {failed}, slowest answer {slowest:?}; first 2xx {back:?} after the restart",
-        restarted - killed
+        "chaos a-redis-durable outage {:?}: acknowledged {}, refused-503 {}, failed {}, \
+         held until Redis returned {}, slowest answer {:?}; first 2xx {back:?} after the restart",
+        restarted - killed,
+        w.acknowledged,
+        w.refused,
+        w.failed,
+        w.held,
+        w.slowest
     );
     tally.ensure_kept("a-redis-durable", s.clients)?;
     anyhow::ensure!(
-        acked == 0,
-        "{acked} sends were acknowledged while Redis was dead"
+        w.acknowledged == 0,
+        "{} sends were acknowledged while Redis was dead",
+        w.acknowledged
     );
     anyhow::ensure!(
-        refused > 0 && failed == 0,
-        "every send during the outage is answered 503 ({refused} were, {failed} not)"
+        w.refused > 0 && w.failed == 0 && w.held == 0,
+        "every send during the outage is answered 503 at once: {w:?}"
     );
     anyhow::ensure!(
-        slowest <= FAIL_FAST,
-        "refusals are fast: the slowest took {slowest:?}"
+        w.slowest <= FAIL_FAST,
+        "refusals are fast: the slowest took {:?}",
+        w.slowest
     );
     s.finish().await
 }
@@ -164,13 +173,7 @@ async fn volatile(run: ChaosRun) -> anyhow::Result<()> {
     // Redis loses everything, including what was stored for the offline clients.
     let killed = Instant::now();
     redis.kill().await?;
-    wait_answered_after(
-        &load,
-        killed + KILL_MARGIN,
-        run.rate,
-        Duration::from_secs(20),
-    )
-    .await?;
+    outage(&load, killed, run.rate).await;
     redis.restart().await?;
     let restarted = Instant::now();
     wait_acknowledged_after(&load, restarted, BACK_WITHIN).await?;

@@ -12,52 +12,58 @@ use wscluster_tests::chaos::{BroadcastLoad, ChaosRun, PrivateRabbit, SETTLE_SECO
 use wscluster_tests::env::env_count;
 use wscluster_tests::{run_bounded, wait_for};
 
+/// Extra time bound for starting RabbitMQ twice.
+const BROKER_STARTS: Duration = Duration::from_secs(30);
 /// Longest the system may take to acknowledge broadcasts again after the broker is back.
 const BACK_WITHIN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs durable per-node queues, persistent messages and publisher confirms (issue 14 §6, helper C)"]
+#[ignore = "needs durable per-node queues, persistent messages and publisher confirms (issue 14 §6, helper C): today a node reconnecting after the broker misses broadcasts another node already acknowledged (2 of 43 lost at 1,000 clients)"]
 async fn every_broadcast_answered_202_reaches_every_client_across_a_broker_restart() {
     let run = ChaosRun::new("chaos-broker", 3, "bb");
-    run_bounded(run.limit(), scenario(run)).await;
+    // The broker's two starts take 6-20 s on 2 busy cores: beyond the other scenarios' bound.
+    run_bounded(run.limit() + BROKER_STARTS, scenario(run)).await;
 }
 
 async fn scenario(run: ChaosRun) -> anyhow::Result<()> {
     let mut rabbit = PrivateRabbit::start().await?;
+    eprintln!("chaos b: private RabbitMQ at {}", rabbit.url());
     let s = run.start(run.options(None, Some(rabbit.url()))).await?;
     let rate = env_count("WSCLUSTER_CHAOS_BROADCAST_RATE", 10);
     let load = BroadcastLoad::start(&s.proxies, rate);
     let started = Instant::now();
+    let wanted = rate * 2;
     wait_for(
         "broadcasts acknowledged",
-        Duration::from_secs(10),
-        || async { Ok(load.first_acknowledged_after(started).map(drop)) },
+        Duration::from_secs(20),
+        || async { Ok((load.acknowledged_after(started) >= wanted).then_some(())) },
     )
     .await?;
 
     let killed = Instant::now();
+    eprintln!("chaos b: broadcasts acknowledged; killing the broker");
     rabbit.kill().await?;
     rabbit.restart().await?;
     let restarted = Instant::now();
+    eprintln!("chaos b: broker back after {:?}", restarted - killed);
     let back = wait_for("a broadcast acknowledged again", BACK_WITHIN, || async {
         Ok(load
             .first_acknowledged_after(restarted)
             .map(|at| at - killed))
     })
     .await?;
-    let again = Instant::now();
-    wait_for(
-        "more broadcasts after the restart",
-        Duration::from_secs(10),
-        || async {
-            Ok((again.elapsed() >= Duration::from_secs(1))
-                .then(|| load.first_acknowledged_after(again))
-                .flatten()
-                .map(drop))
-        },
-    )
+    // Two seconds' worth acknowledged after the restart: the nodes reconnect one by one, and
+    // a broadcast one of them takes while another is still away must reach that one's
+    // clients too.
+    wait_for("broadcasts after the restart", BACK_WITHIN, || async {
+        Ok((load.acknowledged_after(restarted) >= wanted).then_some(()))
+    })
     .await?;
     let sent = load.stop().await;
+    eprintln!(
+        "chaos b: {} broadcasts sent; waiting for them at every client",
+        sent.len()
+    );
 
     let tally = |records| Tally::of_broadcasts(&sent, &records);
     let _ = wait_for(

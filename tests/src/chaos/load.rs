@@ -87,6 +87,15 @@ fn first_acknowledged(log: &SharedLog, since: Instant) -> Option<Instant> {
         .min()
 }
 
+/// How many messages started at or after `since` were acknowledged.
+fn acknowledged_since(log: &SharedLog, since: Instant) -> usize {
+    let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+    log.values()
+        .flatten()
+        .filter(|s| s.started >= since && s.outcome.acknowledged())
+        .count()
+}
+
 /// Sends `<user>:<seq>` to users round robin at a fixed total rate until stopped.
 pub struct SendLoad {
     /// Stops the workers (a send in flight finishes and is recorded).
@@ -242,6 +251,11 @@ impl BroadcastLoad {
             }
         });
         BroadcastLoad { stop, task, log }
+    }
+
+    /// How many broadcasts started at or after `since` were acknowledged.
+    pub fn acknowledged_after(&self, since: Instant) -> usize {
+        acknowledged_since(&self.log, since)
     }
 
     /// When the first broadcast started at or after `since` was acknowledged, if one was.

@@ -264,12 +264,25 @@ impl PrivateRabbit {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// SIGKILL to the VM and its script, then waits until they are gone.
+    /// SIGKILL to the VM and its script, then waits until they are gone and the port is
+    /// closed (the VM outlives the script it was started by for a moment).
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        match self.process.take() {
-            Some(group) => group.kill().await,
-            None => bail!("the private RabbitMQ is not running"),
+        let group = self
+            .process
+            .take()
+            .context("the private RabbitMQ is not running")?;
+        group.kill().await?;
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let limit = Duration::from_secs(REAP_SECONDS);
+        let deadline = Instant::now() + limit;
+        while tokio::net::TcpStream::connect(address).await.is_ok() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the killed RabbitMQ still accepts connections after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
         }
+        Ok(())
     }
 
     /// Starts it again with the same node name and data (durable queues and persistent

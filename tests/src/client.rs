@@ -52,7 +52,7 @@ pub struct Record {
     pub epoch: Option<String>,
     /// Ready frames that said `recovered: false`: the node could not give everything after
     /// `since`, so messages may have been missed (and the client knows it).
-    pub unrecovered: u64,
+    pub not_recovered: u64,
     /// Broadcast contents received, in order.
     pub broadcasts: Vec<String>,
     /// Messages dropped as duplicates (offset already seen).
@@ -109,7 +109,7 @@ impl Record {
         self.sessions += 1;
         self.ready_at = Some(Instant::now());
         if !frame.recovered {
-            self.unrecovered += 1;
+            self.not_recovered += 1;
         }
         if self.epoch.as_deref() != Some(frame.epoch.as_str()) {
             self.epoch = Some(frame.epoch);
@@ -357,7 +357,7 @@ mod tests {
         client.on_text(&message(MessageKind::Broadcast, "all:1", None));
         let r = client.snapshot();
         assert_eq!(r.messages, ["alice:1", "alice:2", "alice:3", "alice:4"]);
-        assert_eq!((r.duplicates, r.unrecovered, r.sessions), (1, 1, 2));
+        assert_eq!((r.duplicates, r.not_recovered, r.sessions), (1, 1, 2));
         assert_eq!((r.epoch.as_deref(), r.last_offset), (Some("e3"), 8));
         assert_eq!(r.node.as_deref(), Some("node-2"));
         assert_eq!(r.broadcasts, ["all:1"]);

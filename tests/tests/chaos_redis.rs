@@ -184,7 +184,7 @@ async fn volatile(run: ChaosRun) -> anyhow::Result<()> {
     offline
         .wait("recovered=false at every returning client", limit, |c| {
             let r = c.snapshot();
-            r.connected && r.unrecovered > 0
+            r.connected && r.not_recovered > 0
         })
         .await?;
     let recovery = resumed.elapsed();

@@ -126,7 +126,7 @@ impl Tally {
     fn add(&mut self, seen: &Seen, r: &Record) {
         self.delivered += seen.delivered;
         self.lost += seen.lost;
-        if r.unrecovered == 0 {
+        if r.not_recovered == 0 {
             self.lost_silently += seen.lost;
         } else {
             self.unrecovered_users += 1;
@@ -211,10 +211,10 @@ mod tests {
         }
     }
 
-    fn record(messages: &[String], unrecovered: u64) -> Record {
+    fn record(messages: &[String], not_recovered: u64) -> Record {
         Record {
             messages: messages.to_vec(),
-            unrecovered,
+            not_recovered,
             ..Record::default()
         }
     }

@@ -149,21 +149,25 @@ pub struct WindowAnswers {
     pub refused: usize,
     /// Answered otherwise (or failed) within the window.
     pub failed: usize,
-    /// Started in the window but answered only after it: they hung through the fault.
+    /// Answered only after the window and later than `fast` after they started: they were
+    /// held through the fault instead of being refused.
     pub held: usize,
     /// The slowest answer within the window.
     pub slowest: Duration,
 }
 
-/// How the sends started in `[from, to)` were answered.
-pub fn answers_between(log: &SendLog, from: Instant, to: Instant) -> WindowAnswers {
+/// How the sends started in `[from, to)` were answered. One started shortly before `to` and
+/// answered just after it (within `fast`) is neither held nor counted: it met the repair.
+pub fn answers_between(log: &SendLog, from: Instant, to: Instant, fast: Duration) -> WindowAnswers {
     let mut w = WindowAnswers::default();
     for s in log.values().flatten() {
         if s.started < from || s.started >= to {
             continue;
         }
         if s.answered >= to {
-            w.held += 1;
+            if s.answered - s.started > fast {
+                w.held += 1;
+            }
             continue;
         }
         match s.outcome {

@@ -219,16 +219,18 @@ impl Client {
         }
     }
 
-    /// `<base>/connect/<user>`, with `?since=<last offset>` once it has seen one, and
-    /// `&epoch=<epoch>` once the node named one.
+    /// `<base>/connect/<user>`, with `?since=<last offset>&epoch=<its epoch>` once the node
+    /// named an epoch (even at offset 0: an empty stream that was made again is news), else
+    /// `?since=<last offset>` once it has seen one (a node without epochs).
     fn connect_url(&self, base: &str) -> String {
         let (since, epoch) = self.update(|r| (r.last_offset, r.epoch.clone()));
         let mut url = format!("{base}/connect/{}", percent_encode(&self.user));
-        if since > 0 {
-            url.push_str(&format!("?since={since}"));
-            if let Some(epoch) = epoch {
-                url.push_str(&format!("&epoch={}", percent_encode(&epoch)));
+        match epoch {
+            Some(epoch) => {
+                url.push_str(&format!("?since={since}&epoch={}", percent_encode(&epoch)));
             }
+            None if since > 0 => url.push_str(&format!("?since={since}")),
+            None => {}
         }
         url
     }
@@ -341,7 +343,13 @@ mod tests {
     #[test]
     fn offsets_compare_within_an_epoch_and_an_unrecovered_ready_frame_is_counted() {
         let client = Client::new("alice".to_owned());
+        assert!(client.connect_url("ws://p").ends_with("/connect/alice"));
         client.on_text(&ReadyFrame::new("node-1", "e1", 0, true).to_json());
+        assert!(
+            client
+                .connect_url("ws://p")
+                .ends_with("/connect/alice?since=0&epoch=e1")
+        );
         client.on_text(&epoch_message("alice:1", 1, "e1"));
         client.on_text(&epoch_message("alice:2", 2, "e1"));
         client.on_text(&epoch_message("alice:2", 2, "e1"));

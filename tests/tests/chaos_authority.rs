@@ -68,7 +68,7 @@ async fn scenario(run: ChaosRun) -> anyhow::Result<()> {
 
     let (log, tally) = settle_sends(load, || s.fleet.records(), |t| t.lost == 0).await;
     let tally = tally.with_recovery(recovery);
-    let w = answers_between(&log, stopped, restarted);
+    let w = answers_between(&log, stopped, restarted, Duration::from_secs(2));
     println!("{}", tally.line("c-authority-mid-drain", s.clients));
     println!("chaos c-authority-mid-drain: sends while the authority was down: {w:?}");
     println!(

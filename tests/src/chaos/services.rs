@@ -380,9 +380,14 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_durable_private_redis_keeps_an_answered_write_across_sigkill() {
+    async fn a_durable_private_redis_keeps_an_answered_write_across_sigkill_a_volatile_one_not() {
+        assert_eq!(write_kill_read(true).await.as_deref(), Some("v"));
+        assert_eq!(write_kill_read(false).await, None);
+    }
+
+    async fn write_kill_read(durable: bool) -> Option<String> {
         let run = async {
-            let mut redis = PrivateRedis::start(true).await?;
+            let mut redis = PrivateRedis::start(durable).await?;
             let client = redis::Client::open(redis.url())?;
             let mut c = client.get_multiplexed_async_connection().await?;
             let () = redis::cmd("SET")
@@ -403,11 +408,10 @@ mod tests {
             let v: Option<String> = redis::cmd("GET").arg("k").query_async(&mut c).await?;
             anyhow::Ok(v)
         };
-        let v = tokio::time::timeout(Duration::from_secs(30), run)
+        tokio::time::timeout(Duration::from_secs(30), run)
             .await
             .expect("within 30 s")
-            .expect("runs");
-        assert_eq!(v.as_deref(), Some("v"));
+            .expect("runs")
     }
 
     #[tokio::test]

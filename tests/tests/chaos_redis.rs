@@ -35,7 +35,7 @@ async fn outage(load: &SendLoad, killed: Instant, rate: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs sends to fail fast with 503 while Redis is down (issue 14 §3, helper C): today they hang until Redis returns"]
+#[ignore = "needs sends to fail fast with 503 while Redis is down (issue 14 §3, helper C): today they hang until Redis returns; passes on main + branch wc"]
 async fn acknowledged_sends_survive_a_durable_redis_sigkill_and_the_outage_answers_503() {
     let run = ChaosRun::new("chaos-redis", 3, "ra");
     run_bounded(run.limit(), durable(run)).await;
@@ -92,7 +92,7 @@ async fn durable(run: ChaosRun) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the node's ReadyFrame with recovered=false and epochs (issue 14 §1, helper C)"]
+#[ignore = "needs the node's ReadyFrame with recovered=false and epochs (issue 14 §1, helper C); passes on main + branch wc"]
 async fn a_redis_that_lost_its_data_tells_returning_clients_recovered_false() {
     let run = ChaosRun::new("chaos-redis-volatile", 3, "rv");
     run_bounded(run.limit(), volatile(run)).await;

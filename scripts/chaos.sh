@@ -67,5 +67,5 @@ for name in "${ONLY[@]}"; do
 done
 echo
 echo "==> figures (clients $CLIENTS, rate $RATE; log $LOG)"
-grep '^chaos ' "$LOG" || echo "no scenario printed figures"
+grep -o 'chaos [^ ]*: .*' "$LOG" || echo "no scenario printed figures"
 exit $status

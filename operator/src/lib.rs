@@ -45,6 +45,7 @@ pub mod leader;
 pub mod local;
 pub mod membership;
 pub mod metrics;
+pub mod plugin;
 pub mod probe;
 pub mod rbac;
 pub mod resources;

@@ -4,6 +4,8 @@
 //! permissions as JSON), `local` (everything on 127.0.0.1 without Kubernetes), and `node` and
 //! `proxy`, which run exactly what `wscluster-node` and `wscluster-proxy` run (same flags), so
 //! this one executable is enough for local mode: it spawns itself as its nodes and proxies.
+//! `kubectl` is the kubectl plugin (`kubectl wscluster owner|ring|status`); invoked under the
+//! name `kubectl-wscluster` the binary runs it directly.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -52,6 +54,24 @@ enum Command {
     Node(Box<wscluster_node::Config>),
     /// Run a proxy, exactly as `wscluster-proxy` does (same flags).
     Proxy(Box<wscluster_proxy::cli::Args>),
+    /// `kubectl wscluster`: owner of a key, the ring, the cluster's sync and drain status.
+    /// Linked as `kubectl-wscluster` on the PATH, this binary is the kubectl plugin.
+    Kubectl(wscluster_operator::plugin::PluginArgs),
+}
+
+/// The name under which this binary is the kubectl plugin.
+const PLUGIN_NAME: &str = "kubectl-wscluster";
+
+/// The command line, read as `wscluster-operator kubectl …` when invoked as the plugin.
+fn command_line() -> Cli {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_stem().map(|s| s.to_owned()));
+    if invoked_as.as_deref() == Some(std::ffi::OsStr::new(PLUGIN_NAME)) {
+        args.insert(1, "kubectl".into());
+    }
+    Cli::parse_from(args)
 }
 
 /// Flags of `run`.
@@ -103,7 +123,7 @@ struct LocalCli {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    match command_line().command {
         Command::Crd => match wscluster_operator::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -119,6 +139,31 @@ fn main() -> ExitCode {
         Command::Local(cli) => local(cli),
         Command::Node(config) => wscluster_node::main(*config),
         Command::Proxy(args) => wscluster_proxy::cli::main(*args),
+        Command::Kubectl(args) => kubectl(args),
+    }
+}
+
+/// `kubectl wscluster …`: one answer on stdout, or one `error: …` line.
+fn kubectl(args: wscluster_operator::plugin::PluginArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return process::fail(e),
+    };
+    let answer = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
+        wscluster_operator::plugin::run(client, &args).await
+    });
+    match answer {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => process::fail(e),
     }
 }
 

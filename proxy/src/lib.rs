@@ -59,6 +59,7 @@ pub mod route;
 pub mod server;
 pub mod splice;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the ring: lookups at 3, 10, 100 and 1,000 members for the wscluster
 //! ring and, in the same run, the `hashring` crate (the peer the issue names) and the ketama,
-//! Maglev and plain rendezvous baselines; build time; and the moved-connection scan.
+//! Maglev and plain rendezvous baselines; build time, full and incremental (one member joins or
+//! leaves: `cargo bench -p wscluster-ring --bench ring -- build-one-change`); and the
+//! moved-connection scan.
 //!
 //! ```text
 //! cargo bench -p wscluster-ring
@@ -151,6 +153,32 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
+/// A ring change of one member at 100 and 1,000 members: a full build of the next ring against
+/// `Ring::build_from` the current one (what proxies and nodes do on every ring they apply).
+fn build_one_change(c: &mut Criterion) {
+    let mut group = c.benchmark_group("build-one-change");
+    group.sample_size(10);
+    for n in [100usize, 1_000] {
+        let current = ring(n);
+        let mut joined = current.members().to_vec();
+        joined.push(Member::active("node-joining", "127.0.0.1:1"));
+        let mut left = current.members().to_vec();
+        left.remove(n / 2);
+        for (name, next) in [("join", joined), ("leave", left)] {
+            let snap = RingSnapshot::new("bench/ring", 2, next);
+            group.bench_with_input(BenchmarkId::new(format!("full-{name}"), n), &n, |b, _| {
+                b.iter(|| Ring::build(black_box(snap.clone())))
+            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("incremental-{name}"), n),
+                &n,
+                |b, _| b.iter(|| current.build_from(black_box(snap.clone()))),
+            );
+        }
+    }
+    group.finish();
+}
+
 /// What the proxy does on every ring change: diff two rings and test 100,000 live connections'
 /// key hashes.
 fn moved_scan(c: &mut Criterion) {
@@ -170,5 +198,5 @@ fn moved_scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, build, moved_scan);
+criterion_group!(benches, lookup, build, build_one_change, moved_scan);
 criterion_main!(benches);

@@ -44,8 +44,8 @@ mod snapshot;
 
 pub use error::{NoOwner, RingError, SnapshotError};
 pub use hash::KeyHash;
-pub use ring::{Move, MoveReason, Ring, RingDiff, Slot};
+pub use ring::{INCREMENTAL_CHANGES_MAX, Move, MoveReason, Ring, RingDiff, Slot};
 pub use snapshot::{
     Algorithm, DEFAULT_SLOTS, MAX_MEMBERS, MAX_SLOTS, MAX_WEIGHT, MIN_SLOTS, Member, MemberState,
-    RingParams, RingSnapshot,
+    RingParams, RingSnapshot, recommended_slots,
 };

@@ -45,6 +45,11 @@ impl Ring {
     pub fn build(mut snapshot: RingSnapshot) -> Result<Ring, RingError> {
         snapshot.validate()?;
         snapshot.members.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Ring::build_sorted(snapshot))
+    }
+
+    /// [`Ring::build`] of a validated snapshot whose members are sorted by id.
+    fn build_sorted(snapshot: RingSnapshot) -> Ring {
         let slots = snapshot.params.slots as usize;
         let classes = weight_classes(&snapshot.members);
         let mut table = vec![NO_OWNER; slots].into_boxed_slice();
@@ -61,17 +66,22 @@ impl Ring {
                 }
             }
         }
+        Ring::with_table(snapshot, table)
+    }
+
+    /// The ring of a sorted snapshot and its finished table.
+    fn with_table(snapshot: RingSnapshot, table: Box<[u16]>) -> Ring {
         let mut slots_owned = vec![0u32; snapshot.members.len()].into_boxed_slice();
         for &owner in table.iter() {
             if owner != NO_OWNER {
                 slots_owned[owner as usize] += 1;
             }
         }
-        Ok(Ring {
+        Ring {
             snapshot,
             table,
             slots_owned,
-        })
+        }
     }
 
     /// An empty ring (no members) for a cluster, at version 0: every lookup answers [`NoOwner`].
@@ -85,10 +95,27 @@ impl Ring {
         }
     }
 
-    /// Builds `next` if it may replace this ring: same cluster, strictly newer version.
+    /// Builds `next` if it may replace this ring: same cluster, strictly newer version. Built
+    /// from this ring with [`Ring::build_from`], so a join or a leave costs O(slots).
     pub fn replace(&self, next: RingSnapshot) -> Result<Ring, RingError> {
         self.check_successor(&next)?;
-        Ring::build(next)
+        self.build_from(next)
+    }
+
+    /// Builds `next` as [`Ring::build`] would, bit for bit, reusing this ring's table when that
+    /// is cheaper: when both rings have the same slot count, every active member of each has one
+    /// weight, and at most [`INCREMENTAL_CHANGES_MAX`] members joined or left the active set.
+    /// Then a slot whose owner stayed active keeps it unless a joining member beats the owner's
+    /// score, and only the slots of members that left are scored against every member: about
+    /// two scores per slot for one change instead of one per (slot, member). Anything else is a
+    /// full build. Versions and clusters are not compared (see [`Ring::replace`]).
+    pub fn build_from(&self, mut next: RingSnapshot) -> Result<Ring, RingError> {
+        next.validate()?;
+        next.members.sort_by(|a, b| a.id.cmp(&b.id));
+        match Incremental::plan(self, &next) {
+            Some(plan) => Ok(plan.build(self, next)),
+            None => Ring::build(next),
+        }
     }
 
     /// Whether `next` may replace this ring, without building it.
@@ -168,6 +195,109 @@ impl Ring {
     /// What changed between this ring and `next`, for finding moved connections.
     pub fn diff<'a>(&'a self, next: &'a Ring) -> RingDiff<'a> {
         RingDiff::new(self, next)
+    }
+}
+
+/// The most members that may join or leave the active set for [`Ring::build_from`] to reuse the
+/// previous table; past it a full build is as cheap.
+pub const INCREMENTAL_CHANGES_MAX: usize = 4;
+
+/// How [`Ring::build_from`] turns the previous table into the next one.
+struct Incremental {
+    /// Old member index → its index in the next ring when it is still active there.
+    kept: Vec<Option<u16>>,
+    /// Members active in the next ring and not in the old one: (next index, member hash).
+    joined: Vec<(u16, u64)>,
+    /// Every active member of the next ring, in id order: (index, member hash).
+    active: Vec<(u16, u64)>,
+}
+
+impl Incremental {
+    /// The plan, or `None` when the change is not one [`Ring::build_from`] reuses.
+    fn plan(old: &Ring, next: &RingSnapshot) -> Option<Incremental> {
+        if old.table.len() != next.params.slots as usize
+            || weight_classes(&old.snapshot.members).len() > 1
+        {
+            return None;
+        }
+        let classes = weight_classes(&next.members);
+        let active = match classes.as_slice() {
+            [] => Vec::new(),
+            [(_, members)] => members.clone(),
+            _ => return None,
+        };
+        let next_index = |id: &str| {
+            next.members
+                .binary_search_by(|m| m.id.as_str().cmp(id))
+                .ok()
+        };
+        let kept: Vec<Option<u16>> = old
+            .snapshot
+            .members
+            .iter()
+            .map(|m| {
+                let index = next_index(&m.id).filter(|_| m.is_active())?;
+                next.members[index].is_active().then_some(index as u16)
+            })
+            .collect();
+        let left = old
+            .snapshot
+            .members
+            .iter()
+            .zip(&kept)
+            .filter(|(m, k)| m.is_active() && k.is_none())
+            .count();
+        let was_active = |index: u16| {
+            let id = &next.members[index as usize].id;
+            old.snapshot
+                .members
+                .binary_search_by(|m| m.id.cmp(id))
+                .is_ok_and(|i| old.snapshot.members[i].is_active())
+        };
+        let joined: Vec<(u16, u64)> = active
+            .iter()
+            .copied()
+            .filter(|&(index, _)| !was_active(index))
+            .collect();
+        (left + joined.len() <= INCREMENTAL_CHANGES_MAX).then_some(Incremental {
+            kept,
+            joined,
+            active,
+        })
+    }
+
+    /// The next ring: each slot keeps its owner unless a joining member scores higher, and a
+    /// slot whose owner left is scored against every active member.
+    fn build(self, old: &Ring, next: RingSnapshot) -> Ring {
+        let old_hashes: Vec<u64> = old
+            .snapshot
+            .members
+            .iter()
+            .map(|m| member_hash(&m.id))
+            .collect();
+        let table: Box<[u16]> = old
+            .table
+            .iter()
+            .enumerate()
+            .map(|(s, &owner)| {
+                let sh = slot_hash(s);
+                let kept = (owner != NO_OWNER)
+                    .then(|| self.kept[owner as usize])
+                    .flatten();
+                let Some(index) = kept else {
+                    return best_in_class(&self.active, sh).0;
+                };
+                let mut best = (index, mix64(old_hashes[owner as usize] ^ sh));
+                for &(j, hash) in &self.joined {
+                    let score = mix64(hash ^ sh);
+                    if score > best.1 || (score == best.1 && j < best.0) {
+                        best = (j, score);
+                    }
+                }
+                best.0
+            })
+            .collect();
+        Ring::with_table(next, table)
     }
 }
 
@@ -482,6 +612,74 @@ mod tests {
             let changed = old.owner(&key).map(|m| &m.id) != new.owner(&key).map(|m| &m.id);
             assert_eq!(diff.moved(&key), changed, "{key}");
         }
+    }
+
+    fn assert_same_table(incremental: &Ring, full: &Ring) {
+        assert_eq!(incremental.members(), full.members());
+        assert!(incremental.table == full.table, "tables differ");
+        assert_eq!(incremental.slots_owned, full.slots_owned);
+    }
+
+    #[test]
+    fn build_from_equals_a_full_build_for_joins_leaves_and_drains() {
+        let old = ring(1, members(10));
+        let mut changes: Vec<Vec<Member>> = Vec::new();
+        let mut joined = members(10);
+        joined.push(Member::active("node-10", "h:10"));
+        joined.push(Member::active("a-first", "h:0"));
+        changes.push(joined);
+        let mut left = members(10);
+        left.remove(3);
+        changes.push(left);
+        let mut drained = members(10);
+        drained[0] = drained[0].clone().draining();
+        drained[9] = drained[9].clone().draining();
+        changes.push(drained);
+        let mut both = members(10);
+        both.remove(5);
+        both.push(Member::active("node-77", "h:77"));
+        changes.push(both);
+        changes.push(vec![]);
+        for (i, next) in changes.into_iter().enumerate() {
+            let snap = RingSnapshot::new("default/chat", 2 + i as u64, next);
+            let full = Ring::build(snap.clone()).expect("valid");
+            assert_same_table(&old.build_from(snap).expect("valid"), &full);
+        }
+    }
+
+    #[test]
+    fn build_from_falls_back_to_a_full_build_and_still_agrees() {
+        let old = ring(1, members(6));
+        let mut weighted = members(6);
+        weighted[2].weight = 3;
+        let many = members(6 + INCREMENTAL_CHANGES_MAX + 1);
+        let mut small = RingSnapshot::new("default/chat", 2, members(6));
+        small.params.slots = 1 << 12;
+        for snap in [
+            RingSnapshot::new("default/chat", 2, weighted),
+            RingSnapshot::new("default/chat", 2, many),
+            small,
+        ] {
+            let full = Ring::build(snap.clone()).expect("valid");
+            assert_same_table(&old.build_from(snap).expect("valid"), &full);
+        }
+        let from_empty = Ring::empty("default/chat");
+        let snap = RingSnapshot::new("default/chat", 1, members(3));
+        assert_same_table(
+            &from_empty.build_from(snap.clone()).expect("valid"),
+            &Ring::build(snap).expect("valid"),
+        );
+    }
+
+    #[test]
+    fn build_from_validates_like_build() {
+        let old = ring(1, members(3));
+        let bad = RingSnapshot::new(
+            "default/chat",
+            2,
+            vec![Member::active("a", "h:1").with_weight(0)],
+        );
+        assert!(matches!(old.build_from(bad), Err(RingError::Invalid(_))));
     }
 
     #[test]

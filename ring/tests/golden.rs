@@ -116,3 +116,29 @@ fn key_to_owner_mapping_matches_the_checked_in_golden_vectors() {
     }
     assert_eq!(golden.cases.len(), computed.cases.len());
 }
+
+/// The incremental path must give the golden owners too: each golden ring is built from the
+/// same ring without its first member (a join) and from the ring with one more member (a leave).
+#[test]
+fn incremental_builds_reach_the_golden_owners() {
+    for (name, snapshot) in cases() {
+        let full = Ring::build(snapshot.clone()).expect("golden rings are valid");
+        let mut without_first = snapshot.clone();
+        without_first.members.remove(0);
+        let mut with_extra = snapshot.clone();
+        with_extra
+            .members
+            .push(Member::active("chat-node-extra", "10.0.0.99:8080"));
+        for previous in [without_first, with_extra] {
+            let previous = Ring::build(previous).expect("valid");
+            let incremental = previous.build_from(snapshot.clone()).expect("valid");
+            for key in keys() {
+                assert_eq!(
+                    incremental.owner(&key).map(|m| &m.id),
+                    full.owner(&key).map(|m| &m.id),
+                    "case {name}, key {key}"
+                );
+            }
+        }
+    }
+}

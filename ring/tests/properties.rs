@@ -107,4 +107,42 @@ proptest! {
         prop_assert!(r.owner(&key).is_ok());
         prop_assert!(Ring::empty("x").owner(&key).is_err());
     }
+
+    #[test]
+    fn an_incremental_build_is_bit_for_bit_a_full_build(
+        ids in proptest::collection::btree_set("[a-z]{1,6}-[0-9]{1,3}", 1..24),
+        removed in proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+        drained in proptest::collection::vec(any::<prop::sample::Index>(), 0..2),
+        added in proptest::collection::btree_set("[a-z]{1,6}-[0-9]{1,3}", 0..3),
+    ) {
+        let members: Vec<Member> = ids.iter().map(|id| Member::active(id.clone(), format!("{id}:80"))).collect();
+        let old = ring(&members, 1);
+        let mut next = members.clone();
+        for pick in &removed {
+            if !next.is_empty() {
+                next.remove(pick.index(next.len()));
+            }
+        }
+        for pick in &drained {
+            if !next.is_empty() {
+                let i = pick.index(next.len());
+                next[i] = next[i].clone().draining();
+            }
+        }
+        for id in added.iter().filter(|id| !ids.contains(*id)) {
+            next.push(Member::active(id.clone(), format!("{id}:80")));
+        }
+        let mut snap = RingSnapshot::new("prop/ring", 2, next);
+        snap.params.slots = 1 << 12;
+        let full = Ring::build(snap.clone()).expect("valid ring");
+        let incremental = old.build_from(snap).expect("valid ring");
+        prop_assert_eq!(incremental.members(), full.members());
+        for slot in 0..full.slot_count() {
+            let h = KeyHash(u64::from(slot) << 52);
+            prop_assert_eq!(incremental.owner_index(h), full.owner_index(h));
+        }
+        for (i, _) in full.members().iter().enumerate() {
+            prop_assert_eq!(incremental.slots_owned(i), full.slots_owned(i));
+        }
+    }
 }

@@ -84,11 +84,23 @@ async fn wait_all_reset_and_back(
     let started = Instant::now();
     wscluster_tests::wait_for("every client reset and back", limit, || async {
         let records = fleet.records();
-        let waiting = records
+        let away = records.values().filter(|r| !r.connected).count();
+        let unreset: Vec<(&String, &wscluster_tests::Record)> = records
             .iter()
-            .filter(|(u, r)| !r.connected || (victims.contains(*u) && r.resets.is_empty()))
-            .count();
-        anyhow::ensure!(waiting == 0, "{waiting} clients not reset and back yet");
+            .filter(|(u, r)| victims.contains(*u) && r.resets.is_empty())
+            .collect();
+        if let Some((user, r)) = unreset.first() {
+            anyhow::bail!(
+                "{away} clients not connected, {} of the stopped proxy's not reset, e.g. {user}: \
+                 connected {}, drops {}, sessions {}, failed connects {}",
+                unreset.len(),
+                r.connected,
+                r.drops,
+                r.sessions,
+                r.failed_connects
+            );
+        }
+        anyhow::ensure!(away == 0, "{away} clients not connected yet");
         Ok(Some(started.elapsed()))
     })
     .await

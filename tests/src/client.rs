@@ -1,8 +1,10 @@
 //! One WebSocket client with the reconnect logic of `docs/client.md`, recording what it saw.
 //!
-//! It reads frames with the contract's own types ([`ResetFrame`], [`ClientMessage`]), so a
-//! frame the node or proxy sends in any other shape is counted ([`Record::unreadable`]) and
-//! reported by [`crate::delivery`], not skipped.
+//! It reads frames with the contract's own types ([`ResetFrame`], [`ReadyFrame`],
+//! [`ClientMessage`]), so a frame the node or proxy sends in any other shape is counted
+//! ([`Record::unreadable`]) and reported by [`crate::delivery`], not skipped. It resumes with
+//! `since` and `epoch`, and de-duplicates by offset within an epoch only: a message of a new
+//! epoch is always taken.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,13 +23,15 @@ pub const HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
 const BACKOFF_FIRST_MS: u64 = 100;
 /// Longest wait after repeated unexpected drops.
 const BACKOFF_MAX_MS: u64 = 2_000;
+/// The node's notice that a session is open and replayed.
+const READY_NOTICE: &str = "ready";
 
 /// What one client saw.
 #[derive(Debug, Default, Clone)]
 pub struct Record {
-    /// The node of the current (or last) session, from its ready frame.
+    /// The node of the current (or last) session, from the `ready` notice.
     pub node: Option<String>,
-    /// Whether a session is open and past its ready frame.
+    /// Whether a session is open and past its `ready` notice.
     pub connected: bool,
     /// Reset frames received, in order.
     pub resets: Vec<ResetFrame>,
@@ -42,12 +46,15 @@ pub struct Record {
     pub last_connect_error: Option<String>,
     /// Message contents accepted, in order, after de-duplication by offset.
     pub messages: Vec<String>,
-    /// The highest offset accepted within [`Record::epoch`].
+    /// The highest offset accepted (within [`Record::epoch`]).
     pub last_offset: u64,
-    /// The mailbox epoch of `last_offset` (from the last message or ready frame).
+    /// The epoch of the user's stream the offsets belong to, once the node named one.
     pub epoch: Option<String>,
-    /// Ready frames that said `recovered: false` (the client may have missed messages).
+    /// Ready frames that said `recovered: false`: the node could not give everything after
+    /// `since`, so messages may have been missed (and the client knows it).
     pub not_recovered: u64,
+    /// Broadcast contents received, in order.
+    pub broadcasts: Vec<String>,
     /// Messages dropped as duplicates (offset already seen).
     pub duplicates: u64,
     /// Messages whose content names another user: must stay 0.
@@ -60,42 +67,56 @@ pub struct Record {
 }
 
 impl Record {
-    /// Takes a ready frame: the session is open; the client resumes from the frame's epoch and
-    /// offset when the node could not recover what it asked for.
-    fn ready(&mut self, ready: ReadyFrame) {
-        self.node = Some(ready.server);
-        self.connected = true;
-        self.sessions += 1;
-        self.ready_at = Some(Instant::now());
-        if !ready.recovered {
-            self.not_recovered += 1;
-        }
-        if !ready.recovered || self.epoch.as_deref() != Some(ready.epoch.as_str()) {
-            self.last_offset = ready.offset;
-            self.epoch = Some(ready.epoch);
+    /// Takes one client message for `user`: a `ready` notice opens the session; a `message` is
+    /// kept once per offset and checked to be `user`'s own (`<user>:<seq>`).
+    fn accept(&mut self, user: &str, message: ClientMessage) {
+        match message.kind {
+            MessageKind::System if message.content == READY_NOTICE => {
+                self.node = Some(message.server);
+                self.connected = true;
+                self.sessions += 1;
+                self.ready_at = Some(Instant::now());
+            }
+            MessageKind::Message => {
+                let Some(offset) = message.offset else {
+                    self.unreadable += 1;
+                    return;
+                };
+                let new_epoch = message.epoch.is_some() && message.epoch != self.epoch;
+                if new_epoch {
+                    self.epoch = message.epoch;
+                } else if offset <= self.last_offset {
+                    self.duplicates += 1;
+                    return;
+                }
+                self.last_offset = offset;
+                if message.content.rsplit_once(':').map(|(u, _)| u) != Some(user) {
+                    self.misdelivered += 1;
+                }
+                self.messages.push(message.content);
+            }
+            MessageKind::Broadcast => self.broadcasts.push(message.content),
+            _ => {}
         }
     }
 
-    /// Takes one client message for `user`: a `message` is kept once per (epoch, offset) and
-    /// checked to be `user`'s own (`<user>:<seq>`).
-    fn accept(&mut self, user: &str, message: ClientMessage) {
-        if message.kind != MessageKind::Message {
-            return;
+    /// Takes a ready frame: the session is live. When the node could not recover everything
+    /// after `since` (or the epoch changed), the client adopts the stream's epoch and latest
+    /// offset, as `docs/client.md` says, and counts the incomplete recovery.
+    fn ready(&mut self, frame: ReadyFrame) {
+        self.node = Some(frame.server);
+        self.connected = true;
+        self.sessions += 1;
+        self.ready_at = Some(Instant::now());
+        if !frame.recovered {
+            self.not_recovered += 1;
         }
-        let (Some(offset), Some(epoch)) = (message.offset, message.epoch) else {
-            self.unreadable += 1;
-            return;
-        };
-        if self.epoch.as_deref() == Some(epoch.as_str()) && offset <= self.last_offset {
-            self.duplicates += 1;
-            return;
+        if self.epoch.as_deref() != Some(frame.epoch.as_str()) {
+            self.epoch = Some(frame.epoch);
+            self.last_offset = frame.offset;
+        } else if !frame.recovered {
+            self.last_offset = self.last_offset.max(frame.offset);
         }
-        self.last_offset = offset;
-        self.epoch = Some(epoch);
-        if message.content.rsplit_once(':').map(|(u, _)| u) != Some(user) {
-            self.misdelivered += 1;
-        }
-        self.messages.push(message.content);
     }
 }
 
@@ -198,13 +219,18 @@ impl Client {
         }
     }
 
-    /// `<base>/connect/<user>`, with `?since=<last offset>&epoch=<its epoch>` once it has an
-    /// epoch.
+    /// `<base>/connect/<user>`, with `?since=<last offset>&epoch=<its epoch>` once the node
+    /// named an epoch (even at offset 0: an empty stream that was made again is news), else
+    /// `?since=<last offset>` once it has seen one (a node without epochs).
     fn connect_url(&self, base: &str) -> String {
         let (since, epoch) = self.update(|r| (r.last_offset, r.epoch.clone()));
         let mut url = format!("{base}/connect/{}", percent_encode(&self.user));
-        if let Some(epoch) = epoch {
-            url.push_str(&format!("?since={since}&epoch={}", percent_encode(&epoch)));
+        match epoch {
+            Some(epoch) => {
+                url.push_str(&format!("?since={since}&epoch={}", percent_encode(&epoch)));
+            }
+            None if since > 0 => url.push_str(&format!("?since={since}")),
+            None => {}
         }
         url
     }
@@ -273,7 +299,7 @@ mod tests {
             server_user_count: 1,
             timestamp: 0,
             offset,
-            epoch: offset.map(|_| "e1".to_owned()),
+            epoch: None,
             from: None,
         };
         serde_json::to_string(&m).expect("serialises")
@@ -282,8 +308,11 @@ mod tests {
     #[test]
     fn frames_are_read_with_the_contract_types() {
         let client = Client::new("alice".to_owned());
-        let ready = ReadyFrame::new("node-1", "e1", 0, true);
-        assert!(client.on_text(&ready.to_json()).is_none());
+        assert!(
+            client
+                .on_text(&message(MessageKind::System, "ready", None))
+                .is_none()
+        );
         client.on_text(&message(MessageKind::Message, "alice:1", Some(1)));
         client.on_text(&message(MessageKind::Message, "alice:1", Some(1)));
         client.on_text(&message(MessageKind::Message, "bob:2", Some(2)));
@@ -301,6 +330,46 @@ mod tests {
             "a message without offset and an unknown type"
         );
         assert_eq!(r.resets, [reset]);
+    }
+
+    fn epoch_message(content: &str, offset: u64, epoch: &str) -> String {
+        let mut m: ClientMessage =
+            serde_json::from_str(&message(MessageKind::Message, content, Some(offset)))
+                .expect("parses");
+        m.epoch = Some(epoch.to_owned());
+        serde_json::to_string(&m).expect("serialises")
+    }
+
+    #[test]
+    fn offsets_compare_within_an_epoch_and_an_unrecovered_ready_frame_is_counted() {
+        let client = Client::new("alice".to_owned());
+        assert!(client.connect_url("ws://p").ends_with("/connect/alice"));
+        client.on_text(&ReadyFrame::new("node-1", "e1", 0, true).to_json());
+        assert!(
+            client
+                .connect_url("ws://p")
+                .ends_with("/connect/alice?since=0&epoch=e1")
+        );
+        client.on_text(&epoch_message("alice:1", 1, "e1"));
+        client.on_text(&epoch_message("alice:2", 2, "e1"));
+        client.on_text(&epoch_message("alice:2", 2, "e1"));
+        assert!(
+            client
+                .connect_url("ws://p")
+                .ends_with("/connect/alice?since=2&epoch=e1")
+        );
+        // The stream was made again: offset 1 of the new epoch is new, not a duplicate.
+        client.on_text(&epoch_message("alice:3", 1, "e2"));
+        client.on_text(&ReadyFrame::new("node-2", "e3", 7, false).to_json());
+        client.on_text(&epoch_message("alice:4", 8, "e3"));
+        client.on_text(&message(MessageKind::Broadcast, "all:1", None));
+        let r = client.snapshot();
+        assert_eq!(r.messages, ["alice:1", "alice:2", "alice:3", "alice:4"]);
+        assert_eq!((r.duplicates, r.not_recovered, r.sessions), (1, 1, 2));
+        assert_eq!((r.epoch.as_deref(), r.last_offset), (Some("e3"), 8));
+        assert_eq!(r.node.as_deref(), Some("node-2"));
+        assert_eq!(r.broadcasts, ["all:1"]);
+        assert_eq!(r.unreadable, 0);
     }
 
     #[test]

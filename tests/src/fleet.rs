@@ -176,17 +176,11 @@ pub async fn send_with_retry(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!api.urls.is_empty(), "no proxy to send {message:?} through");
     let deadline = Instant::now() + Duration::from_secs(SEND_RETRY_SECONDS);
-    let path = Route::UserMessages(user.to_owned()).path();
-    let body = serde_json::json!({ "message": message });
-    let bearer = format!("Bearer {}", api.key);
     let mut attempt = 0;
     loop {
         let base = &api.urls[(i + attempt) % api.urls.len()];
         attempt += 1;
-        let url = format!("{base}{path}");
-        let headers = [("authorization", bearer.as_str())];
-        let sent = http::request_with(Method::POST, &url, Some(&body), &headers);
-        let error = match sent.await {
+        let error = match send_once(base, &api.key, user, message).await {
             Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::ACCEPTED => {
                 return Ok(());
             }
@@ -198,4 +192,32 @@ pub async fn send_with_retry(
         }
         tokio::time::sleep(Duration::from_millis(SEND_RETRY_PAUSE_MS)).await;
     }
+}
+
+/// One send of `message` to `user` through a proxy's server API (`api`, an `http://` base URL)
+/// with API key `key`, no retry: the answer as it came (200 delivered, 202 stored only, 5xx not
+/// stored), or the transport error. Every send of the harness goes through here.
+pub async fn send_once(
+    api: &str,
+    key: &str,
+    user: &str,
+    message: &str,
+) -> anyhow::Result<http::Response> {
+    let url = format!("{api}{}", Route::UserMessages(user.to_owned()).path());
+    post_message(&url, key, message).await
+}
+
+/// One broadcast of `message` through a proxy's server API, no retry (202 when the bus took
+/// it).
+pub async fn broadcast_once(api: &str, key: &str, message: &str) -> anyhow::Result<http::Response> {
+    let url = format!("{api}{}", wscluster_ring::contract::api::BROADCAST_PATH);
+    post_message(&url, key, message).await
+}
+
+/// `POST {"message": …}` with `Authorization: Bearer <key>`.
+async fn post_message(url: &str, key: &str, message: &str) -> anyhow::Result<http::Response> {
+    let body = serde_json::json!({ "message": message });
+    let bearer = format!("Bearer {key}");
+    let headers = [("authorization", bearer.as_str())];
+    http::request_with(Method::POST, url, Some(&body), &headers).await
 }

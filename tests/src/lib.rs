@@ -14,6 +14,7 @@
 //! | [`wait`] | [`wait_for`] (bounded polling) and [`run_bounded`] (the time bound of every test) |
 //! | [`http`] | requests on hyper-util's client, one connection each |
 //! | [`backends`] | Redis and RabbitMQ reachability, Redis key cleanup |
+//! | [`chaos`] | the chaos suite: private Redis/RabbitMQ it kills, recorded load, the figures ([`chaos::Tally`]) |
 //!
 //! A missing binary or an unreachable service fails the test with a clear message.
 //!
@@ -27,6 +28,7 @@
 //! ```
 
 pub mod backends;
+pub mod chaos;
 pub mod client;
 pub mod delivery;
 pub mod env;
@@ -39,7 +41,7 @@ pub mod wait;
 pub use client::{Client, Record};
 pub use delivery::{delivery_problems, ensure_delivered};
 pub use env::{TempDir, binary, operator_binary, unique};
-pub use fleet::{Fleet, ServerApi, reset_users, send_with_retry};
+pub use fleet::{Fleet, ServerApi, broadcast_once, reset_users, send_once, send_with_retry};
 pub use local::{Local, LocalOptions, ring_of, settled};
 pub use scenario::{Scenario, Started};
 pub use wait::{run_bounded, wait_for};

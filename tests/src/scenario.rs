@@ -86,6 +86,16 @@ impl Started {
     pub async fn new(scenario: Scenario) -> anyhow::Result<Started> {
         let clients = env_count(CLIENTS_ENV, scenario.default_clients);
         let options = LocalOptions::real_backends(scenario.name, scenario.nodes, PROXIES);
+        Started::with_options(scenario, options, clients).await
+    }
+
+    /// The same with local mode started from `options` (its own Redis, RabbitMQ or proxy
+    /// config) and `clients` clients.
+    pub async fn with_options(
+        scenario: Scenario,
+        options: LocalOptions,
+        clients: usize,
+    ) -> anyhow::Result<Started> {
         let local = Local::start(options).await?;
         let proxies = local.proxy_urls().await?;
         let api = local.server_api().await?;

@@ -68,7 +68,7 @@ async fn upgrade(
         Ok((mut ws, _)) => {
             loop {
                 let v = next_json(&mut ws).await;
-                if v["type"] == "system" && v["content"] == "ready" {
+                if v["type"] == "ready" {
                     break;
                 }
             }

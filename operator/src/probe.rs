@@ -40,18 +40,20 @@ impl ConnectionProbe for NoProbe {
     }
 }
 
-/// `GET http://<address>/count` over plain HTTP/1.1.
+/// `GET http://<host>:<admin port>/count` over plain HTTP/1.1.
 #[derive(Clone)]
 pub struct HttpProbe {
     /// A pooled HTTP client.
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// The nodes' admin port.
+    admin_port: u16,
 }
 
 impl Default for HttpProbe {
+    /// Asks on [`crate::resources::NODE_ADMIN_PORT`], where the operator's node pods serve it.
     fn default() -> Self {
-        HttpProbe {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        // The port is a Kubernetes `i32` constant well inside `u16`.
+        HttpProbe::on_admin_port(crate::resources::NODE_ADMIN_PORT as u16)
     }
 }
 
@@ -61,23 +63,26 @@ pub fn parse_count(body: &[u8]) -> Option<u64> {
     value.get("count")?.as_u64()
 }
 
-/// Where a member's `/count` is served, from its ring address (`host:ws-port`): the node's
-/// admin port ([`crate::resources::NODE_ADMIN_PORT`]) once nodes serve one (the same gate as
-/// the pods' `--admin-listen`, [`crate::resources::binary_reads`]), else the ring address.
-pub fn count_address(member_address: &str) -> String {
-    use wscluster_runtime::flags;
-    let on_admin = crate::resources::binary_reads(flags::node::ALL, flags::ADMIN_LISTEN);
-    match member_address.rsplit_once(':') {
-        Some((host, _)) if on_admin => {
-            format!("{host}:{}", crate::resources::NODE_ADMIN_PORT)
-        }
-        _ => member_address.to_string(),
-    }
+/// Where a member's `/count` is served, from its ring address (`host:ws-port`): the same host,
+/// the admin port (the public port serves nothing internal).
+pub fn count_address(member_address: &str, admin_port: u16) -> String {
+    let host = member_address
+        .rsplit_once(':')
+        .map_or(member_address, |(host, _)| host);
+    format!("{host}:{admin_port}")
 }
 
 impl HttpProbe {
+    /// A probe asking each member's host on `admin_port`.
+    pub fn on_admin_port(admin_port: u16) -> HttpProbe {
+        HttpProbe {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            admin_port,
+        }
+    }
+
     async fn fetch(&self, address: &str) -> Option<u64> {
-        let address = count_address(address);
+        let address = count_address(address, self.admin_port);
         let uri: http::Uri = format!("http://{address}/count").parse().ok()?;
         let response = self.client.get(uri).await.ok()?;
         if !response.status().is_success() {
@@ -129,10 +134,12 @@ mod tests {
         assert_eq!(parse_count(b"<html>"), None);
     }
 
-    /// Serves one canned HTTP answer per connection.
-    async fn serve(answer: &'static str) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
+    /// Serves one canned HTTP answer per connection on `ip:port` (port 0: any); returns the
+    /// member address a ring would hold for it (the port does not matter, the probe asks on
+    /// the admin port) and the port bound.
+    async fn serve(ip: &str, port: u16, answer: &'static str) -> (String, u16) {
+        let listener = TcpListener::bind((ip, port)).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 1024];
@@ -140,16 +147,21 @@ mod tests {
                 let _ = s.write_all(answer.as_bytes()).await;
             }
         });
-        addr
+        (format!("{ip}:8080"), port)
     }
 
     #[tokio::test]
     async fn an_http_node_reporting_zero_is_empty_and_anything_else_is_not() {
-        let probe = HttpProbe::default();
-        let empty = serve("HTTP/1.1 200 OK\r\nContent-Length: 26\r\nConnection: close\r\n\r\n{\"server\":\"n-2\",\"count\":0}").await;
-        let busy = serve("HTTP/1.1 200 OK\r\nContent-Length: 26\r\nConnection: close\r\n\r\n{\"server\":\"n-3\",\"count\":5}").await;
-        let missing =
-            serve("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+        // Three "nodes" on three loopback addresses, each serving its admin port on one port.
+        let (empty, port) = serve("127.0.0.1", 0, "HTTP/1.1 200 OK\r\nContent-Length: 26\r\nConnection: close\r\n\r\n{\"server\":\"n-2\",\"count\":0}").await;
+        let (busy, _) = serve("127.0.0.2", port, "HTTP/1.1 200 OK\r\nContent-Length: 26\r\nConnection: close\r\n\r\n{\"server\":\"n-3\",\"count\":5}").await;
+        let (missing, _) = serve(
+            "127.0.0.3",
+            port,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let probe = HttpProbe::on_admin_port(port);
         tokio::time::timeout(Duration::from_secs(10), async {
             assert_eq!(probe.sessions(&empty).await, Some(0));
             assert_eq!(probe.sessions(&busy).await, Some(5));
@@ -165,20 +177,8 @@ mod tests {
     }
 
     #[test]
-    fn the_count_is_asked_on_the_admin_port_once_nodes_serve_one() {
-        use wscluster_runtime::flags;
-        let admin = crate::resources::binary_reads(flags::node::ALL, flags::ADMIN_LISTEN);
-        let expected = if admin {
-            "10.0.0.7:9090"
-        } else {
-            "10.0.0.7:8080"
-        };
-        assert_eq!(count_address("10.0.0.7:8080"), expected);
-        let v6 = if admin {
-            "[fd00::7]:9090"
-        } else {
-            "[fd00::7]:8080"
-        };
-        assert_eq!(count_address("[fd00::7]:8080"), v6);
+    fn the_count_is_asked_on_the_admin_port_of_the_members_host() {
+        assert_eq!(count_address("10.0.0.7:8080", 9090), "10.0.0.7:9090");
+        assert_eq!(count_address("[fd00::7]:8080", 9090), "[fd00::7]:9090");
     }
 }

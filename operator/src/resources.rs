@@ -1381,8 +1381,12 @@ mod tests {
         let mut args = vec![program.into()];
         for var in env.values() {
             let flag = defined.iter().find(|f| f.env == var.name);
-            if let (Some(flag), Some(value)) = (flag, &var.value) {
-                args.extend(flag.arg(value.as_str()));
+            // A switch's variable is `true` or `false`; on a command line it is the bare flag.
+            match (flag, var.value.as_deref()) {
+                (Some(flag), Some("true")) => args.push(flag.dashed().into()),
+                (Some(_), Some("false")) => {}
+                (Some(flag), Some(value)) => args.extend(flag.arg(value)),
+                _ => {}
             }
         }
         args

@@ -26,10 +26,10 @@ use hyper_util::rt::TokioExecutor;
 use kube::Api;
 use serde::Serialize;
 use wscluster_ring::contract::stream::snapshot_path;
-use wscluster_ring::{Member, MemberState, Ring, RingSnapshot};
+use wscluster_ring::{MemberState, Ring, RingSnapshot};
 use wscluster_runtime::token::RING_TOKEN;
 
-use crate::crd::{MemberStateStatus, WsCluster, WsClusterStatus};
+use crate::crd::{WsCluster, WsClusterStatus};
 
 /// How long the ring stream may take to answer.
 const RING_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -182,24 +182,11 @@ pub struct StatusReport {
     pub conditions: Vec<(String, String, String, String)>,
 }
 
-/// The ring the status records: the last published version's members, weights 1.
+/// The ring the status records: the last published version's members, weights 1 (the one
+/// reading of a status, [`crate::membership::snapshot_from_status`]).
 pub fn ring_from_status(cluster_id: &str, status: &WsClusterStatus) -> anyhow::Result<Ring> {
-    let members = status
-        .members
-        .iter()
-        .map(|m| {
-            let member = Member::active(m.id.clone(), m.address.clone());
-            match m.state {
-                MemberStateStatus::Active => member,
-                MemberStateStatus::Draining => member.draining(),
-            }
-        })
-        .collect();
-    let version = u64::try_from(status.ring_version).context("status.ringVersion is negative")?;
-    let mut snapshot = RingSnapshot::new(cluster_id, version, members);
-    if let Some(slots) = status.ring_slots {
-        snapshot.params.slots = u32::try_from(slots).context("status.ringSlots is negative")?;
-    }
+    let snapshot = crate::membership::snapshot_from_status(cluster_id, Some(status))
+        .context("no ring published yet (status.ringVersion is not positive)")?;
     Ring::build(snapshot).context("the status's members do not form a valid ring")
 }
 

@@ -12,6 +12,7 @@ use tower_test::mock;
 use wscluster_ring_stream::RingHub;
 
 use super::*;
+use wscluster_ring::Member;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CR_PATH: &str = "/apis/wscluster.io/v1alpha1/namespaces/default/wsclusters/chat";

@@ -118,7 +118,9 @@ async fn main() -> anyhow::Result<()> {
             run(args.appends, args.concurrency, move |i| {
                 let after = after.clone();
                 Box::pin(async move {
-                    after.append(&format!("{}", i % USERS), "hello", i).await?;
+                    after
+                        .append(&format!("{}", i % USERS), "hello", None, i)
+                        .await?;
                     Ok(())
                 })
             })

@@ -40,7 +40,7 @@ pub async fn on_text(state: &Arc<NodeState>, from: &str, text: &str) -> Option<U
             refusal
         }
     };
-    Some(state.client_message(MessageKind::Error, refusal, now_ms(), None))
+    Some(state.client_message(MessageKind::Error, refusal, now_ms(), None, None))
 }
 
 /// Whether a text frame is meant as a chat frame: a JSON object with a `to` field.

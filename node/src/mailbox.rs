@@ -69,6 +69,8 @@ pub struct MailboxEntry {
     pub content: String,
     /// Milliseconds since the Unix epoch when the node accepted it.
     pub timestamp: u64,
+    /// The sender's verified key, for a chat message (never taken from a payload).
+    pub from: Option<String>,
 }
 
 /// The answer to a read: some entries after an offset, and the bounds of what is retained.
@@ -89,7 +91,13 @@ pub struct MailboxPage {
 #[async_trait]
 pub trait Mailbox: Send + Sync + 'static {
     /// Appends a message for `user`; returns its epoch and offset once it is stored.
-    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<Appended>;
+    async fn append(
+        &self,
+        user: &str,
+        content: &str,
+        from: Option<&str>,
+        timestamp: u64,
+    ) -> Result<Appended>;
 
     /// Reads up to `limit` entries with offset greater than `after` in the current epoch.
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage>;
@@ -187,7 +195,13 @@ impl MemoryMailbox {
 
 #[async_trait]
 impl Mailbox for MemoryMailbox {
-    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<Appended> {
+    async fn append(
+        &self,
+        user: &str,
+        content: &str,
+        from: Option<&str>,
+        timestamp: u64,
+    ) -> Result<Appended> {
         let n = self
             .appends
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -201,6 +215,7 @@ impl Mailbox for MemoryMailbox {
             offset: b.seq,
             content: content.to_owned(),
             timestamp,
+            from: from.map(str::to_owned),
         });
         while b.entries.len() as u64 > self.retention.max_len {
             b.entries.pop_front();
@@ -231,8 +246,8 @@ impl Mailbox for MemoryMailbox {
 }
 
 /// Epoch, offset allocation and append in one atomic step. KEYS: stream, meta. ARGV: content,
-/// timestamp, max length, ttl seconds, a fresh epoch (used only if the stream has none).
-/// Returns `{epoch, offset}`.
+/// timestamp, max length, ttl seconds, a fresh epoch (used only if the stream has none), the
+/// chat sender or "" (stored as field `f` when set). Returns `{epoch, offset}`.
 const APPEND_LUA: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
@@ -241,7 +256,11 @@ if not epoch then
   redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
 end
 local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, 'c', ARGV[1], 't', ARGV[2])
+if ARGV[6] == '' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, 'c', ARGV[1], 't', ARGV[2])
+else
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, 'c', ARGV[1], 't', ARGV[2], 'f', ARGV[6])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {epoch, seq}
@@ -335,12 +354,19 @@ fn parse_entry(id: &str, mut fields: HashMap<String, String>) -> Result<MailboxE
         offset: parse_entry_id(id)?,
         content: fields.remove("c").unwrap_or_default(),
         timestamp: fields.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
+        from: fields.remove("f"),
     })
 }
 
 #[async_trait]
 impl Mailbox for RedisMailbox {
-    async fn append(&self, user: &str, content: &str, timestamp: u64) -> Result<Appended> {
+    async fn append(
+        &self,
+        user: &str,
+        content: &str,
+        from: Option<&str>,
+        timestamp: u64,
+    ) -> Result<Appended> {
         let mut con = self.con.clone();
         let mut call = self.append.prepare_invoke();
         call.key(self.stream_key(user))
@@ -349,7 +375,8 @@ impl Mailbox for RedisMailbox {
             .arg(timestamp)
             .arg(self.retention.max_len)
             .arg(self.retention.ttl.as_secs().max(1))
-            .arg(&*new_epoch());
+            .arg(&*new_epoch())
+            .arg(from.unwrap_or_default());
         let (epoch, offset): (String, u64) = bounded(
             APPEND_TIMEOUT,
             "mailbox append",
@@ -402,7 +429,10 @@ mod tests {
         });
         let mut epochs = Vec::new();
         for i in 1..=5u64 {
-            let appended = m.append("u", &format!("m{i}"), i).await.expect("append");
+            let appended = m
+                .append("u", &format!("m{i}"), None, i)
+                .await
+                .expect("append");
             assert_eq!(appended.offset, i);
             epochs.push(appended.epoch);
         }
@@ -417,13 +447,19 @@ mod tests {
         let page = m.read("u", 4, 10).await.expect("read");
         assert_eq!(page.entries.len(), 1);
         assert_eq!(page.entries[0].content, "m5");
+        m.append("u", "chat", Some("alice"), 6)
+            .await
+            .expect("append");
+        let page = m.read("u", 5, 10).await.expect("read");
+        assert_eq!(page.entries[0].from.as_deref(), Some("alice"));
+        assert_eq!(m.read("u", 4, 1).await.expect("read").entries[0].from, None);
         let other = m.read("other", 0, 10).await.expect("read");
         assert_eq!(
             (other.entries.len(), other.oldest, other.latest),
             (0, None, 0)
         );
         assert_ne!(other.epoch, epochs[0], "every stream has its own epoch");
-        let first = m.append("other", "x", 1).await.expect("append");
+        let first = m.append("other", "x", None, 1).await.expect("append");
         assert_eq!(
             (first.epoch, first.offset),
             (other.epoch, 1),
@@ -437,10 +473,10 @@ mod tests {
             max_len: 10,
             ttl: Duration::from_millis(50),
         });
-        let before = m.append("u", "a", 1).await.expect("append");
-        m.append("u", "b", 2).await.expect("append");
+        let before = m.append("u", "a", None, 1).await.expect("append");
+        m.append("u", "b", None, 2).await.expect("append");
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let after = m.append("u", "c", 3).await.expect("append");
+        let after = m.append("u", "c", None, 3).await.expect("append");
         assert_eq!(after.offset, 1);
         assert_ne!(after.epoch, before.epoch);
     }

@@ -309,6 +309,7 @@ async fn send_entries<S: Socket>(
             entry.content,
             entry.timestamp,
             Some((epoch, entry.offset)),
+            entry.from,
         );
         send(ws, Message::Text(text)).await?;
         state.metrics.delivered("replay");
@@ -676,6 +677,7 @@ mod tests {
             format!("m{offset}"),
             0,
             Some((epoch, offset)),
+            None,
         );
         data.send(Outbound {
             position: Some((Arc::from(epoch), offset)),
@@ -736,7 +738,7 @@ mod tests {
         for i in 1..=3 {
             let stored = state
                 .mailbox
-                .append("alice", &format!("m{i}"), i)
+                .append("alice", &format!("m{i}"), None, i)
                 .await
                 .expect("append");
             epoch = Some(stored.epoch);
@@ -760,7 +762,11 @@ mod tests {
     async fn a_message_of_a_new_epoch_is_delivered_even_with_an_offset_already_seen() {
         let state = Arc::new(state());
         for i in 1..=3 {
-            state.mailbox.append("alice", "x", i).await.expect("append");
+            state
+                .mailbox
+                .append("alice", "x", None, i)
+                .await
+                .expect("append");
         }
         let first = state.mailbox.read("alice", 0, READ_PAGE).await;
         // The stream expired and was made again: its offset 1 is a new message.

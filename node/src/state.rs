@@ -180,9 +180,7 @@ impl NodeState {
         message: String,
         from: Option<String>,
     ) -> Result<SendReceipt, DeliveryError> {
-        // Chat senders are recorded from the next issue on; the receipt already has its shape.
-        let _ = from;
-        self.send_to_user(user, message)
+        self.send_to_user(user, message, from)
             .await
             .map_err(|e| DeliveryError::unavailable(MAILBOX, e))
     }
@@ -268,6 +266,7 @@ impl NodeState {
         content: String,
         timestamp: u64,
         position: Option<(&str, u64)>,
+        from: Option<String>,
     ) -> Utf8Bytes {
         let msg = ClientMessage {
             kind,
@@ -277,7 +276,7 @@ impl NodeState {
             timestamp,
             offset: position.map(|(_, offset)| offset),
             epoch: position.map(|(epoch, _)| epoch.to_owned()),
-            from: None,
+            from,
         };
         // ClientMessage has only strings and integers: serialisation cannot fail.
         Utf8Bytes::from(serde_json::to_string(&msg).unwrap_or_default())
@@ -286,15 +285,24 @@ impl NodeState {
     /// Appends a message to `user`'s mailbox and queues it to every session of the user here.
     /// Runs to completion even if the caller goes away, so an appended message is never left
     /// undelivered to a live session while a later one is.
-    async fn send_to_user(self: &Arc<Self>, user: String, content: String) -> Result<SendReceipt> {
+    async fn send_to_user(
+        self: &Arc<Self>,
+        user: String,
+        content: String,
+        from: Option<String>,
+    ) -> Result<SendReceipt> {
         let state = self.clone();
         let job = self.tasks.spawn(async move {
             let _order = state.stripe(&user).lock().await;
             let timestamp = now_ms();
-            let stored = state.mailbox.append(&user, &content, timestamp).await?;
+            let stored = state
+                .mailbox
+                .append(&user, &content, from.as_deref(), timestamp)
+                .await?;
             state.metrics.messages_appended.inc();
             let position = Some((&*stored.epoch, stored.offset));
-            let text = state.client_message(MessageKind::Message, content, timestamp, position);
+            let text =
+                state.client_message(MessageKind::Message, content, timestamp, position, from);
             let delivery = state.registry.deliver(
                 &user,
                 Outbound {
@@ -359,8 +367,13 @@ impl NodeState {
             }
         }
         self.metrics.broadcasts.inc();
-        let text =
-            self.client_message(MessageKind::Broadcast, event.content, event.timestamp, None);
+        let text = self.client_message(
+            MessageKind::Broadcast,
+            event.content,
+            event.timestamp,
+            None,
+            None,
+        );
         for (_, handle) in self.registry.snapshot() {
             // A full queue closes that session (counted when it closes); the others go on.
             let _ = deliver_to(

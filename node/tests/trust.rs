@@ -392,18 +392,48 @@ where
     }
 }
 
+/// Connects through `path` and returns the socket and the messages replayed before the ready
+/// frame.
+async fn node_replay(node: &Node, path: &str) -> (Ws, Vec<Value>) {
+    let (mut ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::connect_async(format!("ws://{}{path}", node.addr)),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connects");
+    let mut replay = Vec::new();
+    loop {
+        let v = next_json(&mut ws).await;
+        if v["type"] == "ready" {
+            return (ws, replay);
+        }
+        replay.push(v);
+    }
+}
+
 #[tokio::test]
 async fn chat_mode_sends_as_the_verified_key_and_is_refused_when_off() {
     within(STEP * 4, async {
-        let node = Node::spawn("n-0", &["--chat"]).await;
+        // Against Redis: the sender is stored with the message and comes back on a replay.
+        let store = RedisScope::new().await;
+        let node = store.node("n-0", &["--chat"]).await;
         let mut alice = upgrade(&node, "/connect/alice", &[]).await.expect("alice");
         let mut bob = upgrade(&node, "/connect/bob", &[]).await.expect("bob");
         send_text(&mut alice, r#"{"to":"bob","message":"hi bob"}"#).await;
         let got = next_json(&mut bob).await;
         assert_eq!(
-            (got["type"].as_str(), got["content"].as_str()),
-            (Some("message"), Some("hi bob"))
+            (
+                got["type"].as_str(),
+                got["content"].as_str(),
+                got["from"].as_str()
+            ),
+            (Some("message"), Some("hi bob"), Some("alice")),
+            "the sender is the verified key"
         );
+        // A reconnecting Bob replays it with its sender; a server API send has none.
+        let (mut bob_again, replay) = node_replay(&node, "/connect/bob?since=0").await;
+        assert_eq!(replay[0]["from"], "alice", "{replay:?}");
         // A sender named in the payload is refused, and nothing reaches Bob.
         send_text(&mut alice, r#"{"to":"bob","message":"x","from":"carol"}"#).await;
         let refusal = next_json(&mut alice).await;
@@ -412,7 +442,10 @@ async fn chat_mode_sends_as_the_verified_key_and_is_refused_when_off() {
         assert_eq!(next_json(&mut alice).await["type"], "error");
         let (status, _) = node.send("bob", "marker").await;
         assert_eq!(status, 200);
-        assert_eq!(next_json(&mut bob).await["content"], "marker");
+        let marker = next_json(&mut bob).await;
+        assert_eq!(marker["content"], "marker");
+        assert!(marker.get("from").is_none(), "{marker}");
+        assert_eq!(next_json(&mut bob_again).await["content"], "marker");
         // Alice's session is still open and chats on.
         send_text(&mut alice, r#"{"to":"bob","message":"again"}"#).await;
         assert_eq!(next_json(&mut bob).await["content"], "again");
@@ -435,6 +468,7 @@ async fn chat_mode_sends_as_the_verified_key_and_is_refused_when_off() {
         let (status, _) = off.send("carol", "still open").await;
         assert_eq!(status, 200);
         assert_eq!(next_json(&mut carol).await["content"], "still open");
+        store.finish().await;
     })
     .await;
 }

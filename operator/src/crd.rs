@@ -76,6 +76,18 @@ pub const MAX_REPLICAS: i32 = 1000;
         description = "Version of the ring the operator publishes"
     ),
     printcolumn(
+        name = "InSync",
+        type_ = "integer",
+        json_path = ".status.proxiesInSync",
+        description = "Connected proxies that applied the published ring"
+    ),
+    printcolumn(
+        name = "Proxies",
+        type_ = "integer",
+        json_path = ".status.proxies",
+        description = "Proxies connected to the ring stream"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -688,7 +700,7 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Replicas", "Ready", "Ring", "Age"]);
+        assert_eq!(cols, ["Replicas", "Ready", "Ring", "InSync", "Proxies", "Age"]);
     }
 
     #[test]

@@ -700,7 +700,10 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Replicas", "Ready", "Ring", "InSync", "Proxies", "Age"]);
+        assert_eq!(
+            cols,
+            ["Replicas", "Ready", "Ring", "InSync", "Proxies", "Age"]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Chaos (issue 14 §8 d): SIGTERM to a proxy under send load, across real processes (local
-//! mode, 3 nodes, 2 proxies, the shared Redis and RabbitMQ). The proxy stops accepting, waits
+//! mode, 3 nodes, 2 proxies — 3 from 8,001 clients on, so the survivors stay within the
+//! open-file limit — the shared Redis and RabbitMQ). The proxy stops accepting, waits
 //! its `drainTimeoutSeconds`, then resets every client it carries: each gets the drain reset
 //! frame and close code 4001 (none sees a cut, 1006), comes back through the other proxy within
 //! the pacing window (`resets.jitterMs`), and no acknowledged send is lost. See
@@ -23,6 +24,15 @@ const JITTER_MS: u64 = 2_000;
 /// Time allowed beyond the pacing window for the reconnect itself (a refused first attempt at
 /// the stopped proxy, then the other one), more with more clients.
 const RECONNECT_SLACK: Duration = Duration::from_secs(5);
+/// Clients one surviving proxy may take: each holds two sockets there, and a process may open
+/// 20,000 files on this machine.
+const CLIENTS_PER_PROXY_MAX: usize = 8_000;
+
+/// Enough proxies that the survivors can hold every client once one stops (at least two).
+fn proxies_for(clients: usize) -> u32 {
+    let survivors = clients.div_ceil(CLIENTS_PER_PROXY_MAX).max(1);
+    u32::try_from(survivors + 1).unwrap_or(u32::MAX)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigtermed_proxy_resets_every_client_with_4001_and_they_are_back_within_the_window() {
@@ -32,6 +42,8 @@ async fn a_sigtermed_proxy_resets_every_client_with_4001_and_they_are_back_withi
 
 async fn scenario(run: ChaosRun) -> anyhow::Result<()> {
     let mut options = run.options(None, None);
+    options.proxies = proxies_for(run.clients);
+    let proxies = options.proxies as usize;
     options.proxy_config = Some(format!(
         "drainTimeoutSeconds: {DRAIN_SECONDS}\nresets: {{ratePerSecond: 1000, jitterMs: {JITTER_MS}}}\n"
     ));
@@ -40,12 +52,12 @@ async fn scenario(run: ChaosRun) -> anyhow::Result<()> {
     let second = Duration::from_secs(10);
     wait_answered_after(&load, Instant::now(), run.rate, second).await?;
 
-    // Clients i connected through proxy i % 2: the even ones are on proxy 0.
+    // Clients i connected through proxy i % proxies: every proxies-th one is on proxy 0.
     let victims: BTreeSet<String> = s
         .fleet
         .clients
         .iter()
-        .step_by(2)
+        .step_by(proxies)
         .map(|c| c.user.clone())
         .collect();
     let address = s.proxies[0].trim_start_matches("http://");

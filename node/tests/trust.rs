@@ -392,26 +392,6 @@ where
     }
 }
 
-/// Connects through `path` and returns the socket and the messages replayed before the ready
-/// frame.
-async fn node_replay(node: &Node, path: &str) -> (Ws, Vec<Value>) {
-    let (mut ws, _) = tokio::time::timeout(
-        STEP,
-        tokio_tungstenite::connect_async(format!("ws://{}{path}", node.addr)),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connects");
-    let mut replay = Vec::new();
-    loop {
-        let v = next_json(&mut ws).await;
-        if v["type"] == "ready" {
-            return (ws, replay);
-        }
-        replay.push(v);
-    }
-}
-
 #[tokio::test]
 async fn chat_mode_sends_as_the_verified_key_and_is_refused_when_off() {
     within(STEP * 4, async {
@@ -432,7 +412,7 @@ async fn chat_mode_sends_as_the_verified_key_and_is_refused_when_off() {
             "the sender is the verified key"
         );
         // A reconnecting Bob replays it with its sender; a server API send has none.
-        let (mut bob_again, replay) = node_replay(&node, "/connect/bob?since=0").await;
+        let (mut bob_again, replay) = node.connect("/connect/bob?since=0").await;
         assert_eq!(replay[0]["from"], "alice", "{replay:?}");
         // A sender named in the payload is refused, and nothing reaches Bob.
         send_text(&mut alice, r#"{"to":"bob","message":"x","from":"carol"}"#).await;

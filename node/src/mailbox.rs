@@ -256,11 +256,12 @@ if not epoch then
   redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
 end
 local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
-if ARGV[6] == '' then
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, 'c', ARGV[1], 't', ARGV[2])
-else
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, 'c', ARGV[1], 't', ARGV[2], 'f', ARGV[6])
+local fields = {'c', ARGV[1], 't', ARGV[2]}
+if ARGV[6] ~= '' then
+  fields[5] = 'f'
+  fields[6] = ARGV[6]
 end
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {epoch, seq}

@@ -658,6 +658,15 @@ mod tests {
     }
 
     /// Both ends of an in-memory WebSocket: the session's and the client's.
+    /// Every frame the client side receives until the stream ends.
+    async fn frames_until_closed(client: &mut Pipe) -> Vec<Message> {
+        let mut frames = Vec::new();
+        while let Some(Ok(m)) = client.next().await {
+            frames.push(m);
+        }
+        frames
+    }
+
     async fn pipe() -> (Pipe, Pipe) {
         let (server_io, client_io) = tokio::io::duplex(64 * 1024);
         let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
@@ -785,13 +794,7 @@ mod tests {
         let failed = Err(crate::Error::Timeout("test".into()));
         let resume = since(7, Some("e"));
         let session = drive(&state, server, "bob", &resume, failed, data_rx, control_rx);
-        let client_side = async {
-            let mut frames = Vec::new();
-            while let Some(Ok(m)) = client.next().await {
-                frames.push(m);
-            }
-            frames
-        };
+        let client_side = frames_until_closed(&mut client);
         let (end, frames) = tokio::join!(session, client_side);
         assert_eq!(end, End::Closed("unavailable"));
         let texts: Vec<serde_json::Value> = frames
@@ -832,13 +835,7 @@ mod tests {
         let first = state.mailbox.read("bob", 0, 1).await;
         let resume = Resume::default();
         let session = drive(&state, server, "bob", &resume, first, data_rx, control_rx);
-        let client_side = async {
-            let mut frames = Vec::new();
-            while let Some(Ok(m)) = client.next().await {
-                frames.push(m);
-            }
-            frames
-        };
+        let client_side = frames_until_closed(&mut client);
         let (end, frames) = tokio::join!(session, client_side);
         assert_eq!(end, End::Closed("rebalance"));
         let ready: ReadyFrame = match &frames[0] {

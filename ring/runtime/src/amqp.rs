@@ -3,11 +3,19 @@
 //! connection, and when it ends wait a [`Backoff`] delay (100 ms doubling to 5 s, full jitter)
 //! and start again, until shutdown. After a broker restart the pods of a cluster therefore
 //! reconnect spread over the delay instead of in lockstep.
+//!
+//! `amqps://` URLs connect over TLS (rustls, `ring` provider): the broker's certificate must
+//! chain to the platform's roots (rustls-native-certs: the system store, `SSL_CERT_FILE`) or
+//! to [`AmqpTarget::ca`] (`--amqp-ca-file`), which is added to them. Each attempt, TLS
+//! handshake and AMQP handshake included, is bounded by [`CONNECT_TIMEOUT`], so a broker that
+//! accepts TCP and never answers is retried like an unreachable one; a certificate the roots
+//! do not vouch for fails the attempt at once, with rustls's reason in the warning.
 
 use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::ExchangeDeclareOptions;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::time::Instant;
@@ -15,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Backoff;
+use crate::ca::{self, CaBundle};
 
 /// First reconnect ceiling.
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
@@ -24,12 +33,19 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// While RabbitMQ stays unreachable, one failed attempt in this many is logged as a warning
 /// (the first, then about once a minute at the largest delay); the rest at debug level.
 const FAILURES_PER_WARNING: u32 = 24;
+/// Longest one connection attempt may take: TCP, TLS, the AMQP handshake and the exchange
+/// declaration. A healthy broker on a busy node answers in well under a second; 10 s leaves
+/// room for a slow one and still turns a silent peer into a retry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where to connect.
 #[derive(Debug, Clone)]
 pub struct AmqpTarget {
-    /// `amqp://user:pass@host:port/vhost`.
+    /// `amqp://user:pass@host:port/vhost`, or `amqps://` for TLS.
     pub url: String,
+    /// Extra CA certificates trusted for `amqps://` (`--amqp-ca-file`), beside the
+    /// platform's roots.
+    pub ca: Option<CaBundle>,
     /// The name `rabbitmqctl list_connections name` shows.
     pub connection_name: String,
     /// The cluster's topic exchange, declared durable on every connection.
@@ -113,11 +129,28 @@ pub async fn keep_connected(
     }
 }
 
-/// Connects and declares the exchange (durable topic).
+/// Connects and declares the exchange (durable topic), within [`CONNECT_TIMEOUT`].
 async fn connect(target: &AmqpTarget) -> Result<Link, lapin::Error> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_unbounded(target))
+        .await
+        .map_err(|_| {
+            lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"),
+            ))
+        })?
+}
+
+async fn connect_unbounded(target: &AmqpTarget) -> Result<Link, lapin::Error> {
     let props =
         ConnectionProperties::default().with_connection_name(target.connection_name.clone().into());
-    let connection = Connection::connect(&target.url, props).await?;
+    ca::install_crypto_provider();
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: target.ca.as_ref().map(|ca| ca.pem().to_owned()),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    let connection = Connection::connect_with_config(&target.url, props, tls, runtime).await?;
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(
@@ -170,6 +203,7 @@ mod tests {
             .port();
         let target = AmqpTarget {
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            ca: None,
             connection_name: "test".into(),
             exchange: "wscluster.test.retry".into(),
         };

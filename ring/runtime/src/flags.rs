@@ -115,6 +115,23 @@ flags! {
     SESSIONS_PER_KEY = "sessions-per-key";
     /// What a session over the per-key cap does: `refuse` or `replace-oldest` (node).
     SESSION_POLICY = "session-policy";
+    /// Address of the proxy's TLS listener for clients (`wss://`, `https://`); off unless given,
+    /// and beside `--listen`, which stays plain.
+    TLS_LISTEN = "tls-listen";
+    /// PEM certificate chain for the TLS listener (a TLS Secret's `tls.crt`; re-read on change).
+    TLS_CERT_FILE = "tls-cert-file";
+    /// PEM private key for the TLS listener (a TLS Secret's `tls.key`; re-read on change).
+    TLS_KEY_FILE = "tls-key-file";
+    /// Directories of further TLS Secrets the TLS listener chooses by SNI (proxy).
+    TLS_SNI_CERT = "tls-sni-cert";
+    /// PEM CA bundle trusted for `rediss://` (node; default: the platform's web roots).
+    REDIS_CA_FILE = "redis-ca-file";
+    /// Seed URLs of a Redis Cluster, comma-separated (node; instead of [`REDIS_URL`]).
+    REDIS_CLUSTER = "redis-cluster";
+    /// PEM CA bundle trusted for `amqps://` (node and proxy; default: the web roots).
+    AMQP_CA_FILE = "amqp-ca-file";
+    /// PEM CA bundle trusted for an `https://` ring stream (node and proxy).
+    RING_CA_FILE = "ring-ca-file";
 }
 
 /// The pod's name, set by the operator from the downward API; nodes and proxies default their
@@ -156,10 +173,11 @@ pub fn parser_mismatches(command: &clap::Command, defined: &[Flag]) -> Vec<Strin
 pub mod node {
     use super::Flag;
     pub use super::{
-        ADMIN_LISTEN, AMQP_URL, API_KEYS_FILE, CHAT, CLUSTER_ID, GRACE_PERIOD_SECONDS, ID,
-        LEGACY_SEND, LISTEN, LOG_FORMAT, MAILBOX_MAX_LEN, MAILBOX_TTL_SECONDS, MAX_CONNECTIONS,
-        MAX_FRAME_BYTES, MAX_HTTP_CONNECTIONS, MAX_INFLIGHT_SENDS, PING_INTERVAL_SECONDS,
-        PRESENCE_TTL_SECONDS, PROXY_SECRET_FILE, REDIS_PREFIX, REDIS_URL, RING_FILE, RING_TOKEN,
+        ADMIN_LISTEN, AMQP_CA_FILE, AMQP_URL, API_KEYS_FILE, CHAT, CLUSTER_ID,
+        GRACE_PERIOD_SECONDS, ID, LEGACY_SEND, LISTEN, LOG_FORMAT, MAILBOX_MAX_LEN,
+        MAILBOX_TTL_SECONDS, MAX_CONNECTIONS, MAX_FRAME_BYTES, MAX_HTTP_CONNECTIONS,
+        MAX_INFLIGHT_SENDS, PING_INTERVAL_SECONDS, PRESENCE_TTL_SECONDS, PROXY_SECRET_FILE,
+        REDIS_CA_FILE, REDIS_CLUSTER, REDIS_PREFIX, REDIS_URL, RING_FILE, RING_TOKEN,
         RING_TOKEN_FILE, RING_URL, SESSION_POLICY, SESSION_QUEUE, SESSIONS_PER_KEY,
     };
 
@@ -176,8 +194,11 @@ pub mod node {
         ID,
         CLUSTER_ID,
         REDIS_URL,
+        REDIS_CLUSTER,
+        REDIS_CA_FILE,
         REDIS_PREFIX,
         AMQP_URL,
+        AMQP_CA_FILE,
         RING_URL,
         RING_TOKEN_FILE,
         RING_TOKEN,
@@ -200,9 +221,10 @@ pub mod node {
 pub mod proxy {
     use super::Flag;
     pub use super::{
-        ADMIN_LISTEN, AMQP_URL, API_KEYS_FILE, API_LISTEN, CLUSTER_ID, CONFIG, FALLBACK_UPSTREAM,
-        ID, LISTEN, LOG_FORMAT, PROXY_SECRET_FILE, RING_FILE, RING_TOKEN, RING_TOKEN_FILE,
-        RING_URL, WORKER_THREADS,
+        ADMIN_LISTEN, AMQP_CA_FILE, AMQP_URL, API_KEYS_FILE, API_LISTEN, CLUSTER_ID, CONFIG,
+        FALLBACK_UPSTREAM, ID, LISTEN, LOG_FORMAT, PROXY_SECRET_FILE, RING_FILE, RING_TOKEN,
+        RING_TOKEN_FILE, RING_URL, TLS_CERT_FILE, TLS_KEY_FILE, TLS_LISTEN, TLS_SNI_CERT,
+        WORKER_THREADS,
     };
 
     /// Every flag of the proxy's parser.
@@ -217,12 +239,17 @@ pub mod proxy {
         RING_TOKEN,
         RING_FILE,
         AMQP_URL,
+        AMQP_CA_FILE,
         FALLBACK_UPSTREAM,
         WORKER_THREADS,
         LOG_FORMAT,
         PROXY_SECRET_FILE,
         API_LISTEN,
         API_KEYS_FILE,
+        TLS_LISTEN,
+        TLS_CERT_FILE,
+        TLS_KEY_FILE,
+        TLS_SNI_CERT,
     ];
 }
 

@@ -16,7 +16,10 @@
 //!   timeout, upgrades, tracked graceful shutdown.
 //! * [`credentials`] — shared secrets: several valid at once for rotation, compared in
 //!   constant time, re-read when their file changes.
+//! * [`ca`] — CA bundles for the TLS clients (`--redis-ca-file`, `--amqp-ca-file`) and the one
+//!   rustls crypto provider (`ring`).
 //! * [`backoff`] — exponential backoff with full jitter for every reconnect loop.
+//! * [`buffers`] — byte buffers borrowed only while bytes move, pooled per worker thread.
 //! * [`json`] — JSON responses and bounded JSON request bodies.
 //! * [`flags`] — the name and environment variable of every node and proxy flag, used by their
 //!   clap parsers and by whatever renders their command lines or pod environments.
@@ -48,6 +51,8 @@
 pub mod amqp;
 pub mod announce;
 pub mod backoff;
+pub mod buffers;
+pub mod ca;
 pub mod credentials;
 pub mod flags;
 pub mod json;

@@ -1,5 +1,7 @@
 //! The ring-source flags the node and the proxy share, defined once: `--ring-url` with its token
-//! (`--ring-token-file` or `--ring-token`, by the [`crate::token`] rule), or `--ring-file`.
+//! (`--ring-token-file` or `--ring-token`, by the [`crate::token`] rule), `--ring-file`, or both:
+//! then the stream is authoritative and the file is the fallback a process starts from while the
+//! stream is unavailable (`wscluster_ring_stream::merge_rings`).
 
 use std::path::PathBuf;
 
@@ -15,8 +17,7 @@ pub struct RingArgs {
     /// `http://wscluster-operator.wscluster-system.svc:7400`. Needs a token.
     #[arg(
         long = flags::RING_URL.long,
-        env = flags::RING_URL.env,
-        conflicts_with = "ring_file"
+        env = flags::RING_URL.env
     )]
     pub ring_url: Option<String>,
     /// File holding the ring stream's bearer token (trimmed; empty is an error).
@@ -34,6 +35,8 @@ pub struct RingArgs {
     )]
     pub ring_token: Option<String>,
     /// A JSON ring snapshot file, re-read when it changes (tests, local runs, static set-ups).
+    /// Beside --ring-url it is the fallback: used until the stream delivers a newer ring, and
+    /// whenever it holds a newer one (the operator's ring ConfigMap, mounted).
     #[arg(long = flags::RING_FILE.long, env = flags::RING_FILE.env)]
     pub ring_file: Option<PathBuf>,
 }
@@ -49,27 +52,29 @@ pub enum RingSource {
         url: String,
         /// Bearer token.
         token: String,
+        /// The fallback ring file, if given beside the stream.
+        fallback: Option<PathBuf>,
     },
 }
 
 impl RingArgs {
     /// The source the flags name, `None` if neither `--ring-url` nor `--ring-file` is given.
-    /// The ring stream's token is read here (a file is read once).
+    /// The ring stream's token is read here (a file is read once). Both flags name the stream
+    /// with the file as its fallback.
     ///
     /// # Errors
     ///
-    /// `--ring-url` without a usable token, or both `--ring-url` and `--ring-file` (clap
-    /// refuses that too; this covers values set in code).
+    /// `--ring-url` without a usable token.
     pub fn source(&self) -> Result<Option<RingSource>, RingArgsError> {
         match (&self.ring_url, &self.ring_file) {
-            (Some(_), Some(_)) => Err(RingArgsError::BothSources),
-            (Some(url), None) => Ok(Some(RingSource::Stream {
+            (Some(url), fallback) => Ok(Some(RingSource::Stream {
                 url: url.clone(),
                 token: token::RING_TOKEN.require(
                     self.ring_token.as_deref(),
                     self.ring_token_file.as_deref(),
                     flags::RING_URL,
                 )?,
+                fallback: fallback.clone(),
             })),
             (None, Some(path)) => Ok(Some(RingSource::File(path.clone()))),
             (None, None) => Ok(None),
@@ -80,9 +85,6 @@ impl RingArgs {
 /// Why the ring flags name no usable source.
 #[derive(Debug, thiserror::Error)]
 pub enum RingArgsError {
-    /// Both sources were given.
-    #[error("give one of --{} or --{}, not both", flags::RING_URL.long, flags::RING_FILE.long)]
-    BothSources,
     /// The ring stream's token is unusable.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -111,8 +113,27 @@ mod tests {
             stream.ring.source().expect("valid"),
             Some(RingSource::Stream {
                 url: "http://h:7400".into(),
-                token: "t".into()
+                token: "t".into(),
+                fallback: None,
             })
+        );
+        let both = parse(&[
+            "--ring-url",
+            "http://h:7400",
+            "--ring-token",
+            "t",
+            "--ring-file",
+            "r.json",
+        ])
+        .expect("parses");
+        assert_eq!(
+            both.ring.source().expect("valid"),
+            Some(RingSource::Stream {
+                url: "http://h:7400".into(),
+                token: "t".into(),
+                fallback: Some("r.json".into()),
+            }),
+            "the file beside the stream is its fallback"
         );
         let file = parse(&["--ring-file", "r.json"]).expect("parses");
         assert_eq!(
@@ -127,18 +148,16 @@ mod tests {
 
     #[test]
     fn conflicting_or_incomplete_flags_are_refused() {
-        assert!(parse(&["--ring-url", "http://h:1", "--ring-file", "r.json"]).is_err());
         assert!(parse(&["--ring-token", "a", "--ring-token-file", "/t"]).is_err());
         let no_token = parse(&["--ring-url", "http://h:1"]).expect("parses");
         assert_eq!(
             no_token.ring.source().expect_err("no token").to_string(),
             "--ring-url needs --ring-token-file or --ring-token"
         );
-        let both = RingArgs {
-            ring_url: Some("http://h:1".into()),
-            ring_file: Some("r.json".into()),
-            ..RingArgs::default()
-        };
-        assert!(matches!(both.source(), Err(RingArgsError::BothSources)));
+        let file_only = parse(&["--ring-file", "r.json", "--ring-token", "t"]).expect("parses");
+        assert_eq!(
+            file_only.ring.source().expect("valid"),
+            Some(RingSource::File("r.json".into()))
+        );
     }
 }

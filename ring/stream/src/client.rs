@@ -485,10 +485,14 @@ async fn post_acks(
                     backoff.reset();
                 }
                 Err(Error::Status { status, body })
-                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS =>
+                    if status.is_client_error()
+                        && status != StatusCode::TOO_MANY_REQUESTS
+                        && status != StatusCode::CONFLICT =>
                 {
-                    // The hub refuses this ack for good (a version it does not have, say);
-                    // retrying would not change that. A newer ack is tried again.
+                    // The hub refuses this ack for good (a malformed one, say); retrying would
+                    // not change that. A newer ack is tried again. 409 (a version the hub has
+                    // not published yet, read from the fallback ring file first) is retried
+                    // with the backoff like any transient failure.
                     error!(version, %status, body, "the ring hub refused the ack");
                     posted = Some(version);
                 }

@@ -569,8 +569,10 @@ async fn ack(
     }
     let current = cluster.current_version();
     if ack.version > current {
+        // 409, not 400: a process may hold that version already (from its fallback ring file)
+        // before this hub has published it; the subscriber posts the ack again later.
         return error(
-            StatusCode::BAD_REQUEST,
+            StatusCode::CONFLICT,
             &format!(
                 "version {} is newer than the current {current}",
                 ack.version

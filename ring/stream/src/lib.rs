@@ -17,13 +17,16 @@
 //!   blocking.
 //! * [`load_ring_file`] and [`watch_ring_file`] — the same rings from a JSON snapshot file
 //!   (polled every [`FILE_POLL_INTERVAL_MS`]), for tests and local runs without a hub.
+//! * [`merge_rings`] — the stream with a fallback ring file beside it (the operator's ConfigMap):
+//!   a process starts from the file while the stream is unavailable; versions only move forward
+//!   and [`RingOrigin`] says which source the ring in use came from.
 //!
 //! Plain HTTP/1.1 (hyper 1) without TLS: the stream runs inside the cluster, pod to pod, and
 //! each request carries the cluster's bearer token (`Authorization: Bearer …`, compared in
 //! constant time). Put it behind a mesh or a network policy if the pod network is untrusted.
 //!
-//! Layout: `hub.rs` (server), `client.rs` (subscription), `file.rs` (ring files), `error.rs`
-//! (the crate's [`Error`]).
+//! Layout: `hub.rs` (server), `client.rs` (subscription), `file.rs` (ring files),
+//! `fallback.rs` (stream plus fallback file), `error.rs` (the crate's [`Error`]).
 //!
 //! Both sides in one process:
 //!
@@ -93,11 +96,13 @@
 
 mod client;
 mod error;
+mod fallback;
 mod file;
 mod hub;
 
 pub use client::{SubscriberConfig, Subscription};
 pub use error::{Error, Result};
+pub use fallback::{Choice, FallbackRings, RingOrigin, choose, merge_rings};
 pub use file::{FILE_POLL_INTERVAL_MS, load_ring_file, watch_ring_file};
 pub use hub::{KindTokens, RingHub, SubscriberInfo, serve};
 

@@ -306,6 +306,39 @@ async fn acks_are_recorded_and_subscribers_show_connected_until_they_leave() {
 }
 
 #[tokio::test]
+async fn an_ack_of_a_version_the_hub_has_not_published_yet_is_posted_again_until_it_has() {
+    tokio::time::timeout(LIMIT, async {
+        // A proxy that read version 2 from its fallback ring file before this hub published it.
+        let hub = hub_with_ring(1);
+        let served = start(Arc::clone(&hub)).await;
+        let shutdown = CancellationToken::new();
+        let sub = Subscription::spawn(config(served.addr, TOKEN, "chat-proxy-8"), shutdown.clone());
+        let mut rings = sub.rings();
+        wait_version(&mut rings, 1).await;
+        sub.ack(2);
+        let (status, _, body) = request(
+            served.addr,
+            Method::POST,
+            &ack_path(CLUSTER),
+            Some(TOKEN),
+            &ack_body("chat-proxy-8", "proxy", 2),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{}", text(body).await);
+        hub.publish(snapshot(2, 4)).expect("publish");
+        eventually(|| {
+            hub.subscribers(CLUSTER)
+                .iter()
+                .any(|s| s.id == "chat-proxy-8" && s.applied_version == Some(2))
+        })
+        .await;
+        shutdown.cancel();
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
 async fn dropping_a_subscription_closes_its_stream() {
     tokio::time::timeout(LIMIT, async {
         let hub = hub_with_ring(1);
@@ -547,8 +580,9 @@ async fn bad_requests_get_clear_json_errors() {
                 Method::POST,
                 ack.clone(),
                 Some(TOKEN),
+                // Newer than the hub's: a conflict the subscriber retries, not a bad request.
                 r#"{"subscriber":"n-0","kind":"node","version":3}"#.into(),
-                StatusCode::BAD_REQUEST,
+                StatusCode::CONFLICT,
             ),
             (
                 Method::POST,

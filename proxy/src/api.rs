@@ -71,7 +71,7 @@ impl Api {
     /// The server API over `shared`'s routing, checking callers against `keys`.
     pub fn new(shared: Arc<Shared>, keys: WatchedCredentials) -> Api {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(shared.config.limits.connect_timeout()));
+        connector.set_connect_timeout(Some(shared.start_limits.connect_timeout()));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -87,7 +87,7 @@ impl Api {
     /// shared connection cap.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
         let options = ServeOptions {
-            header_read_timeout: self.shared.config.limits.header_read_timeout(),
+            header_read_timeout: self.shared.start_limits.header_read_timeout(),
             ..ServeOptions::new("api")
         };
         let api = Arc::new(self);
@@ -132,7 +132,7 @@ impl Api {
 
     /// The whole body, within `maxBodyBytes` (413) and `bodyTimeoutMs` (408).
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Response<Body>> {
-        let limits = self.shared.config.limits;
+        let limits = self.shared.config().limits;
         let read = Limited::new(body, limits.max_body_bytes).collect();
         match tokio::time::timeout(limits.body_timeout(), read).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -30,9 +30,11 @@ const CHANNEL_CAPACITY: usize = 10_000;
 /// How long notes wait to be batched into one event.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 
-/// Starts the publisher; returns the sink the pacer writes to.
+/// Starts the publisher (trusting `ca` besides the platform roots for `amqps://`); returns the
+/// sink the pacer writes to.
 pub fn spawn_publisher(
     url: String,
+    ca: Option<wscluster_runtime::ca::CaBundle>,
     cluster_id: String,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -40,6 +42,7 @@ pub fn spawn_publisher(
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let target = AmqpTarget {
         url,
+        ca,
         connection_name: format!("wscluster-proxy {cluster_id}"),
         exchange: exchange_name(&cluster_id),
     };

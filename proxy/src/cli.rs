@@ -12,6 +12,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wscluster_runtime::Announcement;
+use wscluster_runtime::ca::{CaBundle, CaError};
 use wscluster_runtime::credentials::{CredentialError, WatchedCredentials};
 use wscluster_runtime::flags::{self, proxy as flag};
 use wscluster_runtime::log::LogArgs;
@@ -20,10 +21,11 @@ use wscluster_runtime::ring_args::{RingArgs, RingArgsError};
 
 use crate::Settings;
 use crate::config::ProxyConfig;
+use crate::tls::{CertFiles, SniCert, Tls, TlsError, TlsSpec};
 
 /// Time allowed after the drain for the drain resets to complete before the process gives up:
 /// the proxy waits `drainTimeoutSeconds`, resets the rest, then lingers a few seconds.
-const HARD_DEADLINE_EXTRA: Duration = Duration::from_secs(15);
+pub const HARD_DEADLINE_EXTRA: Duration = Duration::from_secs(15);
 
 /// Data-plane proxy for wscluster: routes WebSocket upgrades and HTTP by consistent hash of a
 /// business key and resets the connections whose owner changes.
@@ -42,7 +44,8 @@ pub struct Args {
     /// The cluster served, namespace/name.
     #[arg(long = flag::CLUSTER_ID.long, env = flag::CLUSTER_ID.env, default_value = "default/chat")]
     pub cluster_id: String,
-    /// The YAML config file (optional; every field has a default).
+    /// The YAML config file (optional; every field has a default), followed while running:
+    /// a valid change applies without a restart (docs/proxy.md, "Live configuration").
     #[arg(long = flag::CONFIG.long, env = flag::CONFIG.env)]
     pub config: Option<PathBuf>,
     /// The ring source: `--ring-url` with its token, or `--ring-file` (exactly one).
@@ -51,6 +54,9 @@ pub struct Args {
     /// RabbitMQ URL; when set, reset events are published for the old owners.
     #[arg(long = flag::AMQP_URL.long, env = flag::AMQP_URL.env, hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// PEM CA bundle trusted for an `amqps://` broker, besides the platform's roots.
+    #[arg(long = flag::AMQP_CA_FILE.long, env = flag::AMQP_CA_FILE.env, requires = "amqp_url")]
+    pub amqp_ca_file: Option<PathBuf>,
     /// `host:port` that plain HTTP requests without a key are forwarded to instead of being
     /// refused with 400 (local mode serves its demo page this way). WebSocket upgrades always
     /// need a key.
@@ -73,10 +79,84 @@ pub struct Args {
     /// re-read when it changes.
     #[arg(long = flag::API_KEYS_FILE.long, env = flag::API_KEYS_FILE.env)]
     pub api_keys_file: Option<PathBuf>,
+    /// TLS settings (`--tls-listen`, `--tls-cert-file`, `--tls-key-file`).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Logging (`--log-format`).
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+/// The TLS listener's flags: off unless `--tls-listen` is given, which needs both files.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Address of the TLS (`wss://`) listener, beside the plain `--listen` (for example
+    /// 0.0.0.0:8443); off unless given. Needs --tls-cert-file and --tls-key-file.
+    #[arg(
+        long = flag::TLS_LISTEN.long,
+        env = flag::TLS_LISTEN.env,
+        requires_all = ["tls_cert_file", "tls_key_file"]
+    )]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain, end-entity first (a TLS Secret's `tls.crt`); re-read when it
+    /// changes, for new handshakes.
+    #[arg(long = flag::TLS_CERT_FILE.long, env = flag::TLS_CERT_FILE.env, requires = "tls_listen")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (`tls.key`); re-read with it.
+    #[arg(long = flag::TLS_KEY_FILE.long, env = flag::TLS_KEY_FILE.env, requires = "tls_listen")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Further certificates chosen by SNI: directories each holding a TLS Secret's `tls.crt`
+    /// and `tls.key`, served to clients that ask for a DNS name in that certificate
+    /// (`*.example.com` covers one label); others get the default. Repeat the flag, or
+    /// separate with commas in the variable. Re-read with the default.
+    #[arg(
+        long = flag::TLS_SNI_CERT.long,
+        env = flag::TLS_SNI_CERT.env,
+        value_delimiter = ',',
+        requires = "tls_listen"
+    )]
+    pub tls_sni_cert: Vec<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS listener's address and its loaded certificates; `None` without `--tls-listen`.
+    ///
+    /// # Errors
+    ///
+    /// A certificate or key that cannot be read, does not match, or is out of its validity
+    /// period; the message names the file.
+    pub fn load(&self) -> Result<Option<(SocketAddr, Tls)>, TlsError> {
+        let (Some(addr), Some(cert_file), Some(key_file)) =
+            (self.tls_listen, &self.tls_cert_file, &self.tls_key_file)
+        else {
+            return Ok(None);
+        };
+        let spec = TlsSpec {
+            default: CertFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            },
+            sni: self.tls_sni_cert.iter().map(|dir| sni_entry(dir)).collect(),
+        };
+        Ok(Some((addr, Tls::new(spec)?)))
+    }
+}
+
+/// An SNI certificate from a mounted TLS Secret: its names come from the certificate.
+fn sni_entry(dir: &std::path::Path) -> SniCert {
+    SniCert {
+        server_names: Vec::new(),
+        files: CertFiles {
+            cert_file: dir.join(TLS_SECRET_CERT),
+            key_file: dir.join(TLS_SECRET_KEY),
+        },
+    }
+}
+
+/// The certificate chain's file in a mounted `kubernetes.io/tls` Secret.
+pub const TLS_SECRET_CERT: &str = "tls.crt";
+/// The private key's file in a mounted `kubernetes.io/tls` Secret.
+pub const TLS_SECRET_KEY: &str = "tls.key";
 
 /// What the flags resolve to: the settings of [`crate::run`] and the addresses to bind.
 #[derive(Debug, Clone)]
@@ -89,6 +169,8 @@ pub struct Start {
     pub admin_listen: SocketAddr,
     /// `--api-listen`.
     pub api_listen: Option<SocketAddr>,
+    /// `--tls-listen` and its certificates, loaded and checked.
+    pub tls: Option<(SocketAddr, Tls)>,
 }
 
 /// Why the proxy process stopped with an error.
@@ -106,6 +188,13 @@ pub enum ProcessError {
     /// A secret file (`--proxy-secret-file`, `--api-keys-file`) is unusable.
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// `--amqp-ca-file` is unusable.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The TLS certificate or key (`--tls-cert-file`, `--tls-key-file`) is
+    /// unusable; the message names the file.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -173,12 +262,20 @@ impl Args {
         let open = |path: &Option<PathBuf>| path.as_deref().map(WatchedCredentials::open);
         let proxy_secret = open(&self.proxy_secret_file).transpose()?;
         let api_keys = open(&self.api_keys_file).transpose()?;
+        let amqp_ca = self
+            .amqp_ca_file
+            .as_deref()
+            .map(|path| CaBundle::load(&flag::AMQP_CA_FILE.dashed(), path))
+            .transpose()?;
+        let tls = self.tls.load()?;
         let settings = Settings {
             id: self.id.unwrap_or_else(default_id),
             cluster_id: self.cluster_id,
             config,
+            config_file: self.config.clone(),
             ring,
             amqp_url: self.amqp_url,
+            amqp_ca,
             fallback_upstream: self.fallback_upstream,
             proxy_secret,
             api_keys,
@@ -188,13 +285,14 @@ impl Args {
             listen: self.listen,
             admin_listen: self.admin_listen,
             api_listen: self.api_listen,
+            tls,
         })
     }
 }
 
 /// The whole `wscluster-proxy` process from parsed flags (also `wscluster-operator proxy`):
 /// the settings, logging, the runtime (`--worker-threads`), SIGTERM/SIGINT, the listeners,
-/// `listening on <client addr> admin=<admin addr>[ api=<api addr>]` as the first line of stdout, and the proxy
+/// `listening on <client addr> admin=<admin addr>[ api=<api addr>][ tls=<tls addr>]` as the first line of stdout, and the proxy
 /// until the signal and its drain (`drainTimeoutSeconds` plus 15 s at most). Any failure is one
 /// `error: …` line on stderr and exit code 1.
 pub fn main(args: Args) -> ExitCode {
@@ -227,8 +325,21 @@ async fn run_process(start: Start, shutdown: CancellationToken) -> Result<(), Pr
         }
         None => None,
     };
+    let tls = match start.tls {
+        Some((addr, tls)) => {
+            let (listener, tls_listen) = bind(addr).await?;
+            announcement = announcement.with("tls", tls_listen);
+            Some(crate::TlsListener { listener, tls })
+        }
+        None => None,
+    };
     announcement.print().map_err(ProcessError::Announce)?;
-    let listeners = crate::Listeners { client, admin, api };
+    let listeners = crate::Listeners {
+        client,
+        admin,
+        api,
+        tls,
+    };
     crate::run(start.settings, listeners, shutdown)
         .await
         .map_err(ProcessError::Run)
@@ -236,7 +347,7 @@ async fn run_process(start: Start, shutdown: CancellationToken) -> Result<(), Pr
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ProcessError> {
     let failed = |source| ProcessError::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let listener = wscluster_runtime::serve::bind(addr).map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
     Ok((listener, bound))
 }
@@ -284,7 +395,7 @@ mod tests {
             ("chat-proxy-1", "prod/chat")
         );
         assert!(
-            matches!(&s.ring, RingSource::Stream { url, token } if url == "http://127.0.0.1:7400" && token == "t0ken"),
+            matches!(&s.ring, RingSource::Stream { url, token, .. } if url == "http://127.0.0.1:7400" && token == "t0ken"),
             "{:?}",
             s.ring
         );

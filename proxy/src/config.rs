@@ -5,7 +5,8 @@
 //! keySources:
 //!   - path: "/connect/{key}"
 //!   - query: userId
-//! resets: {ratePerSecond: 500, jitterMs: 2000}
+//! resets: {mode: adaptive, ratePerSecond: 5000, startRatePerSecond: 1000,
+//!          minRatePerSecond: 500, upgradeLatencyTargetMs: 50, jitterMs: 1000}
 //! drainTimeoutSeconds: 30
 //! limits: {maxConnections: 100000, headerReadTimeoutMs: 10000, maxHeaderBytes: 16384,
 //!          idleTimeoutSeconds: 600, maxFrameBytes: 1048576, connectTimeoutMs: 2000,
@@ -313,27 +314,93 @@ fn default_query_param() -> String {
     DEFAULT_TOKEN_QUERY_PARAM.into()
 }
 
-/// Pacing of resets after a ring change (per proxy).
+/// How a proxy paces its resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PacingMode {
+    /// Start at `startRatePerSecond`, raise the rate while the owners the reset clients come
+    /// back to answer their upgrades under `upgradeLatencyTargetMs` and refuse none, halve it
+    /// when they do not; `ratePerSecond` is the cap.
+    #[default]
+    Adaptive,
+    /// Exactly `ratePerSecond`, whatever the owners do.
+    Fixed,
+}
+
+/// Pacing of resets after a ring change (per proxy, no coordination between proxies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ResetConfig {
-    /// Resets started per second by each proxy.
+    /// `adaptive` (default) or `fixed`.
+    pub mode: PacingMode,
+    /// Resets started per second by each proxy: the rate in `fixed` mode, the cap in
+    /// `adaptive` mode.
     #[cfg_attr(
         feature = "schema",
         schemars(range(min = 1, max = MAX_RESETS_PER_SECOND))
     )]
     pub rate_per_second: u32,
-    /// `retryAfterMs` handed to clients is uniform over `[0, jitterMs]`.
+    /// `adaptive` mode: the rate each wave of resets starts at, per second (at most
+    /// `ratePerSecond`, which wins when lower).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(range(min = 1, max = MAX_RESETS_PER_SECOND))
+    )]
+    pub start_rate_per_second: u32,
+    /// `adaptive` mode: the lowest rate backing off goes to, per second (at most
+    /// `startRatePerSecond` and `ratePerSecond`, which win when lower). The default, 500, is
+    /// the old fixed rate: a slow owner never makes a wave slower than it was.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(range(min = 1, max = MAX_RESETS_PER_SECOND))
+    )]
+    pub min_rate_per_second: u32,
+    /// `adaptive` mode: the 99th percentile of the owners' upgrade latency (this proxy's
+    /// connect to their 101) above which the rate goes down, over 100 ms windows.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(range(min = 1, max = MAX_UPGRADE_LATENCY_TARGET_MS))
+    )]
+    pub upgrade_latency_target_ms: u64,
+    /// The largest `retryAfterMs` handed to clients. `fixed` mode: uniform over
+    /// `[0, jitterMs]`; `adaptive` mode: uniform over `[0, min(jitterMs, the time the resets
+    /// still queued take at the current rate)]`. Drains on shutdown: uniform over
+    /// `[0, jitterMs]`.
     #[cfg_attr(feature = "schema", schemars(range(max = MAX_JITTER_MS)))]
     pub jitter_ms: u64,
 }
 
+/// Largest `resets.upgradeLatencyTargetMs` (10 s: an upgrade slower than that is broken, not
+/// busy).
+pub const MAX_UPGRADE_LATENCY_TARGET_MS: u64 = 10_000;
+
 impl Default for ResetConfig {
     fn default() -> Self {
+        // The 3 -> 4 scale-up with 10,000 clients moves about 1,250 per proxy (two proxies):
+        // 1,000/s rising by half each good 100 ms window reaches the 5,000/s cap in 0.4 s and
+        // sends them all within about 0.5 s (docs/local.md, "Measured").
         ResetConfig {
-            rate_per_second: 500,
-            jitter_ms: 2000,
+            mode: PacingMode::Adaptive,
+            rate_per_second: 5_000,
+            start_rate_per_second: 1_000,
+            min_rate_per_second: 500,
+            upgrade_latency_target_ms: 50,
+            jitter_ms: 1_000,
+        }
+    }
+}
+
+impl ResetConfig {
+    /// The adaptive controller's settings from this config.
+    pub fn pace_settings(&self) -> crate::resets::pace::Settings {
+        let cap = f64::from(self.rate_per_second.max(1));
+        crate::resets::pace::Settings {
+            start: f64::from(self.start_rate_per_second).min(cap),
+            floor: f64::from(self.min_rate_per_second.min(self.start_rate_per_second)).min(cap),
+            cap,
+            target: Duration::from_millis(self.upgrade_latency_target_ms),
         }
     }
 }
@@ -450,6 +517,22 @@ impl ProxyConfig {
         ProxyConfig::from_yaml(&text)
     }
 
+    /// The fields a running proxy does not take from a reloaded file, serialized (YAML): a
+    /// change here needs a restart, any other change applies live (docs/proxy.md, "Live
+    /// configuration"). The operator hashes this into the proxy pods' annotation, so only
+    /// such a change rolls the proxies.
+    pub fn restart_fingerprint(&self) -> String {
+        let fields = RestartFields {
+            drain_timeout_seconds: self.drain_timeout_seconds,
+            max_connections: self.limits.max_connections,
+            header_read_timeout_ms: self.limits.header_read_timeout_ms,
+            max_header_bytes: self.limits.max_header_bytes,
+            connect_timeout_ms: self.limits.connect_timeout_ms,
+        };
+        // Plain numbers: serializing them cannot fail; a failure would still change the value.
+        serde_yaml::to_string(&fields).unwrap_or_else(|e| format!("unserializable: {e}"))
+    }
+
     /// Checks the rules the types cannot express. Messages name the field, with the
     /// position of a key source (`keySources[2]: ...`).
     pub fn validate(&self) -> Result<()> {
@@ -459,6 +542,23 @@ impl ProxyConfig {
             .and_then(|()| self.limits.validate())
             .map_err(Error::Config)
     }
+}
+
+/// The fields [`ProxyConfig::restart_fingerprint`] covers: each is read once at start.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RestartFields {
+    /// The process's hard deadline at shutdown is set from it at start (and the operator
+    /// derives the pods' grace period from it, which rolls them anyway).
+    drain_timeout_seconds: u64,
+    /// The accept loops' semaphore.
+    max_connections: usize,
+    /// hyper's connection builder and the server API's listener.
+    header_read_timeout_ms: u64,
+    /// hyper's connection builder (`max_buf_size`).
+    max_header_bytes: usize,
+    /// The HTTP clients' connectors (forwarding and the server API).
+    connect_timeout_ms: u64,
 }
 
 /// Each origin is `scheme://host[:port]` (http or https, nothing after the authority), as a
@@ -548,6 +648,21 @@ impl ResetConfig {
                 "resets.ratePerSecond must be 1 to {MAX_RESETS_PER_SECOND}"
             ));
         }
+        if !(1..=MAX_RESETS_PER_SECOND).contains(&self.start_rate_per_second) {
+            return Err(format!(
+                "resets.startRatePerSecond must be 1 to {MAX_RESETS_PER_SECOND}"
+            ));
+        }
+        if !(1..=MAX_RESETS_PER_SECOND).contains(&self.min_rate_per_second) {
+            return Err(format!(
+                "resets.minRatePerSecond must be 1 to {MAX_RESETS_PER_SECOND}"
+            ));
+        }
+        if !(1..=MAX_UPGRADE_LATENCY_TARGET_MS).contains(&self.upgrade_latency_target_ms) {
+            return Err(format!(
+                "resets.upgradeLatencyTargetMs must be 1 to {MAX_UPGRADE_LATENCY_TARGET_MS}"
+            ));
+        }
         if self.jitter_ms > MAX_JITTER_MS {
             return Err(format!(
                 "resets.jitterMs must be at most {MAX_JITTER_MS} (10 minutes)"
@@ -601,7 +716,8 @@ mod tests {
     fn an_empty_file_means_the_documented_defaults() {
         let c = ProxyConfig::from_yaml("").expect("empty is fine");
         assert_eq!(c, ProxyConfig::default());
-        assert_eq!(c.resets.rate_per_second, 500);
+        assert_eq!(c.resets.rate_per_second, 5000);
+        assert_eq!(c.resets.mode, PacingMode::Adaptive);
         assert_eq!(c.limits.max_header_bytes, 16_384);
         let c = ProxyConfig::from_yaml("drainTimeoutSeconds: 5").expect("partial is fine");
         assert_eq!(c.drain_timeout_seconds, 5);
@@ -651,6 +767,7 @@ allowedOrigins: ["https://app.example"]
             ("bogus: 1", "unknown field"),
             ("limits: {maxConection: 3}", "unknown field"),
             ("resets: {ratePerSecond: 0}", "ratePerSecond"),
+            ("resets: {mode: fast}", "unknown variant `fast`"),
             ("keySources: [{path: /connect}]", "{key}"),
             ("keySources: [{path: \"/a/{key}/{key}\"}]", "exactly one"),
             ("keySources: []", "at least one"),
@@ -685,6 +802,22 @@ allowedOrigins: ["https://app.example"]
                 "resets.ratePerSecond must be 1 to 100000",
             ),
             (
+                "resets: {startRatePerSecond: 0}",
+                "resets.startRatePerSecond must be 1 to 100000",
+            ),
+            (
+                "resets: {minRatePerSecond: 0}",
+                "resets.minRatePerSecond must be 1 to 100000",
+            ),
+            (
+                "resets: {upgradeLatencyTargetMs: 10001}",
+                "resets.upgradeLatencyTargetMs must be 1 to 10000",
+            ),
+            (
+                "resets: {upgradeLatencyTargetMs: 0}",
+                "resets.upgradeLatencyTargetMs must be 1 to 10000",
+            ),
+            (
                 "resets: {jitterMs: 600001}",
                 "resets.jitterMs must be at most 600000",
             ),
@@ -712,8 +845,23 @@ allowedOrigins: ["https://app.example"]
             let err = ProxyConfig::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.contains(needle), "{yaml}: {err}");
         }
-        let edges = "resets: {ratePerSecond: 100000, jitterMs: 600000}\nlimits: {maxConnections: 1, headerReadTimeoutMs: 1, maxHeaderBytes: 1048576, idleTimeoutSeconds: 1, maxFrameBytes: 125, connectTimeoutMs: 1}";
+        let edges = "resets: {ratePerSecond: 100000, startRatePerSecond: 100000, minRatePerSecond: 100000, upgradeLatencyTargetMs: 10000, jitterMs: 600000}\nlimits: {maxConnections: 1, headerReadTimeoutMs: 1, maxHeaderBytes: 1048576, idleTimeoutSeconds: 1, maxFrameBytes: 125, connectTimeoutMs: 1}";
         ProxyConfig::from_yaml(edges).expect("every bound itself is accepted");
+    }
+
+    #[test]
+    fn the_adaptive_rates_are_clamped_under_the_cap_and_the_floor_under_the_start() {
+        let c = ProxyConfig::from_yaml("resets: {ratePerSecond: 20}").expect("valid");
+        let p = c.resets.pace_settings();
+        assert_eq!((p.start, p.floor, p.cap), (20.0, 20.0, 20.0));
+        let c =
+            ProxyConfig::from_yaml("resets: {startRatePerSecond: 100, upgradeLatencyTargetMs: 7}")
+                .expect("valid");
+        let p = c.resets.pace_settings();
+        assert_eq!((p.start, p.floor, p.cap), (100.0, 100.0, 5000.0));
+        assert_eq!(p.target, Duration::from_millis(7));
+        let c = ProxyConfig::from_yaml("resets: {mode: fixed}").expect("valid");
+        assert_eq!(c.resets.mode, PacingMode::Fixed);
     }
 
     #[test]
@@ -761,7 +909,11 @@ allowedOrigins: ["https://app.example"]
                 KeySourceSpec::Cookie("c".into()),
             ],
             resets: ResetConfig {
+                mode: PacingMode::Fixed,
                 rate_per_second: 7,
+                start_rate_per_second: 3,
+                min_rate_per_second: 2,
+                upgrade_latency_target_ms: 20,
                 jitter_ms: 0,
             },
             drain_timeout_seconds: 9,
@@ -787,5 +939,45 @@ allowedOrigins: ["https://app.example"]
             "plain maps, not tags: {yaml}"
         );
         assert_eq!(ProxyConfig::from_yaml(&yaml).expect("parses"), config);
+    }
+
+    #[test]
+    fn only_a_restart_field_changes_the_restart_fingerprint() {
+        let base = ProxyConfig::default();
+        let mut live = base.clone();
+        live.key_sources = vec![KeySourceSpec::Query("u".into())];
+        live.resets = ResetConfig {
+            mode: PacingMode::Fixed,
+            rate_per_second: 7,
+            start_rate_per_second: 2,
+            min_rate_per_second: 1,
+            upgrade_latency_target_ms: 9,
+            jitter_ms: 1,
+        };
+        live.limits.per_ip_connections = Some(3);
+        live.limits.per_ip_upgrades_per_second = Some(3);
+        live.limits.idle_timeout_seconds = 5;
+        live.limits.max_frame_bytes = 4096;
+        live.limits.max_body_bytes = 10;
+        live.limits.body_timeout_ms = 10;
+        live.allowed_origins = vec!["https://a.example".into()];
+        live.legacy_send = true;
+        assert_eq!(base.restart_fingerprint(), live.restart_fingerprint());
+        let restarts: [fn(&mut ProxyConfig); 5] = [
+            |c| c.drain_timeout_seconds += 1,
+            |c| c.limits.max_connections += 1,
+            |c| c.limits.header_read_timeout_ms += 1,
+            |c| c.limits.max_header_bytes += 1,
+            |c| c.limits.connect_timeout_ms += 1,
+        ];
+        for (i, change) in restarts.iter().enumerate() {
+            let mut c = base.clone();
+            change(&mut c);
+            assert_ne!(
+                base.restart_fingerprint(),
+                c.restart_fingerprint(),
+                "restart field {i}"
+            );
+        }
     }
 }

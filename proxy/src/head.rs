@@ -42,7 +42,10 @@ pub enum First {
 
 /// Reads until the first request head is complete, over `max_head` bytes, or unparseable.
 /// The caller bounds the time (the header read timeout).
-pub async fn read_first(stream: &mut TcpStream, max_head: usize) -> io::Result<First> {
+pub async fn read_first(
+    stream: &mut (impl AsyncRead + Unpin),
+    max_head: usize,
+) -> io::Result<First> {
     let mut buf = BytesMut::with_capacity(FIRST_READ.min(max_head.max(1)));
     loop {
         if buf.capacity() == buf.len() {
@@ -190,26 +193,27 @@ pub fn write_closing_response(
     out.extend_from_slice(body);
 }
 
-/// A client socket with bytes already read from it put back in front, for hyper.
+/// A client socket (plain or TLS) with bytes already read from it put back in front, for
+/// hyper.
 #[derive(Debug)]
-pub struct Prefixed {
+pub struct Prefixed<S = TcpStream> {
     prefix: Bytes,
-    io: TcpStream,
+    io: S,
 }
 
-impl Prefixed {
+impl<S> Prefixed<S> {
     /// `prefix` is read before anything else from `io`.
-    pub fn new(prefix: Bytes, io: TcpStream) -> Self {
+    pub fn new(prefix: Bytes, io: S) -> Self {
         Prefixed { prefix, io }
     }
 
     /// The bytes not read yet and the socket.
-    pub fn into_parts(self) -> (Bytes, TcpStream) {
+    pub fn into_parts(self) -> (Bytes, S) {
         (self.prefix, self.io)
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -229,7 +233,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,13 +1,20 @@
 //! Ring changes and what follows them: apply a new ring, find the moved connections, and reset
 //! them at a paced rate; plus the idle sweep and the drain on shutdown.
 //!
-//! Pacing is a token bucket without burst: resets start `1 / ratePerSecond` apart, and each
-//! client is told to wait a `retryAfterMs` drawn uniformly from `[0, jitterMs]`, so both the
-//! closes and the reconnects are spread. Before each reset the pacer checks the key's owner
-//! under the newest ring again: a connection whose owner came back (two quick ring changes) is
-//! left alone.
+//! Pacing is a token bucket without burst (beyond a timer tick's worth): resets start
+//! `1 / rate` apart. In `fixed` mode the rate is `ratePerSecond` and each client is told to
+//! wait a `retryAfterMs` drawn uniformly from `[0, jitterMs]`. In `adaptive` mode (the
+//! default) the rate comes from [`pace::Controller`], which watches the upgrades this proxy
+//! routes while it resets (the reset clients coming back to their new owners) and stays
+//! under `ratePerSecond`; `retryAfterMs` is drawn from `[0, min(jitterMs, the time the queue
+//! still takes at that rate)]`, so the reconnects are spread over the wave and not past it.
+//! Before each reset the pacer checks the key's owner under the newest ring again: a
+//! connection whose owner came back (two quick ring changes) is left alone.
+
+pub mod pace;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -17,8 +24,14 @@ use tracing::{debug, info, warn};
 use wscluster_ring::Ring;
 use wscluster_ring::contract::ResetReason;
 
+use crate::config::{PacingMode, ResetConfig};
 use crate::registry::{Command, ConnControl, ConnView, Decision, decide, reason_leaving};
 use crate::state::{Routing, Shared};
+
+/// How late the pacer may fall behind its schedule and still catch up (start the resets it
+/// owes at once): one tick of tokio's millisecond timer, so rates above 1,000/s are reached
+/// although each sleep ends on a tick; later than that (a stall), the schedule starts afresh.
+const MAX_LAG: Duration = Duration::from_millis(2);
 
 /// A connection waiting to be reset.
 #[derive(Debug)]
@@ -33,17 +46,28 @@ pub struct Queued {
     pub ring_version: u64,
 }
 
-/// The pacer's queue. Bounded by the number of live connections (each is queued at most once
-/// per ring change and only while registered).
+/// The pacer's inbox: the queue, bounded by the number of live connections (each is queued at
+/// most once per ring change and only while registered), and the upgrades seen while pacing.
 #[derive(Debug, Default)]
 pub struct ResetQueue {
     items: Mutex<VecDeque<Queued>>,
     notify: Notify,
+    /// Whether a wave of resets is under way: upgrades are tallied only then, so the upgrade
+    /// path takes no lock in the steady state.
+    pacing: AtomicBool,
+    /// The upgrades of the adaptive controller's current window.
+    tally: Mutex<pace::UpgradeTally>,
 }
 
 impl ResetQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, pace::UpgradeTally> {
+        self.tally
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -54,7 +78,28 @@ impl ResetQueue {
             return;
         }
         self.lock().extend(items);
+        self.pacing.store(true, Ordering::Relaxed);
         self.notify.notify_one();
+    }
+
+    /// Notes an upgrade routed to `member` while a wave of resets is under way (no-op
+    /// otherwise): switched after `latency`, or `refused`.
+    pub fn note_upgrade(&self, member: &Arc<str>, latency: Duration, refused: bool) {
+        if self.pacing.load(Ordering::Relaxed) {
+            self.tally().note(member, latency, refused);
+        }
+    }
+
+    /// The current window's verdict, starting the next.
+    fn judge_window(&self, target: Duration) -> pace::Verdict {
+        let mut window = self.tally().take();
+        pace::judge(&mut window, target)
+    }
+
+    /// The wave is over: stop tallying, forget its window.
+    fn end_wave(&self) {
+        self.pacing.store(false, Ordering::Relaxed);
+        self.tally().take();
     }
 
     fn pop(&self) -> Option<Queued> {
@@ -222,13 +267,13 @@ pub fn check_late_registration(
     }
 }
 
-/// The pacer: starts queued resets `1 / ratePerSecond` apart until shutdown.
+/// The pacer: starts queued resets `1 / rate` apart until shutdown (the rate from the config in
+/// use as each reset starts, so a reloaded config applies to the queue at once).
 pub async fn run_pacer(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let rate = f64::from(shared.config.resets.rate_per_second.max(1));
-    let interval = Duration::from_secs_f64(1.0 / rate);
     let mut next = tokio::time::Instant::now();
+    let mut controller = pace::Controller::new();
     loop {
-        let Some(item) = next_queued(&shared, &shutdown).await else {
+        let Some(item) = next_queued(&shared, &shutdown, &mut controller).await else {
             return;
         };
         let Some(control) = item.control.upgrade() else {
@@ -252,22 +297,60 @@ pub async fn run_pacer(shared: Arc<Shared>, shutdown: CancellationToken) {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {}
             }
-        } else {
+        } else if now - next > MAX_LAG {
             next = now;
         }
-        next += interval;
-        send_reset(&shared, item, &control);
+        let resets = shared.config().resets;
+        let rate = current_rate(&shared, &resets, &mut controller);
+        next += Duration::from_secs_f64(1.0 / rate);
+        let retry_bound = match resets.mode {
+            PacingMode::Fixed => resets.jitter_ms,
+            PacingMode::Adaptive => {
+                pace::retry_bound_ms(resets.jitter_ms, shared.resets.len(), rate)
+            }
+        };
+        send_reset(&shared, item, &control, retry_bound);
         shared.metrics.reset_queue.set(shared.resets.len() as i64);
     }
 }
 
-/// The next queued reset, waiting for one; `None` at shutdown.
-async fn next_queued(shared: &Shared, shutdown: &CancellationToken) -> Option<Queued> {
+/// The rate to start the next reset at, per second: `ratePerSecond` in fixed mode, the
+/// controller's (fed with the window's upgrades) in adaptive mode. Sets the gauge.
+fn current_rate(shared: &Shared, resets: &ResetConfig, controller: &mut pace::Controller) -> f64 {
+    let rate = match resets.mode {
+        PacingMode::Fixed => f64::from(resets.rate_per_second.max(1)),
+        PacingMode::Adaptive => {
+            let settings = resets.pace_settings();
+            let now = tokio::time::Instant::now().into_std();
+            controller.rate(now, settings, || {
+                shared.resets.judge_window(settings.target)
+            })
+        }
+    };
+    shared.metrics.reset_rate.set(rate.round() as i64);
+    rate
+}
+
+/// The next queued reset, waiting for one; `None` at shutdown. An empty queue ends the wave
+/// (the next one starts again at the start rate).
+async fn next_queued(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    controller: &mut pace::Controller,
+) -> Option<Queued> {
     loop {
         if let Some(item) = shared.resets.pop() {
             return Some(item);
         }
         shared.metrics.reset_queue.set(0);
+        shared.resets.end_wave();
+        controller.idle();
+        let resets = shared.config().resets;
+        let idle_rate = match resets.mode {
+            PacingMode::Fixed => f64::from(resets.rate_per_second),
+            PacingMode::Adaptive => resets.pace_settings().start,
+        };
+        shared.metrics.reset_rate.set(idle_rate.round() as i64);
         tokio::select! {
             () = shutdown.cancelled() => return None,
             () = shared.resets.notify.notified() => {}
@@ -275,9 +358,10 @@ async fn next_queued(shared: &Shared, shutdown: &CancellationToken) -> Option<Qu
     }
 }
 
-/// Tells the connection to reset, counts it, and reports it to the old owner over the bus.
-fn send_reset(shared: &Shared, item: Queued, control: &ConnControl) {
-    let retry_after_ms = retry_after_ms(shared.config.resets.jitter_ms);
+/// Tells the connection to reset (`retryAfterMs` uniform over `[0, retry_bound_ms]`), counts
+/// it, and reports it to the old owner over the bus.
+fn send_reset(shared: &Shared, item: Queued, control: &ConnControl, retry_bound_ms: u64) {
+    let retry_after_ms = retry_after_ms(retry_bound_ms);
     let sent = control.send(Command::Reset {
         reason: item.reason,
         retry_after_ms,
@@ -301,21 +385,20 @@ fn send_reset(shared: &Shared, item: Queued, control: &ConnControl) {
     }
 }
 
-/// The `retryAfterMs` a reset client is told: uniform over `[0, jitter_ms]`, so the
+/// The `retryAfterMs` a reset client is told: uniform over `[0, bound_ms]`, so the
 /// reconnects of a ring change are spread.
-fn retry_after_ms(jitter_ms: u64) -> u64 {
-    if jitter_ms == 0 {
+fn retry_after_ms(bound_ms: u64) -> u64 {
+    if bound_ms == 0 {
         0
     } else {
-        rand::random_range(0..=jitter_ms)
+        rand::random_range(0..=bound_ms)
     }
 }
 
 /// Advances the registry's clock every second and closes connections idle for longer than
-/// `idleTimeoutSeconds` (checked every quarter of that, at least every second).
+/// `idleTimeoutSeconds` (checked every quarter of that, at least every second; the value of
+/// the config in use at each check).
 pub async fn run_sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let idle = u32::try_from(shared.config.limits.idle_timeout_seconds).unwrap_or(u32::MAX);
-    let every = (idle / 4).max(1);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -324,7 +407,8 @@ pub async fn run_sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = shared.registry.tick();
-        if !now.is_multiple_of(every) {
+        let idle = u32::try_from(shared.config().limits.idle_timeout_seconds).unwrap_or(u32::MAX);
+        if !now.is_multiple_of((idle / 4).max(1)) {
             continue;
         }
         let mut closed = 0;
@@ -346,7 +430,7 @@ pub async fn run_sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// Resets every live connection with reason "drain" at once (shutdown after the grace period);
 /// `retryAfterMs` is still spread over the jitter.
 pub fn drain_all(shared: &Shared) -> usize {
-    let jitter = shared.config.resets.jitter_ms;
+    let jitter = shared.config().resets.jitter_ms;
     let version = shared.routing.load().ring.version();
     let mut count = 0;
     shared.registry.for_each(|entry| {
@@ -384,8 +468,9 @@ mod tests {
         let config = ProxyConfig::default();
         Shared {
             cluster_id: "t/c".into(),
-            keys: KeySources::from_specs(&config.key_sources).expect("keys"),
-            config,
+            keys: ArcSwap::from_pointee(KeySources::from_specs(&config.key_sources).expect("keys")),
+            start_limits: config.limits,
+            config: ArcSwap::from_pointee(config),
             routing: ArcSwap::from_pointee(Routing::unknown("t/c")),
             registry: Arc::new(Registry::new()),
             resets: ResetQueue::default(),

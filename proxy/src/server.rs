@@ -2,7 +2,9 @@
 //! path from the first request head read raw ([`crate::head`]) and hyper's path for everything
 //! else — both routed by the one decision in [`crate::route`] and handed to the
 //! [`crate::splice`]; plain HTTP forwarded to the same owner; and every answer the proxy gives
-//! before an upgrade ([`Reply`]) made here.
+//! before an upgrade ([`Reply`]) made here. The TLS listener ([`serve_tls`]) is the same accept
+//! loop with a handshake first ([`crate::tls`]); everything after it is generic over the client
+//! side ([`ClientIo`]), so plain and TLS connections are served by the same code.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
@@ -39,8 +42,9 @@ use crate::head::{self, First, Prefixed, RawHead};
 use crate::limits::IpSlot;
 use crate::resets::check_late_registration;
 use crate::route::{Route, Target, Unrouted, check_origin, route};
-use crate::splice::{End, Splice};
+use crate::splice::{ClientIo, End, Splice};
 use crate::state::{MemberRoute, Shared};
+use crate::tls::HandshakeFailure;
 use crate::upstream::{self, ProxyFields};
 
 /// Response body: our own JSON or a forwarded upstream body.
@@ -262,7 +266,31 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limits = shared.config.limits;
+    serve_with(listener, None, shared, shutdown, tracker).await;
+}
+
+/// As [`serve`], each connection's TLS handshake first (under the header-read timeout, counted
+/// in `tls_handshakes`), then the same serving as plain: routing, limits, both upgrade paths,
+/// the splice, resets and the drain. The limits count TLS and plain connections together.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    serve_with(listener, Some(tls), shared, shutdown, tracker).await;
+}
+
+/// Both listeners' accept loop; `tls` says whether connections start with a TLS handshake.
+async fn serve_with(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limits = shared.start_limits;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let client = http_client(limits.connect_timeout());
     let mut builder = http1::Builder::new();
@@ -277,6 +305,7 @@ pub async fn serve(
         builder,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
+        tls,
     });
     loop {
         let (stream, peer) = tokio::select! {
@@ -297,31 +326,87 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let ip = match shared.client_limits.admit_connection(peer.ip()) {
-            Ok(ip) => ip,
-            Err(()) => {
-                let reply = Reply::too_many(
-                    &shared,
-                    "per-ip-connections",
-                    "too many connections from this address",
-                );
-                tracker.spawn(refuse_after_head(stream, reply, limits, permit));
-                continue;
-            }
-        };
-        let permit = ConnSlot {
-            _permit: permit,
-            _ip: ip,
-        };
-        let conn = Conn {
-            peer,
-            ctx: Arc::clone(&ctx),
-        };
-        tracker.spawn(
-            conn.run(stream, permit)
-                .instrument(debug_span!("conn", %peer)),
-        );
+        admit(&ctx, stream, peer, permit);
     }
+}
+
+/// Starts an accepted connection's task: served, or refused under `perIpConnections`.
+fn admit(ctx: &Arc<ConnCtx>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    let shared = &ctx.shared;
+    let ip = match shared.client_limits.admit_connection(peer.ip()) {
+        Ok(ip) => ip,
+        Err(()) => {
+            let reply = Reply::too_many(
+                shared,
+                "per-ip-connections",
+                "too many connections from this address",
+            );
+            let refusal = refuse(Arc::clone(ctx), stream, reply, permit);
+            ctx.tracker.spawn(refusal);
+            return;
+        }
+    };
+    let permit = ConnSlot {
+        _permit: permit,
+        _ip: ip,
+    };
+    let conn = Conn {
+        peer,
+        ctx: Arc::clone(ctx),
+    };
+    let span = debug_span!("conn", %peer);
+    match &ctx.tls {
+        None => ctx.tracker.spawn(conn.run(stream, permit).instrument(span)),
+        Some(_) => ctx
+            .tracker
+            .spawn(conn.run_tls(stream, permit).instrument(span)),
+    };
+}
+
+/// Refuses a connection at accept ([`refuse_after_head`]), after its handshake on TLS.
+async fn refuse(ctx: Arc<ConnCtx>, stream: TcpStream, reply: Reply, permit: OwnedSemaphorePermit) {
+    let limits = ctx.shared.start_limits;
+    match &ctx.tls {
+        None => refuse_after_head(stream, reply, limits, permit).await,
+        Some(acceptor) => {
+            if let Some(tls) = handshake(acceptor, stream, &ctx.shared).await {
+                refuse_after_head(tls, reply, limits, permit).await;
+            }
+        }
+    }
+}
+
+/// The first byte of every TLS connection: a handshake record (RFC 8446 §5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A TLS handshake under the header-read timeout, counted by outcome. A client that speaks
+/// plain HTTP (or anything but TLS) gets the handshake's alert and a close; so does one whose
+/// ALPN list lacks `http/1.1`.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    shared: &Shared,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let wait = shared.start_limits.header_read_timeout();
+    let attempt = async {
+        // Peeked, not read: only to tell plain HTTP from a broken TLS client in the metrics.
+        let mut first = [0u8; 1];
+        let plain = match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return Err(HandshakeFailure::Other),
+            Ok(_) => first[0] != TLS_HANDSHAKE_RECORD,
+        };
+        acceptor.accept(stream).await.map_err(|e| {
+            debug!(error = %e, "TLS handshake failed");
+            HandshakeFailure::of(plain, &e)
+        })
+    };
+    let outcome = tokio::time::timeout(wait, attempt)
+        .await
+        .unwrap_or(Err(HandshakeFailure::Timeout));
+    shared
+        .metrics
+        .tls_handshake(outcome.as_ref().err().copied());
+    outcome.ok()
 }
 
 /// A connection's place under the limits, held until it ends: its slot under
@@ -329,14 +414,14 @@ pub async fn serve(
 pub struct ConnSlot {
     /// The slot under `maxConnections`.
     _permit: OwnedSemaphorePermit,
-    /// The slot under `perIpConnections`, when that limit is set.
-    _ip: Option<IpSlot>,
+    /// The slot under `perIpConnections` (counted whether or not the limit is set).
+    _ip: IpSlot,
 }
 
 /// Answers a connection refused at accept once its request head is in (so the client reads
 /// the answer rather than a reset), within the header-read timeout, and closes it.
 async fn refuse_after_head(
-    mut stream: TcpStream,
+    mut stream: impl ClientIo,
     reply: Reply,
     limits: crate::config::Limits,
     _permit: OwnedSemaphorePermit,
@@ -349,7 +434,13 @@ async fn refuse_after_head(
     ) {
         return;
     }
-    let _ = tokio::time::timeout(wait, stream.write_all(&reply.closing_bytes())).await;
+    let _ = tokio::time::timeout(wait, write_and_close(&mut stream, &reply.closing_bytes())).await;
+}
+
+/// Writes a whole answer and closes the write side (on TLS: flushed, with `close_notify`).
+async fn write_and_close(stream: &mut impl ClientIo, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.shutdown().await
 }
 
 /// What every connection's task shares, built once per listener.
@@ -364,6 +455,8 @@ struct ConnCtx {
     tracker: TaskTracker,
     /// Cancelled when the proxy stops accepting.
     shutdown: CancellationToken,
+    /// The TLS listener's acceptor; `None` on the plain listener.
+    tls: Option<TlsAcceptor>,
 }
 
 /// One client connection's task. Kept small: its future lives as long as the connection, and
@@ -376,23 +469,23 @@ struct Conn {
 }
 
 /// What a connection does after its first request head.
-enum Next {
+enum Next<C> {
     /// Nothing: it is closed or answered.
     Done,
     /// Splice (the fast path upgraded it).
     Splice(Pin<Box<dyn Future<Output = ()> + Send>>),
     /// Hyper serves it from the first byte.
-    Http(Conn, Prefixed, ConnSlot),
+    Http(Conn, Prefixed<C>, ConnSlot),
 }
 
 /// How the fast path left a connection.
-enum Fast {
+enum Fast<C> {
     /// Not for the fast path after all: hyper gets the bytes read so far and the socket.
-    Declined(Bytes, TcpStream),
+    Declined(Bytes, C),
     /// Answered (an error or the owner's refusal) and done.
     Answered,
     /// Upgraded: splice it.
-    Switched(Upgraded),
+    Switched(Upgraded<C>),
 }
 
 /// An upgrade the fast path routed, before the owner is asked.
@@ -406,9 +499,9 @@ struct FastRoute {
 }
 
 /// One side of an upgraded connection.
-struct Leg {
+struct Leg<S = TcpStream> {
     /// Its socket.
-    socket: TcpStream,
+    socket: S,
     /// What it sent right after the handshake and was already read with the head: forwarded
     /// first.
     early: Bytes,
@@ -424,19 +517,31 @@ struct Switched {
 }
 
 /// An upgraded connection ready to splice.
-struct Upgraded {
+struct Upgraded<C> {
     /// Whom it was routed to.
     target: Target,
     /// The client's side.
-    client: Leg,
+    client: Leg<C>,
     /// The owner's side.
     upstream: Leg,
 }
 
 impl Conn {
+    /// The TLS listener's connection: the handshake, then [`Conn::run`] over the TLS stream.
+    async fn run_tls(self, stream: TcpStream, permit: ConnSlot) {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            return;
+        };
+        let handshake = Box::pin(handshake(&acceptor, stream, &self.ctx.shared));
+        let Some(tls) = handshake.await else {
+            return;
+        };
+        self.run(tls, permit).await;
+    }
+
     /// Reads the first request head; a WebSocket upgrade that can be routed is spliced here
     /// ([`Conn::fast_upgrade`]), anything else is served by hyper from the first byte.
-    async fn run(self, stream: TcpStream, permit: ConnSlot) {
+    async fn run<C: ClientIo>(self, stream: C, permit: ConnSlot) {
         // This task's future stays allocated, at the size of its largest state, for the whole
         // life of the connection: so it only ever holds pointers, and each step is its own
         // boxed future, freed when done (the first read and fast path, the splice, hyper).
@@ -449,8 +554,8 @@ impl Conn {
 
     /// Reads the first request head and takes the fast path when it applies; says what the
     /// connection does next.
-    async fn start(self, mut stream: TcpStream, permit: ConnSlot) -> Next {
-        let limits = self.ctx.shared.config.limits;
+    async fn start<C: ClientIo>(self, mut stream: C, permit: ConnSlot) -> Next<C> {
+        let limits = self.ctx.shared.start_limits;
         let first = tokio::select! {
             () = self.ctx.shutdown.cancelled() => return Next::Done,
             first = tokio::time::timeout(
@@ -484,14 +589,14 @@ impl Conn {
 
     /// Serves the connection with hyper (plain HTTP, and upgrades after earlier requests or
     /// that the fast path left to it), until it ends or shutdown drains it.
-    async fn serve_http(self, io: Prefixed, permit: ConnSlot) {
+    async fn serve_http<C: ClientIo>(self, io: Prefixed<C>, permit: ConnSlot) {
         let Conn { peer, ctx } = self;
         let permit = Arc::new(permit);
         let service_ctx = Arc::clone(&ctx);
         let service = service_fn(move |req| {
             let ctx = Arc::clone(&service_ctx);
             let permit = Arc::clone(&permit);
-            async move { Ok::<_, Infallible>(handle(req, peer, ctx, permit).await) }
+            async move { Ok::<_, Infallible>(handle::<C>(req, peer, ctx, permit).await) }
         });
         let conn = ctx
             .builder
@@ -512,15 +617,19 @@ impl Conn {
     /// request would be refused before reaching an owner (no key, no ring, no owner) it goes
     /// back, with the socket, for hyper to answer in the one place that does. Failures after
     /// that are answered here, closing the connection.
-    async fn fast_upgrade(&self, raw: Bytes, mut client: TcpStream) -> Fast {
+    async fn fast_upgrade<C: ClientIo>(&self, raw: Bytes, mut client: C) -> Fast<C> {
         let shared = &self.ctx.shared;
         let Some(fast) = self.route(&raw) else {
             return Fast::Declined(raw, client);
         };
-        let write_wait = shared.config.limits.header_read_timeout();
+        let write_wait = shared.start_limits.header_read_timeout();
         let reply = match ask_owner(&fast.request, fast.route.owner(), shared).await {
             Ok(switched) => {
-                let written = tokio::time::timeout(write_wait, client.write_all(&switched.head));
+                let write = async {
+                    client.write_all(&switched.head).await?;
+                    client.flush().await
+                };
+                let written = tokio::time::timeout(write_wait, write);
                 if !matches!(written.await, Ok(Ok(()))) {
                     return Fast::Answered;
                 }
@@ -535,7 +644,8 @@ impl Conn {
             }
             Err(reply) => reply,
         };
-        let _ = tokio::time::timeout(write_wait, client.write_all(&reply.closing_bytes())).await;
+        let bytes = reply.closing_bytes();
+        let _ = tokio::time::timeout(write_wait, write_and_close(&mut client, &bytes)).await;
         Fast::Answered
     }
 
@@ -546,8 +656,8 @@ impl Conn {
         let shared = &self.ctx.shared;
         let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
         let head = RawHead::parse(bytes, &mut fields)?;
-        check_origin(&head, &shared.config.allowed_origins).ok()?;
-        let route = route(&head, &shared.keys, &shared.routing).ok()?;
+        check_origin(&head, &shared.config().allowed_origins).ok()?;
+        let route = route(&head, &shared.keys(), &shared.routing).ok()?;
         // Last, so only an upgrade that would otherwise go ahead spends a token; refused, it
         // goes to hyper's path, which answers 429.
         if !shared.client_limits.admit_upgrade(self.peer.ip()) {
@@ -640,7 +750,7 @@ pub(crate) fn add_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 }
 
 /// Hyper's path: routes an upgrade and splices it; plain HTTP goes to [`plain_http`].
-async fn handle(
+async fn handle<C: ClientIo>(
     req: Request<Incoming>,
     peer: SocketAddr,
     ctx: Arc<ConnCtx>,
@@ -650,8 +760,8 @@ async fn handle(
     if !is_websocket_upgrade(req.headers()) {
         return plain_http(req, peer, &ctx).await;
     }
-    let routed = check_origin(&req, &shared.config.allowed_origins)
-        .and_then(|()| route(&req, &shared.keys, &shared.routing))
+    let routed = check_origin(&req, &shared.config().allowed_origins)
+        .and_then(|()| route(&req, &shared.keys(), &shared.routing))
         .and_then(
             |route| match shared.client_limits.admit_upgrade(peer.ip()) {
                 true => Ok(route),
@@ -659,7 +769,7 @@ async fn handle(
             },
         );
     match routed {
-        Ok(route) => upgrade_with_hyper(req, peer, route, &ctx, permit).await,
+        Ok(route) => upgrade_with_hyper::<C>(req, peer, route, &ctx, permit).await,
         Err(unrouted) => Reply::unrouted(unrouted, shared).into_response(),
     }
 }
@@ -693,8 +803,8 @@ pub fn is_internal_path(path: &str) -> bool {
 async fn plain_http(req: Request<Incoming>, peer: SocketAddr, ctx: &ConnCtx) -> Response<Body> {
     let shared = &ctx.shared;
     let path = req.uri().path();
-    if shared.config.legacy_send && path == LEGACY_SEND_PATH {
-        let route = match route(&req, &shared.keys, &shared.routing) {
+    if shared.config().legacy_send && path == LEGACY_SEND_PATH {
+        let route = match route(&req, &shared.keys(), &shared.routing) {
             Ok(route) => route,
             Err(unrouted) => return Reply::unrouted(unrouted, shared).into_response(),
         };
@@ -780,7 +890,7 @@ async fn forward(
 
 /// Hyper's path for an upgrade: asks the owner, answers the client with the owner's 101
 /// fields, and splices once hyper hands the client's socket over.
-async fn upgrade_with_hyper(
+async fn upgrade_with_hyper<C: ClientIo>(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     route: Route,
@@ -806,7 +916,7 @@ async fn upgrade_with_hyper(
     let target = route.into_target();
     let span = splice_span(&target);
     let shared = Arc::clone(shared);
-    let splice = splice_after_101(client, shared, target, switched.upstream, permit);
+    let splice = splice_after_101::<C>(client, shared, target, switched.upstream, permit);
     ctx.tracker.spawn(splice.instrument(span));
     let mut resp = Response::new(empty_body());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -816,7 +926,7 @@ async fn upgrade_with_hyper(
 
 /// Waits for hyper to hand over the client's socket after the 101, then splices it to
 /// `upstream`.
-async fn splice_after_101(
+async fn splice_after_101<C: ClientIo>(
     client: OnUpgrade,
     shared: Arc<Shared>,
     target: Target,
@@ -831,7 +941,7 @@ async fn splice_after_101(
             return;
         }
     };
-    let Ok(client) = client.downcast::<TokioIo<Prefixed>>() else {
+    let Ok(client) = client.downcast::<TokioIo<Prefixed<C>>>() else {
         shared.metrics.error("upgrade");
         return;
     };
@@ -856,10 +966,16 @@ async fn splice_after_101(
 
 /// Connects to `member` and sends it `head`, an upgrade request from
 /// [`Route::upgrade_request`], within the connect and header-read timeouts. Anything but a
-/// 101 comes back as the client's answer: the owner's refusal, or the proxy's failure.
+/// 101 comes back as the client's answer: the owner's refusal, or the proxy's failure. How it
+/// ended and how long it took go to [`Shared::upgrade_ended`] (metrics, adaptive pacing).
 async fn ask_owner(head: &[u8], member: &MemberRoute, shared: &Shared) -> Result<Switched, Reply> {
-    let failed = |failure: Failure| failure.reply(shared, Some(&member.id));
-    let limits = shared.config.limits;
+    let started = tokio::time::Instant::now();
+    let ended = |outcome| shared.upgrade_ended(member, started.elapsed(), outcome);
+    let failed = |failure: Failure| {
+        ended(upstream::Outcome::Failed(failure.label()));
+        failure.reply(shared, Some(&member.id))
+    };
+    let limits = shared.start_limits;
     let connect = async {
         match member.socket {
             Some(addr) => TcpStream::connect(addr).await,
@@ -880,12 +996,18 @@ async fn ask_owner(head: &[u8], member: &MemberRoute, shared: &Shared) -> Result
         upstream::read_answer(&mut tcp, limits.max_header_bytes).await
     };
     match tokio::time::timeout(limits.header_read_timeout(), exchange).await {
-        Ok(Ok(upstream::Answer::Switched { head, early })) => Ok(Switched {
-            upstream: Leg { socket: tcp, early },
-            head,
-        }),
+        Ok(Ok(upstream::Answer::Switched { head, early })) => {
+            ended(upstream::Outcome::Switched);
+            Ok(Switched {
+                upstream: Leg { socket: tcp, early },
+                head,
+            })
+        }
         // The owner refused the upgrade: its answer goes to the client whole.
-        Ok(Ok(upstream::Answer::Refused(refusal))) => Err(Reply::refused(refusal)),
+        Ok(Ok(upstream::Answer::Refused(refusal))) => {
+            ended(upstream::Outcome::Status(refusal.status));
+            Err(Reply::refused(refusal))
+        }
         Ok(Err(e)) => {
             debug!(error = %e, member = %member.id, "upgrade request failed");
             Err(failed(Failure::UpstreamError))
@@ -896,7 +1018,7 @@ async fn ask_owner(head: &[u8], member: &MemberRoute, shared: &Shared) -> Result
 
 /// Registers an upgraded connection and splices it until it ends; `permit` is the
 /// connection's slot under `maxConnections`, held until it ends.
-async fn spliced(shared: Arc<Shared>, upgraded: Upgraded, permit: impl Send) {
+async fn spliced<C: ClientIo>(shared: Arc<Shared>, upgraded: Upgraded<C>, permit: impl Send) {
     let _permit = permit;
     let Upgraded {
         target,
@@ -920,7 +1042,7 @@ async fn spliced(shared: Arc<Shared>, upgraded: Upgraded, permit: impl Send) {
     let end = Splice::new(
         client.socket,
         upstream.socket,
-        shared.config.limits.max_frame_bytes,
+        shared.config().limits.max_frame_bytes,
         &registration.control,
         &shared.registry,
     )

@@ -1,4 +1,5 @@
-//! The WebSocket splice: bytes copied both ways between two plain `TcpStream`s after the 101,
+//! The WebSocket splice: bytes copied both ways between the client's side (a plain `TcpStream`
+//! or a TLS stream over one, anything [`ClientIo`]) and the owner's `TcpStream` after the 101,
 //! with the proxy's own frames injected only when it must end the connection.
 //!
 //! Memory is the point of this module's shape. An idle connection holds no copy buffer: the
@@ -6,14 +7,16 @@
 //! allocation), then borrows a buffer from a small per-thread pool, reads and writes until the
 //! socket would block, and gives the buffer back. A buffer stays with a connection only while
 //! the other side cannot take the bytes yet (backpressure). So an idle connection costs its two
-//! sockets, this task and its registry entry.
+//! sockets, this task and its registry entry. Over TLS the client side is read the same way,
+//! into the borrowed buffer; what rustls itself keeps while idle is its connection state and
+//! its record buffer (see `docs/architecture.md`). Bytes a TLS stream accepted but has not
+//! sent yet are flushed on every wake-up (a no-op for a `TcpStream`).
 //!
 //! Each direction runs a [`FrameTracker`] so the proxy knows where frames and messages end:
 //! to reset a client it waits (briefly) for a message boundary on the upstream→client
 //! direction, then writes the reset text frame and a close frame (RFC 6455 §5.5.1) with the
 //! reason's application code, and sends the upstream a masked close frame (§5.3) with 1001.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -24,8 +27,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use wscluster_ring::contract::{ResetFrame, ResetReason};
+use wscluster_runtime::buffers::BufferPool;
 
 use crate::frame::{FrameTracker, client_close, server_close, server_text};
 use crate::registry::{Command, ConnControl, Registry};
@@ -78,25 +81,11 @@ const TOO_BIG: Close = Close {
     reason: "message too big",
 };
 
-thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-fn take_buf() -> Box<[u8]> {
-    POOL.try_with(|p| p.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| vec![0u8; BUF_BYTES].into_boxed_slice())
-}
-
-fn give_buf(buf: Box<[u8]>) {
-    let _ = POOL.try_with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOL_PER_THREAD {
-            p.push(buf);
-        }
-    });
-}
+/// The copy buffers, borrowed only while bytes move.
+const BUFFERS: BufferPool = BufferPool {
+    size: BUF_BYTES,
+    keep: POOL_PER_THREAD,
+};
 
 /// How a splice ended.
 #[derive(Debug)]
@@ -176,9 +165,15 @@ enum Stop {
     Error(io::Error),
 }
 
+/// The client side of a splice or of the fast path: a plain `TcpStream`, or a TLS stream over
+/// one. One splice serves both; only the client side differs.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
+
 /// A spliced connection: the client and upstream sockets and each direction's state.
-pub struct Splice<'a> {
-    client: TcpStream,
+pub struct Splice<'a, C> {
+    client: C,
     upstream: TcpStream,
     c2u: Dir,
     u2c: Dir,
@@ -186,10 +181,10 @@ pub struct Splice<'a> {
     registry: &'a Registry,
 }
 
-impl<'a> Splice<'a> {
+impl<'a, C: ClientIo> Splice<'a, C> {
     /// A splice of two upgraded sockets; `control` is how the registry reaches it.
     pub fn new(
-        client: TcpStream,
+        client: C,
         upstream: TcpStream,
         max_frame_bytes: u64,
         control: &'a ConnControl,
@@ -258,7 +253,7 @@ impl<'a> Splice<'a> {
             if bytes.is_empty() {
                 continue;
             }
-            let (dir, dst) = if from_client {
+            let (dir, dst): (_, &mut dyn ClientIo) = if from_client {
                 (&mut self.c2u, &mut self.upstream)
             } else {
                 (&mut self.u2c, &mut self.client)
@@ -290,8 +285,6 @@ impl<'a> Splice<'a> {
             control,
             registry,
         } = self;
-        let (mut client_rd, mut client_wr) = client.split();
-        let (mut upstream_rd, mut upstream_wr) = upstream.split();
         let mut registered: Option<Waker> = None;
         tokio::task::unconstrained(poll_fn(|cx| {
             if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -301,27 +294,19 @@ impl<'a> Splice<'a> {
             if let Some(cmd) = control.signalled() {
                 return Poll::Ready(Stop::Command(cmd));
             }
-            let mut scratch = take_buf();
-            let driven = drive(
-                cx,
-                &mut client_rd,
-                &mut upstream_wr,
-                c2u,
-                &mut scratch,
-                true,
-            )
-            .and_then(|moved| {
-                let back = drive(
-                    cx,
-                    &mut upstream_rd,
-                    &mut client_wr,
-                    u2c,
-                    &mut scratch,
-                    false,
-                );
-                back.map(|more| moved | more)
-            });
-            give_buf(scratch);
+            let mut scratch = BUFFERS.take();
+            let driven = drive(cx, &mut *client, &mut *upstream, c2u, &mut scratch, true).and_then(
+                |moved| {
+                    let back = drive(cx, &mut *upstream, &mut *client, u2c, &mut scratch, false);
+                    back.map(|more| moved | more)
+                },
+            );
+            BUFFERS.give(scratch);
+            // What a TLS stream took but could not send yet goes out when the socket can take
+            // it; this poll is woken then.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *client).poll_flush(cx) {
+                return Poll::Ready(Stop::Error(e));
+            }
             let moved = match driven {
                 Ok(moved) => moved,
                 Err(stop) => return Poll::Ready(stop),
@@ -331,7 +316,7 @@ impl<'a> Splice<'a> {
                     .last_active
                     .store(registry.now_secs(), Ordering::Relaxed);
             }
-            closing(cx, c2u, u2c, &mut upstream_wr, &mut client_wr)
+            closing(cx, c2u, u2c, &mut *upstream, &mut *client)
         }))
         .await
     }
@@ -350,7 +335,7 @@ impl<'a> Splice<'a> {
                     .await
                     .is_ok_and(|r| r.is_ok());
             self.c2u.broken |= !ok;
-            give_buf(p.buf);
+            BUFFERS.give(p.buf);
         }
         let mut out = Vec::new();
         if self.u2c.can_inject() {
@@ -379,7 +364,7 @@ impl<'a> Splice<'a> {
         })
         .await;
         if let Some(p) = self.u2c.pending.take() {
-            give_buf(p.buf);
+            BUFFERS.give(p.buf);
         }
         let _ = tokio::time::timeout(LINGER, async {
             let (mut a, mut b) = ([0u8; 256], [0u8; 256]);
@@ -400,11 +385,11 @@ impl<'a> Splice<'a> {
         loop {
             if let Some(p) = self.u2c.pending.take() {
                 if self.client.write_all(&p.buf[p.start..p.end]).await.is_err() {
-                    give_buf(p.buf);
+                    BUFFERS.give(p.buf);
                     self.u2c.broken = true;
                     return false;
                 }
-                give_buf(p.buf);
+                BUFFERS.give(p.buf);
             }
             if self.u2c.tracker.at_message_boundary() {
                 return !self.u2c.broken;
@@ -412,11 +397,11 @@ impl<'a> Splice<'a> {
             if self.u2c.eof || self.u2c.broken {
                 return false;
             }
-            let mut buf = take_buf();
+            let mut buf = BUFFERS.take();
             let n = match self.upstream.read(&mut buf).await {
                 Ok(0) | Err(_) => {
                     self.u2c.eof = true;
-                    give_buf(buf);
+                    BUFFERS.give(buf);
                     return false;
                 }
                 Ok(n) => n,
@@ -431,7 +416,7 @@ impl<'a> Splice<'a> {
                 }
                 Err(_) => {
                     self.u2c.broken = true;
-                    give_buf(buf);
+                    BUFFERS.give(buf);
                     return false;
                 }
             }
@@ -444,12 +429,12 @@ impl<'a> Splice<'a> {
 /// would); otherwise a FIN from one peer is relayed to the other as a half-close, and the
 /// splice ends once both are.
 #[inline]
-fn closing<'s>(
+fn closing(
     cx: &mut Context<'_>,
     c2u: &mut Dir,
     u2c: &mut Dir,
-    upstream_wr: &mut WriteHalf<'s>,
-    client_wr: &mut WriteHalf<'s>,
+    upstream_wr: &mut TcpStream,
+    client_wr: &mut impl ClientIo,
 ) -> Poll<Stop> {
     // Every wake-up of a live connection asks; without a FIN (`shut` follows `eof`) nothing
     // below can apply.
@@ -460,7 +445,9 @@ fn closing<'s>(
     if flushed && (c2u.eof || u2c.eof) && c2u.tracker.closed() && u2c.tracker.closed() {
         return Poll::Ready(Stop::Closed);
     }
-    for (dir, dst) in [(&mut *c2u, upstream_wr), (&mut *u2c, client_wr)] {
+    let shutdowns: [(&mut Dir, &mut dyn ClientIo); 2] =
+        [(&mut *c2u, upstream_wr), (&mut *u2c, client_wr)];
+    for (dir, dst) in shutdowns {
         if dir.eof && dir.pending.is_none() && !dir.shut {
             match Pin::new(dst).poll_shutdown(cx) {
                 Poll::Ready(_) => dir.shut = true,
@@ -482,8 +469,8 @@ fn closing<'s>(
 /// `EAGAIN` probe. Returns whether any byte moved.
 fn drive(
     cx: &mut Context<'_>,
-    src: &mut ReadHalf<'_>,
-    dst: &mut WriteHalf<'_>,
+    src: &mut (impl AsyncRead + Unpin),
+    dst: &mut (impl AsyncWrite + Unpin),
     dir: &mut Dir,
     scratch: &mut Box<[u8]>,
     from_client: bool,
@@ -518,7 +505,7 @@ fn drive(
         let written = written(Pin::new(&mut *dst).poll_write(cx, &scratch[..n]))?.unwrap_or(0);
         if written < n {
             dir.pending = Some(Pending {
-                buf: std::mem::replace(scratch, take_buf()),
+                buf: std::mem::replace(scratch, BUFFERS.take()),
                 start: written,
                 end: n,
             });
@@ -533,7 +520,7 @@ fn drive(
 /// are all written. False when `dst` would block.
 fn write_pending(
     cx: &mut Context<'_>,
-    dst: &mut WriteHalf<'_>,
+    dst: &mut (impl AsyncWrite + Unpin),
     dir: &mut Dir,
 ) -> Result<bool, Stop> {
     let Some(p) = dir.pending.as_mut() else {
@@ -546,7 +533,7 @@ fn write_pending(
     if p.start == p.end
         && let Some(done) = dir.pending.take()
     {
-        give_buf(done.buf);
+        BUFFERS.give(done.buf);
     }
     Ok(true)
 }

@@ -3,18 +3,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use wscluster_ring::{KeyHash, Member, NoOwner, Ring};
 use wscluster_runtime::credentials::{CredentialSet, WatchedCredentials};
 
-use crate::config::ProxyConfig;
+use crate::config::{Limits, ProxyConfig};
 use crate::key::KeySources;
 use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::resets::{ResetQueue, ResetSink};
+use crate::upstream::Outcome;
 
 /// A member as the proxy routes to it.
 #[derive(Debug)]
@@ -28,6 +31,8 @@ pub struct MemberRoute {
     pub socket: Option<SocketAddr>,
     /// Its connection gauge.
     pub connections: Gauge,
+    /// Its upgrade latency histogram (looked up once per ring, not per upgrade).
+    pub upgrade_seconds: Histogram,
 }
 
 /// A ring with what routing needs per member, built once per ring.
@@ -61,6 +66,7 @@ impl Routing {
                 address: m.address.clone(),
                 socket: m.address.parse().ok(),
                 connections: metrics.member_gauge(&m.id),
+                upgrade_seconds: metrics.member_upgrade_histogram(&m.id),
             })
             .collect();
         Routing {
@@ -82,10 +88,14 @@ impl Routing {
 pub struct Shared {
     /// The cluster this proxy serves; rings of other clusters are refused.
     pub cluster_id: String,
-    /// The config file's values.
-    pub config: ProxyConfig,
-    /// Compiled key sources.
-    pub keys: KeySources,
+    /// The config file's values, swapped whole when the file changes ([`Shared::config`]).
+    pub config: ArcSwap<ProxyConfig>,
+    /// The limits as they were at start: what the fields that need a restart
+    /// ([`ProxyConfig::restart_fingerprint`]: connection cap, header limits, connect timeout)
+    /// are read from, so a reload never half-applies one of them.
+    pub start_limits: Limits,
+    /// Compiled key sources, rebuilt with each new config ([`Shared::keys`]).
+    pub keys: ArcSwap<KeySources>,
     /// Current routing, swapped whole on each new ring.
     pub routing: ArcSwap<Routing>,
     /// Live spliced connections.
@@ -109,6 +119,33 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The config in use now: hold it for one decision (a request, a reset) so every value
+    /// read comes from the same file.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.config.load_full()
+    }
+
+    /// The key sources in use now.
+    pub fn keys(&self) -> Arc<KeySources> {
+        self.keys.load_full()
+    }
+
+    /// Records how an upgrade sent to `member` ended after `latency`: its histogram (when
+    /// switched), its refusal counter (when refused for want of capacity, see
+    /// [`Outcome::refusal`]), and the pacer's window while resets are being paced.
+    pub fn upgrade_ended(&self, member: &MemberRoute, latency: Duration, outcome: Outcome) {
+        let refusal = outcome.refusal();
+        match refusal {
+            Some(kind) => self.metrics.upstream_refusal(&member.id, kind),
+            None if outcome == Outcome::Switched => {
+                member.upgrade_seconds.observe(latency.as_secs_f64());
+            }
+            None => return,
+        }
+        self.resets
+            .note_upgrade(&member.id, latency, refusal.is_some());
+    }
+
     /// The proxy secrets as they are now (hold the value while using its
     /// [`CredentialSet::current`]).
     pub fn proxy_secret(&self) -> Option<Arc<CredentialSet>> {

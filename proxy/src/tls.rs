@@ -48,7 +48,9 @@ pub struct CertFiles {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SniCert {
-    /// DNS names (exact, case-insensitive) that select this certificate.
+    /// DNS names (case-insensitive; `*.example.com` matches one label) that select this
+    /// certificate; empty: the DNS names in the certificate itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_names: Vec<String>,
     /// Its files.
     #[serde(flatten)]
@@ -108,6 +110,46 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// Why a TLS handshake failed, as the `reason` label of `tls_handshake_failures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client sent something that is not TLS (plain HTTP, usually): `plain-http`.
+    PlainHttp,
+    /// The client's ALPN list has no `http/1.1`: `bad-alpn`.
+    BadAlpn,
+    /// The handshake did not finish within the header-read timeout: `timeout`.
+    Timeout,
+    /// Anything else (no common version or cipher suite, a closed connection, ...): `other`.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// The failure of a handshake that ended with `error`; `plain` says the client's first byte
+    /// was not a TLS handshake record.
+    pub fn of(plain: bool, error: &std::io::Error) -> HandshakeFailure {
+        if plain {
+            return HandshakeFailure::PlainHttp;
+        }
+        let rustls_error = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error {
+            Some(rustls::Error::NoApplicationProtocol) => HandshakeFailure::BadAlpn,
+            _ => HandshakeFailure::Other,
+        }
+    }
+
+    /// The metric label.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            HandshakeFailure::PlainHttp => "plain-http",
+            HandshakeFailure::BadAlpn => "bad-alpn",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+}
+
 /// A loaded certificate set: the default and the SNI certificates by lower-case name.
 #[derive(Debug)]
 pub struct CertStore {
@@ -126,31 +168,61 @@ impl CertStore {
         let default = load_pair(&spec.default, &provider, now)?;
         let mut by_name = HashMap::new();
         for (index, entry) in spec.sni.iter().enumerate() {
-            if entry.server_names.is_empty() {
-                return Err(TlsError::Sni {
-                    index,
-                    what: "serverNames is empty".into(),
-                });
-            }
             let key = load_pair(&entry.files, &provider, now)?;
-            for name in &entry.server_names {
-                rustls::pki_types::DnsName::try_from(name.as_str()).map_err(|_| TlsError::Sni {
-                    index,
-                    what: format!("{name:?} is not a DNS name"),
-                })?;
-                by_name.insert(name.to_ascii_lowercase(), Arc::clone(&key));
+            for name in sni_names(entry, &key.cert).map_err(|what| TlsError::Sni { index, what })? {
+                by_name.insert(name, Arc::clone(&key));
             }
         }
         Ok(CertStore { default, by_name })
     }
 
-    /// The certificate for a client hello's server name.
+    /// The certificate for a client hello's server name: an exact name, else a wildcard
+    /// (`*.example.com` for `chat.example.com`, one label only), else the default.
     fn choose(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
-        server_name
-            .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()))
+        let Some(name) = server_name.map(str::to_ascii_lowercase) else {
+            return Arc::clone(&self.default);
+        };
+        let wildcard = name
+            .split_once('.')
+            .map(|(_, parent)| format!("*.{parent}"));
+        self.by_name
+            .get(&name)
+            .or_else(|| wildcard.and_then(|w| self.by_name.get(&w)))
             .unwrap_or(&self.default)
             .clone()
     }
+}
+
+/// The lower-case names an SNI entry answers: its `serverNames`, each a DNS name (or a
+/// `*.` wildcard), or, when it lists none, the DNS names in its certificate's subject
+/// alternative names (a cert-manager Secret needs no second list that could drift from it).
+fn sni_names(entry: &SniCert, chain: &[CertificateDer<'static>]) -> Result<Vec<String>, String> {
+    if entry.server_names.is_empty() {
+        let leaf = chain.first().ok_or("holds no certificate")?;
+        let parsed = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| format!("not an X.509 certificate ({e})"))?;
+        let names: Vec<String> = parsed
+            .valid_dns_names()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if names.is_empty() {
+            return Err(format!(
+                "{} names no DNS name; give serverNames",
+                entry.files.cert_file.display()
+            ));
+        }
+        return Ok(names);
+    }
+    entry
+        .server_names
+        .iter()
+        .map(|name| {
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            rustls::pki_types::DnsName::try_from(bare)
+                .map(|_| name.to_ascii_lowercase())
+                .map_err(|_| format!("{name:?} is not a DNS name"))
+        })
+        .collect()
 }
 
 /// The provider every TLS listener uses.

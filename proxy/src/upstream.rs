@@ -76,6 +76,33 @@ pub struct Refusal {
     pub body: Bytes,
 }
 
+/// How an upgrade sent to an owner ended, as the adaptive pacer and the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 101.
+    Switched,
+    /// Another status.
+    Status(StatusCode),
+    /// No answer; the [`crate::server`] failure's metric label (`upstream-unreachable`, ...).
+    Failed(&'static str),
+}
+
+impl Outcome {
+    /// The kind of refusal this is, if it says the owner is short of capacity (or not ready
+    /// for the key yet): 5xx, 429, 421, or no answer. Other statuses are the request's
+    /// fault (a bad key, an expired token) and say nothing about the owner's load.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            Outcome::Switched => None,
+            Outcome::Status(s) if s.is_server_error() => Some("5xx"),
+            Outcome::Status(StatusCode::TOO_MANY_REQUESTS) => Some("429"),
+            Outcome::Status(StatusCode::MISDIRECTED_REQUEST) => Some("421"),
+            Outcome::Status(_) => None,
+            Outcome::Failed(label) => Some(label),
+        }
+    }
+}
+
 /// The fields the proxy sets itself on every request it routes to a member, after removing
 /// every client field named with [`INTERNAL_HEADER_PREFIX`]: the key it verified, the cluster's
 /// proxy secret (when configured) and the ring version it routed with.
@@ -564,6 +591,31 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(&raw[..raw.len().min(60)])
             );
+        }
+    }
+
+    #[test]
+    fn only_statuses_that_speak_of_the_owner_s_load_are_refusals() {
+        for (outcome, want) in [
+            (Outcome::Switched, None),
+            (
+                Outcome::Status(StatusCode::SERVICE_UNAVAILABLE),
+                Some("5xx"),
+            ),
+            (Outcome::Status(StatusCode::BAD_GATEWAY), Some("5xx")),
+            (Outcome::Status(StatusCode::TOO_MANY_REQUESTS), Some("429")),
+            (
+                Outcome::Status(StatusCode::MISDIRECTED_REQUEST),
+                Some("421"),
+            ),
+            (Outcome::Status(StatusCode::FORBIDDEN), None),
+            (Outcome::Status(StatusCode::NOT_FOUND), None),
+            (
+                Outcome::Failed("upstream-unreachable"),
+                Some("upstream-unreachable"),
+            ),
+        ] {
+            assert_eq!(outcome.refusal(), want, "{outcome:?}");
         }
     }
 

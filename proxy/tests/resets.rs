@@ -169,7 +169,7 @@ fn assert_spread_over_3000_ms(retries: &[u64]) {
 #[tokio::test]
 async fn pacing_spreads_resets_over_the_configured_rate_and_jitter() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let config = "resets: {ratePerSecond: 20, jitterMs: 3000}";
+        let config = "resets: {mode: fixed, ratePerSecond: 20, jitterMs: 3000}";
         let BehindProxy {
             backends,
             ring_path,
@@ -200,6 +200,65 @@ async fn pacing_spreads_resets_over_the_configured_rate_and_jitter() {
             .collect();
         assert!(endings.iter().all(|e| e.code == Some(4001)));
         assert_spread_over_3000_ms(&retries);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn adaptive_pacing_speeds_up_while_the_new_owner_answers_its_upgrades() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // At the start (and lowest) rate the 200 resets would take 4 s; the target is loose so
+        // a loaded debug build still counts as fast.
+        let config = "resets: {startRatePerSecond: 50, minRatePerSecond: 50, ratePerSecond: 2000, upgradeLatencyTargetMs: 1000, jitterMs: 3000}";
+        let BehindProxy {
+            backends,
+            ring_path,
+            proxy,
+            ..
+        } = BehindProxy::start("adaptive", &["node-a"], config, 1).await;
+        let b = Backend::start("node-b").await;
+        let conns = open(&proxy, 200).await;
+        // Each client comes straight back (ignoring retryAfterMs): the upgrades to node-b are
+        // what the pacer watches.
+        let comebacks: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                let url = proxy.ws_url(&format!("/connect/{}", c.key));
+                tokio::spawn(async move {
+                    let ending = read_ending(&mut c.ws, Duration::from_secs(20)).await;
+                    let (_ws, owner) = connect(&url).await;
+                    (ending, owner)
+                })
+            })
+            .collect();
+        write_ring(
+            &ring_path,
+            2,
+            vec![backends[0].member().draining(), b.member()],
+        );
+        let mut endings = Vec::new();
+        for comeback in comebacks {
+            let (ending, owner) = comeback.await.expect("client task");
+            assert_eq!(owner, "node-b");
+            endings.push(ending);
+        }
+        let times: Vec<_> = endings.iter().map(|e| e.at).collect();
+        let span = *times.iter().max().expect("some") - *times.iter().min().expect("some");
+        assert!(span < Duration::from_millis(2500), "200 resets took {span:?}");
+        let retries: Vec<u64> = endings
+            .iter()
+            .map(|e| e.reset.as_ref().expect("reset frame")["retryAfterMs"].as_u64().expect("retry"))
+            .collect();
+        // Within jitterMs and spread: the first resets (4 s of queue at 50/s) wait up to 3 s,
+        // the last almost none.
+        assert!(retries.iter().all(|r| *r <= 3000), "{retries:?}");
+        let distinct: HashSet<_> = retries.iter().collect();
+        assert!(distinct.len() > 20, "retryAfterMs not spread: {retries:?}");
+        let upgrades = proxy
+            .metric("wscluster_proxy_upstream_upgrade_seconds_count{member=\"node-b\"}")
+            .await;
+        assert_eq!(upgrades, Some(200.0));
     })
     .await
     .expect("test finished in time");

@@ -37,30 +37,9 @@ async fn get_on_kept_alive(s: &mut tokio::net::TcpStream, path: &str) -> String 
     s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
         .expect("write");
-    let mut got = Vec::new();
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = s.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(str::to_owned)
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .expect("content-length");
-        if body.len() >= len {
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            return body.to_owned();
-        }
-    }
+    let (head, body) = read_response(s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, connect_async};
 use wscluster_ring::contract::{KEY_HEADER, PROXY_SECRET_HEADER, RING_VERSION_HEADER};
@@ -52,30 +52,8 @@ async fn forged_upgrade(proxy: &Proxy, path: &str) -> Ws {
 /// leaving the connection open: the status line and body.
 async fn raw_exchange(s: &mut tokio::net::TcpStream, request: &str) -> (String, String) {
     s.write_all(request.as_bytes()).await.expect("write");
-    let mut got = Vec::new();
-    loop {
-        let mut chunk = [0u8; 2048];
-        let n = s.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(str::to_owned)
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        if body.len() >= len {
-            let status = head.lines().next().unwrap_or_default().to_owned();
-            return (status, body.to_owned());
-        }
-    }
+    let (head, body) = read_response(s).await;
+    (head.lines().next().unwrap_or_default().to_owned(), body)
 }
 
 async fn spawn_with_secret(dir: &Path, config: &str, ring: &Path, secret: Option<&Path>) -> Proxy {

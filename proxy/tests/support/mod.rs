@@ -224,6 +224,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     /// The server API address, when started with `--api-listen`.
     pub api: Option<SocketAddr>,
+    /// The TLS listener's address, when started with `--tls-listen`.
+    pub tls: Option<SocketAddr>,
     pub dir: PathBuf,
 }
 
@@ -276,6 +278,9 @@ impl Proxy {
             .env_remove("WSCLUSTER_PROXY_SECRET_FILE")
             .env_remove("WSCLUSTER_API_LISTEN")
             .env_remove("WSCLUSTER_API_KEYS_FILE")
+            .env_remove("WSCLUSTER_TLS_LISTEN")
+            .env_remove("WSCLUSTER_TLS_CERT_FILE")
+            .env_remove("WSCLUSTER_TLS_KEY_FILE")
             .stdout(Stdio::piped())
             // The proxy logs on stderr: shown with PROXY_TEST_LOG set, dropped otherwise.
             .stderr(if std::env::var_os("PROXY_TEST_LOG").is_some() {
@@ -309,6 +314,7 @@ impl Proxy {
             .get("admin")
             .expect("the admin address is announced");
         let api = announced.get("api");
+        let tls = announced.get("tls");
         // Keep draining stdout so the proxy never blocks on a full pipe.
         tokio::spawn(async move {
             let mut lines = stdout.lines();
@@ -319,6 +325,7 @@ impl Proxy {
             addr,
             admin,
             api,
+            tls,
             dir: dir.to_owned(),
         }
     }
@@ -360,6 +367,23 @@ impl Proxy {
             .find(|l| l.starts_with(name))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// Polls `/metrics` until `name` reads `value`, within 20 s: for counters the proxy bumps
+    /// after the client has already seen the outcome (a TLS alert, a watcher's reload).
+    pub async fn wait_metric(&self, name: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.metric(name).await;
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never reached {value}: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -418,8 +442,11 @@ pub async fn connect(url: &str) -> (Ws, String) {
     (ws, id)
 }
 
-/// The next text message, within a deadline.
-pub async fn next_text(ws: &mut Ws) -> String {
+/// The next text message, within a deadline, over any transport (plain or TLS).
+pub async fn next_text<S>(ws: &mut WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -430,6 +457,35 @@ pub async fn next_text(ws: &mut Ws) -> String {
             Message::Text(t) => return t.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Reads one whole HTTP/1.1 response from `s` (framed by its Content-Length, none meaning an
+/// empty body), leaving the connection open: the head and the body.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        let mut chunk = [0u8; 2048];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if body.len() >= len {
+            return (head.to_owned(), body.to_owned());
         }
     }
 }
@@ -449,7 +505,10 @@ pub struct Ending {
 }
 
 /// Reads until the connection ends; collects the reset frame and close code.
-pub async fn read_ending(ws: &mut Ws, within: Duration) -> Ending {
+pub async fn read_ending<S>(ws: &mut WebSocketStream<S>, within: Duration) -> Ending
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut reset = None;
     let deadline = tokio::time::Instant::now() + within;
     loop {

@@ -1,7 +1,9 @@
-//! What the mailbox epoch costs a Redis append: the append script before epochs (`INCR` +
-//! `XADD` + `EXPIRE` × 2, kept here as the reference) against [`RedisMailbox::append`] (epoch +
-//! offset in the same one script call), in the same run, on the same connection, in alternating
-//! rounds so machine load hits both alike. Not a test: it prints one JSON object.
+//! What a Redis append costs, three ways in the same run, on the same connection, in rounds that
+//! rotate which goes first so machine load hits all alike: the append script before epochs
+//! (`INCR` + `XADD` + `EXPIRE` × 2, kept here as the reference), [`RedisMailbox::append`] with
+//! one script call per append (`max_batch: 1`, the release before batching), and
+//! [`RedisMailbox::append`] as the node runs it (batched, [`Batching::default`]). Not a test: it
+//! prints one JSON object.
 //!
 //! ```text
 //! cargo run --release -p wscluster-node --example mailbox_bench -- \
@@ -17,7 +19,7 @@ use clap::Parser;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use redis::aio::ConnectionManager;
-use wscluster_node::mailbox::{Mailbox, RedisMailbox, Retention};
+use wscluster_node::mailbox::{Batching, Mailbox, RedisMailbox, Retention};
 
 /// The append script of the release before epochs. KEYS: stream, counter. ARGV: content,
 /// timestamp, max length, ttl seconds.
@@ -51,11 +53,7 @@ struct Args {
 }
 
 /// One variant's appends per second.
-async fn run(
-    appends: u64,
-    concurrency: u64,
-    append: impl Fn(u64) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>>,
-) -> anyhow::Result<f64> {
+async fn run(appends: u64, concurrency: u64, append: &Append) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
     let mut next = 0;
@@ -73,6 +71,61 @@ async fn run(
     Ok(appends as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The variants, in the order of the JSON fields.
+const VARIANTS: [&str; 3] = ["before_epochs", "one_call_per_append", "batched"];
+
+type Append = Box<dyn Fn(u64) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>>>;
+
+/// The reference: the pre-epoch script, one call per append.
+fn before_epochs(con: &ConnectionManager, prefix: &str) -> Append {
+    let (script, con, prefix) = (
+        Arc::new(redis::Script::new(APPEND_BEFORE_EPOCHS_LUA)),
+        con.clone(),
+        prefix.to_owned(),
+    );
+    Box::new(move |i| {
+        let (script, mut con) = (script.clone(), con.clone());
+        let user = i % USERS;
+        let stream = format!("{prefix}:before:mailbox:{user}");
+        let seq = format!("{prefix}:before:mailbox-seq:{user}");
+        Box::pin(async move {
+            let _: u64 = script
+                .key(stream)
+                .key(seq)
+                .arg("hello")
+                .arg(i)
+                .arg(MAX_LEN)
+                .arg(600)
+                .invoke_async(&mut con)
+                .await?;
+            Ok(())
+        })
+    })
+}
+
+/// The node's mailbox with `batching`.
+fn mailbox(con: &ConnectionManager, namespace: String, batching: Batching) -> Append {
+    let retention = Retention {
+        max_len: MAX_LEN,
+        ttl: Duration::from_secs(600),
+    };
+    let mailbox = Arc::new(RedisMailbox::with_batching(
+        con.clone(),
+        namespace,
+        retention,
+        batching,
+    ));
+    Box::new(move |i| {
+        let mailbox = mailbox.clone();
+        Box::pin(async move {
+            mailbox
+                .append(&format!("{}", i % USERS), "hello", None, i)
+                .await?;
+            Ok(())
+        })
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -80,77 +133,48 @@ async fn main() -> anyhow::Result<()> {
     let con =
         tokio::time::timeout(Duration::from_secs(5), ConnectionManager::new(client)).await??;
     let prefix = format!("wsc-bench-{}", std::process::id());
-    let retention = Retention {
-        max_len: MAX_LEN,
-        ttl: Duration::from_secs(600),
+    let single = Batching {
+        max_batch: 1,
+        in_flight: args.concurrency as usize,
     };
-    let after = Arc::new(RedisMailbox::new(
-        con.clone(),
-        format!("{prefix}:after:"),
-        retention,
-    ));
-    let before = Arc::new(redis::Script::new(APPEND_BEFORE_EPOCHS_LUA));
-    let (mut before_rates, mut after_rates) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        let before_run = {
-            let (before, con, prefix) = (before.clone(), con.clone(), prefix.clone());
-            run(args.appends, args.concurrency, move |i| {
-                let (script, mut con) = (before.clone(), con.clone());
-                let user = i % USERS;
-                let stream = format!("{prefix}:before:mailbox:{user}");
-                let seq = format!("{prefix}:before:mailbox-seq:{user}");
-                Box::pin(async move {
-                    let _: u64 = script
-                        .key(stream)
-                        .key(seq)
-                        .arg("hello")
-                        .arg(i)
-                        .arg(MAX_LEN)
-                        .arg(600)
-                        .invoke_async(&mut con)
-                        .await?;
-                    Ok(())
-                })
-            })
-        };
-        let after_run = {
-            let after = after.clone();
-            run(args.appends, args.concurrency, move |i| {
-                let after = after.clone();
-                Box::pin(async move {
-                    after
-                        .append(&format!("{}", i % USERS), "hello", None, i)
-                        .await?;
-                    Ok(())
-                })
-            })
-        };
-        if round % 2 == 0 {
-            before_rates.push(before_run.await?);
-            after_rates.push(after_run.await?);
-        } else {
-            after_rates.push(after_run.await?);
-            before_rates.push(before_run.await?);
+    let variants: [Append; 3] = [
+        before_epochs(&con, &prefix),
+        mailbox(&con, format!("{prefix}:single:"), single),
+        mailbox(&con, format!("{prefix}:batched:"), Batching::default()),
+    ];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..args.rounds as usize {
+        for k in 0..VARIANTS.len() {
+            let v = (round + k) % VARIANTS.len();
+            rates[v].push(run(args.appends, args.concurrency, &variants[v]).await?);
         }
     }
     cleanup(con, &prefix).await;
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (b, a) = (median(&mut before_rates), median(&mut after_rates));
-    println!(
-        "{}",
-        serde_json::json!({
-            "appends_per_round": args.appends,
-            "concurrency": args.concurrency,
-            "rounds": args.rounds,
-            "appends_per_sec_before_epochs": before_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
-            "appends_per_sec_with_epochs": after_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
-            "median_ratio_with_over_before": (a / b * 1000.0).round() / 1000.0,
-        })
-    );
+    println!("{}", report(&args, &mut rates));
     Ok(())
+}
+
+/// The JSON printed: every round's rate per variant and the medians' ratios.
+fn report(args: &Args, rates: &mut [Vec<f64>; 3]) -> serde_json::Value {
+    let mut out = serde_json::json!({
+        "appends_per_round": args.appends,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+    });
+    let mut medians = [0.0; 3];
+    for (v, name) in VARIANTS.iter().enumerate() {
+        out[format!("appends_per_sec_{name}")] = rates[v]
+            .iter()
+            .map(|r| r.round())
+            .collect::<Vec<_>>()
+            .into();
+        rates[v].sort_by(f64::total_cmp);
+        medians[v] = rates[v][rates[v].len() / 2];
+    }
+    let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
+    out["median_ratio_one_call_over_before_epochs"] = ratio(medians[1], medians[0]).into();
+    out["median_ratio_batched_over_one_call"] = ratio(medians[2], medians[1]).into();
+    out
 }
 
 /// Deletes every key under `prefix`.

@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! cargo run --release -p wscluster-node --example node_bench -- [--sockets 10000] \
-//!     [--messages 50000] [--concurrency 32] [--mailbox-ops 3000] [--redis-url redis://127.0.0.1:6379]
+//!     [--messages 50000] [--concurrency 32] [--mailbox-ops 3000] [--redis-url redis://127.0.0.1:6379] \
+//!     [--checkpoints 1000,9000] [--idle-only] [--open-parallelism 256]
 //! ```
 //!
 //! It re-executes itself as the node (`node_bench serve …`) so the node's memory can be read
 //! from `/proc/<pid>/status` apart from the clients', then measures on 127.0.0.1 only:
 //! * `idle_sockets` / `rss_bytes_per_socket` — RSS growth of the node for N idle WebSockets
-//!   (N is capped by the file-descriptor limit, which both processes share);
+//!   (N is capped by the file-descriptor limit, which both processes share), and `idle_rss`:
+//!   the same figure at each of `--checkpoints` on the way to N (`--idle-only` stops there);
 //! * `send_msgs_per_sec_memory` — `/send` requests per second, each delivered to a connected
 //!   user, with `concurrency` keep-alive HTTP clients, counted when the frames arrive;
 //! * `send_msgs_per_sec_redis` — the same with the Redis mailbox and presence;
@@ -33,8 +35,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Longest any phase may take.
 const PHASE_DEADLINE: Duration = Duration::from_secs(120);
-/// Concurrent handshakes while opening idle sockets.
-const OPEN_PARALLELISM: usize = 256;
 /// File descriptors kept free for everything that is not a benchmark socket.
 const FD_HEADROOM: u64 = 500;
 
@@ -55,6 +55,17 @@ struct Args {
     /// Sequential /send calls for the latency comparison.
     #[arg(long, default_value_t = 3_000)]
     mailbox_ops: u64,
+    /// Concurrent handshakes while opening idle sockets. Each holds buffers on the node for a
+    /// moment, and the allocator may keep that peak resident: at small socket counts it shows
+    /// in the per-socket figure.
+    #[arg(long, default_value_t = 256)]
+    open_parallelism: usize,
+    /// Socket counts (comma-separated, below `--sockets`) at which the idle RSS is also read.
+    #[arg(long, value_delimiter = ',')]
+    checkpoints: Vec<u64>,
+    /// Measure idle sockets only (no /send runs, no Redis).
+    #[arg(long)]
+    idle_only: bool,
     /// Redis for the Redis-backed runs.
     #[arg(
         long,
@@ -167,11 +178,17 @@ async fn open_reader(addr: String, user: String, received: Arc<AtomicU64>) -> an
     Ok(())
 }
 
-/// Opens sockets for users `u{i}`, `i` in `users`; returns how many opened.
-async fn open_many(addr: &str, users: Range<u64>, received: &Arc<AtomicU64>) -> u64 {
+/// Opens sockets for users `u{i}`, `i` in `users`, `parallelism` handshakes at a time; returns
+/// how many opened.
+async fn open_many(
+    addr: &str,
+    users: Range<u64>,
+    parallelism: usize,
+    received: &Arc<AtomicU64>,
+) -> u64 {
     let opened = futures_util::stream::iter(users)
         .map(|i| open_reader(addr.to_owned(), format!("u{i}"), received.clone()))
-        .buffer_unordered(OPEN_PARALLELISM)
+        .buffer_unordered(parallelism.max(1))
         .filter(|r| std::future::ready(r.is_ok()))
         .count();
     tokio::time::timeout(PHASE_DEADLINE, opened)
@@ -259,32 +276,55 @@ struct IdleSockets {
     rss_after: u64,
     /// RSS growth per measured socket, in bytes.
     per_socket: f64,
+    /// (sockets open, RSS growth per measured socket) at each checkpoint, then at the end.
+    steps: Vec<(u64, f64)>,
 }
 
-/// Phase 1: `sockets` idle WebSockets on `node`; the first 100 warm the node up and are not
-/// counted in the per-socket figure. Frames they receive are counted into `received`.
+/// Sockets opened first to warm the node up, not counted in the per-socket figures.
+const WARM_SOCKETS: u64 = 100;
+
+/// Phase 1: `sockets` idle WebSockets on `node`; the first [`WARM_SOCKETS`] warm the node up
+/// and are not counted in the per-socket figures, which are also read at each of
+/// `checkpoints`. Frames they receive are counted into `received`.
 async fn idle_sockets(
     node: &NodeProc,
     sockets: u64,
+    checkpoints: &[u64],
+    parallelism: usize,
     received: &Arc<AtomicU64>,
 ) -> anyhow::Result<IdleSockets> {
-    const WARM_SOCKETS: u64 = 100;
     let pid = node
         .child
         .id()
         .ok_or_else(|| anyhow::anyhow!("node exited"))?;
-    let warm = open_many(&node.addr, 0..WARM_SOCKETS, received).await;
+    let warm = open_many(&node.addr, 0..WARM_SOCKETS, parallelism, received).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_bytes(pid);
-    let opened = warm + open_many(&node.addr, WARM_SOCKETS..sockets, received).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = rss_bytes(pid);
-    let measured = opened.saturating_sub(warm).max(1);
+    let mut stops: Vec<u64> = checkpoints
+        .iter()
+        .copied()
+        .filter(|&c| c > WARM_SOCKETS && c < sockets)
+        .collect();
+    stops.sort_unstable();
+    stops.push(sockets);
+    let (mut opened, mut next, mut steps) = (warm, WARM_SOCKETS, Vec::new());
+    let mut rss_after = rss_before;
+    for stop in stops {
+        opened += open_many(&node.addr, next..stop, parallelism, received).await;
+        next = stop;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_after = rss_bytes(pid);
+        let measured = opened.saturating_sub(warm).max(1);
+        let per_socket = rss_after.saturating_sub(rss_before) as f64 / measured as f64;
+        steps.push((opened, per_socket));
+    }
+    let per_socket = steps.last().map_or(0.0, |s| s.1);
     Ok(IdleSockets {
         opened,
         rss_before,
         rss_after,
-        per_socket: rss_after.saturating_sub(rss_before) as f64 / measured as f64,
+        per_socket,
+        steps,
     })
 }
 
@@ -325,7 +365,18 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     // Phases 1 and 2: idle sockets, then /send with them connected, on an in-memory node.
     let node = spawn_node(&[]).await?;
     let received = Arc::new(AtomicU64::new(0));
-    let idle = idle_sockets(&node, sockets, &received).await?;
+    let idle = idle_sockets(
+        &node,
+        sockets,
+        &args.checkpoints,
+        args.open_parallelism,
+        &received,
+    )
+    .await?;
+    if args.idle_only {
+        println!("{}", idle_report(limit, &idle));
+        return Ok(());
+    }
     let receivers = args.receivers.min(idle.opened);
     let memory = send_figures(&args, &node, receivers, &received).await?;
     drop(node);
@@ -334,7 +385,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let prefix = format!("wsc-bench-{}", std::process::id());
     let node = spawn_node(&["--redis-url", &args.redis_url, "--redis-prefix", &prefix]).await?;
     let received = Arc::new(AtomicU64::new(0));
-    let r_open = open_many(&node.addr, 0..receivers, &received).await;
+    let r_open = open_many(&node.addr, 0..receivers, args.open_parallelism, &received).await;
     let redis = send_figures(&args, &node, r_open.max(1), &received).await?;
     drop(node);
     cleanup_redis(&args.redis_url, &prefix).await;
@@ -344,6 +395,23 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         report(&args, limit, receivers, &idle, &memory, &redis)
     );
     Ok(())
+}
+
+/// The idle-socket figures, as JSON.
+fn idle_report(fd_limit: u64, idle: &IdleSockets) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = idle
+        .steps
+        .iter()
+        .map(|(sockets, per)| serde_json::json!({"sockets": sockets, "rss_bytes_per_socket": per.round()}))
+        .collect();
+    serde_json::json!({
+        "fd_limit": fd_limit,
+        "idle_sockets": idle.opened,
+        "node_rss_bytes_before": idle.rss_before,
+        "node_rss_bytes_after": idle.rss_after,
+        "rss_bytes_per_socket": idle.per_socket.round(),
+        "idle_rss": steps,
+    })
 }
 
 /// The one JSON object the benchmark prints.
@@ -356,12 +424,8 @@ fn report(
     redis: &SendFigures,
 ) -> serde_json::Value {
     let tenths = |v: f64| (v * 10.0).round() / 10.0;
-    serde_json::json!({
-        "fd_limit": fd_limit,
-        "idle_sockets": idle.opened,
-        "node_rss_bytes_before": idle.rss_before,
-        "node_rss_bytes_after": idle.rss_after,
-        "rss_bytes_per_socket": idle.per_socket.round(),
+    let mut out = idle_report(fd_limit, idle);
+    let send = serde_json::json!({
         "send_messages": args.messages,
         "send_concurrency": args.concurrency,
         "send_receivers": receivers,
@@ -370,7 +434,11 @@ fn report(
         "send_latency_us_memory": tenths(memory.latency_us),
         "send_latency_us_redis": tenths(redis.latency_us),
         "redis_vs_memory_latency_ratio": ((redis.latency_us / memory.latency_us) * 100.0).round() / 100.0,
-    })
+    });
+    if let (Some(out), serde_json::Value::Object(send)) = (out.as_object_mut(), send) {
+        out.extend(send);
+    }
+    out
 }
 
 async fn cleanup_redis(url: &str, prefix: &str) {

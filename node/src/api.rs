@@ -13,20 +13,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt as _, Limited};
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use wscluster_ring::contract::api::{MessageRequest, Route, RouteError, SendReceipt};
 
 use crate::auth::{AuthError, Caller};
 use crate::http::{
-    ApiError, Edge, Resp, check_owner_routed, check_user, json_response, query_param,
-    routed_version, served_key,
+    ApiError, Edge, Resp, check_owner_routed, check_user, query_param, routed_version, served_key,
 };
 use crate::state::NodeState;
 
@@ -65,7 +65,7 @@ pub(crate) async fn server_api(edge: &Arc<Edge>, req: Request<Incoming>) -> Resu
                 .presence(&user)
                 .await
                 .map_err(|e| ApiError::delivery(&edge.state, &e))?;
-            Ok(json_response(StatusCode::OK, &to_json(&presence)))
+            Ok(contract_response(StatusCode::OK, &presence))
         }
         (Method::POST, Route::Broadcast) => {
             let body: MessageRequest = read_json(&edge.state, req).await?;
@@ -171,7 +171,7 @@ async fn send(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok(json_response(status, &to_json(&receipt)))
+    Ok(contract_response(status, &receipt))
 }
 
 /// Publishes a broadcast; 202 once the bus has it.
@@ -186,7 +186,7 @@ async fn broadcast(edge: &Arc<Edge>, message: String) -> Result<Resp, ApiError> 
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| ApiError::delivery(&edge.state, &e))?;
-    Ok(json_response(StatusCode::ACCEPTED, &to_json(&receipt)))
+    Ok(contract_response(StatusCode::ACCEPTED, &receipt))
 }
 
 /// A place under `--max-inflight-sends`, counted in `sends_in_flight` while held.
@@ -221,9 +221,16 @@ fn send_permit(edge: &Edge) -> Result<InFlight, ApiError> {
     })
 }
 
-/// A contract type as JSON (they hold only strings, numbers and booleans).
-fn to_json<T: serde::Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
+/// A contract type as a JSON answer, serialised straight into the body: through a
+/// `serde_json::Value` every field name would be allocated and the map built and walked again,
+/// once per send. (They hold only strings, numbers and booleans: serialisation cannot fail.)
+fn contract_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+    let mut resp = Resp::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// The message payload: present, within the frame limit.

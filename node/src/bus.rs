@@ -192,9 +192,11 @@ impl AmqpSettings {
 
 impl AmqpBus {
     /// Starts the connection loop in the background and returns the bus and this node's events.
-    /// It connects, declares, consumes, and on any loss reconnects with backoff until `shutdown`.
+    /// It connects (trusting `ca` besides the platform roots for `amqps://`), declares, consumes,
+    /// and on any loss reconnects with backoff until `shutdown`.
     pub fn start(
         settings: AmqpSettings,
+        ca: Option<wscluster_runtime::ca::CaBundle>,
         shutdown: CancellationToken,
     ) -> (Arc<AmqpBus>, mpsc::Receiver<BusEvent>) {
         let bus = Arc::new(AmqpBus {
@@ -205,6 +207,7 @@ impl AmqpBus {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let target = AmqpTarget {
             url: settings.url.clone(),
+            ca,
             connection_name: settings.connection_name(),
             exchange: bus.exchange.clone(),
         };

@@ -58,15 +58,30 @@ pub struct Config {
     /// Cluster id `namespace/name`; namespaces Redis keys and names the RabbitMQ exchange.
     #[arg(long = flag::CLUSTER_ID.long, env = flag::CLUSTER_ID.env, default_value = "default/chat")]
     pub cluster_id: String,
-    /// Redis URL for presence and mailboxes; absent means in-memory (not durable).
+    /// Redis URL for presence and mailboxes (`redis://`, or `rediss://` for TLS); absent means
+    /// in-memory (not durable).
     #[arg(long = flag::REDIS_URL.long, env = flag::REDIS_URL.env)]
     pub redis_url: Option<String>,
+    /// Seed URLs of a Redis Cluster, comma-separated (`redis://host:port`, or all `rediss://`
+    /// for TLS), instead of `--redis-url`: any few masters or replicas; the node learns the
+    /// rest of the cluster from them and follows failovers.
+    #[arg(long = flag::REDIS_CLUSTER.long, env = flag::REDIS_CLUSTER.env, value_delimiter = ',')]
+    pub redis_cluster: Option<Vec<String>>,
+    /// PEM CA bundle that a `rediss://` server's certificate must chain to (a Secret's
+    /// `ca.crt`), instead of the platform's roots. Read at start.
+    #[arg(long = flag::REDIS_CA_FILE.long, env = flag::REDIS_CA_FILE.env)]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key the node writes.
     #[arg(long = flag::REDIS_PREFIX.long, env = flag::REDIS_PREFIX.env, default_value = "wscluster")]
     pub redis_prefix: String,
-    /// RabbitMQ URL for broadcasts and reset events; absent means an in-process bus.
+    /// RabbitMQ URL for broadcasts and reset events (`amqp://`, or `amqps://` for TLS); absent
+    /// means an in-process bus.
     #[arg(long = flag::AMQP_URL.long, env = flag::AMQP_URL.env)]
     pub amqp_url: Option<String>,
+    /// PEM CA bundle trusted for an `amqps://` broker, besides the platform's roots. Read at
+    /// start.
+    #[arg(long = flag::AMQP_CA_FILE.long, env = flag::AMQP_CA_FILE.env)]
+    pub amqp_ca_file: Option<PathBuf>,
     /// The ring source: `--ring-url` with its token, or `--ring-file`, or neither (standalone).
     #[command(flatten)]
     pub ring: RingArgs,
@@ -117,8 +132,23 @@ impl Config {
 
     /// Checks what clap cannot: the cluster id, the Redis prefix and the member id are
     /// non-empty printable text without whitespace (they end up in Redis keys, AMQP names and
-    /// URLs).
+    /// URLs), the first two without braces (the keys' hash tags, `mailbox/keys.rs`, must be
+    /// the first braces of a key), the Redis flags name one Redis, and a CA file comes with a
+    /// TLS URL.
     pub fn validate(&self) -> crate::Result<()> {
+        self.validate_redis()?;
+        self.validate_tls()?;
+        for (flag, value) in [
+            (flag::CLUSTER_ID, &self.cluster_id),
+            (flag::REDIS_PREFIX, &self.redis_prefix),
+        ] {
+            if value.contains(['{', '}']) {
+                return Err(crate::Error::Config(format!(
+                    "{} must not contain {{ or }} (they would change the Redis keys' hash tag), got {value:?}",
+                    flag.dashed()
+                )));
+            }
+        }
         let checks = [
             ("--cluster-id", self.cluster_id.clone()),
             ("--redis-prefix", self.redis_prefix.clone()),
@@ -131,6 +161,92 @@ impl Config {
             {
                 return Err(crate::Error::Config(format!(
                     "{flag} must be 1 to 253 printable characters without whitespace, got {value:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis to use: one `--redis-url` or the `--redis-cluster` seeds (never both), each
+    /// seed a `redis://` or `rediss://` URL, all with the same scheme (the cluster client
+    /// speaks TLS to every node or to none).
+    fn validate_redis(&self) -> crate::Result<()> {
+        let Some(seeds) = &self.redis_cluster else {
+            return Ok(());
+        };
+        let (cluster, url) = (flag::REDIS_CLUSTER.dashed(), flag::REDIS_URL.dashed());
+        let fail = |why: String| Err(crate::Error::Config(format!("{cluster} {why}")));
+        if self.redis_url.is_some() {
+            return fail(format!("and {url} name two Redis: give one"));
+        }
+        let Some(first) = seeds.first() else {
+            return fail("needs at least one seed URL".into());
+        };
+        let scheme = |s: &str| {
+            ["redis://", "rediss://"]
+                .into_iter()
+                .find(|p| s.starts_with(p))
+        };
+        for seed in seeds {
+            match scheme(seed) {
+                None => {
+                    return fail(format!(
+                        "seed {:?} is not a redis:// or rediss:// URL",
+                        crate::server::redact(seed)
+                    ));
+                }
+                Some(s) if Some(s) != scheme(first) => {
+                    return fail("seeds must all be redis:// or all rediss://".into());
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis URL whose scheme decides TLS: `--redis-url`, else the first cluster seed.
+    fn redis_tls_url(&self) -> Option<String> {
+        self.redis_url.clone().or_else(|| {
+            self.redis_cluster
+                .as_ref()
+                .and_then(|seeds| seeds.first().cloned())
+        })
+    }
+
+    /// A CA file is only given with the TLS URL it is for: `--redis-ca-file` with a `rediss://`
+    /// `--redis-url` or `--redis-cluster`, `--amqp-ca-file` with an `amqps://` `--amqp-url`.
+    /// Anything else is a mistake (a plain URL would silently ignore the CA).
+    fn validate_tls(&self) -> crate::Result<()> {
+        let redis_url = self.redis_tls_url();
+        let redis_flag = match self.redis_cluster {
+            Some(_) => flag::REDIS_CLUSTER,
+            None => flag::REDIS_URL,
+        };
+        let pairs = [
+            (
+                flag::REDIS_CA_FILE,
+                &self.redis_ca_file,
+                redis_flag,
+                &redis_url,
+                "rediss://",
+                "a",
+            ),
+            (
+                flag::AMQP_CA_FILE,
+                &self.amqp_ca_file,
+                flag::AMQP_URL,
+                &self.amqp_url,
+                "amqps://",
+                "an",
+            ),
+        ];
+        for (ca_flag, ca, url_flag, url, scheme, article) in pairs {
+            let tls = url.as_deref().is_some_and(|u| u.starts_with(scheme));
+            if ca.is_some() && !tls {
+                return Err(crate::Error::Config(format!(
+                    "{} needs {article} {scheme} {}",
+                    ca_flag.dashed(),
+                    url_flag.dashed()
                 )));
             }
         }
@@ -231,6 +347,112 @@ mod tests {
             config.log.log_format,
             wscluster_runtime::log::LogFormat::Json
         );
+    }
+
+    #[test]
+    fn a_ca_file_needs_the_tls_url_it_is_for() {
+        let parse = |args: &[&str]| {
+            let all = std::iter::once("wscluster-node").chain(args.iter().copied());
+            Config::try_parse_from(all).expect("parses")
+        };
+        let plain_redis = parse(&["--redis-url", "redis://r:6379", "--redis-ca-file", "/ca"]);
+        let err = plain_redis.validate().expect_err("plain redis with a CA");
+        assert_eq!(
+            err.to_string(),
+            "configuration: --redis-ca-file needs a rediss:// --redis-url"
+        );
+        let no_amqp = parse(&["--amqp-ca-file", "/ca"]);
+        let err = no_amqp.validate().expect_err("a CA without a URL");
+        assert!(
+            err.to_string().contains("--amqp-ca-file needs an amqps://"),
+            "{err}"
+        );
+        let tls = parse(&[
+            "--redis-url",
+            "rediss://r:6380",
+            flag::REDIS_CA_FILE.dashed().as_str(),
+            "/ca",
+            "--amqp-url",
+            "amqps://u:p@b:5671/%2f",
+            flag::AMQP_CA_FILE.dashed().as_str(),
+            "/ca2",
+        ]);
+        tls.validate().expect("TLS URLs with their CAs");
+        assert_eq!(
+            tls.redis_ca_file.as_deref(),
+            Some(std::path::Path::new("/ca"))
+        );
+        assert_eq!(
+            tls.amqp_ca_file.as_deref(),
+            Some(std::path::Path::new("/ca2"))
+        );
+    }
+
+    #[test]
+    fn redis_cluster_seeds_are_checked() {
+        let config = |args: &[&str]| {
+            let all = std::iter::once("wscluster-node").chain(args.iter().copied());
+            Config::try_parse_from(all).expect("parses")
+        };
+        let error = |args: &[&str]| config(args).validate().expect_err("refused").to_string();
+        let seeds = config(&["--redis-cluster", "redis://a:7000,redis://b:7001"]);
+        seeds.validate().expect("two plain seeds");
+        assert_eq!(
+            seeds.redis_cluster.as_deref(),
+            Some(&["redis://a:7000".to_owned(), "redis://b:7001".to_owned()][..])
+        );
+        assert_eq!(
+            error(&[
+                "--redis-cluster",
+                "redis://a:7000",
+                "--redis-url",
+                "redis://r:6379"
+            ]),
+            "configuration: --redis-cluster and --redis-url name two Redis: give one"
+        );
+        assert_eq!(
+            error(&["--redis-cluster", "http://a:7000"]),
+            "configuration: --redis-cluster seed \"http://a:7000\" is not a redis:// or rediss:// URL"
+        );
+        assert!(error(&["--redis-cluster", ""]).contains("seed \"\" is not a redis://"));
+        assert!(
+            error(&["--redis-cluster", "redis://:secret@a:7000,https://:pw@b"])
+                .contains("\"https://***@b\""),
+            "the password is not shown"
+        );
+        assert_eq!(
+            error(&["--redis-cluster", "redis://a:7000,rediss://b:7001"]),
+            "configuration: --redis-cluster seeds must all be redis:// or all rediss://"
+        );
+        assert_eq!(
+            error(&[
+                "--redis-cluster",
+                "redis://a:7000",
+                "--redis-ca-file",
+                "/ca"
+            ]),
+            "configuration: --redis-ca-file needs a rediss:// --redis-cluster"
+        );
+        config(&[
+            "--redis-cluster",
+            "rediss://a:7000",
+            "--redis-ca-file",
+            "/ca",
+        ])
+        .validate()
+        .expect("TLS seeds with a CA");
+    }
+
+    #[test]
+    fn braces_in_the_key_namespace_are_refused() {
+        for (flag, value) in [("--redis-prefix", "ws{x}"), ("--cluster-id", "a/{b")] {
+            let config = Config::try_parse_from(["wscluster-node", flag, value]).expect("parses");
+            let err = config.validate().expect_err("braces refused").to_string();
+            assert!(
+                err.contains(&format!("{flag} must not contain {{ or }}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

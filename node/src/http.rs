@@ -15,11 +15,11 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::Instrument;
 use wscluster_ring::contract::{
     MAX_KEY_LEN, RING_VERSION_HEADER, api, percent_decode, validate_key,
 };
@@ -29,13 +29,7 @@ use crate::auth::{AuthError, Caller, Trust};
 use crate::ownership::Ownership;
 use crate::session::{self, Resume};
 use crate::state::NodeState;
-
-/// Read buffer of a WebSocket (also the most read per syscall). tungstenite's default, 128 KiB,
-/// is allocated per socket and would cost 12.8 GB for 100,000 idle clients. Clients of this
-/// node send little (pings, short texts, which it ignores), so 1 KiB suffices; a larger frame
-/// still arrives (the buffer grows up to `--max-frame-bytes`), in more reads. Measured with
-/// `node_bench`: 13.2 KB of RSS per idle socket with 4 KiB, 10.3 KB with 1 KiB.
-const WS_READ_BUFFER_BYTES: usize = 1024;
+use crate::wsio::{LeanIo, WS_READ_BUFFER_BYTES};
 
 /// The response type of every route.
 pub type Resp = Response<Full<Bytes>>;
@@ -478,6 +472,10 @@ fn session_permit(state: &NodeState) -> Result<OwnedSemaphorePermit, ApiError> {
 }
 
 /// Runs the session once hyper hands over the upgraded connection (after the 101 is sent).
+///
+/// No span per session: a span lives as long as the session and, with logging on, costs a
+/// registry slot and its formatted fields for every idle socket; the session's few log lines
+/// name the user themselves.
 fn spawn_session(
     state: &Arc<NodeState>,
     on_upgrade: OnUpgrade,
@@ -485,30 +483,50 @@ fn spawn_session(
     resume: Resume,
     permit: OwnedSemaphorePermit,
 ) {
+    let task_state = state.clone();
+    state.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let key: Arc<str> = Arc::from(key);
+                let Some(ws) = Box::pin(websocket(&task_state, upgraded, &key)).await else {
+                    return;
+                };
+                // Boxed: the session's futures take the socket by value, each would keep a
+                // copy of its 300 bytes for the session's life; a box is 8.
+                session::run(task_state, Box::new(ws), key, resume, permit).await;
+            }
+            Err(e) => tracing::debug!(error = %e, user = %key, "upgrade failed"),
+        }
+    });
+}
+
+/// The session's WebSocket over the upgraded connection's own `TcpStream`, taken out of
+/// hyper's box. Bytes the client sent after its handshake, which hyper had read already, are
+/// copied out, so hyper's read buffer is freed now rather than kept by an idle session.
+async fn websocket(
+    state: &NodeState,
+    upgraded: hyper::upgrade::Upgraded,
+    key: &str,
+) -> Option<WebSocketStream<LeanIo<TcpStream>>> {
     let frame_limit = state.config.max_frame();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_frame_size(Some(frame_limit))
         .max_message_size(Some(frame_limit));
-    let task_state = state.clone();
-    let span = tracing::info_span!("session", user = %key);
-    state.sessions.spawn(
-        async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
-                    session::run(task_state, ws, Arc::from(key), resume, permit).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        }
-        .instrument(span),
-    );
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        // serve() always upgrades a TcpStream; anything else is a bug, not a client's fault.
+        tracing::error!(user = %key, "upgraded connection is not a TcpStream");
+        state.metrics.error("upgrade");
+        return None;
+    };
+    let io = LeanIo::new(parts.io.into_inner());
+    let early = parts.read_buf.to_vec();
+    drop(parts.read_buf);
+    Some(if early.is_empty() {
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await
+    } else {
+        WebSocketStream::from_partially_read(io, early, Role::Server, Some(ws_config)).await
+    })
 }
 
 /// The 101 answer to a handshake whose accept value is `accept`.

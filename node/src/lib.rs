@@ -16,6 +16,7 @@
 //! * [`auth`] — who a request comes from: the proxy secret, the verified key, the API keys.
 //! * [`session`] — one socket: register, presence, replay after `?since=`, live delivery.
 //! * [`registry`] — sessions by key, one per key.
+//! * [`wsio`] — the byte stream under a session's WebSocket, without a read buffer while idle.
 //! * [`mailbox`], [`presence`], [`bus`] — backends behind traits: Redis / RabbitMQ when
 //!   configured, in-memory otherwise (same behaviour except durability).
 //! * [`ownership`] — which keys this node owns under the newest ring it knows.
@@ -51,6 +52,7 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod wsio;
 
 pub use config::Config;
 pub use error::{Error, Result};

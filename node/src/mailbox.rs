@@ -12,15 +12,21 @@
 //! trimmed) and `--mailbox-ttl-seconds` after the last append (the whole mailbox expires, epoch
 //! included).
 //!
-//! Redis layout (one stream and one hash per user):
-//! * `{prefix}:{cluster}:mailbox:{user}` — a stream whose entry ids are `0-<offset>`, fields
+//! Redis layout (one stream and one hash per user, both under the user's hash tag, `keys.rs`):
+//! * `{prefix}:{cluster}:mailbox:{<tag>}` — a stream whose entry ids are `0-<offset>`, fields
 //!   `c` (content) and `t` (timestamp, ms since the Unix epoch);
-//! * `{prefix}:{cluster}:mailbox-meta:{user}` — a hash: `e` the epoch, `s` the last offset
+//! * `{prefix}:{cluster}:mailbox-meta:{<tag>}` — a hash: `e` the epoch, `s` the last offset
 //!   handed out.
 //!
-//! One Lua script per append makes the epoch when the hash is absent (dropping any stream
-//! left without one), allocates the offset, `XADD`s with `MAXLEN` and `EXPIRE`s both keys
-//! together, and returns epoch and offset: one round trip, atomic with other writers. A read is
+//! The same code runs on a standalone Redis and on a Redis Cluster ([`RedisConnection`]): the
+//! two keys of a user share one slot, so every script call stays in one slot, and a batch is
+//! split by slot on a cluster (`batch.rs`).
+//!
+//! One Lua script makes the epoch when the hash is absent (dropping any stream left without
+//! one), allocates the offset, `XADD`s with `MAXLEN` and `EXPIRE`s both keys together, and
+//! returns epoch and offset, atomic with other writers. Under load, appends that wait for the
+//! connection go together in one call of that script ([`Batching`], `batch.rs`), so a busy node
+//! pays one round trip and one script dispatch per batch rather than per message. A read is
 //! one script too, which makes the epoch of an absent stream so the client is told the epoch
 //! its next messages will carry.
 //!
@@ -32,9 +38,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 
 use crate::error::{Error, Result};
+
+mod batch;
+mod connection;
+pub mod keys;
+
+pub use batch::Batching;
+use batch::{Appender, Message};
+pub use connection::{RedisConnection, Shard};
 
 /// Most entries one [`Mailbox::read`] returns; replays page through larger backlogs.
 pub const READ_PAGE: usize = 256;
@@ -245,28 +258,6 @@ impl Mailbox for MemoryMailbox {
     }
 }
 
-/// Epoch, offset allocation and append in one atomic step. KEYS: stream, meta. ARGV: content,
-/// timestamp, max length, ttl seconds, a fresh epoch (used only if the stream has none), the
-/// chat sender or "" (stored as field `f` when set). Returns `{epoch, offset}`.
-const APPEND_LUA: &str = r#"
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
-end
-local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
-local fields = {'c', ARGV[1], 't', ARGV[2]}
-if ARGV[6] ~= '' then
-  fields[5] = 'f'
-  fields[6] = ARGV[6]
-end
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. seq, unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {epoch, seq}
-"#;
-
 /// The epoch, the bounds and one page of a stream. KEYS: stream, meta. ARGV: after, limit, ttl
 /// seconds, a fresh epoch (made into the stream's epoch if it has none, with an empty stream).
 /// Returns `{epoch, latest, first entry (0 or 1), page}`.
@@ -287,14 +278,14 @@ return {epoch, latest, first, page}
 /// Mailboxes in Redis streams (see the module docs for the layout).
 #[derive(Clone)]
 pub struct RedisMailbox {
-    /// Shared multiplexed connection that reconnects by itself.
-    con: ConnectionManager,
+    /// Shared multiplexed connection (standalone or cluster) that reconnects by itself.
+    con: RedisConnection,
     /// `{prefix}:{cluster}:` — every key starts with it.
     namespace: String,
     /// Retention limits.
     retention: Retention,
-    /// The append script (sent once, then called by SHA).
-    append: redis::Script,
+    /// Where appends go to be batched into script calls.
+    appender: Appender,
     /// The read script.
     read: redis::Script,
 }
@@ -311,22 +302,34 @@ type RangeReply = Vec<(String, HashMap<String, String>)>;
 
 impl RedisMailbox {
     /// A mailbox store on an existing connection; `namespace` is `{prefix}:{cluster}:`.
-    pub fn new(con: ConnectionManager, namespace: String, retention: Retention) -> Self {
+    /// Appends are batched by default ([`Batching`]); needs a Tokio runtime.
+    pub fn new(con: impl Into<RedisConnection>, namespace: String, retention: Retention) -> Self {
+        Self::with_batching(con, namespace, retention, Batching::default())
+    }
+
+    /// [`RedisMailbox::new`] with explicit batching (`max_batch: 1` sends every append alone).
+    pub fn with_batching(
+        con: impl Into<RedisConnection>,
+        namespace: String,
+        retention: Retention,
+        batching: Batching,
+    ) -> Self {
+        let con = con.into();
         RedisMailbox {
+            appender: Appender::spawn(con.clone(), retention, batching),
             con,
             namespace,
             retention,
-            append: redis::Script::new(APPEND_LUA),
             read: redis::Script::new(READ_LUA),
         }
     }
 
     fn stream_key(&self, user: &str) -> String {
-        format!("{}mailbox:{user}", self.namespace)
+        keys::stream(&self.namespace, user)
     }
 
     fn meta_key(&self, user: &str) -> String {
-        format!("{}mailbox-meta:{user}", self.namespace)
+        keys::meta(&self.namespace, user)
     }
 }
 
@@ -368,26 +371,16 @@ impl Mailbox for RedisMailbox {
         from: Option<&str>,
         timestamp: u64,
     ) -> Result<Appended> {
-        let mut con = self.con.clone();
-        let mut call = self.append.prepare_invoke();
-        call.key(self.stream_key(user))
-            .key(self.meta_key(user))
-            .arg(content)
-            .arg(timestamp)
-            .arg(self.retention.max_len)
-            .arg(self.retention.ttl.as_secs().max(1))
-            .arg(&*new_epoch())
-            .arg(from.unwrap_or_default());
-        let (epoch, offset): (String, u64) = bounded(
-            APPEND_TIMEOUT,
-            "mailbox append",
-            call.invoke_async(&mut con),
-        )
-        .await?;
-        Ok(Appended {
-            epoch: Arc::from(epoch),
-            offset,
-        })
+        self.appender
+            .append(Message {
+                stream: self.stream_key(user),
+                meta: self.meta_key(user),
+                content: content.to_owned(),
+                timestamp,
+                from: from.unwrap_or_default().to_owned(),
+                epoch: new_epoch(),
+            })
+            .await
     }
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage> {

@@ -1,6 +1,7 @@
 //! Presence: which node holds a user's socket, since when, under which ring version.
 //!
-//! Redis layout: `{prefix}:{cluster}:presence:{user}` → JSON [`PresenceEntry`], with an expiry of
+//! Redis layout: `{prefix}:{cluster}:presence:{<tag>}` (the user's hash tag, shared with its
+//! mailbox keys: `mailbox/keys.rs`) → JSON [`PresenceEntry`], with an expiry of
 //! `--presence-ttl-seconds`, refreshed every third of it while the socket lives and deleted when
 //! it closes. Refresh and delete only touch the entry if it still names this connection (`conn`),
 //! so a user who already reconnected elsewhere is never erased by the old node.
@@ -10,11 +11,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::mailbox::bounded;
+use crate::mailbox::{RedisConnection, Shard, bounded, keys};
 
 /// One user's presence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,12 +136,15 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Entries refreshed per Redis pipeline.
 const REFRESH_BATCH: usize = 500;
+/// Refresh pipelines out at once: on a cluster a pipeline holds one slot's entries, so there
+/// are many small ones; a few at a time keep the refresh short without flooding Redis.
+const REFRESH_PARALLEL: usize = 16;
 
 /// Presence in Redis (see the module docs for the layout).
 #[derive(Clone)]
 pub struct RedisPresence {
-    /// Shared multiplexed connection that reconnects by itself.
-    con: ConnectionManager,
+    /// Shared multiplexed connection (standalone or cluster) that reconnects by itself.
+    con: RedisConnection,
     /// `{prefix}:{cluster}:`.
     namespace: String,
     /// Entry lifetime without refresh.
@@ -161,9 +165,9 @@ impl std::fmt::Debug for RedisPresence {
 
 impl RedisPresence {
     /// Presence on an existing connection; `namespace` is `{prefix}:{cluster}:`.
-    pub fn new(con: ConnectionManager, namespace: String, ttl: Duration) -> Self {
+    pub fn new(con: impl Into<RedisConnection>, namespace: String, ttl: Duration) -> Self {
         RedisPresence {
-            con,
+            con: con.into(),
             namespace,
             ttl,
             refresh: redis::Script::new(REFRESH_LUA),
@@ -172,7 +176,38 @@ impl RedisPresence {
     }
 
     fn key(&self, user: &str) -> String {
-        format!("{}presence:{user}", self.namespace)
+        keys::presence(&self.namespace, user)
+    }
+
+    /// The refresh pipelines for `live`: at most [`REFRESH_BATCH`] entries each, and on a
+    /// cluster each within one slot (a cluster pipeline goes to one node, for one slot).
+    fn refresh_pipelines(&self, live: &[(String, String)]) -> Vec<redis::Pipeline> {
+        let mut parts: HashMap<Shard, Vec<(String, &str)>> = HashMap::new();
+        for (user, conn) in live {
+            let key = self.key(user);
+            parts
+                .entry(self.con.shard(&key))
+                .or_default()
+                .push((key, conn));
+        }
+        let ttl = self.ttl.as_secs().max(1);
+        let mut pipes = Vec::new();
+        for part in parts.values() {
+            for chunk in part.chunks(REFRESH_BATCH) {
+                let mut pipe = redis::pipe();
+                for (key, conn) in chunk {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.refresh.get_hash())
+                        .arg(1)
+                        .arg(key)
+                        .arg(*conn)
+                        .arg(ttl)
+                        .ignore();
+                }
+                pipes.push(pipe);
+            }
+        }
+        pipes
     }
 }
 
@@ -203,25 +238,21 @@ impl Presence for RedisPresence {
             self.refresh.load_async(&mut con),
         )
         .await?;
-        for chunk in live.chunks(REFRESH_BATCH) {
-            let mut pipe = redis::pipe();
-            for (user, conn) in chunk {
-                pipe.cmd("EVALSHA")
-                    .arg(self.refresh.get_hash())
-                    .arg(1)
-                    .arg(self.key(user))
-                    .arg(conn)
-                    .arg(self.ttl.as_secs().max(1))
-                    .ignore();
-            }
-            bounded(
-                REFRESH_TIMEOUT,
-                "presence refresh",
-                pipe.query_async::<()>(&mut con),
-            )
-            .await?;
-        }
-        Ok(())
+        futures_util::stream::iter(self.refresh_pipelines(live))
+            .map(|pipe| {
+                let mut con = con.clone();
+                async move {
+                    bounded(
+                        REFRESH_TIMEOUT,
+                        "presence refresh",
+                        pipe.query_async::<()>(&mut con),
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(REFRESH_PARALLEL)
+            .try_collect::<()>()
+            .await
     }
 
     async fn remove(&self, user: &str, conn: &str) -> Result<()> {

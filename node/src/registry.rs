@@ -4,16 +4,16 @@
 //! `CLOSE_REPLACED` (4002).
 //!
 //! Sharded maps behind short `std::sync::Mutex` sections (never held across an await), each
-//! session reachable through two bounded queues: data (messages) and control (close commands).
+//! session reachable through its [`Inbox`]: a bounded queue of messages and one close command.
 //! The cap is checked under the shard lock when a session registers, so two racing connects
 //! cannot both take the last place.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use wscluster_ring::KeyHash;
 
@@ -21,8 +21,6 @@ use crate::delivery::{Admission, Refusal};
 
 /// Number of shards; a power of two well above the core count keeps lock contention negligible.
 const SHARDS: usize = 64;
-/// Control commands queued per session; a session takes only the first close.
-pub const CONTROL_QUEUE: usize = 2;
 
 /// What a session over the per-key cap does (`--session-policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -90,9 +88,198 @@ pub struct Handle {
     /// The presence connection id (unique across restarts and nodes).
     pub conn_tag: Arc<str>,
     /// Messages.
-    pub data: mpsc::Sender<Outbound>,
+    pub data: DataSender,
     /// Close commands.
-    pub control: mpsc::Sender<Close>,
+    pub control: CloseSender,
+}
+
+impl Handle {
+    /// A handle for connection `conn` and the receiving end of its inbox, which holds at most
+    /// `queue` messages (at least 1).
+    pub fn new(conn: u64, conn_tag: Arc<str>, queue: usize) -> (Handle, InboxReceiver) {
+        let inbox = Arc::new(Inbox {
+            state: Mutex::new(InboxState {
+                queue: VecDeque::new(),
+                close: None,
+                open: true,
+            }),
+            senders: AtomicUsize::new(1),
+            wake: Notify::new(),
+            capacity: queue.max(1),
+        });
+        let handle = Handle {
+            conn,
+            conn_tag,
+            data: DataSender(inbox.clone()),
+            control: CloseSender(inbox.clone()),
+        };
+        (handle, InboxReceiver(inbox))
+    }
+}
+
+/// A session's inbox: the messages queued for it and the close command it will act on.
+///
+/// It replaces two tokio `mpsc` channels for memory's sake: a bounded `mpsc` allocates a block
+/// of 32 slots when it is made (2.3 KB for [`Outbound`], 1.8 KB for [`Close`]) and keeps it for
+/// the session's life, idle or not. Here an idle session holds no queue storage at all: the
+/// queue is an empty `VecDeque` (no allocation) and the session takes the whole queue at once
+/// when it wakes, so the storage of a burst is freed as soon as the burst is written.
+#[derive(Debug)]
+pub struct Inbox {
+    /// Under a short lock, never held across an await.
+    state: Mutex<InboxState>,
+    /// Wakes the session; `notify_one` keeps a permit when the session is not waiting yet, so
+    /// a message queued between its check and its wait is never missed.
+    wake: Notify,
+    /// Most messages queued (`--session-queue`).
+    capacity: usize,
+    /// Live [`DataSender`]s: at 0 the registry has let the session go. Outside the lock, as
+    /// the registry clones and drops handles on every delivery.
+    senders: AtomicUsize,
+}
+
+/// What an [`Inbox`] holds.
+#[derive(Debug)]
+struct InboxState {
+    /// Messages not yet taken by the session, oldest first.
+    queue: VecDeque<Outbound>,
+    /// The first close command sent; later ones are dropped (a session takes only one).
+    close: Option<Close>,
+    /// Whether the session still receives.
+    open: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        // A poisoned lock only means a thread panicked while holding it; the state is whole.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a message or close command was not queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    /// The queue is full (or, for a close, a close is already queued).
+    Full(T),
+    /// The session is gone.
+    Closed(T),
+}
+
+/// Queues messages for a session; the session ends ("removed") once every one is dropped.
+#[derive(Debug)]
+pub struct DataSender(Arc<Inbox>);
+
+impl DataSender {
+    /// Queues `message` unless the queue is full or the session gone.
+    pub fn try_send(&self, message: Outbound) -> Result<(), TrySendError<Outbound>> {
+        {
+            let mut state = self.0.lock();
+            if !state.open {
+                return Err(TrySendError::Closed(message));
+            }
+            if state.queue.len() >= self.0.capacity {
+                return Err(TrySendError::Full(message));
+            }
+            state.queue.push_back(message);
+        }
+        self.0.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Clone for DataSender {
+    fn clone(&self) -> Self {
+        self.0.senders.fetch_add(1, Ordering::Relaxed);
+        DataSender(self.0.clone())
+    }
+}
+
+impl Drop for DataSender {
+    fn drop(&mut self) {
+        // AcqRel: the session that sees 0 also sees every message these senders queued.
+        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// Sends a session its close command.
+#[derive(Debug, Clone)]
+pub struct CloseSender(Arc<Inbox>);
+
+impl CloseSender {
+    /// Queues `close` unless a close is already queued or the session is gone.
+    pub fn try_send(&self, close: Close) -> Result<(), TrySendError<Close>> {
+        {
+            let mut state = self.0.lock();
+            if !state.open {
+                return Err(TrySendError::Closed(close));
+            }
+            if state.close.is_some() {
+                return Err(TrySendError::Full(close));
+            }
+            state.close = Some(close);
+        }
+        self.0.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// What a session finds in its inbox, close commands first.
+#[derive(Debug)]
+pub enum Received {
+    /// A close command.
+    Close(Close),
+    /// Every message queued, oldest first (the inbox is empty again).
+    Messages(VecDeque<Outbound>),
+    /// The registry let the session go (every [`DataSender`] dropped).
+    Removed,
+}
+
+/// The session's end of its [`Inbox`]. Dropping it refuses further messages and frees the
+/// queued ones.
+#[derive(Debug)]
+pub struct InboxReceiver(Arc<Inbox>);
+
+impl InboxReceiver {
+    /// Waits until the inbox has something; cancel-safe (nothing is taken until it returns).
+    pub async fn recv(&self) -> Received {
+        loop {
+            if let Some(received) = self.try_recv() {
+                return received;
+            }
+            self.0.wake.notified().await;
+        }
+    }
+
+    /// What the inbox has now, if anything: the close command first, else all messages.
+    pub fn try_recv(&self) -> Option<Received> {
+        let mut state = self.0.lock();
+        if let Some(close) = state.close.take() {
+            return Some(Received::Close(close));
+        }
+        if !state.queue.is_empty() {
+            return Some(Received::Messages(std::mem::take(&mut state.queue)));
+        }
+        (self.0.senders.load(Ordering::Acquire) == 0).then_some(Received::Removed)
+    }
+
+    /// The close command, if one is queued (checked between the messages of a batch, so a
+    /// close overtakes messages not yet written, as it always goes first).
+    pub fn take_close(&self) -> Option<Close> {
+        self.0.lock().close.take()
+    }
+}
+
+impl Drop for InboxReceiver {
+    fn drop(&mut self) {
+        let queued = {
+            let mut state = self.0.lock();
+            state.open = false;
+            std::mem::take(&mut state.queue)
+        };
+        drop(queued);
+    }
 }
 
 /// What happened to a message for one key.
@@ -201,9 +388,10 @@ impl Registry {
         limit: SessionLimit,
     ) -> Result<Registered, Refusal> {
         let mut shard = self.shard(&key);
+        // Room for one: most keys have one session, and `Vec` would otherwise start at four.
         let entry = shard.entry(key).or_insert_with(|| KeySessions {
             presence_tag: handle.conn_tag.clone(),
-            sessions: Vec::new(),
+            sessions: Vec::with_capacity(1),
         });
         let replaced = match limit.admit(entry.sessions.len())? {
             Admission::Admitted => None,
@@ -320,11 +508,11 @@ pub enum Queued {
 pub fn deliver_to(handle: &Handle, message: Outbound) -> Queued {
     match handle.data.try_send(message) {
         Ok(()) => Queued::Yes,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(TrySendError::Full(_)) => {
             let _ = handle.control.try_send(slow_consumer_close());
             Queued::Overflow
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
+        Err(TrySendError::Closed(_)) => Queued::Gone,
     }
 }
 
@@ -337,19 +525,15 @@ mod tests {
         policy: SessionPolicy::Refuse,
     };
 
-    fn handle(
-        conn: u64,
-        queue: usize,
-    ) -> (Handle, mpsc::Receiver<Outbound>, mpsc::Receiver<Close>) {
-        let (data, data_rx) = mpsc::channel(queue);
-        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let h = Handle {
-            conn,
-            conn_tag: Arc::from(format!("n:1:{conn}")),
-            data,
-            control,
-        };
-        (h, data_rx, control_rx)
+    fn handle(conn: u64, queue: usize) -> (Handle, InboxReceiver) {
+        Handle::new(conn, Arc::from(format!("n:1:{conn}")), queue)
+    }
+
+    fn messages(rx: &InboxReceiver) -> usize {
+        match rx.try_recv() {
+            Some(Received::Messages(m)) => m.len(),
+            _ => 0,
+        }
     }
 
     fn msg() -> Outbound {
@@ -363,33 +547,84 @@ mod tests {
     #[test]
     fn a_client_whose_queue_is_full_is_closed_as_a_slow_consumer_instead_of_buffering_more() {
         let registry = Registry::new();
-        let (h, _data_rx, mut control_rx) = handle(1, 1);
+        let (h, rx) = handle(1, 1);
         registry
             .insert(Arc::from("alice"), h, EIGHT)
             .expect("admitted");
         assert_eq!(registry.deliver("alice", msg()).queued, 1);
         assert_eq!(registry.deliver("alice", msg()).overflowed, 1);
-        let close = control_rx.try_recv().expect("a close command");
+        let Some(Received::Close(close)) = rx.try_recv() else {
+            panic!("a close command first")
+        };
         assert_eq!((close.code, close.reason), (1013, "slow-consumer"));
+        assert_eq!(messages(&rx), 1, "the message queued before the overflow");
         assert_eq!(registry.deliver("bob", msg()), Delivery::default());
     }
 
     #[test]
     fn every_session_of_a_key_gets_each_message_and_presence_goes_with_the_last() {
         let registry = Registry::new();
-        let (a, mut a_rx, _ac) = handle(1, 4);
-        let (b, mut b_rx, _bc) = handle(2, 4);
+        let (a, a_rx) = handle(1, 4);
+        let (b, b_rx) = handle(2, 4);
         let first = registry.insert(Arc::from("k"), a, EIGHT).expect("admitted");
         let second = registry.insert(Arc::from("k"), b, EIGHT).expect("admitted");
         assert_eq!(first.presence_tag, second.presence_tag);
         assert_eq!(registry.deliver("k", msg()).queued, 2);
-        assert!(a_rx.try_recv().is_ok() && b_rx.try_recv().is_ok());
+        assert_eq!((messages(&a_rx), messages(&b_rx)), (1, 1));
         assert_eq!(registry.count(), 2);
         assert_eq!(registry.remove("k", 9), Removed::NotFound);
         assert_eq!(registry.remove("k", 1), Removed::Others);
         assert_eq!(registry.remove("k", 2), Removed::Last(first.presence_tag));
         assert_eq!(registry.count(), 0);
         assert!(!registry.contains("k"));
+    }
+
+    #[test]
+    fn an_inbox_keeps_the_first_close_hands_over_every_message_at_once_and_refuses_once_closed() {
+        let (h, rx) = handle(1, 8);
+        for _ in 0..3 {
+            h.data.try_send(msg()).expect("queued");
+        }
+        let first = Close {
+            frame: None,
+            code: 4000,
+            reason: "first",
+        };
+        h.control.try_send(first).expect("queued");
+        assert!(matches!(
+            h.control.try_send(slow_consumer_close()),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(matches!(rx.try_recv(), Some(Received::Close(c)) if c.reason == "first"));
+        assert_eq!(messages(&rx), 3);
+        assert!(rx.try_recv().is_none(), "empty again, nothing held");
+        drop(rx);
+        assert!(matches!(
+            h.data.try_send(msg()),
+            Err(TrySendError::Closed(_))
+        ));
+        assert!(matches!(
+            h.control.try_send(slow_consumer_close()),
+            Err(TrySendError::Closed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_session_wakes_for_a_message_and_for_its_last_sender_leaving() {
+        let (h, rx) = handle(1, 8);
+        let copy = h.clone();
+        let waiting = tokio::spawn(async move {
+            let first = matches!(rx.recv().await, Received::Messages(m) if m.len() == 1);
+            (first, matches!(rx.recv().await, Received::Removed))
+        });
+        h.data.try_send(msg()).expect("queued");
+        drop(h);
+        drop(copy);
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken in time")
+            .expect("task");
+        assert_eq!(woke, (true, true));
     }
 
     #[test]

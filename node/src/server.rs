@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wscluster_ring::Ring;
+use wscluster_ring::{MemberState, Ring};
 use wscluster_runtime::Announcement;
+use wscluster_runtime::flags;
 use wscluster_runtime::process::{self, ProcessSpec};
 use wscluster_runtime::ring_args::RingSource;
 use wscluster_runtime::serve::{ServeOptions, serve};
@@ -22,12 +25,12 @@ use crate::bus::{AmqpBus, AmqpSettings, Bus, BusEvent, MemoryBus};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::Edge;
-use crate::mailbox::{Mailbox, MemoryMailbox, RedisMailbox, Retention};
+use crate::mailbox::{Mailbox, MemoryMailbox, RedisConnection, RedisMailbox, Retention};
 use crate::ownership::RingView;
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::state::{Backends, NodeState};
 use wscluster_ring::contract::stream::SubscriberKind;
-use wscluster_ring_stream::{SubscriberConfig, Subscription, watch_ring_file};
+use wscluster_ring_stream::{SubscriberConfig, Subscription, merge_rings, watch_ring_file};
 
 /// Most connections on the admin port at once (probes, scrapes, operators' look-ups).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -40,6 +43,11 @@ const HARD_DEADLINE_EXTRA: Duration = Duration::from_secs(5);
 const HTTP_DRAIN: Duration = Duration::from_secs(2);
 /// How long connecting to Redis at startup may take.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to one cluster node may take: a master that is gone must not hold a
+/// retry longer than an append may take in all (`mailbox::APPEND_TIMEOUT`).
+const CLUSTER_NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Attempts of one cluster command (redirections and reconnects); its time is bounded anyway.
+const CLUSTER_RETRIES: u32 = 8;
 
 impl Backends {
     /// In-memory backends: no external service, nothing durable. `bus` may be shared with
@@ -66,8 +74,13 @@ impl Backends {
         config.validate()?;
         let member = config.member_id();
         let (ring, ack) = ring_source(config, &member, shutdown.clone())?;
-        let (mailbox, presence) = match &config.redis_url {
-            Some(url) => redis_backends(config, url).await?,
+        let redis = match (&config.redis_url, &config.redis_cluster) {
+            (Some(url), _) => Some(RedisConnection::from(standalone_redis(config, url).await?)),
+            (None, Some(seeds)) => Some(RedisConnection::from(cluster_redis(config, seeds).await?)),
+            (None, None) => None,
+        };
+        let (mailbox, presence) = match redis {
+            Some(con) => redis_backends(config, con),
             None => (
                 Arc::new(MemoryMailbox::new(retention(config))) as Arc<dyn Mailbox>,
                 Arc::new(MemoryPresence::new(config.presence_ttl())) as Arc<dyn Presence>,
@@ -80,7 +93,8 @@ impl Backends {
                     cluster_id: config.cluster_id.clone(),
                     member: member.clone(),
                 };
-                let (bus, rx) = AmqpBus::start(settings, shutdown);
+                let ca = ca_bundle(flags::AMQP_CA_FILE, &config.amqp_ca_file)?;
+                let (bus, rx) = AmqpBus::start(settings, ca, shutdown);
                 (bus, rx)
             }
             None => {
@@ -100,12 +114,24 @@ impl Backends {
     }
 }
 
-/// Mailbox and presence on Redis at `url`, which must answer within [`REDIS_CONNECT_TIMEOUT`].
-async fn redis_backends(
-    config: &Config,
-    url: &str,
-) -> Result<(Arc<dyn Mailbox>, Arc<dyn Presence>)> {
-    let client = redis::Client::open(url)?;
+/// Mailbox and presence on `con`, standalone or cluster alike.
+fn redis_backends(config: &Config, con: RedisConnection) -> (Arc<dyn Mailbox>, Arc<dyn Presence>) {
+    tracing::info!(redis = con.kind(), "mailboxes and presence on redis");
+    let ns = format!("{}:{}:", config.redis_prefix, config.cluster_id);
+    (
+        Arc::new(RedisMailbox::new(
+            con.clone(),
+            ns.clone(),
+            retention(config),
+        )),
+        Arc::new(RedisPresence::new(con, ns, config.presence_ttl())),
+    )
+}
+
+/// The connection to the Redis at `url`, which must answer within [`REDIS_CONNECT_TIMEOUT`].
+/// A `rediss://` URL trusts `--redis-ca-file` when given, else the platform's roots.
+async fn standalone_redis(config: &Config, url: &str) -> Result<ConnectionManager> {
+    let client = redis_client(config, url)?;
     // redis-rs reconnects by itself, with exponential backoff and jitter; it is given the same
     // schedule as every other reconnect loop (wscluster_runtime::amqp: 100 ms doubling to 5 s)
     // so that after a Redis restart the pods do not come back in lockstep. Each mailbox call is
@@ -116,25 +142,104 @@ async fn redis_backends(
         .set_min_delay(wscluster_runtime::amqp::RECONNECT_INITIAL)
         .set_max_delay(wscluster_runtime::amqp::RECONNECT_MAX)
         .set_exponent_base(2.0);
+    probe_redis(&client, url).await?;
     let con = tokio::time::timeout(
         REDIS_CONNECT_TIMEOUT,
         ConnectionManager::new_with_config(client, manager_config),
     )
     .await
     .map_err(|_| Error::Config(format!("redis at {} did not answer", redact(url))))??;
-    let ns = format!("{}:{}:", config.redis_prefix, config.cluster_id);
-    Ok((
-        Arc::new(RedisMailbox::new(
-            con.clone(),
-            ns.clone(),
-            retention(config),
-        )),
-        Arc::new(RedisPresence::new(con, ns, config.presence_ttl())),
-    ))
+    Ok(con)
+}
+
+/// The connection to the Redis Cluster the `--redis-cluster` seeds belong to. Connecting
+/// learns the slot map from the first seed that answers, within [`REDIS_CONNECT_TIMEOUT`], so
+/// the start fails with the reason when none does. TLS and the CA as for [`redis_client`].
+///
+/// Retries of a command (after `MOVED`, a refused connection, a failover) wait 100 ms
+/// doubling to 5 s, like every other reconnect loop (not redis-rs's 1.28 s minimum, longer than
+/// a whole append may take); every mailbox call stays bounded on its own
+/// (`mailbox::APPEND_TIMEOUT`), so a failover answers 503 rather than holding sends.
+async fn cluster_redis(config: &Config, seeds: &[String]) -> Result<ClusterConnection> {
+    wscluster_runtime::ca::install_crypto_provider();
+    let shown = seeds
+        .iter()
+        .map(|s| redact(s))
+        .collect::<Vec<_>>()
+        .join(",");
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .connection_timeout(CLUSTER_NODE_CONNECT_TIMEOUT)
+        .response_timeout(REDIS_CONNECT_TIMEOUT)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(millis(wscluster_runtime::amqp::RECONNECT_INITIAL))
+        .max_retry_wait(millis(wscluster_runtime::amqp::RECONNECT_MAX))
+        .retry_wait_formula(millis(wscluster_runtime::amqp::RECONNECT_INITIAL), 2);
+    if let Some(ca) = ca_bundle(flags::REDIS_CA_FILE, &config.redis_ca_file)? {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.pem().as_bytes().to_vec()),
+        });
+    }
+    let what = format!("redis cluster at {shown}");
+    let client = builder
+        .build()
+        .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+    match tokio::time::timeout(REDIS_CONNECT_TIMEOUT, client.get_async_connection()).await {
+        Err(_) => Err(Error::Config(format!(
+            "{what} did not answer within {REDIS_CONNECT_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) => Err(Error::Config(format!("{what}: {e}"))),
+        Ok(Ok(con)) => Ok(con),
+    }
+}
+
+/// The Redis client for `url`: with `--redis-ca-file` as the only trusted roots when given.
+fn redis_client(config: &Config, url: &str) -> Result<redis::Client> {
+    wscluster_runtime::ca::install_crypto_provider();
+    let Some(ca) = ca_bundle(flags::REDIS_CA_FILE, &config.redis_ca_file)? else {
+        return Ok(redis::Client::open(url)?);
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.pem().as_bytes().to_vec()),
+    };
+    Ok(redis::Client::build_with_tls(url, certificates)?)
+}
+
+/// One connection attempt, bounded by [`REDIS_CONNECT_TIMEOUT`], so that a wrong address, a
+/// certificate the roots do not vouch for, or a wrong password fails the start with its own
+/// reason. (The connection manager retries every failure until its timeout, which would hide
+/// the reason behind "did not answer".)
+async fn probe_redis(client: &redis::Client, url: &str) -> Result<()> {
+    let attempt = tokio::time::timeout(
+        REDIS_CONNECT_TIMEOUT,
+        client.get_multiplexed_async_connection(),
+    )
+    .await;
+    let what = format!("redis at {}", redact(url));
+    match attempt {
+        Err(_) => Err(Error::Config(format!(
+            "{what} did not answer within {REDIS_CONNECT_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) => Err(Error::Config(format!("{what}: {e}"))),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// The CA bundle a `--…-ca-file` flag names, checked; `None` without the flag.
+fn ca_bundle(
+    flag: flags::Flag,
+    path: &Option<std::path::PathBuf>,
+) -> Result<Option<wscluster_runtime::ca::CaBundle>> {
+    let Some(path) = path else { return Ok(None) };
+    wscluster_runtime::ca::CaBundle::load(&flag.dashed(), path)
+        .map(Some)
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Hides a password in a URL for logs.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
         _ => url.to_owned(),
@@ -151,7 +256,8 @@ fn retention(config: &Config) -> Retention {
 type Ack = Option<Box<dyn Fn(u64) + Send + Sync>>;
 
 /// The ring source the configuration names: the ring stream (`--ring-url`, acking each
-/// applied version), a watched ring file, or standalone.
+/// applied version; with `--ring-file` beside it as the fallback), a watched ring file, or
+/// standalone.
 fn ring_source(
     config: &Config,
     member: &str,
@@ -162,7 +268,11 @@ fn ring_source(
         .source()
         .map_err(|e| Error::Config(process::chain(&e)))?;
     match source {
-        Some(RingSource::Stream { url, token }) => {
+        Some(RingSource::Stream {
+            url,
+            token,
+            fallback,
+        }) => {
             let subscription = Arc::new(Subscription::spawn(
                 SubscriberConfig {
                     base_url: url,
@@ -171,9 +281,17 @@ fn ring_source(
                     kind: SubscriberKind::Node,
                     subscriber_id: member.to_owned(),
                 },
-                shutdown,
+                shutdown.clone(),
             ));
-            let rings = subscription.rings();
+            let rings = match fallback {
+                // The stream is authoritative; the file is what a cold start uses meanwhile.
+                Some(path) => {
+                    let file = watch_ring_file(path, shutdown.clone());
+                    let cluster = config.cluster_id.clone();
+                    merge_rings(cluster, subscription.rings(), file, shutdown).rings
+                }
+                None => subscription.rings(),
+            };
             let ack: Ack = Some(Box::new(move |v| subscription.ack(v)));
             Ok((RingView::Watched(rings), ack))
         }
@@ -213,14 +331,13 @@ impl Listeners {
 
     /// Binds `--listen` and `--admin-listen`.
     async fn bind(config: &Config) -> Result<Listeners, ProcessError> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
+        let bind = |addr: SocketAddr| {
+            wscluster_runtime::serve::bind(addr)
                 .map_err(|source| ProcessError::Bind { addr, source })
         };
         Ok(Listeners {
-            public: bind(config.listen).await?,
-            admin: bind(config.admin_listen).await?,
+            public: bind(config.listen)?,
+            admin: bind(config.admin_listen)?,
         })
     }
 
@@ -489,10 +606,50 @@ fn ring_applied(state: &NodeState, ring: &Ring, ack: Option<&(dyn Fn(u64) + Send
     if let Some(ack) = ack {
         ack(version);
     }
-    let owns_slots = ring
-        .members()
-        .iter()
-        .position(|m| *m.id == *state.id)
-        .map(|i| ring.slots_owned(i));
+    let me = ring.members().iter().position(|m| *m.id == *state.id);
+    let draining = me.is_some_and(|i| ring.members()[i].state == MemberState::Draining);
+    state.metrics.member_draining.set(i64::from(draining));
+    let owns_slots = me.map(|i| ring.slots_owned(i));
     tracing::info!(version, owns_slots, "ring applied");
+}
+
+#[cfg(test)]
+mod tests {
+    use wscluster_ring::{Member, RingSnapshot};
+
+    use super::*;
+    use crate::mailbox::Retention;
+
+    fn state() -> NodeState {
+        NodeState::new(
+            Config::for_tests("n-0"),
+            Arc::new(MemoryMailbox::new(Retention {
+                max_len: 10,
+                ttl: Duration::from_secs(60),
+            })),
+            Arc::new(MemoryPresence::new(Duration::from_secs(60))),
+            Arc::new(MemoryBus::new()),
+            RingView::Standalone,
+            CancellationToken::new(),
+        )
+    }
+
+    fn ring(version: u64, me: Member) -> Ring {
+        let other = Member::active("n-1", "127.0.0.1:2");
+        let snapshot = RingSnapshot::new("default/chat", version, vec![me, other]);
+        Ring::build(snapshot).expect("a valid ring")
+    }
+
+    #[test]
+    fn the_draining_gauge_follows_this_nodes_state_in_the_applied_ring() {
+        let state = state();
+        let me = Member::active("n-0", "127.0.0.1:1");
+        ring_applied(&state, &ring(1, me.clone()), None);
+        assert_eq!(state.metrics.member_draining.get(), 0);
+        ring_applied(&state, &ring(2, me.clone().draining()), None);
+        assert_eq!(state.metrics.member_draining.get(), 1);
+        assert_eq!(state.metrics.ring_version.get(), 2);
+        ring_applied(&state, &ring(3, me), None);
+        assert_eq!(state.metrics.member_draining.get(), 0);
+    }
 }

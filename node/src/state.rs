@@ -295,10 +295,15 @@ impl NodeState {
         let job = self.tasks.spawn(async move {
             let _order = state.stripe(&user).lock().await;
             let timestamp = now_ms();
+            let started = std::time::Instant::now();
             let stored = state
                 .mailbox
                 .append(&user, &content, from.as_deref(), timestamp)
                 .await?;
+            state
+                .metrics
+                .mailbox_append_seconds
+                .observe(started.elapsed().as_secs_f64());
             state.metrics.messages_appended.inc();
             let position = Some((&*stored.epoch, stored.offset));
             let text =

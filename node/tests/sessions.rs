@@ -351,7 +351,8 @@ async fn presence_is_refreshed_in_redis_while_the_socket_lives_and_deleted_when_
             )
             .await;
         let (ws, _) = node.connect("/connect/henry").await;
-        let key = format!("{}:t/p:presence:henry", store.prefix);
+        let namespace = format!("{}:t/p:", store.prefix);
+        let key = wscluster_node::mailbox::keys::presence(&namespace, "henry");
         let mut con = redis().await;
         let raw: String = redis::cmd("GET")
             .arg(&key)
@@ -453,6 +454,167 @@ async fn a_client_that_never_answers_pings_is_closed_with_1001_after_two_interva
         };
         assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 101"));
         assert_eq!(code, 1001);
+    })
+    .await;
+}
+
+/// A masked client frame (RFC 6455 §5.3) with `opcode` and a payload shorter than 126 bytes.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let len = u8::try_from(payload.len()).expect("short payload");
+    assert!(len < 126);
+    let mut frame = vec![0x80 | opcode, 0x80 | len];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads from a raw client until `done` finds what it waits for in the server's frames (after
+/// the 101 head): returns that.
+async fn read_until<T>(
+    tcp: &mut tokio::net::TcpStream,
+    seen: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> Option<T>,
+) -> T {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(head_end) = seen.windows(4).position(|w| w == b"\r\n\r\n")
+            && let Some(found) = done(&seen[head_end + 4..])
+        {
+            return found;
+        }
+        let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        assert!(n > 0, "connection ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The (opcode, payload) of each whole, short, unmasked server frame in `bytes`.
+fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 2 {
+        let len = usize::from(bytes[1] & 0x7f);
+        let (start, len) = match len {
+            126 if bytes.len() >= 4 => (4, usize::from(u16::from_be_bytes([bytes[2], bytes[3]]))),
+            126 | 127 => break,
+            len => (2, len),
+        };
+        if bytes.len() < start + len {
+            break;
+        }
+        frames.push((bytes[0] & 0x0f, bytes[start..start + len].to_vec()));
+        bytes = &bytes[start + len..];
+    }
+    frames
+}
+
+#[tokio::test]
+async fn a_frame_that_trickles_in_while_the_session_waits_is_read_whole_and_a_close_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    within(STEP * 3, async {
+        let node = Node::spawn("n-0", &[]).await;
+        let mut tcp = tokio::net::TcpStream::connect(&node.addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let req = format!(
+            "GET /connect/slow HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            node.addr
+        );
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        let mut seen = Vec::new();
+        let ready = |frames: &[u8]| {
+            server_frames(frames)
+                .into_iter()
+                .any(|(op, p)| op == 0x1 && String::from_utf8_lossy(&p).contains("\"ready\""))
+                .then_some(())
+        };
+        read_until(&mut tcp, &mut seen, ready).await;
+        // The session now waits with nothing to read. A ping arrives a few bytes at a time,
+        // each piece read by an idle session (the pauses only make that likely; the test
+        // holds either way).
+        let ping = client_frame(0x9, b"still here");
+        for piece in ping.chunks(3) {
+            tcp.write_all(piece).await.expect("write piece");
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let pong = |frames: &[u8]| {
+            server_frames(frames)
+                .into_iter()
+                .find(|(op, _)| *op == 0xA)
+                .map(|(_, p)| p)
+        };
+        assert_eq!(read_until(&mut tcp, &mut seen, pong).await, b"still here");
+        // A close from an idle client is answered with its code.
+        tcp.write_all(&client_frame(0x8, &1000u16.to_be_bytes()))
+            .await
+            .expect("write close");
+        let close = |frames: &[u8]| {
+            server_frames(frames)
+                .into_iter()
+                .find(|(op, _)| *op == 0x8)
+                .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
+        };
+        assert_eq!(read_until(&mut tcp, &mut seen, close).await, 1000);
+        node.poll("the session is gone", "/count", |_, body| body["count"] == 0)
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_idling_a_session_takes_a_frame_near_the_limit_and_delivers_one_as_large() {
+    within(STEP * 3, async {
+        let node = Node::spawn("n-0", &[]).await;
+        let (mut ws, _) = node.connect("/connect/big").await;
+        // Far larger than the session's own read buffer: read through borrowed buffers.
+        let big_in = "c".repeat(60_000);
+        send_text(&mut ws, &big_in).await;
+        let big_out = "s".repeat(60_000);
+        let (status, body) = node.send("big", &big_out).await;
+        assert_eq!(status, 200, "{body}");
+        let msg = next_json(&mut ws).await;
+        assert_eq!(msg["content"].as_str().map(str::len), Some(60_000));
+        // And the session goes on as before.
+        let (status, _) = node.send("big", "small again").await;
+        assert_eq!(status, 200);
+        assert_eq!(next_json(&mut ws).await["content"], "small again");
+        ws.send(Message::Ping(b"p".to_vec().into()))
+            .await
+            .expect("ping");
+        ws.close(None).await.expect("close");
+        let (code, _) = expect_close(&mut ws).await;
+        assert_eq!(code, 1005);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_itself_is_read() {
+    use tokio::io::AsyncWriteExt;
+    within(STEP * 3, async {
+        let node = Node::spawn("n-0", &[]).await;
+        let mut tcp = tokio::net::TcpStream::connect(&node.addr).await.expect("connect");
+        // The handshake and a ping in one write: hyper usually reads the ping with the head,
+        // and the session must find it among the bytes hyper hands over.
+        let mut bytes = format!(
+            "GET /connect/eager HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            node.addr
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&client_frame(0x9, b"early"));
+        tcp.write_all(&bytes).await.expect("write");
+        let mut seen = Vec::new();
+        let pong = |frames: &[u8]| {
+            server_frames(frames)
+                .into_iter()
+                .find(|(op, _)| *op == 0xA)
+                .map(|(_, p)| p)
+        };
+        assert_eq!(read_until(&mut tcp, &mut seen, pong).await, b"early");
+        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 101"));
     })
     .await;
 }

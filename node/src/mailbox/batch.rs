@@ -1,0 +1,287 @@
+//! Appends to Redis in batches: one task per [`super::RedisMailbox`] takes every append that is
+//! waiting when a call slot is free and sends them as one script call (one round trip, one
+//! script dispatch in Redis), so under load the per-append cost is the Lua body alone.
+//!
+//! The batching is natural, not timed: an append that finds a free slot (at most
+//! [`Batching::in_flight`] calls are out at once) goes at once, alone, so an idle node adds no
+//! latency; appends that arrive while every slot is busy queue up and leave together in the
+//! next call, at most [`Batching::max_batch`] of them. Every append keeps the same bound,
+//! [`APPEND_TIMEOUT`], from the moment it was asked for, queueing included; one whose caller
+//! gave up before its batch left is not sent, and a call is dropped when its oldest append's
+//! time is up (the others in it are answered 503 with it), exactly as a single append's call
+//! was: with Redis down nothing answered 503 is stored when it returns. A call Redis already
+//! received when its time ran out may still be stored (at least once, as before).
+//!
+//! Within a batch the appends run in queue order, each exactly as a single append would (the
+//! same script body), so offsets and epochs follow the same rule whatever the batch size.
+//! Appends of different sends have no defined order between them anyway: only a send made after
+//! another was answered is ordered after it, and that holds here.
+//!
+//! On a Redis Cluster one script call may only touch one hash slot, so a batch is split by
+//! slot ([`RedisConnection::shard`]; a user's keys are all in one slot), each part one call,
+//! all parts sent at once under the batch's deadline; a user's appends keep their queue order
+//! within their part. A part whose master is failing over fails alone (503 for its appends);
+//! the other parts are answered as usual. On a standalone Redis the whole batch is one part.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{APPEND_TIMEOUT, Appended, RedisConnection, Retention, Shard};
+use crate::error::{Error, Result};
+
+/// Appends waiting for a batch, at most; a send that finds the queue full waits for room within
+/// its own [`APPEND_TIMEOUT`].
+const QUEUE: usize = 8192;
+
+/// How appends are grouped into script calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most appends in one script call (1: every append is its own call).
+    pub max_batch: usize,
+    /// Most script calls out at once on the connection.
+    pub in_flight: usize,
+}
+
+impl Default for Batching {
+    /// 128 appends per call keep one call well under a millisecond of Redis time; 4 calls in
+    /// flight keep the connection busy while one is answered.
+    fn default() -> Self {
+        Batching {
+            max_batch: 128,
+            in_flight: 4,
+        }
+    }
+}
+
+/// Epoch, offset allocation and append for each of a batch of messages, in order, in one
+/// atomic call. KEYS: stream and meta of each message, in pairs. ARGV: max length, ttl seconds,
+/// then four per message: content, timestamp, a fresh epoch (used only if the stream has none),
+/// the chat sender or "" (stored as field `f` when set). Returns `{epochs, offsets}`.
+pub(super) const APPEND_LUA: &str = r#"
+local epochs, offsets = {}, {}
+for i = 1, #KEYS / 2 do
+  local stream, meta, a = KEYS[2 * i - 1], KEYS[2 * i], 2 + 4 * (i - 1)
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = ARGV[a + 3]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch, 's', 0)
+  end
+  local seq = redis.call('HINCRBY', meta, 's', 1)
+  local fields = {'c', ARGV[a + 1], 't', ARGV[a + 2]}
+  if ARGV[a + 4] ~= '' then
+    fields[5] = 'f'
+    fields[6] = ARGV[a + 4]
+  end
+  redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, unpack(fields))
+  redis.call('EXPIRE', stream, ARGV[2])
+  redis.call('EXPIRE', meta, ARGV[2])
+  epochs[i] = epoch
+  offsets[i] = seq
+end
+return {epochs, offsets}
+"#;
+
+/// One message to append.
+pub(super) struct Message {
+    /// The user's stream key.
+    pub stream: String,
+    /// The user's meta hash key.
+    pub meta: String,
+    /// The payload.
+    pub content: String,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The chat sender, or "".
+    pub from: String,
+    /// The epoch to make if the stream has none.
+    pub epoch: Arc<str>,
+}
+
+/// A queued message and its waiting caller.
+struct Job {
+    message: Message,
+    reply: oneshot::Sender<Result<Appended>>,
+    /// When its caller stops waiting: the call carrying it is dropped then, as a single
+    /// append's would be, so nothing answered 503 is stored later.
+    deadline: Instant,
+}
+
+/// The handle appends are sent through; the batching task ends when every handle is dropped.
+#[derive(Debug, Clone)]
+pub(super) struct Appender {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Appender {
+    /// Starts the batching task on `con` (needs a Tokio runtime).
+    pub(super) fn spawn(con: RedisConnection, retention: Retention, batching: Batching) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(run(con, retention, batching, queue));
+        Appender { jobs }
+    }
+
+    /// Queues `message` and waits for its epoch and offset, all within [`APPEND_TIMEOUT`].
+    pub(super) async fn append(&self, message: Message) -> Result<Appended> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + APPEND_TIMEOUT;
+        let queued_and_answered = async {
+            self.jobs
+                .send(Job {
+                    message,
+                    reply,
+                    deadline,
+                })
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.unwrap_or_else(|_| Err(stopped()))
+        };
+        match tokio::time::timeout_at(deadline, queued_and_answered).await {
+            Ok(answer) => answer,
+            Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+/// The answer when the append's time is up.
+fn timed_out() -> Error {
+    Error::Timeout(format!(
+        "mailbox append took longer than {APPEND_TIMEOUT:?}"
+    ))
+}
+
+/// The answer when the batching task is gone (the node is shutting down).
+fn stopped() -> Error {
+    Error::Protocol("the mailbox appender stopped".into())
+}
+
+/// Takes what is queued whenever a call slot is free and sends it as one call.
+async fn run(
+    con: RedisConnection,
+    retention: Retention,
+    batching: Batching,
+    mut queue: mpsc::Receiver<Job>,
+) {
+    let script = Arc::new(redis::Script::new(APPEND_LUA));
+    let slots = Arc::new(Semaphore::new(batching.in_flight.max(1)));
+    let max_batch = batching.max_batch.max(1);
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up is not stored for: nobody would acknowledge it.
+        jobs.retain(|job| !job.reply.is_closed());
+        let Some(deadline) = jobs.iter().map(|job| job.deadline).min() else {
+            continue;
+        };
+        let parts = by_shard(&con, jobs);
+        let (script, con) = (Arc::clone(&script), con.clone());
+        tokio::spawn(async move {
+            let calls = parts.into_iter().map(|part| {
+                let (script, mut con) = (Arc::clone(&script), con.clone());
+                async move {
+                    let answer = tokio::time::timeout_at(
+                        deadline,
+                        call(&script, &mut con, retention, &part),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()));
+                    answer_each(part, answer);
+                }
+            });
+            join_all(calls).await;
+            drop(slot);
+        });
+    }
+}
+
+/// `jobs` split into the parts that may share one script call, each in queue order: one part
+/// on a standalone Redis, one per hash slot on a cluster.
+fn by_shard(con: &RedisConnection, jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut parts: Vec<(Shard, Vec<Job>)> = Vec::new();
+    for job in jobs {
+        let shard = con.shard(&job.message.stream);
+        match parts.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, part)) => part.push(job),
+            None => parts.push((shard, vec![job])),
+        }
+    }
+    parts.into_iter().map(|(_, part)| part).collect()
+}
+
+/// One script call for `jobs`: their epochs and offsets, in order.
+async fn call(
+    script: &redis::Script,
+    con: &mut RedisConnection,
+    retention: Retention,
+    jobs: &[Job],
+) -> Result<(Vec<String>, Vec<u64>)> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .arg(retention.max_len)
+        .arg(retention.ttl.as_secs().max(1));
+    for Job { message: m, .. } in jobs {
+        invocation
+            .key(&m.stream)
+            .key(&m.meta)
+            .arg(&m.content)
+            .arg(m.timestamp)
+            .arg(&*m.epoch)
+            .arg(&m.from);
+    }
+    Ok(invocation.invoke_async(con).await?)
+}
+
+/// Hands every job its own answer: its epoch and offset, or the call's error.
+fn answer_each(jobs: Vec<Job>, answer: Result<(Vec<String>, Vec<u64>)>) {
+    let answer = answer.and_then(|(epochs, offsets)| {
+        if epochs.len() == jobs.len() && offsets.len() == jobs.len() {
+            Ok((epochs, offsets))
+        } else {
+            Err(Error::Protocol(format!(
+                "the append script answered {} epochs and {} offsets for {} messages",
+                epochs.len(),
+                offsets.len(),
+                jobs.len()
+            )))
+        }
+    });
+    match answer {
+        Ok((epochs, offsets)) => {
+            for ((job, epoch), offset) in jobs.into_iter().zip(epochs).zip(offsets) {
+                let appended = Appended {
+                    epoch: Arc::from(epoch),
+                    offset,
+                };
+                let _ = job.reply.send(Ok(appended));
+            }
+        }
+        Err(error) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(same_error(&error)));
+            }
+        }
+    }
+}
+
+/// A copy of a call's error for each message it carried.
+fn same_error(error: &Error) -> Error {
+    match error {
+        Error::Redis(e) => Error::Redis(e.clone()),
+        Error::Timeout(what) => Error::Timeout(what.clone()),
+        other => Error::Protocol(other.to_string()),
+    }
+}

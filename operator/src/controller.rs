@@ -50,7 +50,7 @@ use crate::resources::{
 };
 use crate::scaling::{ScalePlan, Step};
 use crate::status::degraded_status;
-use crate::validate::{referenced_secrets, validate_spec};
+use crate::validate::{referenced_secrets, validate_ring_change, validate_spec};
 
 /// Requeue interval of a cluster whose spec cannot be reconciled. Secrets are not watched
 /// (the operator may not list them), so a missing one is polled at this pace.
@@ -357,7 +357,9 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     let ns = cluster.namespace.as_str();
 
     // 1. Input the schema could not check.
-    if let Err(message) = validate_spec(&obj.spec) {
+    let checked = validate_spec(&obj.spec)
+        .and_then(|()| validate_ring_change(&obj.spec, obj.status.as_ref()));
+    if let Err(message) = checked {
         return degrade(obj, ctx, &Error::InvalidSpec(message)).await;
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -375,13 +377,14 @@ async fn reconcile_inner(obj: &WsCluster, ctx: &Context) -> Result<Action> {
     remember(ctx, &cluster_id);
 
     // 3. Configuration and Services.
-    let config_hash = resources::config_hash(&resources::proxy_config_yaml(obj)?);
+    let config_hash = resources::proxy_config_hash(obj)?;
     apply(&ctx.client, ns, &resources::config_map(obj)?).await?;
     apply(&ctx.client, ns, &resources::node_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::proxy_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::proxy_api_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::metrics_service(obj)?).await?;
     apply(&ctx.client, ns, &resources::node_pdb(obj)?).await?;
+    apply(&ctx.client, ns, &resources::proxy_pdb(obj)?).await?;
     let policy = resources::node_network_policy(obj, &ctx.settings.operator_namespace)?;
     apply(&ctx.client, ns, &policy).await?;
 
@@ -470,6 +473,10 @@ impl Platform for KubePlatform<'_> {
 
     async fn record_status(&mut self, status: &WsClusterStatus) -> Result<()> {
         patch_status(self.ctx, self.obj, status).await
+    }
+
+    async fn record_ring(&mut self, snapshot: &RingSnapshot) -> Result<()> {
+        crate::ring_map::apply_ring_config_map(&self.ctx.client, self.cluster, snapshot).await
     }
 }
 

@@ -17,7 +17,15 @@
 //! 2. set the node set's replicas to what the step chose, and bring the proxies up;
 //! 3. read the ready endpoints, turn them into members (ordinals at or above the target drain)
 //!    and decide the ring;
-//! 4. record the status, *then* publish the ring (see [`crate::membership`] for why).
+//! 4. record the status, *then* publish the ring on the stream (see [`crate::membership`] for
+//!    why status comes first), *then* write it as the fallback ring file
+//!    ([`Platform::record_ring`]: the ConfigMap, or local mode's file). The file never holds a
+//!    ring the hub has not published: a process that read it first would acknowledge a version
+//!    the hub refuses as newer than its own, and the drain would wait for that proxy forever.
+//!    The file is written on every pass, like every other desired object (an apply of
+//!    unchanged content changes nothing, and a deleted or edited ConfigMap is repaired); a
+//!    failed write fails the pass, and the next pass writes it again; meanwhile the file is
+//!    only older, which the fallback rule ignores once the stream is back.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -100,6 +108,10 @@ pub trait Platform: Send {
         &mut self,
         status: &WsClusterStatus,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Writes the pass's ring where nodes and proxies read their fallback ring file
+    /// (`--ring-file`): the ring ConfigMap, or local mode's `ring.json`. Called on every pass,
+    /// after the status and after the ring is published on the stream.
+    fn record_ring(&mut self, snapshot: &RingSnapshot) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// What one pass is asked to reach.
@@ -177,6 +189,7 @@ pub async fn converge<P: Platform>(
     if ring.publish {
         hub.publish(ring.snapshot.clone())?;
     }
+    platform.record_ring(&ring.snapshot).await?;
     Ok(Pass {
         previous_replicas,
         scale,
@@ -347,6 +360,14 @@ mod tests {
             self.status = Some(status.clone());
             Ok(())
         }
+        async fn record_ring(&mut self, snapshot: &RingSnapshot) -> Result<()> {
+            let published = self.hub.current("ns/c").map_or(0, |r| r.version);
+            self.log.push(format!(
+                "write ring file {} while the hub serves {published}",
+                snapshot.version
+            ));
+            Ok(())
+        }
     }
 
     fn spec(replicas: i32) -> WsClusterSpec {
@@ -371,7 +392,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pass_records_the_status_before_it_publishes_the_ring() {
+    async fn a_pass_records_the_status_and_the_ring_file_before_it_publishes_the_ring() {
         let hub = FakeHub::new();
         let mut p = Recorded::new(Arc::clone(&hub));
         let first = pass(&mut p, &hub, 3, 0).await;
@@ -385,8 +406,10 @@ mod tests {
             [
                 "set_node_replicas 3",
                 "record ring 1 while the hub serves 0",
+                "write ring file 1 while the hub serves 1",
                 "set_node_replicas 3",
                 "record ring 2 while the hub serves 1",
+                "write ring file 2 while the hub serves 2",
             ]
         );
         assert_eq!(hub.current("ns/c").map(|r| r.version), Some(2));

@@ -17,7 +17,12 @@
 //! operator sets) are checked by [`crate::validate`] during reconciliation and reported as a
 //! `Degraded` condition.
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -96,8 +101,16 @@ pub const MAX_REPLICAS: i32 = 1000;
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!has(self.redis) || !has(self.redis.url) || self.redis.url.startsWith('redis://') || self.redis.url.startsWith('rediss://')",
+        "rule": "!has(self.redis) || !has(self.redis.url) || (has(self.redis.cluster) && self.redis.cluster) || self.redis.url.startsWith('redis://') || self.redis.url.startsWith('rediss://')",
         "message": "redis.url must start with redis:// or rediss://"
+    },
+    {
+        "rule": "!has(self.redis) || !has(self.redis.url) || !has(self.redis.cluster) || !self.redis.cluster || self.redis.url.matches('^redis://[^,]+(,redis://[^,]+)*$') || self.redis.url.matches('^rediss://[^,]+(,rediss://[^,]+)*$')",
+        "message": "with redis.cluster, redis.url must be comma-separated seed URLs, all redis:// or all rediss://"
+    },
+    {
+        "rule": "!has(self.rabbitmq) || !has(self.rabbitmq.cluster) || !self.rabbitmq.cluster",
+        "message": "cluster is for redis only"
     },
     {
         "rule": "!has(self.rabbitmq) || !has(self.rabbitmq.url) || self.rabbitmq.url.startsWith('amqp://') || self.rabbitmq.url.startsWith('amqps://')",
@@ -150,6 +163,31 @@ pub struct WsClusterSpec {
     /// How many live sessions one key may hold on its node, and what happens to one more.
     #[serde(default)]
     pub sessions: SessionsSpec,
+    /// Log line format of the node and proxy pods (`--log-format`): `json` for log
+    /// collectors, `text` for people.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// The log line format of node and proxy pods.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    /// The `--log-format` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
 }
 
 /// Node features that let clients send, each off unless asked for.
@@ -238,6 +276,7 @@ impl Default for WsClusterSpec {
             rabbitmq: None,
             server: ServerSpec::default(),
             sessions: SessionsSpec::default(),
+            log_format: LogFormat::default(),
         }
     }
 }
@@ -304,6 +343,18 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_inflight_sends: Option<i32>,
+    /// The service account node pods run as (their API token is still not mounted: mount a
+    /// `projected` token volume through `pod.volumes` if the app needs one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub service_account_name: Option<String>,
+    /// What the user sets on the node pods: scheduling, metadata, volumes, command, probe
+    /// timings (docs/operator.md, "Pod templates").
+    #[serde(default)]
+    pub pod: PodTemplate,
 }
 
 fn default_node_image() -> String {
@@ -334,6 +385,8 @@ impl Default for NodeSpec {
             env: Vec::new(),
             max_http_connections: None,
             max_inflight_sends: None,
+            service_account_name: None,
+            pod: PodTemplate::default(),
         }
     }
 }
@@ -368,6 +421,22 @@ impl ServiceType {
     {
         "rule": "!has(self.nodePort) || self.serviceType != 'ClusterIP'",
         "message": "nodePort needs serviceType NodePort or LoadBalancer"
+    },
+    {
+        "rule": "!has(self.loadBalancerSourceRanges) || self.serviceType == 'LoadBalancer'",
+        "message": "loadBalancerSourceRanges needs serviceType LoadBalancer"
+    },
+    {
+        "rule": "!has(self.externalTrafficPolicy) || self.serviceType != 'ClusterIP'",
+        "message": "externalTrafficPolicy needs serviceType NodePort or LoadBalancer"
+    },
+    {
+        "rule": "!has(self.ipFamilies) || size(self.ipFamilies) < 2 || (self.ipFamilies[0] != self.ipFamilies[1] && has(self.ipFamilyPolicy) && self.ipFamilyPolicy != 'SingleStack')",
+        "message": "two ipFamilies must differ and need ipFamilyPolicy PreferDualStack or RequireDualStack"
+    },
+    {
+        "rule": "!has(self.tls) || self.tls.port != self.servicePort",
+        "message": "tls.port must differ from servicePort"
     }
 ]))]
 pub struct ProxySpec {
@@ -408,6 +477,297 @@ pub struct ProxySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allowed_origins: Vec<String>,
+    /// TLS termination at the proxy (`wss://`): a second listener beside the plain one, with
+    /// the certificate from a `kubernetes.io/tls` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProxyTls>,
+    /// Annotations of the client-facing Service (cloud load balancer settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub service_annotations: BTreeMap<String, String>,
+    /// CIDRs allowed to reach a `LoadBalancer` Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
+    pub load_balancer_source_ranges: Vec<String>,
+    /// `Local` keeps the client's source address (and sends only to nodes with a proxy pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    /// IP families of the client Service, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub ip_families: Vec<IpFamily>,
+    /// Single or dual stack for the client Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<IpFamilyPolicy>,
+    /// What the user sets on the proxy pods (docs/operator.md, "Pod templates").
+    #[serde(default)]
+    pub pod: PodTemplate,
+}
+
+/// Drops the descriptions inside an embedded Kubernetes type's schema, keeping the field's
+/// own: the CRD carries `Volume`, `Affinity` and their kin twice (nodes and proxies), and
+/// with every upstream description it would pass the 256 KiB that `kubectl apply` can store
+/// in its annotation. `kubectl explain` on a Pod still documents those fields.
+fn nested_descriptions_removed(schema: &mut schemars::Schema) {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.iter_mut()
+            .filter(|(k, _)| k.as_str() != "description")
+            .for_each(|(_, v)| strip(v));
+    }
+}
+
+/// TLS at the proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTls {
+    /// The `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`; cert-manager writes one), mounted
+    /// whole at `/etc/wscluster/tls` so a renewed certificate reaches the running proxy.
+    pub secret_ref: SecretRef,
+    /// Port of the client Service for `wss://` (to the proxy's TLS port 8443).
+    #[serde(default = "default_tls_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Further `kubernetes.io/tls` Secrets chosen by SNI: a client asking for a DNS name in one
+    /// of their certificates (`*.example.com` covers one label) gets that certificate, others
+    /// the default `secretRef`. Mounted like it, so renewals reach the running proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub sni_secret_refs: Vec<SecretRef>,
+}
+
+fn default_tls_port() -> i32 {
+    8443
+}
+
+/// A Secret in the cluster's namespace, used whole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(
+        regex(pattern = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+}
+
+/// A Service's `externalTrafficPolicy`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TrafficPolicy {
+    /// Any node forwards to any proxy (the client address is lost).
+    Cluster,
+    /// Only nodes with a proxy pod take traffic, keeping the client address.
+    Local,
+}
+
+impl TrafficPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficPolicy::Cluster => "Cluster",
+            TrafficPolicy::Local => "Local",
+        }
+    }
+}
+
+/// An IP family of a Service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum IpFamily {
+    /// IPv4.
+    IPv4,
+    /// IPv6.
+    IPv6,
+}
+
+impl IpFamily {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::IPv4 => "IPv4",
+            IpFamily::IPv6 => "IPv6",
+        }
+    }
+}
+
+/// A Service's `ipFamilyPolicy`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum IpFamilyPolicy {
+    /// One family.
+    SingleStack,
+    /// Both where the cluster has both.
+    PreferDualStack,
+    /// Both, or the Service is refused.
+    RequireDualStack,
+}
+
+impl IpFamilyPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamilyPolicy::SingleStack => "SingleStack",
+            IpFamilyPolicy::PreferDualStack => "PreferDualStack",
+            IpFamilyPolicy::RequireDualStack => "RequireDualStack",
+        }
+    }
+}
+
+/// The kubelet's timings of one probe; unset fields keep the operator's values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeTimings {
+    /// Seconds before the first probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+    /// Seconds a probe may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    /// Failures in a row that count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: Option<i32>,
+}
+
+/// Volume names the operator uses in node and proxy pods; a user volume may not take one.
+/// The CEL rule on [`PodTemplate`] lists the same names (a unit test checks they agree).
+pub const OPERATOR_VOLUMES: &[&str] = &[
+    "ring-token",
+    "proxy-secret",
+    "api-keys",
+    "config",
+    "jwt-key",
+    "tls",
+    "tls-sni",
+    "redis-ca",
+    "amqp-ca",
+    "ring",
+];
+
+/// Directories the operator mounts under; a user volume may not be mounted inside them.
+pub const OPERATOR_MOUNT_ROOTS: &[&str] = &["/etc/wscluster", "/var/run/wscluster"];
+
+/// The labels the operator sets on its pods (selector and recommended labels); a user label
+/// may not take one, so a pod template can never change a selector.
+pub const OPERATOR_LABELS: &[&str] = &[
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+];
+
+/// What a user sets on the node or proxy pods. Everything is added to what the operator
+/// renders; the operator keeps its labels, environment, volumes, mount directories and
+/// security context (docs/operator.md, "Pod templates").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.labels) || self.labels.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by']))",
+        "message": "pod.labels must not set an app.kubernetes.io label the operator sets (name, instance, component, part-of, managed-by)"
+    },
+    {
+        "rule": "!has(self.annotations) || !('wscluster.io/config-hash' in self.annotations)",
+        "message": "pod.annotations must not set wscluster.io/config-hash"
+    },
+    {
+        "rule": "!has(self.volumes) || self.volumes.all(v, !(v.name in ['ring-token', 'proxy-secret', 'api-keys', 'config', 'jwt-key', 'tls', 'tls-sni', 'redis-ca', 'amqp-ca', 'ring']))",
+        "message": "pod.volumes must not use a volume name the operator uses (ring-token, proxy-secret, api-keys, config, jwt-key, tls, tls-sni, redis-ca, amqp-ca, ring)"
+    },
+    {
+        "rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, !(m.mountPath == '/etc/wscluster' || m.mountPath.startsWith('/etc/wscluster/') || m.mountPath == '/var/run/wscluster' || m.mountPath.startsWith('/var/run/wscluster/')))",
+        "message": "pod.volumeMounts must not mount inside /etc/wscluster or /var/run/wscluster"
+    },
+    {
+        "rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.name))",
+        "message": "every pod.volumeMounts[].name must name an entry of pod.volumes"
+    }
+]))]
+pub struct PodTemplate {
+    /// Extra pod labels (never the operator's own `app.kubernetes.io` labels).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub labels: BTreeMap<String, String>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub annotations: BTreeMap<String, String>,
+    /// The pod's `nodeSelector`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub node_selector: BTreeMap<String, String>,
+    /// The pod's `affinity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = nested_descriptions_removed)]
+    pub affinity: Option<Affinity>,
+    /// The pod's `tolerations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(transform = nested_descriptions_removed)]
+    pub tolerations: Vec<Toleration>,
+    /// Replaces the default spread (one pod per host and zone where possible,
+    /// `ScheduleAnyway`) when given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(transform = nested_descriptions_removed)]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// The pod's `priorityClassName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(transform = nested_descriptions_removed)]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Environment from ConfigMaps and Secrets; the operator's own variables win over these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(transform = nested_descriptions_removed)]
+    pub env_from: Vec<EnvFromSource>,
+    /// Extra volumes (names must differ from the operator's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(transform = nested_descriptions_removed)]
+    pub volumes: Vec<Volume>,
+    /// Where the container mounts the extra volumes (outside the operator's directories).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(transform = nested_descriptions_removed)]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// The container's command (replaces the image's entrypoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub command: Vec<String>,
+    /// The container's arguments. The operator passes its settings as environment variables,
+    /// so these never replace them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub args: Vec<String>,
+    /// Adds a startup probe on the liveness path with these timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<ProbeTimings>,
+    /// Timings of the readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<ProbeTimings>,
+    /// Timings of the liveness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<ProbeTimings>,
 }
 
 fn default_proxy_replicas() -> i32 {
@@ -435,6 +795,13 @@ impl Default for ProxySpec {
             env: Vec::new(),
             limits: Limits::default(),
             allowed_origins: Vec::new(),
+            tls: None,
+            service_annotations: BTreeMap::new(),
+            load_balancer_source_ranges: Vec::new(),
+            external_traffic_policy: None,
+            ip_families: Vec::new(),
+            ip_family_policy: None,
+            pod: PodTemplate::default(),
         }
     }
 }
@@ -536,14 +903,27 @@ fn default_secret_key() -> String {
 }
 
 /// Ring algorithm parameters (see `wscluster_ring::RingParams`).
+///
+/// `slots` is immutable once set (a CEL transition rule): a new slot count moves most keys to
+/// another node, so every client reconnects. `allowRemap: true` lets one change through on
+/// purpose; a spec field because CEL in a CRD cannot read annotations.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.slots == oldSelf.slots || (has(self.allowRemap) && self.allowRemap)",
+        "message": "ring.slots is immutable: a new slot count remaps most keys; set ring.allowRemap: true to change it on purpose"
+    }
+]))]
 pub struct RingSpec {
     /// Size of the slot table of the rendezvous-table algorithm. More slots: finer balance,
     /// more memory per proxy (2 bytes a slot).
     #[serde(default = "default_slots")]
     #[schemars(range(min = 1024, max = 4194304))]
     pub slots: i32,
+    /// Lets a change of `slots` through (it remaps most keys: every client reconnects).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_remap: bool,
 }
 
 fn default_slots() -> i32 {
@@ -554,6 +934,7 @@ impl Default for RingSpec {
     fn default() -> Self {
         RingSpec {
             slots: default_slots(),
+            allow_remap: false,
         }
     }
 }
@@ -565,6 +946,10 @@ impl Default for RingSpec {
     {
         "rule": "has(self.url) != has(self.secretRef)",
         "message": "set exactly one of url or secretRef"
+    },
+    {
+        "rule": "!has(self.caSecretRef) || !has(self.url) || self.url.startsWith('rediss://') || self.url.startsWith('amqps://')",
+        "message": "caSecretRef needs a TLS url (rediss:// or amqps://)"
     }
 ]))]
 pub struct ConnectionSpec {
@@ -575,6 +960,44 @@ pub struct ConnectionSpec {
     /// A Secret key holding the URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
+    /// A Secret key holding the PEM CA bundle the server's certificate is checked against
+    /// (`rediss://`, `amqps://`); unset, the web's public roots. Mounted as a directory, so a
+    /// rotated bundle reaches the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Redis only: the Redis is a Redis Cluster, and the URL (or the Secret's value) is a
+    /// comma-separated list of seed URLs (`redis://a:6379,redis://b:6379`, all `redis://` or all
+    /// `rediss://`), rendered to the nodes' `--redis-cluster` instead of `--redis-url`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
+}
+
+impl ConnectionSpec {
+    /// The checks the schema's CEL states for `cluster`, for API servers that do not run CEL:
+    /// only Redis is a cluster, and an inline seed list is `redis://` or `rediss://` URLs, one
+    /// scheme for all. `field` names the connection (`redis`, `rabbitmq`).
+    pub fn check_cluster(&self, field: &str) -> Result<(), String> {
+        if !self.cluster {
+            return Ok(());
+        }
+        if field != "redis" {
+            return Err(format!("{field}: cluster is for redis only"));
+        }
+        let Some(url) = &self.url else { return Ok(()) };
+        let seeds: Vec<&str> = url.split(',').collect();
+        let one_scheme = ["redis://", "rediss://"].iter().any(|scheme| {
+            seeds
+                .iter()
+                .all(|s| s.len() > scheme.len() && s.starts_with(scheme))
+        });
+        if one_scheme {
+            Ok(())
+        } else {
+            Err(format!(
+                "{field}: with cluster, url must be comma-separated seed URLs, all redis:// or all rediss://"
+            ))
+        }
+    }
 }
 
 /// What the operator observed and decided.
@@ -664,6 +1087,45 @@ mod tests {
     use kube::CustomResourceExt;
 
     #[test]
+    fn a_redis_cluster_takes_seed_urls_of_one_scheme_and_rabbitmq_is_never_a_cluster() {
+        let conn = |url: &str| ConnectionSpec {
+            url: Some(url.into()),
+            secret_ref: None,
+            ca_secret_ref: None,
+            cluster: true,
+        };
+        conn("redis://a:6379,redis://b:6379")
+            .check_cluster("redis")
+            .expect("two seeds");
+        conn("rediss://a:6380")
+            .check_cluster("redis")
+            .expect("one TLS seed");
+        for bad in [
+            "redis://a:6379,rediss://b:6380",
+            "redis://a:6379,",
+            "http://a",
+            "redis://",
+        ] {
+            let err = conn(bad).check_cluster("redis").expect_err(bad);
+            assert!(err.contains("comma-separated seed URLs"), "{bad}: {err}");
+        }
+        let err = conn("amqp://r")
+            .check_cluster("rabbitmq")
+            .expect_err("rabbitmq");
+        assert_eq!(err, "rabbitmq: cluster is for redis only");
+        let yaml = "url: redis://a:6379,redis://b:6379\ncluster: true\n";
+        let parsed: ConnectionSpec = serde_yaml::from_str(yaml).expect("parses");
+        assert!(parsed.cluster);
+        let plain: ConnectionSpec = serde_yaml::from_str("url: redis://a\n").expect("parses");
+        assert!(!plain.cluster, "off by default");
+        assert!(
+            !serde_yaml::to_string(&plain)
+                .expect("prints")
+                .contains("cluster")
+        );
+    }
+
+    #[test]
     fn a_five_line_manifest_gets_every_default() {
         let yaml = "apiVersion: wscluster.io/v1alpha1\nkind: WsCluster\nmetadata:\n  name: chat\nspec: {}\n";
         let c: WsCluster = serde_yaml::from_str(yaml).expect("parses");
@@ -726,5 +1188,84 @@ mod tests {
     fn key_sources_serialise_as_single_key_maps() {
         let yaml = serde_yaml::to_string(&default_key_sources()).expect("serialises");
         assert_eq!(yaml, "- path: /connect/{key}\n- query: userId\n");
+    }
+
+    /// The `x-kubernetes-validations` rule texts anywhere in the CRD.
+    fn rules() -> Vec<String> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::Array(rules)) =
+                        map.get("x-kubernetes-validations")
+                    {
+                        out.extend(
+                            rules
+                                .iter()
+                                .filter_map(|r| r["rule"].as_str().map(str::to_owned)),
+                        );
+                    }
+                    map.values().for_each(|v| walk(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(
+            &serde_json::to_value(WsCluster::crd()).expect("json"),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn the_pod_template_rules_name_exactly_the_operators_volumes_labels_and_directories() {
+        let rules = rules();
+        let quoted = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for list in [quoted(OPERATOR_VOLUMES), quoted(OPERATOR_LABELS)] {
+            let wanted = format!("[{list}]");
+            assert!(
+                rules.iter().any(|r| r.contains(&wanted)),
+                "no rule lists {wanted}"
+            );
+        }
+        for root in OPERATOR_MOUNT_ROOTS {
+            assert!(
+                rules
+                    .iter()
+                    .any(|r| r.contains(&format!("m.mountPath.startsWith('{root}/')")))
+            );
+        }
+        assert!(
+            rules.iter().any(|r| r.contains("oldSelf.slots")),
+            "ring.slots transition rule"
+        );
+    }
+
+    #[test]
+    fn embedded_kubernetes_types_carry_no_nested_descriptions() {
+        let crd = serde_json::to_value(WsCluster::crd()).expect("json");
+        let pod = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["proxy"]["properties"]["pod"]["properties"];
+        let volumes = &pod["volumes"];
+        assert!(
+            volumes["description"].is_string(),
+            "the field keeps its own"
+        );
+        let text = volumes["items"].to_string();
+        assert!(
+            !text.contains("\"description\""),
+            "nested descriptions remain"
+        );
+        assert!(
+            volumes["items"]["properties"]["secret"].is_object(),
+            "the schema itself stays"
+        );
     }
 }

@@ -42,6 +42,15 @@ pub enum Error {
     /// Another replica took the leader Lease; this one stopped reconciling.
     #[error("leadership lost")]
     LeadershipLost,
+    /// Local mode could not write its fallback ring file.
+    #[error("writing the ring file {}: {source}", path.display())]
+    RingFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A listener or server failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -59,6 +68,7 @@ impl Error {
             Error::Ring(_) => "RingError",
             Error::Render { .. } => "RenderError",
             Error::LeadershipLost => "LeadershipLost",
+            Error::RingFile { .. } => "RingFile",
             Error::Io(_) => "Io",
         }
     }

@@ -38,19 +38,23 @@ impl WsClusterExt for WsCluster {
 
     fn with_redis_secret(mut self, name: &str, key: &str) -> Self {
         self.spec.redis = Some(ConnectionSpec {
+            cluster: false,
             url: None,
             secret_ref: Some(SecretKeyRef {
                 name: name.into(),
                 key: key.into(),
             }),
+            ca_secret_ref: None,
         });
         self
     }
 
     fn with_amqp_url(mut self, url: &str) -> Self {
         self.spec.rabbitmq = Some(ConnectionSpec {
+            cluster: false,
             url: Some(url.into()),
             secret_ref: None,
+            ca_secret_ref: None,
         });
         self
     }

@@ -23,6 +23,7 @@
 //! * [`local`] — `wscluster-operator local`: the local shell (`LocalPlatform`), child processes,
 //!   the control API and demo page.
 //! * [`server`] — `run`: ring stream, admin endpoints, election and controller.
+//! * [`ring_map`] — the fallback ring ConfigMap every published ring is written into.
 //! * [`probe`] — asks draining nodes whether they are empty.
 //! * [`leader`], [`metrics`] — leader election through a Lease, Prometheus metrics.
 //!
@@ -51,6 +52,7 @@ pub mod probe;
 pub mod rbac;
 pub mod render;
 pub mod resources;
+pub mod ring_map;
 pub mod scaling;
 pub mod server;
 pub mod status;

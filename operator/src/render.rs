@@ -57,6 +57,7 @@ pub fn render_children(
     docs.push(to_yaml(&resources::proxy_api_service(c)?)?);
     docs.push(to_yaml(&resources::metrics_service(c)?)?);
     docs.push(to_yaml(&resources::node_pdb(c)?)?);
+    docs.push(to_yaml(&resources::proxy_pdb(c)?)?);
     docs.push(to_yaml(&resources::node_network_policy(
         c,
         &settings.operator_namespace,
@@ -66,7 +67,7 @@ pub fn render_children(
         settings,
         c.spec.replicas,
     )?)?);
-    let config_hash = resources::config_hash(&resources::proxy_config_yaml(c)?);
+    let config_hash = resources::proxy_config_hash(c)?;
     docs.push(to_yaml(&resources::proxy_deployment(
         c,
         settings,
@@ -134,6 +135,7 @@ spec:
             ("Service", "chat-api"),
             ("Service", "chat-metrics"),
             ("PodDisruptionBudget", "chat-node"),
+            ("PodDisruptionBudget", "chat-proxy"),
             ("NetworkPolicy", "chat-node"),
             ("StatefulSet", "chat-node"),
             ("Deployment", "chat-proxy"),

@@ -11,7 +11,11 @@
 //! | Service | `<c>-metrics` | headless 9090 `admin` of every proxy and node pod |
 //! | NetworkPolicy | `<c>-node` | node `ws` from proxies only; `admin` from the namespace, monitoring, operator |
 //! | PodDisruptionBudget | `<c>-node` | one node pod down at a time |
-//! | ConfigMap | `<c>-config` | `proxy.yaml` at `/etc/wscluster/proxy.yaml` |
+//! | PodDisruptionBudget | `<c>-proxy` | one proxy pod down at a time |
+//! | ConfigMap | `<c>-config` | `proxy.yaml`, the directory at `/etc/wscluster/config` |
+//! | ConfigMap | `<c>-ring` | written by the ring publisher; optional dir `/etc/wscluster/ring` (both) |
+//! | Secret | `spec.proxy.tls.secretRef` | the user's TLS Secret, whole, at `/etc/wscluster/tls` (proxies) |
+//! | Secret | `spec.{redis,rabbitmq}.caSecretRef` | `ca.crt` in `/etc/wscluster/{redis,amqp}-ca` |
 //! | Secret | `<c>-ring-token` | keys `proxy`, `node`; each kind's at `/var/run/wscluster/ring/token` |
 //! | Secret | `<c>-proxy-secret` | `secret` at `/var/run/wscluster/proxy-secret/secret` (both) |
 //! | Secret | `<c>-api-keys` | `keys` at `/var/run/wscluster/api-keys/keys` (both) |
@@ -28,9 +32,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, Secret,
+    SecretKeySelector, SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -45,7 +50,9 @@ use wscluster_proxy::error::Error as ProxyError;
 
 use wscluster_runtime::flags::{self, Flag};
 
-use crate::crd::{ConnectionSpec, WsCluster, WsClusterSpec};
+use crate::crd::{
+    ConnectionSpec, PodTemplate, ProbeTimings, SecretKeyRef, WsCluster, WsClusterSpec,
+};
 use crate::error::{Error, Result};
 
 /// Port the proxy serves clients on inside its pod.
@@ -78,8 +85,47 @@ pub const API_KEYS_FILE: &str = "/var/run/wscluster/api-keys/keys";
 pub const PROXY_API_PORT: i32 = 8081;
 /// Port of the node's admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/count`).
 pub const NODE_ADMIN_PORT: i32 = 9090;
-/// File of the proxy configuration inside proxy pods.
-pub const PROXY_CONFIG_FILE: &str = "/etc/wscluster/proxy.yaml";
+
+/// Where node and proxy pods mount the fallback ring ConfigMap ([`ring_config_map_name`]).
+pub const RING_FILE_DIR: &str = "/etc/wscluster/ring";
+/// The fallback ring ConfigMap's key: the last published ring as a JSON snapshot, the format
+/// `--ring-file` reads.
+pub const RING_FILE_KEY: &str = "ring.json";
+/// The fallback ring file inside node and proxy pods.
+pub const RING_FILE: &str = "/etc/wscluster/ring/ring.json";
+
+/// The ConfigMap the operator writes every published ring into (`<cluster>-ring`), mounted by
+/// nodes and proxies so they can start when the ring stream is unavailable.
+pub fn ring_config_map_name(cluster: &str) -> String {
+    format!("{cluster}-ring")
+}
+
+/// Directory the proxy configuration ConfigMap is mounted at: a directory, never `subPath`,
+/// because only a directory mount sees the ConfigMap change, so the proxy can re-read it.
+pub const PROXY_CONFIG_DIR: &str = "/etc/wscluster/config";
+/// File of the proxy configuration inside proxy pods ([`PROXY_CONFIG_DIR`] + its key).
+pub const PROXY_CONFIG_FILE: &str = "/etc/wscluster/config/proxy.yaml";
+/// Port of the proxy's TLS listener inside its pod (`spec.proxy.tls`).
+pub const PROXY_TLS_PORT: i32 = 8443;
+/// Directory the TLS Secret (`tls.crt`, `tls.key`) is mounted at, whole, in proxy pods.
+pub const TLS_DIR: &str = "/etc/wscluster/tls";
+/// The certificate chain inside proxy pods (`--tls-cert-file`).
+pub const TLS_CERT_FILE: &str = "/etc/wscluster/tls/tls.crt";
+/// The private key inside proxy pods (`--tls-key-file`).
+pub const TLS_KEY_FILE: &str = "/etc/wscluster/tls/tls.key";
+/// Directory the SNI Secrets (`spec.proxy.tls.sniSecretRefs`) are projected into, one
+/// subdirectory per Secret (`0/`, `1/`, …, each with `tls.crt` and `tls.key`).
+pub const TLS_SNI_DIR: &str = "/etc/wscluster/tls-sni";
+/// File name of a CA bundle inside its directory.
+pub const CA_FILE_NAME: &str = "ca.crt";
+/// Directory of Redis's CA bundle in node pods.
+pub const REDIS_CA_DIR: &str = "/etc/wscluster/redis-ca";
+/// Redis's CA bundle in node pods (`--redis-ca-file`).
+pub const REDIS_CA_FILE: &str = "/etc/wscluster/redis-ca/ca.crt";
+/// Directory of RabbitMQ's CA bundle in node and proxy pods.
+pub const AMQP_CA_DIR: &str = "/etc/wscluster/amqp-ca";
+/// RabbitMQ's CA bundle in node and proxy pods (`--amqp-ca-file`).
+pub const AMQP_CA_FILE: &str = "/etc/wscluster/amqp-ca/ca.crt";
 /// Key of the proxy configuration in the ConfigMap.
 pub const PROXY_CONFIG_KEY: &str = "proxy.yaml";
 /// Directory the JWT key Secret is mounted at.
@@ -90,9 +136,16 @@ pub const JWT_KEY_FILE: &str = DEFAULT_JWT_KEY_FILE;
 /// Pod annotation holding a hash of the rendered proxy configuration, so a config change
 /// rolls the proxies.
 pub const CONFIG_HASH_ANNOTATION: &str = "wscluster.io/config-hash";
-/// Seconds a node pod gets to close its sessions on shutdown: the node's own grace period
-/// (20 s by default) plus margin for the last writes to Redis.
-pub const NODE_TERMINATION_GRACE_SECONDS: i64 = 30;
+/// The node's `--grace-period-seconds`, rendered: time from SIGTERM to exit in which it closes
+/// its sessions (the node's own default).
+pub const NODE_GRACE_PERIOD_SECONDS: i64 = 20;
+/// Seconds a node pod gets to close its sessions on shutdown: the node's grace period plus
+/// margin for the last writes to Redis and RabbitMQ.
+pub const NODE_TERMINATION_GRACE_SECONDS: i64 = NODE_GRACE_PERIOD_SECONDS + 10;
+/// The proxy's preStop sleep: time for the endpoint controllers and kube-proxy (or the cloud
+/// load balancer) to stop sending new clients to a terminating proxy before it gets SIGTERM.
+/// Five seconds covers the endpoint propagation we see on a loaded API server.
+pub const PROXY_PRESTOP_SLEEP_SECONDS: i64 = 5;
 
 /// Label keys.
 pub mod labels {
@@ -365,18 +418,59 @@ fn common_env(
         PROXY_SECRET_FILE,
     );
     push_if_read(&mut env, binary, flags::API_KEYS_FILE, API_KEYS_FILE);
+    push_if_read(
+        &mut env,
+        binary,
+        flags::LOG_FORMAT,
+        c.spec.log_format.as_str(),
+    );
+    if fallback_ring_file_accepted() {
+        push_if_read(&mut env, binary, flags::RING_FILE, RING_FILE);
+    }
     if let Some(amqp) = &c.spec.rabbitmq {
         env.push(env_from_connection(flags::AMQP_URL, amqp));
+        if amqp.ca_secret_ref.is_some() {
+            push_if_read(&mut env, binary, flags::AMQP_CA_FILE, AMQP_CA_FILE);
+        }
     }
     env
 }
 
+/// Whether the node and proxy accept `--ring-file` beside `--ring-url` (the stream
+/// authoritative, the file its fallback), read from their shared parser
+/// ([`wscluster_runtime::ring_args::RingArgs`]). Until they do, the two conflict and a pod
+/// given both would refuse to start, so the operator mounts the fallback ring but does not
+/// name it; the same integration gate as [`binary_reads`].
+pub fn fallback_ring_file_accepted() -> bool {
+    use clap::Args as _;
+    let command = wscluster_runtime::ring_args::RingArgs::augment_args(clap::Command::new("ring"));
+    let url = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(flags::RING_URL.long));
+    url.is_some_and(|url| {
+        !command
+            .get_arg_conflicts_with(url)
+            .iter()
+            .any(|a| a.get_long() == Some(flags::RING_FILE.long))
+    })
+}
+
 /// A node container's environment: the common part, Redis, the listen port, then the user's.
 fn node_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<EnvVar> {
-    let mut env = common_env(c, cluster, settings, flags::node::ALL);
+    let all = flags::node::ALL;
+    let mut env = common_env(c, cluster, settings, all);
     if let Some(redis) = &c.spec.redis {
-        env.push(env_from_connection(flags::node::REDIS_URL, redis));
+        let flag = match redis.cluster {
+            true => flags::node::REDIS_CLUSTER,
+            false => flags::node::REDIS_URL,
+        };
+        env.push(env_from_connection(flag, redis));
+        if redis.ca_secret_ref.is_some() {
+            push_if_read(&mut env, all, flags::REDIS_CA_FILE, REDIS_CA_FILE);
+        }
     }
+    let grace = NODE_GRACE_PERIOD_SECONDS.to_string();
+    push_if_read(&mut env, all, flags::GRACE_PERIOD_SECONDS, grace);
     env.push(env_value(
         flags::node::LISTEN,
         format!("0.0.0.0:{}", c.spec.node.port),
@@ -447,6 +541,16 @@ fn proxy_env(c: &WsCluster, cluster: &ClusterRef, settings: &Settings) -> Vec<En
         format!("0.0.0.0:{PROXY_API_PORT}"),
     );
     env.push(env_value(flags::proxy::CONFIG, PROXY_CONFIG_FILE));
+    if c.spec.proxy.tls.is_some() {
+        let all = flags::proxy::ALL;
+        let listen = format!("0.0.0.0:{PROXY_TLS_PORT}");
+        push_if_read(&mut env, all, flags::TLS_LISTEN, listen);
+        push_if_read(&mut env, all, flags::TLS_CERT_FILE, TLS_CERT_FILE);
+        push_if_read(&mut env, all, flags::TLS_KEY_FILE, TLS_KEY_FILE);
+        if let Some(dirs) = tls_sni_dirs(c) {
+            push_if_read(&mut env, all, flags::TLS_SNI_CERT, dirs);
+        }
+    }
     env.extend(c.spec.proxy.env.iter().cloned());
     env
 }
@@ -465,6 +569,7 @@ pub const RESERVED_ENV: &[&str] = &[
     flags::API_KEYS_FILE.env,
     flags::API_LISTEN.env,
     flags::REDIS_URL.env,
+    flags::REDIS_CLUSTER.env,
     flags::AMQP_URL.env,
     flags::LISTEN.env,
     flags::ADMIN_LISTEN.env,
@@ -475,6 +580,15 @@ pub const RESERVED_ENV: &[&str] = &[
     flags::SESSION_POLICY.env,
     flags::MAX_HTTP_CONNECTIONS.env,
     flags::MAX_INFLIGHT_SENDS.env,
+    flags::LOG_FORMAT.env,
+    flags::GRACE_PERIOD_SECONDS.env,
+    flags::TLS_LISTEN.env,
+    flags::TLS_CERT_FILE.env,
+    flags::TLS_KEY_FILE.env,
+    flags::TLS_SNI_CERT.env,
+    flags::REDIS_CA_FILE.env,
+    flags::AMQP_CA_FILE.env,
+    flags::RING_CA_FILE.env,
 ];
 
 fn http_probe(path: &str, port: &str, period_seconds: i32) -> Probe {
@@ -538,6 +652,55 @@ fn ring_token_volume(cluster: &ClusterRef, component: Component) -> (Volume, Vol
     )
 }
 
+/// What every node and proxy pod mounts: the credentials ([`credential_volumes`]), the
+/// fallback ring, and the RabbitMQ CA bundle (nodes also Redis's) when the spec names one.
+fn shared_volumes(
+    c: &WsCluster,
+    cluster: &ClusterRef,
+    component: Component,
+) -> Vec<(Volume, VolumeMount)> {
+    let mut volumes = credential_volumes(cluster, component);
+    volumes.push(ring_file_volume(cluster));
+    let mut cas = vec![(&c.spec.rabbitmq, "amqp-ca", AMQP_CA_DIR)];
+    if component == Component::Node {
+        cas.push((&c.spec.redis, "redis-ca", REDIS_CA_DIR));
+    }
+    for (conn, name, dir) in cas {
+        if let Some(ca) = conn.as_ref().and_then(|c| c.ca_secret_ref.as_ref()) {
+            volumes.push(ca_volume(name, ca, dir));
+        }
+    }
+    volumes
+}
+
+/// A CA bundle from a Secret key, as [`CA_FILE_NAME`] in its own directory (never `subPath`:
+/// a rotated bundle must reach the pod).
+fn ca_volume(name: &str, ca: &SecretKeyRef, dir: &str) -> (Volume, VolumeMount) {
+    secret_file_volume(name, ca.name.clone(), &ca.key, dir, CA_FILE_NAME)
+}
+
+/// The fallback ring ConfigMap as the directory [`RING_FILE_DIR`], `optional`: a pod starts
+/// before the operator has written it.
+fn ring_file_volume(cluster: &ClusterRef) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "ring".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ring_config_map_name(&cluster.name),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "ring".into(),
+            mount_path: RING_FILE_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
+}
+
 /// The credentials every node and proxy pod mounts: its kind's ring token, the proxy secret
 /// and the API keys.
 fn credential_volumes(cluster: &ClusterRef, component: Component) -> Vec<(Volume, VolumeMount)> {
@@ -567,17 +730,132 @@ fn label_selector(cluster: &ClusterRef, component: Component) -> LabelSelector {
     }
 }
 
-/// The node StatefulSet with `replicas` pods (the scale-down state machine decides how many;
-/// it is not always `spec.replicas`).
-pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Result<StatefulSet> {
-    let cluster = ClusterRef::of(c)?;
+/// The default spread of a component's pods: at most one more on any host, and on any zone,
+/// than on another, as a preference (`ScheduleAnyway`), so a small or single-zone cluster
+/// still schedules every pod.
+pub fn default_spread(cluster: &ClusterRef, component: Component) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(label_selector(cluster, component)),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// A probe with the user's timings over the operator's.
+fn with_timings(mut probe: Probe, timings: Option<&ProbeTimings>) -> Probe {
+    if let Some(t) = timings {
+        probe.initial_delay_seconds = t.initial_delay_seconds.or(probe.initial_delay_seconds);
+        probe.period_seconds = t.period_seconds.or(probe.period_seconds);
+        probe.timeout_seconds = t.timeout_seconds.or(probe.timeout_seconds);
+        probe.failure_threshold = t.failure_threshold.or(probe.failure_threshold);
+    }
+    probe
+}
+
+/// The pod template of a component: the operator's `pod` (one container) with the user's
+/// [`PodTemplate`] added. The user adds labels, annotations, scheduling, pull secrets, volumes
+/// and mounts, `envFrom`, command, args and probe timings; the operator's labels, annotations,
+/// environment, volumes and security context stay as rendered (validation refuses a user value
+/// that would collide with one). A user spread replaces [`default_spread`]. A startup probe
+/// (on `startup_path`) exists only when the user gives its timings.
+fn customised(
+    cluster: &ClusterRef,
+    component: Component,
+    user: &PodTemplate,
+    annotations: BTreeMap<String, String>,
+    mut pod: PodSpec,
+    startup_path: &str,
+) -> PodTemplateSpec {
+    let mut all_labels = user.labels.clone();
+    all_labels.extend(cluster.labels(component));
+    let mut all_annotations = user.annotations.clone();
+    all_annotations.extend(annotations);
+    pod.node_selector = (!user.node_selector.is_empty()).then(|| user.node_selector.clone());
+    pod.affinity = user.affinity.clone();
+    pod.tolerations = (!user.tolerations.is_empty()).then(|| user.tolerations.clone());
+    pod.topology_spread_constraints = Some(if user.topology_spread_constraints.is_empty() {
+        default_spread(cluster, component)
+    } else {
+        user.topology_spread_constraints.clone()
+    });
+    pod.priority_class_name = user.priority_class_name.clone();
+    pod.image_pull_secrets =
+        (!user.image_pull_secrets.is_empty()).then(|| user.image_pull_secrets.clone());
+    pod.volumes
+        .get_or_insert_with(Vec::new)
+        .extend(user.volumes.iter().cloned());
+    for container in &mut pod.containers {
+        customise_container(container, user, startup_path);
+    }
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(all_labels),
+            annotations: (!all_annotations.is_empty()).then_some(all_annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod),
+    }
+}
+
+/// The container half of [`customised`].
+fn customise_container(container: &mut Container, user: &PodTemplate, startup_path: &str) {
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .extend(user.volume_mounts.iter().cloned());
+    container.env_from = (!user.env_from.is_empty()).then(|| user.env_from.clone());
+    container.command = (!user.command.is_empty()).then(|| user.command.clone());
+    container.args = (!user.args.is_empty()).then(|| user.args.clone());
+    container.readiness_probe = container
+        .readiness_probe
+        .take()
+        .map(|p| with_timings(p, user.readiness_probe.as_ref()));
+    container.liveness_probe = container
+        .liveness_probe
+        .take()
+        .map(|p| with_timings(p, user.liveness_probe.as_ref()));
+    container.startup_probe = user.startup_probe.as_ref().and_then(|t| {
+        let port = container
+            .liveness_probe
+            .as_ref()?
+            .http_get
+            .as_ref()?
+            .port
+            .clone();
+        let probe = Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(startup_path.into()),
+                port,
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(2),
+            ..Probe::default()
+        };
+        Some(with_timings(probe, Some(t)))
+    });
+}
+
+/// Seconds a proxy pod gets from deletion to SIGKILL: the proxy's own rule
+/// ([`wscluster_proxy::termination_grace_seconds`]: the preStop sleep, `drainTimeoutSeconds`
+/// in which clients may leave on their own, the proxy's hard deadline past it in which every
+/// remaining client gets the drain frame at once and closes, and a margin), so the kubelet's
+/// SIGKILL never races the reset frames.
+pub fn proxy_termination_grace_seconds(spec: &WsClusterSpec) -> i64 {
+    let drain = u64::try_from(spec.drain_timeout_seconds).unwrap_or(0);
+    let pre_stop = u64::try_from(PROXY_PRESTOP_SLEEP_SECONDS).unwrap_or(0);
+    let grace = wscluster_proxy::termination_grace_seconds(drain, pre_stop);
+    i64::try_from(grace).unwrap_or(i64::MAX)
+}
+
+/// The node container: clients on `ws`, probes on [`node_probe_port`].
+fn node_container(c: &WsCluster, env: Vec<EnvVar>, mounts: Vec<VolumeMount>) -> Container {
     let node = &c.spec.node;
-    let env = node_env(c, &cluster, settings);
-    let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) =
-        credential_volumes(&cluster, Component::Node)
-            .into_iter()
-            .unzip();
-    let container = Container {
+    Container {
         name: "node".into(),
         image: Some(node.image.clone()),
         image_pull_policy: Some(node.image_pull_policy.as_str().into()),
@@ -588,11 +866,26 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
         env: Some(env),
         readiness_probe: Some(http_probe(&node.readiness_path, node_probe_port(), 2)),
         liveness_probe: Some(http_probe(&node.liveness_path, node_probe_port(), 10)),
+        // Added by the pod template, only when the user gives its timings.
+        startup_probe: None,
         resources: node.resources.clone(),
         volume_mounts: Some(mounts),
         security_context: Some(restricted_container()),
         ..Container::default()
-    };
+    }
+}
+
+/// The node StatefulSet with `replicas` pods (the scale-down state machine decides how many;
+/// it is not always `spec.replicas`).
+pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Result<StatefulSet> {
+    let cluster = ClusterRef::of(c)?;
+    let node = &c.spec.node;
+    let env = node_env(c, &cluster, settings);
+    let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) =
+        shared_volumes(c, &cluster, Component::Node)
+            .into_iter()
+            .unzip();
+    let container = node_container(c, env, mounts);
     Ok(StatefulSet {
         metadata: cluster.meta(cluster.node_name(), Component::Node),
         spec: Some(StatefulSetSpec {
@@ -608,20 +901,22 @@ pub fn node_statefulset(c: &WsCluster, settings: &Settings, replicas: i32) -> Re
                     when_scaled: Some("Delete".into()),
                 },
             ),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(cluster.labels(Component::Node)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
+            template: customised(
+                &cluster,
+                Component::Node,
+                &node.pod,
+                BTreeMap::new(),
+                PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
                     termination_grace_period_seconds: Some(NODE_TERMINATION_GRACE_SECONDS),
                     security_context: Some(restricted_pod()),
+                    service_account_name: node.service_account_name.clone(),
                     automount_service_account_token: Some(false),
                     ..PodSpec::default()
-                }),
-            },
+                },
+                &node.liveness_path,
+            ),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -651,50 +946,56 @@ pub fn node_service(c: &WsCluster) -> Result<Service> {
     })
 }
 
-/// The proxy Deployment. `config_hash` is [`config_hash`] of the rendered `proxy.yaml`.
+/// The proxy Deployment. `config_hash` is [`proxy_config_hash`]: only a change the proxy
+/// cannot apply live rolls the pods.
 pub fn proxy_deployment(
     c: &WsCluster,
     settings: &Settings,
     config_hash: &str,
 ) -> Result<Deployment> {
     let cluster = ClusterRef::of(c)?;
-    // 1. Volumes: the credentials, proxy.yaml, and the JWT key when a key source verifies one.
-    let mut volumes = credential_volumes(&cluster, Component::Proxy);
+    // 1. Volumes: the shared ones, proxy.yaml, the JWT key when a key source verifies one,
+    // the TLS Secret when the proxy terminates TLS.
+    let mut volumes = shared_volumes(c, &cluster, Component::Proxy);
     volumes.push(proxy_config_volume(&cluster));
     volumes.extend(jwt_key_volume(c));
+    volumes.extend(tls_volume(c));
+    volumes.extend(tls_sni_volume(c));
     let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) = volumes.into_iter().unzip();
     // 2. The container: its environment, ports, probes and mounts.
     let container = proxy_container(c, proxy_env(c, &cluster, settings), mounts);
-    // 3. The Deployment, annotated with the config hash so a config change rolls the pods.
+    // 3. The Deployment, annotated with the config hash so a config change that needs a
+    // restart rolls the pods (the proxies follow every other change of the mounted file).
     Ok(Deployment {
         metadata: cluster.meta(cluster.proxy_name(), Component::Proxy),
         spec: Some(DeploymentSpec {
             replicas: Some(c.spec.proxy.replicas),
             selector: label_selector(&cluster, Component::Proxy),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(cluster.labels(Component::Proxy)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash.to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
+            template: customised(
+                &cluster,
+                Component::Proxy,
+                &c.spec.proxy.pod,
+                BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string())]),
+                PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
+                    termination_grace_period_seconds: Some(proxy_termination_grace_seconds(
+                        &c.spec,
+                    )),
                     security_context: Some(restricted_pod()),
                     automount_service_account_token: Some(false),
                     ..PodSpec::default()
-                }),
-            },
+                },
+                "/healthz",
+            ),
             ..DeploymentSpec::default()
         }),
         status: None,
     })
 }
 
-/// The ConfigMap's `proxy.yaml`, mounted as a single file at [`PROXY_CONFIG_FILE`].
+/// The ConfigMap as the directory [`PROXY_CONFIG_DIR`] (`proxy.yaml` inside): a directory
+/// mount sees the ConfigMap change, so the proxy can re-read its configuration live.
 fn proxy_config_volume(cluster: &ClusterRef) -> (Volume, VolumeMount) {
     (
         Volume {
@@ -707,8 +1008,7 @@ fn proxy_config_volume(cluster: &ClusterRef) -> (Volume, VolumeMount) {
         },
         VolumeMount {
             name: "config".into(),
-            mount_path: PROXY_CONFIG_FILE.into(),
-            sub_path: Some(PROXY_CONFIG_KEY.into()),
+            mount_path: PROXY_CONFIG_DIR.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         },
@@ -741,18 +1041,109 @@ fn jwt_key_volume(c: &WsCluster) -> Option<(Volume, VolumeMount)> {
     ))
 }
 
-/// The proxy container: clients on `ws`, probes on `admin`.
+/// `--tls-sni-cert`: the SNI Secrets' directories under [`TLS_SNI_DIR`], comma-separated.
+fn tls_sni_dirs(c: &WsCluster) -> Option<String> {
+    let refs = &c.spec.proxy.tls.as_ref()?.sni_secret_refs;
+    let dirs: Vec<String> = (0..refs.len())
+        .map(|i| format!("{TLS_SNI_DIR}/{i}"))
+        .collect();
+    (!dirs.is_empty()).then(|| dirs.join(","))
+}
+
+/// The SNI Secrets projected into one volume at [`TLS_SNI_DIR`], Secret `i` as `i/tls.crt`
+/// and `i/tls.key`: a projected volume (not `subPath`) sees renewals.
+fn tls_sni_volume(c: &WsCluster) -> Option<(Volume, VolumeMount)> {
+    let refs = &c.spec.proxy.tls.as_ref()?.sni_secret_refs;
+    if refs.is_empty() {
+        return None;
+    }
+    let sources = refs
+        .iter()
+        .enumerate()
+        .map(|(i, secret)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret.name.clone(),
+                items: Some(
+                    ["tls.crt", "tls.key"]
+                        .map(|key| KeyToPath {
+                            key: key.into(),
+                            path: format!("{i}/{key}"),
+                            mode: None,
+                        })
+                        .to_vec(),
+                ),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    let volume = Volume {
+        name: "tls-sni".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o440),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "tls-sni".into(),
+        mount_path: TLS_SNI_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
+}
+
+/// The TLS Secret, whole, at [`TLS_DIR`] when the proxy terminates TLS: no items and no
+/// `subPath`, so a renewed certificate reaches the running proxy.
+fn tls_volume(c: &WsCluster) -> Option<(Volume, VolumeMount)> {
+    let tls = c.spec.proxy.tls.as_ref()?;
+    Some((
+        Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_ref.name.clone()),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ))
+}
+
+/// The proxy container: clients on `ws` (and `wss` with TLS), probes on `admin`. A preStop
+/// sleep keeps it serving while the endpoints drop it, before SIGTERM starts its drain.
 fn proxy_container(c: &WsCluster, env: Vec<EnvVar>, mounts: Vec<VolumeMount>) -> Container {
     let proxy = &c.spec.proxy;
+    let mut ports = vec![
+        tcp_port("ws", PROXY_PORT),
+        tcp_port("api", PROXY_API_PORT),
+        tcp_port("admin", PROXY_ADMIN_PORT),
+    ];
+    if proxy.tls.is_some() {
+        ports.push(tcp_port("wss", PROXY_TLS_PORT));
+    }
     Container {
         name: "proxy".into(),
         image: Some(proxy.image.clone()),
         image_pull_policy: Some(proxy.image_pull_policy.as_str().into()),
-        ports: Some(vec![
-            tcp_port("ws", PROXY_PORT),
-            tcp_port("api", PROXY_API_PORT),
-            tcp_port("admin", PROXY_ADMIN_PORT),
-        ]),
+        ports: Some(ports),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PROXY_PRESTOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            post_start: None,
+            stop_signal: None,
+        }),
         env: Some(env),
         readiness_probe: Some(http_probe("/readyz", "admin", 2)),
         liveness_probe: Some(http_probe("/healthz", "admin", 10)),
@@ -784,20 +1175,40 @@ fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
-/// The client-facing Service of the proxies: the public port only. The admin port
-/// (metrics, health) is on [`metrics_service`], the server API on [`proxy_api_service`].
+/// The client-facing Service of the proxies: the public port, and the TLS port when the
+/// proxy terminates TLS; nothing else. The admin port (metrics, health) is on
+/// [`metrics_service`], the server API on [`proxy_api_service`]. The user's annotations,
+/// source ranges, traffic policy and IP families are passed through.
 pub fn proxy_service(c: &WsCluster) -> Result<Service> {
     let cluster = ClusterRef::of(c)?;
     let proxy = &c.spec.proxy;
+    let mut ports = vec![ServicePort {
+        node_port: proxy.node_port,
+        ..service_port("ws", proxy.service_port)
+    }];
+    if let Some(tls) = &proxy.tls {
+        ports.push(service_port("wss", tls.port));
+    }
+    let mut metadata = cluster.meta(cluster.proxy_name(), Component::Proxy);
+    metadata.annotations =
+        (!proxy.service_annotations.is_empty()).then(|| proxy.service_annotations.clone());
+    let non_empty = |v: Vec<String>| (!v.is_empty()).then_some(v);
     Ok(Service {
-        metadata: cluster.meta(cluster.proxy_name(), Component::Proxy),
+        metadata,
         spec: Some(ServiceSpec {
             type_: Some(proxy.service_type.as_str().into()),
             selector: Some(cluster.selector_labels(Component::Proxy)),
-            ports: Some(vec![ServicePort {
-                node_port: proxy.node_port,
-                ..service_port("ws", proxy.service_port)
-            }]),
+            ports: Some(ports),
+            load_balancer_source_ranges: non_empty(proxy.load_balancer_source_ranges.clone()),
+            external_traffic_policy: proxy.external_traffic_policy.map(|p| p.as_str().into()),
+            ip_families: non_empty(
+                proxy
+                    .ip_families
+                    .iter()
+                    .map(|f| f.as_str().into())
+                    .collect(),
+            ),
+            ip_family_policy: proxy.ip_family_policy.map(|p| p.as_str().into()),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -943,6 +1354,22 @@ pub fn node_pdb(c: &WsCluster) -> Result<PodDisruptionBudget> {
     })
 }
 
+/// The PodDisruptionBudget of the proxies: voluntary evictions (node drains, cluster
+/// upgrades) take one proxy at a time, so the other proxies keep taking the clients of the one
+/// that drains.
+pub fn proxy_pdb(c: &WsCluster) -> Result<PodDisruptionBudget> {
+    let cluster = ClusterRef::of(c)?;
+    Ok(PodDisruptionBudget {
+        metadata: cluster.meta(cluster.proxy_name(), Component::Proxy),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(label_selector(&cluster, Component::Proxy)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
 /// The ConfigMap with the rendered `proxy.yaml`.
 pub fn config_map(c: &WsCluster) -> Result<ConfigMap> {
     let cluster = ClusterRef::of(c)?;
@@ -1031,6 +1458,15 @@ pub fn proxy_config_yaml(c: &WsCluster) -> Result<String> {
     })
 }
 
+/// The proxy pods' [`CONFIG_HASH_ANNOTATION`]: [`config_hash`] of the rendered config's
+/// [`ProxyConfig::restart_fingerprint`], the fields a running proxy does not re-read. A
+/// change to any other field reaches the proxies through the mounted ConfigMap (they follow
+/// the file) without rolling them, so without resetting their clients.
+pub fn proxy_config_hash(c: &WsCluster) -> Result<String> {
+    let config = proxy_config(&c.spec).map_err(Error::InvalidSpec)?;
+    Ok(config_hash(&config.restart_fingerprint()))
+}
+
 /// A stable hash of a document (XXH3-64 with the ring's fixed seed), hex.
 pub fn config_hash(text: &str) -> String {
     format!("{:016x}", wscluster_ring::KeyHash::of(text).0)
@@ -1047,7 +1483,7 @@ mod tests {
 
     use wscluster_proxy::config::{JwtAlgorithm, JwtSpec, Limits, ResetConfig, TokenFrom};
 
-    use crate::crd::{JwtSource, KeySource, SecretKeyRef};
+    use crate::crd::{ConnectionSpec, JwtSource, KeySource, SecretKeyRef};
     use crate::fixtures::WsClusterExt;
 
     fn settings() -> Settings {
@@ -1225,6 +1661,7 @@ mod tests {
         let resets = ResetConfig {
             rate_per_second: 42,
             jitter_ms: 0,
+            ..ResetConfig::default()
         };
         for from in [TokenFrom::Header, TokenFrom::Query] {
             let mut c = WsCluster::test();
@@ -1328,14 +1765,33 @@ mod tests {
     }
 
     #[test]
-    fn a_config_change_changes_the_pod_template_hash() {
+    fn only_a_restart_needing_config_change_changes_the_pod_template() {
+        let settings = settings();
+        let template = |c: &WsCluster| {
+            let hash = proxy_config_hash(c).expect("hash");
+            let d = proxy_deployment(c, &settings, &hash).expect("deployment");
+            serde_json::to_value(d.spec.expect("spec").template).expect("json")
+        };
         let a = WsCluster::test();
-        let mut b = WsCluster::test();
-        b.spec.resets.rate_per_second = 50;
-        let ha = config_hash(&proxy_config_yaml(&a).expect("yaml"));
-        let hb = config_hash(&proxy_config_yaml(&b).expect("yaml"));
-        assert_ne!(ha, hb);
-        assert_eq!(ha, config_hash(&proxy_config_yaml(&a).expect("yaml")));
+        // Live fields: the rendered file changes, the pods do not roll.
+        let mut live = WsCluster::test();
+        live.spec.resets.rate_per_second = 50;
+        live.spec.proxy.limits.per_ip_connections = Some(7);
+        live.spec.proxy.limits.idle_timeout_seconds = 60;
+        assert_ne!(
+            proxy_config_yaml(&a).expect("yaml"),
+            proxy_config_yaml(&live).expect("yaml")
+        );
+        assert_eq!(template(&a), template(&live));
+        // A restart field: a new hash, so a new template.
+        let mut restart = WsCluster::test();
+        restart.spec.proxy.limits.max_connections = 10;
+        assert_ne!(
+            proxy_config_hash(&a).expect("a"),
+            proxy_config_hash(&restart).expect("restart")
+        );
+        assert_ne!(template(&a), template(&restart));
+        assert_eq!(template(&a), template(&WsCluster::test()), "stable");
     }
 
     #[test]
@@ -1438,6 +1894,44 @@ mod tests {
         );
         assert_eq!(config.amqp_url.as_deref(), Some("amqp://rabbit:5672/%2f"));
         assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn a_redis_cluster_is_rendered_as_the_nodes_seed_list_which_the_node_accepts() {
+        let mut c = WsCluster::test();
+        c.spec.redis = Some(ConnectionSpec {
+            url: Some("redis://r-0:6379,redis://r-1:6379".into()),
+            secret_ref: None,
+            ca_secret_ref: None,
+            cluster: true,
+        });
+        let sts = node_statefulset(&c, &settings(), 1).expect("sts");
+        let pod = sts.spec.expect("spec").template.spec.expect("pod");
+        let env = env_of(&pod.containers[0]);
+        assert!(!env.contains_key(flags::REDIS_URL.env));
+        let args = as_command_line("wscluster-node", &env, flags::node::ALL);
+        let config = wscluster_node::Config::try_parse_from(&args).expect("the node parses it");
+        config.validate().expect("a valid node configuration");
+        assert_eq!(
+            config.redis_cluster.as_deref(),
+            Some(&["redis://r-0:6379".to_owned(), "redis://r-1:6379".to_owned()][..])
+        );
+        let mut from_secret = WsCluster::test().with_redis_secret("redis-seeds", "seeds");
+        if let Some(r) = from_secret.spec.redis.as_mut() {
+            r.cluster = true;
+        }
+        let sts = node_statefulset(&from_secret, &settings(), 1).expect("sts");
+        let pod = sts.spec.expect("spec").template.spec.expect("pod");
+        let env = env_of(&pod.containers[0]);
+        let seeds = env[flags::REDIS_CLUSTER.env]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("a secret ref");
+        assert_eq!(
+            (seeds.name.as_str(), seeds.key.as_str()),
+            ("redis-seeds", "seeds")
+        );
     }
 
     #[test]
@@ -1687,5 +2181,463 @@ mod tests {
                 BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "ops".to_string())]),
             ]
         );
+    }
+
+    fn mount_of<'a>(pod: &'a PodSpec, volume: &str) -> &'a VolumeMount {
+        pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume)
+            .unwrap_or_else(|| panic!("no mount of {volume}"))
+    }
+
+    fn volume_of<'a>(pod: &'a PodSpec, volume: &str) -> Option<&'a Volume> {
+        pod.volumes.iter().flatten().find(|v| v.name == volume)
+    }
+
+    #[test]
+    fn no_operator_mount_uses_sub_path_so_rotation_reaches_the_pods() {
+        let mut c = full_cluster();
+        c.spec.proxy.tls = Some(crate::crd::ProxyTls {
+            secret_ref: crate::crd::SecretRef {
+                name: "edge-tls".into(),
+            },
+            port: 443,
+            sni_secret_refs: Vec::new(),
+        });
+        for pod in [pod_of_node(&c), pod_of_proxy(&c)] {
+            for m in pod.containers[0].volume_mounts.iter().flatten() {
+                assert_eq!(m.sub_path, None, "{} uses subPath", m.name);
+                assert_eq!(m.read_only, Some(true), "{} is writable", m.name);
+            }
+        }
+        let proxy = pod_of_proxy(&c);
+        assert_eq!(mount_of(&proxy, "config").mount_path, PROXY_CONFIG_DIR);
+        assert_eq!(
+            Path::new(PROXY_CONFIG_DIR).join(PROXY_CONFIG_KEY),
+            Path::new(PROXY_CONFIG_FILE)
+        );
+    }
+
+    #[test]
+    fn both_kinds_mount_the_fallback_ring_as_an_optional_directory() {
+        let c = WsCluster::test();
+        for pod in [pod_of_node(&c), pod_of_proxy(&c)] {
+            let cm = volume_of(&pod, "ring")
+                .and_then(|v| v.config_map.clone())
+                .expect("ring volume");
+            assert_eq!(cm.name, "chat-ring");
+            assert_eq!(cm.optional, Some(true));
+            assert_eq!(mount_of(&pod, "ring").mount_path, RING_FILE_DIR);
+            assert_eq!(
+                Path::new(RING_FILE_DIR).join(RING_FILE_KEY),
+                Path::new(RING_FILE)
+            );
+            let env = env_of(&pod.containers[0]);
+            let want = fallback_ring_file_accepted().then(|| RING_FILE.to_string());
+            assert_eq!(
+                env.get(flags::RING_FILE.env).and_then(|e| e.value.clone()),
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn sni_secrets_are_projected_where_the_proxy_reads_them_and_named_by_its_flag() {
+        let mut c = WsCluster::test();
+        let secret = |name: &str| crate::crd::SecretRef { name: name.into() };
+        c.spec.proxy.tls = Some(crate::crd::ProxyTls {
+            secret_ref: secret("edge-tls"),
+            port: 443,
+            sni_secret_refs: vec![secret("rooms-tls"), secret("admin-tls")],
+        });
+        let pod = pod_of_proxy(&c);
+        let projected = volume_of(&pod, "tls-sni")
+            .and_then(|v| v.projected.clone())
+            .expect("tls-sni volume");
+        let sources = projected.sources.expect("sources");
+        assert_eq!(mount_of(&pod, "tls-sni").mount_path, TLS_SNI_DIR);
+        let env = env_of(&pod.containers[0]);
+        let dirs = format!("{TLS_SNI_DIR}/0,{TLS_SNI_DIR}/1");
+        let value = env
+            .get(flags::TLS_SNI_CERT.env)
+            .and_then(|e| e.value.clone());
+        assert_eq!(value, Some(dirs));
+        for (i, name) in ["rooms-tls", "admin-tls"].into_iter().enumerate() {
+            let projection = sources[i].secret.clone().expect("a Secret");
+            assert_eq!(projection.name, name);
+            let paths: Vec<String> = projection
+                .items
+                .expect("items")
+                .into_iter()
+                .map(|k| format!("{TLS_SNI_DIR}/{}", k.path))
+                .collect();
+            let dir = format!("{TLS_SNI_DIR}/{i}");
+            let expected: Vec<String> = [
+                wscluster_proxy::cli::TLS_SECRET_CERT,
+                wscluster_proxy::cli::TLS_SECRET_KEY,
+            ]
+            .map(|file| format!("{dir}/{file}"))
+            .to_vec();
+            assert_eq!(paths, expected);
+        }
+    }
+
+    #[test]
+    fn tls_mounts_the_whole_secret_and_opens_the_wss_port_on_pod_and_service() {
+        let mut c = WsCluster::test();
+        c.spec.proxy.tls = Some(crate::crd::ProxyTls {
+            secret_ref: crate::crd::SecretRef {
+                name: "edge-tls".into(),
+            },
+            port: 443,
+            sni_secret_refs: Vec::new(),
+        });
+        let pod = pod_of_proxy(&c);
+        let secret = volume_of(&pod, "tls")
+            .and_then(|v| v.secret.clone())
+            .expect("tls volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("edge-tls"));
+        assert_eq!(secret.items, None, "the whole Secret, so both files rotate");
+        assert_eq!(mount_of(&pod, "tls").mount_path, TLS_DIR);
+        for file in [TLS_CERT_FILE, TLS_KEY_FILE] {
+            assert_eq!(Path::new(file).parent(), Some(Path::new(TLS_DIR)));
+        }
+        let ports = pod.containers[0].ports.clone().expect("ports");
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some("wss") && p.container_port == PROXY_TLS_PORT)
+        );
+        let env = env_of(&pod.containers[0]);
+        for (flag, value) in [
+            (flags::TLS_LISTEN, format!("0.0.0.0:{PROXY_TLS_PORT}")),
+            (flags::TLS_CERT_FILE, TLS_CERT_FILE.to_string()),
+            (flags::TLS_KEY_FILE, TLS_KEY_FILE.to_string()),
+        ] {
+            let want = binary_reads(flags::proxy::ALL, flag).then_some(value);
+            assert_eq!(env.get(flag.env).and_then(|e| e.value.clone()), want);
+        }
+        let svc = proxy_service(&c).expect("svc").spec.expect("spec");
+        let names: Vec<_> = svc
+            .ports
+            .expect("ports")
+            .into_iter()
+            .map(|p| (p.name.unwrap_or_default(), p.port, p.target_port))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ws".to_string(), 80, Some(IntOrString::String("ws".into()))),
+                (
+                    "wss".to_string(),
+                    443,
+                    Some(IntOrString::String("wss".into()))
+                ),
+            ]
+        );
+        let plain = pod_of_proxy(&WsCluster::test());
+        assert!(volume_of(&plain, "tls").is_none());
+    }
+
+    #[test]
+    fn ca_bundles_are_mounted_where_their_flags_point() {
+        let mut c = full_cluster();
+        let ca = |name: &str| {
+            Some(SecretKeyRef {
+                name: name.into(),
+                key: "ca.crt".into(),
+            })
+        };
+        if let Some(r) = c.spec.redis.as_mut() {
+            r.ca_secret_ref = ca("redis-ca");
+        }
+        if let Some(r) = c.spec.rabbitmq.as_mut() {
+            r.ca_secret_ref = ca("amqp-ca");
+        }
+        let node = pod_of_node(&c);
+        let proxy = pod_of_proxy(&c);
+        let cases = [
+            (
+                &node,
+                "redis-ca",
+                "redis-ca",
+                REDIS_CA_FILE,
+                flags::REDIS_CA_FILE,
+                flags::node::ALL,
+            ),
+            (
+                &node,
+                "amqp-ca",
+                "amqp-ca",
+                AMQP_CA_FILE,
+                flags::AMQP_CA_FILE,
+                flags::node::ALL,
+            ),
+            (
+                &proxy,
+                "amqp-ca",
+                "amqp-ca",
+                AMQP_CA_FILE,
+                flags::AMQP_CA_FILE,
+                flags::proxy::ALL,
+            ),
+        ];
+        for (pod, volume, secret, file, flag, all) in cases {
+            let v = volume_of(pod, volume)
+                .and_then(|v| v.secret.clone())
+                .expect("ca");
+            assert_eq!(v.secret_name.as_deref(), Some(secret));
+            let item = &v.items.expect("items")[0];
+            let mount = mount_of(pod, volume);
+            assert_eq!(
+                Path::new(&mount.mount_path).join(&item.path),
+                Path::new(file)
+            );
+            let env = env_of(&pod.containers[0]);
+            let want = binary_reads(all, flag).then(|| file.to_string());
+            assert_eq!(env.get(flag.env).and_then(|e| e.value.clone()), want);
+        }
+        assert!(
+            volume_of(&proxy, "redis-ca").is_none(),
+            "proxies need no redis"
+        );
+    }
+
+    #[test]
+    fn the_proxy_grace_period_exceeds_its_drain_and_hard_deadline_at_the_schema_extremes() {
+        // After SIGTERM (which follows the preStop sleep) the proxy waits the drain, then resets
+        // every remaining client at once and exits by its hard deadline: the kubelet must wait
+        // longer than all of that.
+        let hard_deadline =
+            i64::try_from(wscluster_proxy::cli::HARD_DEADLINE_EXTRA.as_secs()).expect("seconds");
+        for drain in [0, 1, 30, 3600] {
+            let mut c = WsCluster::test();
+            c.spec.drain_timeout_seconds = drain;
+            let grace = pod_of_proxy(&c)
+                .termination_grace_period_seconds
+                .expect("grace");
+            let needed = PROXY_PRESTOP_SLEEP_SECONDS + i64::from(drain) + hard_deadline;
+            assert!(grace > needed, "drain {drain}: grace {grace} <= {needed}");
+        }
+        let pod = pod_of_proxy(&WsCluster::test());
+        // 5 s preStop + 30 s drain + the proxy's 15 s hard deadline + 5 s margin.
+        assert_eq!(pod.termination_grace_period_seconds, Some(55));
+        let sleep = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(sleep, Some(PROXY_PRESTOP_SLEEP_SECONDS));
+        let node = pod_of_node(&WsCluster::test());
+        assert!(node.termination_grace_period_seconds > Some(NODE_GRACE_PERIOD_SECONDS));
+    }
+
+    #[test]
+    fn a_pod_template_adds_to_the_pods_and_never_replaces_the_operators_parts() {
+        use crate::crd::{PodTemplate, ProbeTimings};
+        use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, LocalObjectReference, Toleration};
+        let user = PodTemplate {
+            labels: BTreeMap::from([("team".into(), "chat".into())]),
+            annotations: BTreeMap::from([("a".into(), "b".into())]),
+            node_selector: BTreeMap::from([("pool".into(), "ws".into())]),
+            tolerations: vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }],
+            priority_class_name: Some("high".into()),
+            image_pull_secrets: vec![LocalObjectReference {
+                name: "regcred".into(),
+            }],
+            volumes: vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            }],
+            volume_mounts: vec![VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            }],
+            command: vec!["/app/server".into()],
+            args: vec!["--verbose".into()],
+            startup_probe: Some(ProbeTimings {
+                failure_threshold: Some(60),
+                ..ProbeTimings::default()
+            }),
+            readiness_probe: Some(ProbeTimings {
+                period_seconds: Some(5),
+                ..ProbeTimings::default()
+            }),
+            ..PodTemplate::default()
+        };
+        let mut c = WsCluster::test();
+        c.spec.node.pod = user.clone();
+        c.spec.node.service_account_name = Some("app".into());
+        c.spec.proxy.pod = user;
+        let sts = node_statefulset(&c, &settings(), 1).expect("sts");
+        let dep = proxy_deployment(&c, &settings(), "h").expect("dep");
+        let templates = [
+            sts.spec.expect("spec").template,
+            dep.spec.expect("spec").template,
+        ];
+        for (t, component) in templates
+            .into_iter()
+            .zip([Component::Node, Component::Proxy])
+        {
+            let meta = t.metadata.expect("meta");
+            let labels = meta.labels.expect("labels");
+            assert_eq!(labels["team"], "chat");
+            assert_eq!(labels[labels::COMPONENT], component.as_str());
+            assert_eq!(meta.annotations.expect("annotations")["a"], "b");
+            let pod = t.spec.expect("pod");
+            assert_eq!(pod.node_selector.as_ref().expect("selector")["pool"], "ws");
+            assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+            assert_eq!(
+                pod.image_pull_secrets.as_ref().expect("pull")[0].name,
+                "regcred"
+            );
+            assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+            assert!(volume_of(&pod, "tmp").is_some());
+            assert!(
+                volume_of(&pod, "ring-token").is_some(),
+                "the operator's stay"
+            );
+            assert_eq!(pod.security_context, Some(restricted_pod()));
+            let container = &pod.containers[0];
+            assert_eq!(mount_of(&pod, "tmp").mount_path, "/tmp");
+            assert_eq!(container.command, Some(vec!["/app/server".to_string()]));
+            assert_eq!(container.args, Some(vec!["--verbose".to_string()]));
+            assert_eq!(container.security_context, Some(restricted_container()));
+            let ready = container.readiness_probe.as_ref().expect("readiness");
+            assert_eq!(ready.period_seconds, Some(5));
+            assert!(ready.http_get.is_some(), "the operator's endpoint stays");
+            let startup = container.startup_probe.as_ref().expect("startup");
+            assert_eq!(startup.failure_threshold, Some(60));
+            assert_eq!(
+                startup.http_get.as_ref().map(|h| h.port.clone()),
+                container
+                    .liveness_probe
+                    .as_ref()
+                    .and_then(|p| p.http_get.as_ref())
+                    .map(|h| h.port.clone())
+            );
+            let spread = pod.topology_spread_constraints.expect("spread");
+            assert_eq!(spread.len(), 2, "defaults kept when the user gives none");
+        }
+        assert_eq!(pod_of_node(&c).service_account_name.as_deref(), Some("app"));
+        assert_eq!(pod_of_node(&c).automount_service_account_token, Some(false));
+        assert_eq!(
+            pod_of_node(&WsCluster::test()).containers[0].startup_probe,
+            None
+        );
+    }
+
+    #[test]
+    fn pods_spread_over_hosts_and_zones_unless_the_user_gives_a_spread() {
+        let c = WsCluster::test();
+        for (pod, component) in [
+            (pod_of_node(&c), Component::Node),
+            (pod_of_proxy(&c), Component::Proxy),
+        ] {
+            let spread = pod.topology_spread_constraints.expect("spread");
+            let keys: Vec<_> = spread.iter().map(|s| s.topology_key.as_str()).collect();
+            assert_eq!(
+                keys,
+                ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+            );
+            for s in &spread {
+                assert_eq!(s.when_unsatisfiable, "ScheduleAnyway");
+                assert_eq!(s.max_skew, 1);
+                let selector = s
+                    .label_selector
+                    .as_ref()
+                    .and_then(|l| l.match_labels.clone());
+                let cluster = ClusterRef::of(&c).expect("ref");
+                assert_eq!(selector, Some(cluster.selector_labels(component)));
+            }
+        }
+        let mut own = WsCluster::test();
+        own.spec.proxy.pod.topology_spread_constraints = vec![TopologySpreadConstraint {
+            max_skew: 2,
+            topology_key: "rack".into(),
+            when_unsatisfiable: "DoNotSchedule".into(),
+            ..TopologySpreadConstraint::default()
+        }];
+        let spread = pod_of_proxy(&own)
+            .topology_spread_constraints
+            .expect("spread");
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].topology_key, "rack");
+    }
+
+    #[test]
+    fn the_client_service_passes_the_users_exposure_settings_through() {
+        use crate::crd::{IpFamily, IpFamilyPolicy, ServiceType, TrafficPolicy};
+        let mut c = WsCluster::test();
+        let p = &mut c.spec.proxy;
+        p.service_type = ServiceType::LoadBalancer;
+        p.service_annotations = BTreeMap::from([("lb.example/internal".into(), "true".into())]);
+        p.load_balancer_source_ranges = vec!["10.0.0.0/8".into()];
+        p.external_traffic_policy = Some(TrafficPolicy::Local);
+        p.ip_families = vec![IpFamily::IPv6, IpFamily::IPv4];
+        p.ip_family_policy = Some(IpFamilyPolicy::PreferDualStack);
+        let svc = proxy_service(&c).expect("svc");
+        let annotations = svc.metadata.annotations.expect("annotations");
+        assert_eq!(annotations["lb.example/internal"], "true");
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(
+            spec.load_balancer_source_ranges,
+            Some(vec!["10.0.0.0/8".to_string()])
+        );
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(
+            spec.ip_families,
+            Some(vec!["IPv6".to_string(), "IPv4".to_string()])
+        );
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("PreferDualStack"));
+        let plain = proxy_service(&WsCluster::test()).expect("svc");
+        assert_eq!(plain.metadata.annotations, None);
+        let spec = plain.spec.expect("spec");
+        assert_eq!(
+            (
+                spec.load_balancer_source_ranges,
+                spec.external_traffic_policy,
+                spec.ip_families
+            ),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn proxies_may_lose_one_pod_at_a_time_to_voluntary_disruption() {
+        let pdb = proxy_pdb(&WsCluster::test()).expect("pdb");
+        assert_eq!(pdb.metadata.name.as_deref(), Some("chat-proxy"));
+        let spec = pdb.spec.expect("spec");
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        let cluster = ClusterRef::of(&WsCluster::test()).expect("ref");
+        assert_eq!(
+            spec.selector.and_then(|s| s.match_labels),
+            Some(cluster.selector_labels(Component::Proxy))
+        );
+    }
+
+    #[test]
+    fn pods_log_json_unless_the_spec_says_text() {
+        let mut c = WsCluster::test();
+        for (format, want) in [
+            (crate::crd::LogFormat::Json, "json"),
+            (crate::crd::LogFormat::Text, "text"),
+        ] {
+            c.spec.log_format = format;
+            for pod in [pod_of_node(&c), pod_of_proxy(&c)] {
+                let env = env_of(&pod.containers[0]);
+                assert_eq!(env[flags::LOG_FORMAT.env].value.as_deref(), Some(want));
+            }
+        }
     }
 }

@@ -225,6 +225,12 @@ fn start_election(
     let (Some(namespace), Some(identity)) = (&config.lease_namespace, &config.pod_name) else {
         warn!("no --lease-namespace/--pod-name: running without leader election");
         leader.send_replace(true);
+        // Held until the election would stop: a dropped sender reads as lost leadership and
+        // would stop the controller as soon as it started.
+        tracker.spawn(async move {
+            stop.cancelled().await;
+            drop(leader);
+        });
         return;
     };
     let elector = LeaderElector {

@@ -3,8 +3,11 @@
 //! `ProxyConfig::validate`, on the configuration rendered from them. Pure; a failure becomes a
 //! `Degraded` condition with reason `InvalidSpec`, never a crash, and touches no other cluster.
 
-use crate::crd::{MAX_NODE_LIMIT, SecretKeyRef, WsClusterSpec};
-use crate::resources::{RESERVED_ENV, proxy_config};
+use crate::crd::{
+    MAX_NODE_LIMIT, OPERATOR_LABELS, OPERATOR_MOUNT_ROOTS, OPERATOR_VOLUMES, PodTemplate,
+    SecretKeyRef, WsClusterSpec, WsClusterStatus,
+};
+use crate::resources::{CONFIG_HASH_ANNOTATION, RESERVED_ENV, proxy_config};
 
 /// A Secret key the spec depends on, and what for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,32 @@ pub fn referenced_secrets(spec: &WsClusterSpec) -> Vec<SecretUse> {
             uses.push(SecretUse { secret, field });
         }
     }
+    for (conn, field) in [
+        (&spec.redis, "redis.caSecretRef"),
+        (&spec.rabbitmq, "rabbitmq.caSecretRef"),
+    ] {
+        if let Some(secret) = conn.as_ref().and_then(|c| c.ca_secret_ref.clone()) {
+            uses.push(SecretUse { secret, field });
+        }
+    }
+    if let Some(tls) = &spec.proxy.tls {
+        let sni = tls
+            .sni_secret_refs
+            .iter()
+            .map(|s| (s, "proxy.tls.sniSecretRefs"));
+        for (secret, field) in std::iter::once((&tls.secret_ref, "proxy.tls.secretRef")).chain(sni)
+        {
+            for key in ["tls.crt", "tls.key"] {
+                uses.push(SecretUse {
+                    secret: SecretKeyRef {
+                        name: secret.name.clone(),
+                        key: key.into(),
+                    },
+                    field,
+                });
+            }
+        }
+    }
     uses
 }
 
@@ -48,6 +77,9 @@ pub fn validate_spec(spec: &WsClusterSpec) -> Result<(), String> {
         {
             return Err(format!("{field}: set exactly one of url or secretRef"));
         }
+        if let Some(c) = conn {
+            c.check_cluster(field)?;
+        }
     }
     for (env, field) in [(&spec.node.env, "node.env"), (&spec.proxy.env, "proxy.env")] {
         if let Some(e) = env.iter().find(|e| RESERVED_ENV.contains(&e.name.as_str())) {
@@ -57,7 +89,73 @@ pub fn validate_spec(spec: &WsClusterSpec) -> Result<(), String> {
             ));
         }
     }
-    validate_node_limits(spec)
+    validate_node_limits(spec)?;
+    validate_pod_template(&spec.node.pod, "node.pod")?;
+    validate_pod_template(&spec.proxy.pod, "proxy.pod")
+}
+
+/// The pod template rules the CRD's CEL also states: nothing a user adds may take a label,
+/// annotation, volume name or mount directory of the operator's.
+pub fn validate_pod_template(t: &PodTemplate, field: &str) -> Result<(), String> {
+    if let Some(k) = t
+        .labels
+        .keys()
+        .find(|k| OPERATOR_LABELS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "{field}.labels sets {k}, which the operator sets itself"
+        ));
+    }
+    if t.annotations.contains_key(CONFIG_HASH_ANNOTATION) {
+        return Err(format!(
+            "{field}.annotations sets {CONFIG_HASH_ANNOTATION}, which the operator sets itself"
+        ));
+    }
+    if let Some(v) = t
+        .volumes
+        .iter()
+        .find(|v| OPERATOR_VOLUMES.contains(&v.name.as_str()))
+    {
+        return Err(format!(
+            "{field}.volumes uses the name {}, which the operator uses",
+            v.name
+        ));
+    }
+    for m in &t.volume_mounts {
+        let inside =
+            |root: &&&str| m.mount_path == **root || m.mount_path.starts_with(&format!("{root}/"));
+        if let Some(root) = OPERATOR_MOUNT_ROOTS.iter().find(inside) {
+            return Err(format!(
+                "{field}.volumeMounts mounts {} inside {root}, which the operator uses",
+                m.mount_path
+            ));
+        }
+        if !t.volumes.iter().any(|v| v.name == m.name) {
+            return Err(format!(
+                "{field}.volumeMounts names {}, which is not in {field}.volumes",
+                m.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `ring.slots` against the slot count of the ring last published (`status.ringSlots`): a
+/// change remaps most keys, so it needs `ring.allowRemap: true`. The CRD's CEL transition rule
+/// says the same at apply time; this covers an API server without it, and a status written
+/// before the rule existed.
+pub fn validate_ring_change(
+    spec: &WsClusterSpec,
+    status: Option<&WsClusterStatus>,
+) -> Result<(), String> {
+    match status.and_then(|s| s.ring_slots) {
+        Some(published) if published != spec.ring.slots && !spec.ring.allow_remap => Err(format!(
+            "ring.slots is {}, but the published ring has {published} slots: a new slot count \
+             remaps most keys; set ring.allowRemap: true to change it on purpose",
+            spec.ring.slots
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The node-side limits: each, when set, within its range; a policy needs a cap to apply to.
@@ -184,13 +282,17 @@ mod tests {
             key: "url".into(),
         };
         spec.redis = Some(ConnectionSpec {
+            cluster: false,
             url: Some("redis://x".into()),
             secret_ref: Some(secret.clone()),
+            ca_secret_ref: None,
         });
         assert!(validate_spec(&spec).is_err());
         spec.redis = Some(ConnectionSpec {
+            cluster: false,
             url: None,
             secret_ref: Some(secret.clone()),
+            ca_secret_ref: None,
         });
         assert_eq!(validate_spec(&spec), Ok(()));
         assert_eq!(
@@ -297,5 +399,147 @@ mod tests {
         }
         // resets: 2 + 1 maximum; limits: 6 minimums + 1 maximum.
         assert!(checked >= 10, "only {checked} bounds found");
+    }
+
+    #[test]
+    fn a_pod_template_that_would_collide_with_the_operator_is_refused_naming_the_field() {
+        use k8s_openapi::api::core::v1::{Volume, VolumeMount};
+        type Break = fn(&mut WsClusterSpec);
+        let cases: [(Break, &str); 6] = [
+            (
+                |s| {
+                    s.node
+                        .pod
+                        .labels
+                        .insert("app.kubernetes.io/component".into(), "x".into());
+                },
+                "node.pod.labels sets app.kubernetes.io/component",
+            ),
+            (
+                |s| {
+                    s.proxy
+                        .pod
+                        .annotations
+                        .insert(CONFIG_HASH_ANNOTATION.into(), "x".into());
+                },
+                "proxy.pod.annotations sets wscluster.io/config-hash",
+            ),
+            (
+                |s| {
+                    s.proxy.pod.volumes.push(Volume {
+                        name: "ring-token".into(),
+                        ..Volume::default()
+                    })
+                },
+                "proxy.pod.volumes uses the name ring-token",
+            ),
+            (
+                |s| {
+                    s.node.pod.volumes.push(Volume {
+                        name: "data".into(),
+                        ..Volume::default()
+                    });
+                    s.node.pod.volume_mounts.push(VolumeMount {
+                        name: "data".into(),
+                        mount_path: "/etc/wscluster/tls".into(),
+                        ..VolumeMount::default()
+                    });
+                },
+                "node.pod.volumeMounts mounts /etc/wscluster/tls inside /etc/wscluster",
+            ),
+            (
+                |s| {
+                    s.node.pod.volume_mounts.push(VolumeMount {
+                        name: "data".into(),
+                        mount_path: "/data".into(),
+                        ..VolumeMount::default()
+                    });
+                },
+                "node.pod.volumeMounts names data, which is not in node.pod.volumes",
+            ),
+            (
+                |s| {
+                    s.node.env.push(EnvVar {
+                        name: "WSCLUSTER_LOG_FORMAT".into(),
+                        ..EnvVar::default()
+                    });
+                },
+                "node.env sets WSCLUSTER_LOG_FORMAT",
+            ),
+        ];
+        for (bad, message) in cases {
+            let mut spec = WsClusterSpec::default();
+            bad(&mut spec);
+            let err = validate_spec(&spec).expect_err(message);
+            assert!(err.starts_with(message), "{err}");
+        }
+        let mut fine = WsClusterSpec::default();
+        fine.node.pod.volumes.push(Volume {
+            name: "data".into(),
+            ..Volume::default()
+        });
+        fine.node.pod.volume_mounts.push(VolumeMount {
+            name: "data".into(),
+            mount_path: "/etc/wscluster-app".into(),
+            ..VolumeMount::default()
+        });
+        assert_eq!(validate_spec(&fine), Ok(()));
+    }
+
+    #[test]
+    fn a_slot_change_needs_allow_remap() {
+        let mut spec = WsClusterSpec::default();
+        let status = WsClusterStatus {
+            ring_slots: Some(spec.ring.slots),
+            ..WsClusterStatus::default()
+        };
+        assert_eq!(validate_ring_change(&spec, Some(&status)), Ok(()));
+        assert_eq!(validate_ring_change(&spec, None), Ok(()));
+        spec.ring.slots *= 2;
+        let err = validate_ring_change(&spec, Some(&status)).expect_err("remap");
+        assert!(err.contains("ring.allowRemap: true"), "{err}");
+        spec.ring.allow_remap = true;
+        assert_eq!(validate_ring_change(&spec, Some(&status)), Ok(()));
+    }
+
+    #[test]
+    fn tls_and_ca_secrets_are_checked_before_the_pods_need_them() {
+        let mut spec = WsClusterSpec::default();
+        spec.proxy.tls = Some(crate::crd::ProxyTls {
+            secret_ref: crate::crd::SecretRef {
+                name: "edge".into(),
+            },
+            port: 8443,
+            sni_secret_refs: Vec::new(),
+        });
+        spec.redis = Some(ConnectionSpec {
+            cluster: false,
+            url: Some("rediss://r:6380".into()),
+            secret_ref: None,
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into(),
+            }),
+        });
+        let uses: Vec<(String, String, &str)> = referenced_secrets(&spec)
+            .into_iter()
+            .map(|u| (u.secret.name, u.secret.key, u.field))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                ("ca".to_string(), "ca.crt".to_string(), "redis.caSecretRef"),
+                (
+                    "edge".to_string(),
+                    "tls.crt".to_string(),
+                    "proxy.tls.secretRef"
+                ),
+                (
+                    "edge".to_string(),
+                    "tls.key".to_string(),
+                    "proxy.tls.secretRef"
+                ),
+            ]
+        );
     }
 }

@@ -107,6 +107,10 @@ pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
     server
         .apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/chat-node")
         .await;
+    let proxy_pdb = server
+        .apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/chat-proxy")
+        .await;
+    assert_eq!(proxy_pdb["spec"]["maxUnavailable"], 1);
     let policy = server
         .apply("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/chat-node")
         .await;
@@ -157,6 +161,14 @@ pub(super) async fn standard(server: &mut ApiServer, o: Observed) -> Applied {
                 "metadata": {}, "items": o.slices}),
     );
     let status = server.apply_status().await;
+    let ring_file = server.apply(&format!("{NS}/configmaps/chat-ring")).await;
+    let text = ring_file["data"]["ring.json"].as_str().expect("ring.json");
+    let written = wscluster_ring::RingSnapshot::from_json(text).expect("the --ring-file format");
+    assert_eq!(
+        i64::try_from(written.version).ok(),
+        status["status"]["ringVersion"].as_i64(),
+        "the fallback ring file holds the ring the status records"
+    );
     Applied {
         secret,
         statefulset,
@@ -587,11 +599,10 @@ async fn a_secret_without_the_key_is_reported_by_name_and_key() {
     );
 }
 
-#[tokio::test]
-async fn an_invalid_spec_is_degraded_without_any_read() {
+/// Reconciles `obj`, expecting its first request to be the status apply and its second an
+/// `InvalidSpec` event (nothing read or applied before them): the status written.
+async fn invalid_spec_status(obj: WsCluster) -> String {
     let (ctx, mut server) = mock_context(FakeHub::new(), TestClock::new());
-    let mut obj = WsCluster::test();
-    obj.spec.key_sources[0].query = Some("also".into());
     let (result, status) = run(obj, ctx, async move {
         let status = server.apply_status().await;
         assert_eq!(server.event().await.1, "InvalidSpec");
@@ -599,10 +610,26 @@ async fn an_invalid_spec_is_degraded_without_any_read() {
     })
     .await;
     result.expect("handled");
-    assert!(
-        status.to_string().contains("keySources[0] sets 2"),
-        "{status}"
-    );
+    status.to_string()
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_degraded_without_any_read() {
+    let mut obj = WsCluster::test();
+    obj.spec.key_sources[0].query = Some("also".into());
+    let status = invalid_spec_status(obj).await;
+    assert!(status.contains("keySources[0] sets 2"), "{status}");
+}
+
+#[tokio::test]
+async fn a_slot_change_without_allow_remap_is_degraded_and_keeps_the_published_ring() {
+    let mut obj = WsCluster::test().with_status(WsClusterStatus {
+        ring_slots: Some(65536),
+        ..WsClusterStatus::default()
+    });
+    obj.spec.ring.slots = 131072;
+    let status = invalid_spec_status(obj).await;
+    assert!(status.contains("ring.allowRemap: true"), "{status}");
 }
 
 #[tokio::test]

@@ -83,6 +83,11 @@ pub struct Children {
 }
 
 impl Children {
+    /// The fallback ring file every child reads beside the ring stream.
+    pub fn ring_file(&self) -> std::path::PathBuf {
+        self.settings.ring_file()
+    }
+
     /// No children yet.
     pub fn new(
         settings: Arc<Settings>,

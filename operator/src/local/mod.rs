@@ -45,8 +45,10 @@ use self::supervisor::Supervisor;
 
 /// Largest node count local mode runs: enough to show scaling, small enough for one laptop.
 pub const MAX_REPLICAS: u32 = 16;
-/// Largest proxy count local mode runs.
-pub const MAX_PROXIES: u32 = 8;
+/// Largest proxy count local mode runs. A proxy holds two descriptors per client (client side
+/// and upstream), so under a 20,000-file limit one proxy holds under 10,000 clients: 100,000
+/// clients on one machine need at least 11 (docs/local.md, "100,000 clients").
+pub const MAX_PROXIES: u32 = 16;
 
 /// Flags of `wscluster-operator local`.
 #[derive(Args, Debug, Clone)]
@@ -54,7 +56,7 @@ pub struct LocalArgs {
     /// Nodes to start with (1 to 16).
     #[arg(long, env = "WSCLUSTER_NODES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_REPLICAS)))]
     pub nodes: u32,
-    /// Proxy processes (1 to 8); clients may use any of them.
+    /// Proxy processes (1 to 16); clients may use any of them.
     #[arg(long, env = "WSCLUSTER_PROXIES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PROXIES)))]
     pub proxies: u32,
     /// Where the control API and the demo page listen.

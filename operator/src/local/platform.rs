@@ -10,6 +10,8 @@
 use std::future::Future;
 
 use crate::converge::{NodeCounts, Platform};
+use wscluster_ring::RingSnapshot;
+
 use crate::crd::WsClusterStatus;
 use crate::error::Result;
 use crate::membership::Endpoint;
@@ -26,6 +28,8 @@ pub struct LocalPlatform {
     pub node_replicas: Option<i32>,
     /// The status the last pass recorded (the drain in progress, the last ring).
     pub status: Option<WsClusterStatus>,
+    /// The ring version last written to the fallback ring file (written once per version).
+    ring_file_version: Option<u64>,
 }
 
 impl LocalPlatform {
@@ -35,6 +39,7 @@ impl LocalPlatform {
             children,
             node_replicas: None,
             status: None,
+            ring_file_version: None,
         }
     }
 
@@ -127,6 +132,34 @@ impl Platform for LocalPlatform {
         self.status = Some(status.clone());
         std::future::ready(Ok(()))
     }
+
+    /// Writes `ring.json` in the run directory, the children's `--ring-file`, once per
+    /// version: to a temporary file renamed over it, so a reader never sees half a ring.
+    fn record_ring(&mut self, snapshot: &RingSnapshot) -> impl Future<Output = Result<()>> + Send {
+        if self.ring_file_version == Some(snapshot.version) {
+            return std::future::ready(Ok(()));
+        }
+        let path = self.children.ring_file();
+        let written = write_ring_file(&path, snapshot);
+        match &written {
+            Ok(()) => self.ring_file_version = Some(snapshot.version),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the fallback ring file");
+            }
+        }
+        std::future::ready(written)
+    }
+}
+
+/// Writes `snapshot` to `path` atomically (a sibling temporary file renamed over it).
+fn write_ring_file(path: &std::path::Path, snapshot: &RingSnapshot) -> Result<()> {
+    let temporary = path.with_extension("json.tmp");
+    let io = |source: std::io::Error| crate::Error::RingFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&temporary, snapshot.to_json()).map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)
 }
 
 /// Sessions from the children's own `/count` probes, so a pass never waits on HTTP. A node

@@ -65,6 +65,14 @@ impl Settings {
         format!("http://{}", self.ring_addr)
     }
 
+    /// The fallback ring file (`ring.json` in the run directory): the supervisor writes every
+    /// ring it publishes there, and children read it beside the stream (`--ring-file`), so a
+    /// child started while the authority is down routes on the last ring, as a pod mounting the
+    /// operator's ring ConfigMap does.
+    pub fn ring_file(&self) -> PathBuf {
+        self.log_dir.join("ring.json")
+    }
+
     /// The environment a child of `kind` gets: its kind's ring stream token (never on a
     /// command line, where `ps` would show it).
     fn child_env(&self, kind: SubscriberKind) -> Vec<(String, String)> {
@@ -83,6 +91,7 @@ impl Settings {
             .push(node::ID, &node_id(ordinal))
             .push(node::CLUSTER_ID, &self.cluster_id)
             .push(node::RING_URL, &self.ring_url())
+            .push(node::RING_FILE, &self.ring_file().display().to_string())
             .push(
                 node::GRACE_PERIOD_SECONDS,
                 &self.node_grace.as_secs().to_string(),
@@ -130,7 +139,8 @@ impl Settings {
             .push(proxy::ADMIN_LISTEN, &admin.to_string())
             .push(proxy::ID, &id)
             .push(proxy::CLUSTER_ID, &self.cluster_id)
-            .push(proxy::RING_URL, &self.ring_url());
+            .push(proxy::RING_URL, &self.ring_url())
+            .push(proxy::RING_FILE, &self.ring_file().display().to_string());
         // Keyless plain HTTP (the demo page and its API) reaches the control server through
         // the proxy, so the page is served at the proxy's root.
         if let Some(control) = self.control_url.strip_prefix("http://") {

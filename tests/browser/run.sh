@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the browser test of the local demo page. Installs Debian's Chromium and the npm
+# Runs the browser tests: the local demo page, and wss:// through the proxy's TLS listener. Installs Debian's Chromium and the npm
 # dependencies (playwright-core only; no browser download) when missing.
 #
 # Env: WSCLUSTER_OPERATOR_BIN (default $CARGO_TARGET_DIR or target/, then debug/wscluster-operator;
@@ -15,4 +15,5 @@ fi
 if [ ! -d node_modules/playwright-core ]; then
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent
 fi
-exec node demo.test.js
+node demo.test.js
+exec node wss.test.js

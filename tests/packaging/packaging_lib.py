@@ -39,6 +39,11 @@ KUBE_VERSIONS = ("1.30.0", "1.37.0")
 #: Values that switch on every optional part of the chart.
 ALL_ON_VALUES: dict[str, Any] = {
     "serviceMonitor": {"enabled": True},
+    "monitoring": {
+        "dashboards": {"enabled": True},
+        "alerts": {"enabled": True},
+        "podMonitors": {"enabled": True},
+    },
     "examples": {
         "redis": {"enabled": True},
         "rabbitmq": {"enabled": True},
@@ -79,6 +84,11 @@ EVERY_KNOB_VALUES: dict[str, Any] = {
 NON_CORE_KINDS = {
     ("wscluster.io/v1alpha1", "WsCluster"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    # prometheus-operator's; their structure is checked by test_monitoring.py.
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    # cert-manager's; deploy/examples/tls-certificate.yaml is checked by test_tls.py.
+    ("cert-manager.io/v1", "Certificate"),
 }
 
 #: Order `kubectl apply -f deploy/` objects are written in (Helm's install order).
@@ -123,6 +133,18 @@ def render(
 ) -> dict[str, str]:
     """Render the chart as `helm install` would (offline); template path -> manifest text."""
     return chart.render(values or {}, name=release, namespace=namespace, is_install=True)
+
+
+def assert_values_refused(chart: Any, values: dict[str, Any], path: str, words: str) -> None:
+    """Rendering with `values` fails the chart's values schema with a message that names the
+    key (`path`, e.g. `/monitoring/alerts/rules`) and says why (`words`)."""
+    import pytest
+    from helm_python import HelmValuesError
+
+    with pytest.raises(HelmValuesError) as refused:
+        render(chart, values)
+    message = str(refused.value)
+    assert path in message and words in message, message
 
 
 def split_documents(text: str) -> list[str]:

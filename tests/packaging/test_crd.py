@@ -134,8 +134,19 @@ def test_the_charts_sample_wscluster_validates_against_the_crd(crd: dict[str, An
     assert lib.custom_resource_problems(crd, samples[0]) == []
 
 
-#: Fields of Kubernetes' own types (ResourceRequirements, EnvVar) the example need not enumerate.
-FOREIGN_FIELDS = ("resources", "env")
+#: Fields of Kubernetes' own types (ResourceRequirements, EnvVar, the pod template's Affinity,
+#: Volume, ...) the example need not enumerate.
+FOREIGN_FIELDS = (
+    "resources",
+    "env",
+    "affinity",
+    "tolerations",
+    "topologySpreadConstraints",
+    "imagePullSecrets",
+    "envFrom",
+    "volumes",
+    "volumeMounts",
+)
 
 
 def schema_fields(node: dict[str, Any], prefix: str = "") -> list[tuple[str, tuple[str, str]]]:
@@ -218,6 +229,16 @@ def test_a_wscluster_breaking_the_crds_cel_rules_is_rejected_with_each_rules_mes
         "spec.keySources.1: path must start with / and contain {key} exactly once, as a whole segment",
         "spec.keySources.2: a keySource sets exactly one of path, query, header, cookie, jwt",
         "spec.rabbitmq: set exactly one of url or secretRef",
+        "spec.redis: caSecretRef needs a TLS url (rediss:// or amqps://)",
+        "spec.proxy: loadBalancerSourceRanges needs serviceType LoadBalancer",
+        "spec.proxy: externalTrafficPolicy needs serviceType NodePort or LoadBalancer",
+        "spec.proxy: two ipFamilies must differ and need ipFamilyPolicy PreferDualStack or RequireDualStack",
+        "spec.proxy: tls.port must differ from servicePort",
+        "spec.proxy.pod: pod.labels must not set an app.kubernetes.io label the operator sets (name, instance, component, part-of, managed-by)",
+        "spec.proxy.pod: pod.annotations must not set wscluster.io/config-hash",
+        "spec.proxy.pod: pod.volumes must not use a volume name the operator uses (ring-token, proxy-secret, api-keys, config, jwt-key, tls, tls-sni, redis-ca, amqp-ca, ring)",
+        "spec.proxy.pod: pod.volumeMounts must not mount inside /etc/wscluster or /var/run/wscluster",
+        "spec.node.pod: every pod.volumeMounts[].name must name an entry of pod.volumes",
     ])
 
 

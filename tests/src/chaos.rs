@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use load::{BroadcastLoad, Outcome, SendLoad, SendLog, Sent};
-pub use services::{PrivateRabbit, PrivateRedis, pid_listening, signal_pid};
+pub use services::{PrivateRabbit, PrivateRedis, ServerTls, pid_listening, signal_pid};
 pub use tally::Tally;
 
 use crate::client::Record;

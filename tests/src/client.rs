@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::{
     CLOSE_POLICY, CLOSE_REPLACED, ClientMessage, MessageKind, ReadyFrame, ResetFrame,
@@ -23,6 +24,10 @@ pub const HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
 const BACKOFF_FIRST_MS: u64 = 100;
 /// Longest wait after repeated unexpected drops.
 const BACKOFF_MAX_MS: u64 = 2_000;
+/// Read buffer of each client's WebSocket. tungstenite's default (128 KiB, allocated up front)
+/// would make 16,000 clients in one process (`wscluster-clients`) hold 2 GiB of buffers for
+/// frames of a few hundred bytes; a larger frame still arrives, the buffer grows.
+const READ_BUFFER_BYTES: usize = 4096;
 /// The node's notice that a session is open and replayed.
 const READY_NOTICE: &str = "ready";
 
@@ -236,9 +241,10 @@ impl Client {
     }
 
     async fn session(&self, url: &str) -> SessionEnd {
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
         let handshake = tokio::time::timeout(
             Duration::from_secs(HANDSHAKE_TIMEOUT_SECONDS),
-            tokio_tungstenite::connect_async(url),
+            tokio_tungstenite::connect_async_with_config(url, Some(config), false),
         );
         let mut ws = match handshake.await {
             Ok(Ok((ws, _))) => ws,

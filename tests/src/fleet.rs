@@ -1,6 +1,8 @@
 //! Many [`Client`]s spread over the proxies, and the messages sent to them through `/send`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -18,6 +20,8 @@ use crate::wait::wait_for;
 pub const SEND_RETRY_SECONDS: u64 = 20;
 /// Pause between two attempts of one send.
 const SEND_RETRY_PAUSE_MS: u64 = 100;
+/// Batches a second [`Fleet::connect_paced`] opens its clients in.
+const PACING_TICKS_PER_SECOND: usize = 20;
 /// Users named in a "still waiting" error.
 const EXAMPLES_IN_ERRORS: usize = 5;
 
@@ -34,17 +38,35 @@ impl Fleet {
     /// (`http://` base URLs), falling over to the next proxy after an unexpected drop.
     pub fn connect(prefix: &str, count: usize, proxies: &[String]) -> Fleet {
         let stop = CancellationToken::new();
-        let ws: Vec<String> = proxies
-            .iter()
-            .map(|p| p.replacen("http://", "ws://", 1))
-            .collect();
+        let ws = ws_urls(proxies);
         let clients = (0..count)
-            .map(|i| {
-                let client = Client::new(format!("{prefix}-{i}"));
-                tokio::spawn(client.clone().run(ws.clone(), i, stop.clone()));
-                client
-            })
+            .map(|i| spawn_client(format!("{prefix}-{i}"), &ws, i, &stop))
             .collect();
+        Fleet { clients, stop }
+    }
+
+    /// Connects users `<prefix>-<i>` for `i` in `users` (client `i` through proxy
+    /// `i % proxies`), opening at most `per_second` a second: tens of thousands of clients
+    /// started at once overflow the proxies' accept backlogs and spend their first seconds
+    /// in SYN retries, which measures the kernel rather than the system.
+    pub async fn connect_paced(
+        prefix: &str,
+        users: Range<usize>,
+        proxies: &[String],
+        per_second: NonZeroU32,
+    ) -> Fleet {
+        let stop = CancellationToken::new();
+        let ws = ws_urls(proxies);
+        let per_tick = (per_second.get() as usize / PACING_TICKS_PER_SECOND).max(1);
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(1) / PACING_TICKS_PER_SECOND as u32);
+        let mut clients = Vec::with_capacity(users.len());
+        for i in users {
+            if clients.len() % per_tick == 0 {
+                tick.tick().await;
+            }
+            clients.push(spawn_client(format!("{prefix}-{i}"), &ws, i, &stop));
+        }
         Fleet { clients, stop }
     }
 
@@ -144,6 +166,21 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// `ws://` base URLs of the proxies' `http://` ones.
+fn ws_urls(proxies: &[String]) -> Vec<String> {
+    proxies
+        .iter()
+        .map(|p| p.replacen("http://", "ws://", 1))
+        .collect()
+}
+
+/// A client for `user` run in its own task, first through proxy `i % proxies`.
+fn spawn_client(user: String, proxies: &[String], i: usize, stop: &CancellationToken) -> Client {
+    let client = Client::new(user);
+    tokio::spawn(client.clone().run(proxies.to_vec(), i, stop.clone()));
+    client
 }
 
 /// The users whose record holds at least one reset frame.

@@ -12,6 +12,7 @@
 //! | [`scenario`] | [`Scenario`] / [`Started`]: how every e2e test starts, sends rounds, waits for a new ring, and ends |
 //! | [`delivery`] | [`delivery_problems`] / [`ensure_delivered`]: every user got its own messages, all, in order |
 //! | [`wait`] | [`wait_for`] (bounded polling) and [`run_bounded`] (the time bound of every test) |
+//! | [`load_tls`] | how `wscluster-load` opens `ws://` and `wss://` connections (rustls, full or resumed handshakes, counted by kind) |
 //! | [`http`] | requests on hyper-util's client, one connection each |
 //! | [`backends`] | Redis and RabbitMQ reachability, Redis key cleanup |
 //! | [`chaos`] | the chaos suite: private Redis/RabbitMQ it kills, recorded load, the figures ([`chaos::Tally`]) |
@@ -34,6 +35,7 @@ pub mod delivery;
 pub mod env;
 pub mod fleet;
 pub mod http;
+pub mod load_tls;
 pub mod local;
 pub mod scenario;
 pub mod wait;

@@ -141,6 +141,12 @@ pub struct Local {
 impl Local {
     /// Starts local mode and waits until every node is in the ring and every proxy applied it.
     pub async fn start(options: LocalOptions) -> anyhow::Result<Local> {
+        Local::start_within(options, Duration::from_secs(SETTLE_TIMEOUT_SECONDS)).await
+    }
+
+    /// [`Local::start`] waiting up to `settle` for the ring: a dozen proxies and several
+    /// nodes starting on two loaded cores take longer than the tests' handful.
+    pub async fn start_within(options: LocalOptions, settle: Duration) -> anyhow::Result<Local> {
         options.require_backends().await?;
         let log_dir = std::env::temp_dir().join(unique("wscluster-e2e"));
         std::fs::create_dir_all(&log_dir)?;
@@ -153,9 +159,7 @@ impl Local {
             prefix: options.redis_prefix.clone(),
         });
         let nodes = options.nodes as usize;
-        local
-            .wait_settled(nodes, Duration::from_secs(SETTLE_TIMEOUT_SECONDS))
-            .await?;
+        local.wait_settled(nodes, settle).await?;
         Ok(local)
     }
 
@@ -196,6 +200,12 @@ impl Local {
             .addr;
         local.control = format!("http://{address}");
         Ok(local)
+    }
+
+    /// The process id of `wscluster-operator local` while it runs (its children are the nodes
+    /// and proxies), for reading its peak memory from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// `GET /api/state`.

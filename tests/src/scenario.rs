@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use anyhow::Context;
+use hyper::{Method, StatusCode};
+
 use crate::env::env_count;
 use crate::fleet::{Fleet, ServerApi};
 use crate::local::{Local, LocalOptions, settled};
@@ -160,9 +163,123 @@ impl Started {
         }
     }
 
+    /// What the proxies' `/metrics` (admin ports) say about the upgrades they routed to
+    /// `member`, summed over the proxies.
+    pub async fn upgrade_figures(&self, member: &str) -> anyhow::Result<UpgradeFigures> {
+        let state = self.local.state().await?;
+        let admins = state["proxies"]
+            .as_array()
+            .context("no proxies in /api/state")?
+            .iter()
+            .filter_map(|p| p["adminUrl"].as_str());
+        let mut texts = Vec::new();
+        for admin in admins {
+            let url = format!("{admin}/metrics");
+            let r = crate::http::request(Method::GET, &url, None).await?;
+            anyhow::ensure!(r.status == StatusCode::OK, "GET {url}: {}", r.status);
+            texts.push(r.text());
+        }
+        Ok(UpgradeFigures::parse(&texts, member))
+    }
+
     /// Stops the clients, then local mode (see [`Local::stop`]).
     pub async fn finish(self) -> anyhow::Result<()> {
         self.fleet.close();
         self.local.stop().await
+    }
+}
+
+/// The upgrades the proxies routed to one member, from their
+/// `wscluster_proxy_upstream_upgrade_seconds` and `wscluster_proxy_upstream_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpgradeFigures {
+    /// Upgrades it switched.
+    pub upgrades: u64,
+    /// Their 99th percentile latency (connect to 101), ms: the upper bound of the histogram
+    /// bucket it falls in (`None` without upgrades, infinite past the last bound).
+    pub p99_ms: Option<f64>,
+    /// Upgrades it refused (5xx, 429, 421) or did not answer.
+    pub refused: u64,
+}
+
+impl UpgradeFigures {
+    /// Sums the figures of `member` over the proxies' metric texts.
+    pub fn parse(texts: &[String], member: &str) -> UpgradeFigures {
+        let label = format!("member=\"{member}\"");
+        // (bucket bound in seconds, cumulative count), summed over the proxies.
+        let mut buckets: Vec<(f64, u64)> = Vec::new();
+        let mut refused = 0;
+        let samples = texts
+            .iter()
+            .flat_map(|t| t.lines())
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .filter_map(|l| l.rsplit_once(' '));
+        for (series, value) in samples {
+            let count = value.parse::<f64>().unwrap_or(0.0) as u64;
+            if series.starts_with("wscluster_proxy_upstream_refusals_total{") {
+                refused += count;
+            } else if series.starts_with("wscluster_proxy_upstream_upgrade_seconds_bucket{") {
+                let Some(le) = label_value(series, "le") else {
+                    continue;
+                };
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::NAN)
+                };
+                match buckets.iter_mut().find(|(b, _)| *b == bound) {
+                    Some((_, c)) => *c += count,
+                    None => buckets.push((bound, count)),
+                }
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let upgrades = buckets.last().map_or(0, |(_, c)| *c);
+        let rank = (upgrades as f64 * 0.99).ceil() as u64;
+        let p99_ms = (upgrades > 0)
+            .then(|| {
+                buckets
+                    .iter()
+                    .find(|(_, c)| *c >= rank)
+                    .map(|(b, _)| b * 1000.0)
+            })
+            .flatten();
+        UpgradeFigures {
+            upgrades,
+            p99_ms,
+            refused,
+        }
+    }
+}
+
+/// The value of label `name` in a series such as `x_bucket{le="0.05",member="n-3"}`.
+fn label_value<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = series[start..].find('"')?;
+    Some(&series[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_figures_sum_the_proxies_and_take_the_p99_bucket() {
+        let one = "# TYPE x histogram\n\
+            wscluster_proxy_upstream_upgrade_seconds_bucket{member=\"n-3\",le=\"0.01\"} 90\n\
+            wscluster_proxy_upstream_upgrade_seconds_bucket{member=\"n-3\",le=\"0.05\"} 99\n\
+            wscluster_proxy_upstream_upgrade_seconds_bucket{member=\"n-3\",le=\"+Inf\"} 100\n\
+            wscluster_proxy_upstream_upgrade_seconds_bucket{member=\"n-0\",le=\"+Inf\"} 7\n\
+            wscluster_proxy_upstream_refusals_total{member=\"n-3\",kind=\"421\"} 2\n";
+        let two = "wscluster_proxy_upstream_upgrade_seconds_bucket{le=\"0.01\",member=\"n-3\"} 100\n\
+            wscluster_proxy_upstream_upgrade_seconds_bucket{le=\"0.05\",member=\"n-3\"} 100\n\
+            wscluster_proxy_upstream_upgrade_seconds_bucket{le=\"+Inf\",member=\"n-3\"} 100\n";
+        let f = UpgradeFigures::parse(&[one.into(), two.into()], "n-3");
+        assert_eq!(f.upgrades, 200);
+        assert_eq!(f.refused, 2);
+        // 190 of 200 within 10 ms, 199 within 50 ms: the 198th is in the 50 ms bucket.
+        assert_eq!(f.p99_ms, Some(50.0));
+        let none = UpgradeFigures::parse(&[one.into()], "n-9");
+        assert_eq!((none.upgrades, none.p99_ms, none.refused), (0, None, 0));
     }
 }

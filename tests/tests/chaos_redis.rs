@@ -53,6 +53,9 @@ async fn durable(run: ChaosRun) -> anyhow::Result<()> {
     let killed = Instant::now();
     redis.kill().await?;
     outage(&load, killed, run.rate).await;
+    // The outage ends when the restart begins: Redis answers before `restart` returns (it polls
+    // PING), and a send the node was still retrying may be stored then — an honest 2xx.
+    let restarting = Instant::now();
     redis.restart().await?;
     let restarted = Instant::now();
     let back = wait_acknowledged_after(&load, restarted, BACK_WITHIN).await?;
@@ -60,17 +63,21 @@ async fn durable(run: ChaosRun) -> anyhow::Result<()> {
 
     let (log, tally) = settle_sends(load, || s.fleet.records(), |t| t.lost == 0).await;
     let tally = tally.with_recovery(back);
-    let w = answers_between(&log, killed + KILL_MARGIN, restarted, FAIL_FAST);
+    let w = answers_between(&log, killed + KILL_MARGIN, restarting, FAIL_FAST);
+    let starting = answers_between(&log, killed + KILL_MARGIN, restarted, FAIL_FAST);
     println!("{}", tally.line("a-redis-durable", s.clients));
     println!(
         "chaos a-redis-durable outage {:?}: acknowledged {}, refused-503 {}, failed {}, \
-         held until Redis returned {}, slowest answer {:?}; first 2xx {back:?} after the restart",
-        restarted - killed,
+         held until Redis returned {}, slowest answer {:?}; acknowledged while Redis started \
+         ({:?}) {}; first 2xx {back:?} after the restart",
+        restarting - killed,
         w.acknowledged,
         w.refused,
         w.failed,
         w.held,
-        w.slowest
+        w.slowest,
+        restarted - restarting,
+        starting.acknowledged.saturating_sub(w.acknowledged)
     );
     tally.ensure_kept("a-redis-durable", s.clients)?;
     anyhow::ensure!(

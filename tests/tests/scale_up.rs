@@ -40,18 +40,29 @@ async fn scenario(mut s: Started) -> anyhow::Result<()> {
     let diff = old_ring.diff(&new_ring);
     let predicted = s.fleet.users(|user| diff.moved(user));
 
-    // 3. Pacing window: moved clients at ratePerSecond (500 per proxy, two proxies) plus the
-    // largest retryAfterMs (jitterMs 2000), with slack for two shared cores.
-    let window = Duration::from_secs_f64(predicted.len() as f64 / 1000.0 + 2.0 + 15.0);
+    // 3. Pacing window: under the defaults the pacer never goes below minRatePerSecond (500
+    // per proxy, two proxies) and retryAfterMs is at most jitterMs (1000); adaptive pacing
+    // goes up to 5,000/s while the new node keeps up. 15 s of slack for two shared cores.
+    let window = Duration::from_secs_f64(predicted.len() as f64 / 1000.0 + 1.0 + 15.0);
     s.fleet.wait_on_owners(&new_ring, window).await?;
     s.deliver_round().await?;
     let propagation = all_proxies_applied_ms(&s.local.state().await?, &new_ring);
+    let new_node = new_member(&old_ring, &new_ring)?;
+    let upgrades = s.upgrade_figures(&new_node).await?;
 
     // 4. Exactly the predicted clients were reset, nobody was cut, nothing was lost.
     let records = s.fleet.records();
     let moves = Moves::of(&records, &predicted, started, refused_before);
     let fraction = predicted.len() as f64 / s.clients as f64;
     moves.print(&s, predicted.len(), refused_before, propagation);
+    // The same line goes on: what the new node did with the upgrades (scripts/e2e-scale.sh
+    // keeps the lines starting with "clients").
+    println!(
+        ", new node {new_node}: upgrades {}, p99 upgrade latency {} ms, refused upgrades {}",
+        upgrades.upgrades,
+        upgrades.p99_ms.map_or("-".into(), |ms| format!("<= {ms}")),
+        upgrades.refused,
+    );
     anyhow::ensure!(
         moves.reset == predicted,
         "reset clients differ from the ring's prediction: {} reset but not predicted, {} predicted but not reset",
@@ -91,7 +102,7 @@ impl Moves {
     /// The scenario's one line of figures.
     fn print(&self, s: &Started, predicted: usize, refused_before: u64, propagation: Option<f64>) {
         let fraction = predicted as f64 / s.clients as f64;
-        println!(
+        print!(
             "clients {}, predicted moved {predicted} ({:.1} %), reset {}, back on new owners after {:?}, rounds {}, duplicates {}, cut sessions {}, refused connects at start {refused_before}, during the move {} (e.g. {:?}), ring change to all proxies applied {propagation:?} ms",
             s.clients,
             fraction * 100.0,
@@ -143,6 +154,15 @@ fn ensure_on_owners(records: &BTreeMap<String, Record>, ring: &Ring) -> anyhow::
 /// Connection attempts refused so far, over all clients.
 fn failed_connects(records: &BTreeMap<String, Record>) -> u64 {
     records.values().map(|r| r.failed_connects).sum()
+}
+
+/// The member `new` has and `old` has not: the node the scale-up added.
+fn new_member(old: &Ring, new: &Ring) -> anyhow::Result<String> {
+    new.members()
+        .iter()
+        .map(|m| m.id.clone())
+        .find(|id| !old.members().iter().any(|o| o.id == *id))
+        .ok_or_else(|| anyhow::anyhow!("the new ring adds no member"))
 }
 
 /// How long `ring` took to reach every proxy, from local mode's propagation record.

@@ -8,9 +8,14 @@
 //! * `idle` — opens N connections, prints `{"opened":N,...}`, holds them for T s.
 //!
 //! URLs are templates: `{i}` becomes the connection's index, so each connection has its own
-//! key, e.g. `ws://127.0.0.1:8080/ws?userId=u{i}`.
+//! key, e.g. `ws://127.0.0.1:8080/ws?userId=u{i}`. A `wss://` URL runs the same workload over
+//! TLS (rustls, ring provider) trusting `--ca-file`: full handshakes by default, resumed ones
+//! (TLS 1.3 tickets kept in a session store; `upgrades` gives each loop its own) with `--resume`; every result then carries
+//! `"tls": {"full", "resumed", "resumed_fraction", "negotiated"}`
+//! ([`wscluster_tests::load_tls`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use wscluster_tests::load_tls::{Dialer, LoadWs as Ws};
 
 /// Longest any run may last, whatever the flags say.
 const MAX_SECONDS: u64 = 600;
@@ -40,6 +46,13 @@ struct Args {
         global = true
     )]
     threads: usize,
+    /// PEM CA certificates trusted for `wss://` URLs.
+    #[arg(long, env = "WSCLUSTER_LOAD_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// For `wss://`: share one TLS session store so handshakes resume (TLS 1.3 tickets);
+    /// without it every handshake is a full one.
+    #[arg(long, env = "WSCLUSTER_LOAD_RESUME", global = true)]
+    resume: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -121,7 +134,8 @@ fn url_for(template: &str, i: usize) -> String {
 fn check_url(url: &str) -> anyhow::Result<()> {
     let rest = url
         .strip_prefix("ws://")
-        .context("only ws:// URLs are supported")?;
+        .or_else(|| url.strip_prefix("wss://"))
+        .context("only ws:// and wss:// URLs are supported")?;
     if !(rest.starts_with("127.0.0.1:") || rest.starts_with("localhost:")) {
         bail!("the load tool only talks to 127.0.0.1");
     }
@@ -140,6 +154,7 @@ fn bounded(seconds: u64, connections: usize) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let dial = |url: &str| Dialer::for_url(url, args.ca_file.as_deref(), args.resume);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -152,24 +167,24 @@ fn main() -> anyhow::Result<()> {
                 connections,
                 seconds,
                 size,
-            } => echo(&url, connections, seconds, size).await,
+            } => echo(&dial(&url)?, &url, connections, seconds, size).await,
             Cmd::Paced {
                 url,
                 connections,
                 rate,
                 seconds,
                 size,
-            } => paced(&url, connections, rate, seconds, size).await,
+            } => paced(&dial(&url)?, &url, connections, rate, seconds, size).await,
             Cmd::Upgrades {
                 url,
                 concurrency,
                 seconds,
-            } => upgrades(&url, concurrency, seconds).await,
+            } => upgrades(&dial(&url)?, &url, concurrency, seconds).await,
             Cmd::Idle {
                 url,
                 connections,
                 seconds,
-            } => idle(&url, connections, seconds).await,
+            } => idle(&dial(&url)?, &url, connections, seconds).await,
         }
     })?;
     println!("{result}");
@@ -214,27 +229,24 @@ async fn serve(listen: SocketAddr, seconds: u64) -> anyhow::Result<serde_json::V
     Ok(json!({"accepted": accepted.load(Ordering::Relaxed)}))
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open_all(template: &str, n: usize) -> anyhow::Result<Vec<Ws>> {
+async fn open_all(dialer: &Dialer, template: &str, n: usize) -> anyhow::Result<Vec<Ws>> {
     let mut out = Vec::with_capacity(n);
     // Open in batches so the listen backlog is never the limit.
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let batch = futures_util::future::join_all(chunk.iter().map(|&i| {
             let url = url_for(template, i);
-            async move { tokio_tungstenite::connect_async(url).await }
+            async move { dialer.connect(&url).await }
         }))
         .await;
         for r in batch {
-            let (ws, _) = r.context("opening a connection")?;
-            out.push(ws);
+            out.push(r.context("opening a connection")?);
         }
     }
     Ok(out)
 }
 
 async fn echo(
+    dialer: &Dialer,
     template: &str,
     connections: usize,
     seconds: u64,
@@ -242,7 +254,7 @@ async fn echo(
 ) -> anyhow::Result<serde_json::Value> {
     check_url(template)?;
     bounded(seconds, connections)?;
-    let conns = open_all(template, connections).await?;
+    let conns = open_all(dialer, template, connections).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
     let payload = "x".repeat(size.max(1));
@@ -279,10 +291,12 @@ async fn echo(
     Ok(json!({
         "mode": "echo", "connections": connections, "seconds": elapsed,
         "messages": messages, "msgs_per_sec": messages as f64 / elapsed,
+        "tls": dialer.handshakes(),
     }))
 }
 
 async fn paced(
+    dialer: &Dialer,
     template: &str,
     connections: usize,
     rate: u64,
@@ -294,7 +308,7 @@ async fn paced(
     if rate == 0 || rate > 1_000_000 {
         bail!("rate must be 1 to 1000000");
     }
-    let conns = open_all(template, connections).await?;
+    let conns = open_all(dialer, template, connections).await?;
     let period = Duration::from_secs_f64(connections as f64 / rate as f64);
     let base = Instant::now();
     let end = base + Duration::from_secs(seconds);
@@ -328,6 +342,7 @@ async fn paced(
         "sent": all.sent, "received": all.received,
         "achieved_rate": all.received as f64 / seconds as f64,
         "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+        "tls": dialer.handshakes(),
     }))
 }
 
@@ -420,6 +435,7 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
 }
 
 async fn upgrades(
+    dialer: &Dialer,
     template: &str,
     concurrency: usize,
     seconds: u64,
@@ -438,13 +454,16 @@ async fn upgrades(
                 Arc::clone(&failures),
             );
             let template = template.to_owned();
+            // Each loop resumes from its own session store: one shared store holds too few
+            // tickets for many loops (see `load_tls`).
+            let dialer = dialer.with_own_sessions();
             tokio::spawn(async move {
                 let mut i = w;
                 while !stop.load(Ordering::Relaxed) {
                     let url = url_for(&template, i);
                     i += concurrency;
-                    match tokio_tungstenite::connect_async(url).await {
-                        Ok((mut ws, _)) => {
+                    match dialer.connect(&url).await {
+                        Ok(mut ws) => {
                             let _ = ws.close(None).await;
                             // Wait for the peer's close (the full handshake).
                             while let Some(Ok(_)) = ws.next().await {}
@@ -470,10 +489,12 @@ async fn upgrades(
         "mode": "upgrades", "concurrency": concurrency, "seconds": elapsed,
         "upgrades": count, "failures": failures.load(Ordering::Relaxed),
         "upgrades_per_sec": count as f64 / elapsed,
+        "tls": dialer.handshakes(),
     }))
 }
 
 async fn idle(
+    dialer: &Dialer,
     template: &str,
     connections: usize,
     seconds: u64,
@@ -481,7 +502,7 @@ async fn idle(
     check_url(template)?;
     bounded(seconds, connections)?;
     let started = Instant::now();
-    let conns = open_all(template, connections).await?;
+    let conns = open_all(dialer, template, connections).await?;
     // Tell the caller (the bench script) that everything is open; it measures now.
     println!(
         "{}",
@@ -494,7 +515,10 @@ async fn idle(
             alive += 1;
         }
     }
-    Ok(json!({"mode": "idle", "connections": connections, "alive_at_end": alive}))
+    Ok(json!({
+        "mode": "idle", "connections": connections, "alive_at_end": alive,
+        "tls": dialer.handshakes(),
+    }))
 }
 
 #[cfg(test)]
@@ -514,7 +538,9 @@ mod tests {
     fn runs_stay_on_loopback_and_within_their_bounds() {
         assert!(check_url("ws://127.0.0.1:8080/ws?userId=u{i}").is_ok());
         assert!(check_url("ws://10.0.0.1:8080/").is_err());
-        assert!(check_url("wss://127.0.0.1:8080/").is_err());
+        assert!(check_url("wss://127.0.0.1:8080/").is_ok());
+        assert!(check_url("wss://10.0.0.1:8080/").is_err());
+        assert!(check_url("http://127.0.0.1:8080/").is_err());
         assert!(bounded(1, 1).is_ok());
         assert!(bounded(0, 1).is_err() && bounded(MAX_SECONDS + 1, 1).is_err());
         assert!(bounded(1, 0).is_err() && bounded(1, MAX_CONNECTIONS + 1).is_err());

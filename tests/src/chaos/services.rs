@@ -1,6 +1,7 @@
 //! Backends a chaos scenario owns: its own `redis-server` and `rabbitmq-server` on free ports,
 //! which it kills with SIGKILL and starts again on the same data directory. The shared services
-//! (`WSCLUSTER_TEST_*`) are never touched.
+//! (`WSCLUSTER_TEST_*`) are never touched. With [`ServerTls`] they serve TLS only
+//! (`rediss://`, `amqps://`), with certificates the test made.
 //!
 //! Each server runs in a process group of its own, so SIGKILL reaches every process it started
 //! (`rabbitmq-server` is a shell script around the Erlang VM), and dropping the value kills it.
@@ -23,8 +24,9 @@ use crate::wait::POLL_INTERVAL_MS;
 /// Longest a private Redis may take to answer PING after a start.
 pub const REDIS_START_SECONDS: u64 = 15;
 /// Longest a private RabbitMQ may take to accept AMQP connections after a start (it takes
-/// 6-8 s on 2 cores).
-pub const RABBIT_START_SECONDS: u64 = 60;
+/// 6-8 s on 2 idle cores, and was seen taking 95 s at load average 12 with several builds on
+/// them).
+pub const RABBIT_START_SECONDS: u64 = 120;
 /// Longest a killed server may take to be reaped.
 const REAP_SECONDS: u64 = 10;
 
@@ -140,6 +142,18 @@ fn program(env: &str, default: &str) -> PathBuf {
     std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from)
 }
 
+/// The PEM files a private server presents for TLS, made by the test (rcgen): its certificate
+/// chain and key, and the CA that signed it (which clients are given to trust).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM, PKCS#8).
+    pub key_file: PathBuf,
+    /// The CA certificate that signed [`ServerTls::cert_file`] (PEM).
+    pub ca_file: PathBuf,
+}
+
 /// A `redis-server` of the test's own. Durable: `--appendonly yes --appendfsync always`, so
 /// every write it answered survives SIGKILL. Volatile: no persistence at all, so a restart
 /// starts empty.
@@ -150,6 +164,8 @@ pub struct PrivateRedis {
     durable: bool,
     /// Its data directory and log.
     dir: TempDir,
+    /// When set, it serves TLS only on `port` (`--port 0 --tls-port <port>`).
+    tls: Option<ServerTls>,
     /// The running server, if any.
     process: Option<Group>,
 }
@@ -157,19 +173,48 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts one on a free port and waits until it answers PING.
     pub async fn start(durable: bool) -> anyhow::Result<PrivateRedis> {
+        PrivateRedis::start_with(durable, None).await
+    }
+
+    /// Starts one serving TLS only, with `tls`'s certificate (clients need not present one),
+    /// and waits until it answers PING over TLS.
+    pub async fn start_tls(durable: bool, tls: ServerTls) -> anyhow::Result<PrivateRedis> {
+        PrivateRedis::start_with(durable, Some(tls)).await
+    }
+
+    async fn start_with(durable: bool, tls: Option<ServerTls>) -> anyhow::Result<PrivateRedis> {
         let mut redis = PrivateRedis {
             port: free_port()?,
             durable,
             dir: TempDir::new("wscluster-chaos-redis")?,
+            tls,
             process: None,
         };
         redis.spawn().await?;
         Ok(redis)
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for [`PrivateRedis::url`], trusting the test's CA with TLS.
+    fn client(&self) -> anyhow::Result<redis::Client> {
+        let Some(tls) = &self.tls else {
+            return Ok(redis::Client::open(self.url())?);
+        };
+        wscluster_runtime::ca::install_crypto_provider();
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&tls.ca_file)?),
+        };
+        Ok(redis::Client::build_with_tls(self.url(), certificates)?)
     }
 
     /// SIGKILL, then waits until it is gone.
@@ -188,8 +233,27 @@ impl PrivateRedis {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(program("WSCLUSTER_CHAOS_REDIS_SERVER", "redis-server"));
+        let port = self.port.to_string();
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--daemonize", "no", "--save", ""])
             .arg("--dir")
             .arg(self.dir.path());
@@ -200,11 +264,10 @@ impl PrivateRedis {
         }
         let log = self.dir.path().join("redis.log");
         let mut group = Group::spawn(command, "the private redis-server", &log)?;
-        let url = self.url();
+        let client = self.client()?;
         let limit = Duration::from_secs(REDIS_START_SECONDS);
         group
             .wait_up("answer PING", limit, &log, || async {
-                let client = redis::Client::open(url.as_str())?;
                 let mut c = client.get_multiplexed_async_connection().await?;
                 let pong: String = redis::cmd("PING").query_async(&mut c).await?;
                 Ok(pong == "PONG")
@@ -227,6 +290,8 @@ pub struct PrivateRabbit {
     node_name: String,
     /// Data, config and logs.
     dir: TempDir,
+    /// Whether `port` is an AMQPS (TLS) listener instead of plain AMQP.
+    tls: bool,
     /// The running server, if any.
     process: Option<Group>,
 }
@@ -234,14 +299,25 @@ pub struct PrivateRabbit {
 impl PrivateRabbit {
     /// Starts one and waits until it accepts AMQP connections.
     pub async fn start() -> anyhow::Result<PrivateRabbit> {
+        PrivateRabbit::start_with(None).await
+    }
+
+    /// Starts one with only an AMQPS listener, presenting `tls`'s certificate (clients need
+    /// not present one), and waits until it accepts connections.
+    pub async fn start_tls(tls: ServerTls) -> anyhow::Result<PrivateRabbit> {
+        PrivateRabbit::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<ServerTls>) -> anyhow::Result<PrivateRabbit> {
         let dir = TempDir::new("wscluster-chaos-rabbit")?;
         let port = free_port()?;
+        let listeners = match &tls {
+            None => format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+            Some(tls) => rabbit_tls_conf(port, tls),
+        };
         let files = [
             ("enabled_plugins", "[].\n".to_owned()),
-            (
-                "rabbitmq.conf",
-                format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
-            ),
+            ("rabbitmq.conf", listeners),
             // Replaces the host's rabbitmq-env.conf, which names the host's own node.
             ("rabbitmq-env.conf", String::new()),
         ];
@@ -253,15 +329,17 @@ impl PrivateRabbit {
             dist_port: free_port()?,
             node_name: format!("{}@localhost", unique("wscluster-chaos")),
             dir,
+            tls: tls.is_some(),
             process: None,
         };
         rabbit.spawn().await?;
         Ok(rabbit)
     }
 
-    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`, or `amqps://` with TLS.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        format!("{scheme}://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
     /// SIGKILL to the VM and its script, then waits until they are gone and the port is
@@ -327,6 +405,25 @@ impl PrivateRabbit {
         self.process = Some(group);
         Ok(())
     }
+}
+
+/// `rabbitmq.conf` lines for an AMQPS listener only (no plain one) on 127.0.0.1:`port`, TLS 1.2
+/// and 1.3, presenting `tls`'s certificate, not asking clients for one.
+fn rabbit_tls_conf(port: u16, tls: &ServerTls) -> String {
+    format!(
+        "listeners.tcp = none\n\
+         listeners.ssl.local = 127.0.0.1:{port}\n\
+         ssl_options.cacertfile = {}\n\
+         ssl_options.certfile = {}\n\
+         ssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_none\n\
+         ssl_options.fail_if_no_peer_cert = false\n\
+         ssl_options.versions.1 = tlsv1.3\n\
+         ssl_options.versions.2 = tlsv1.2\n",
+        tls.ca_file.display(),
+        tls.cert_file.display(),
+        tls.key_file.display(),
+    )
 }
 
 /// The id of the process listening on `address` (`127.0.0.1:<port>`), from `/proc`: the

@@ -43,11 +43,48 @@ wait_announced() {
   log "no 'listening on' line in $file"; return 1
 }
 
-# write_bench_configs WORK BACKEND_PORT NGINX_PORT HAPROXY_PORT
+# write_bench_certs DIR: a test CA and one ECDSA P-256 server certificate it signs, for
+# 127.0.0.1 and localhost, valid two days, with the openssl CLI: DIR/ca.crt, DIR/server.crt,
+# DIR/server.key (PKCS#8) and DIR/haproxy.pem (certificate then key, as `ssl crt` wants it).
+# Every TLS target serves this same certificate.
+write_bench_certs() {
+local dir=$1
+mkdir -p "$dir"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$dir/ca.key" -subj "/CN=wscluster bench CA" -days 2 \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -out "$dir/ca.crt" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/server.key" 2>/dev/null
+openssl req -new -key "$dir/server.key" -subj "/CN=localhost" -out "$dir/server.csr" 2>/dev/null
+printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+  "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/server.ext"
+openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -days 2 \
+  -set_serial "0x$(openssl rand -hex 8)" -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
+cat "$dir/server.crt" "$dir/server.key" >"$dir/haproxy.pem"
+}
+
+# write_bench_configs WORK BACKEND_PORT NGINX_PORT HAPROXY_PORT [NGINX_TLS_PORT HAPROXY_TLS_PORT CERTS]
 # Writes WORK/ring.json, WORK/proxy.yaml, WORK/nginx/nginx.conf and WORK/haproxy.cfg: one echo
-# backend at 127.0.0.1:BACKEND_PORT, every proxy hashing ?userId= to it, one worker each.
+# backend at 127.0.0.1:BACKEND_PORT, every proxy hashing ?userId= to it, one worker each. With
+# the TLS ports, NGINX and HAProxy also terminate TLS there with CERTS/ (write_bench_certs):
+# TLS 1.2 and 1.3, session tickets on (both servers' default, stated), ALPN http/1.1.
 write_bench_configs() {
 local work=$1 backend=$2 nginx_port=$3 haproxy_port=$4
+local nginx_tls=${5:-} haproxy_tls=${6:-} certs=${7:-}
+local nginx_tls_server="" haproxy_tls_frontend=""
+if [ -n "$nginx_tls" ]; then
+  nginx_tls_server="server {
+    listen 127.0.0.1:$nginx_tls ssl;
+    ssl_certificate $certs/server.crt;
+    ssl_certificate_key $certs/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets on;
+    include $work/nginx/ws-location.conf;
+  }"
+  haproxy_tls_frontend="frontend fe_tls
+  bind 127.0.0.1:$haproxy_tls ssl crt $certs/haproxy.pem alpn http/1.1 ssl-min-ver TLSv1.2
+  default_backend be"
+fi
 mkdir -p "$work"
 cat >"$work/ring.json" <<EOF
 {"clusterId":"bench/echo","version":1,"members":[{"id":"echo-0","address":"127.0.0.1:$backend"}]}
@@ -77,15 +114,19 @@ http {
   }
   server {
     listen 127.0.0.1:$nginx_port;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection \$connection_upgrade;
-      proxy_read_timeout 3600s;
-      proxy_send_timeout 3600s;
-    }
+    include $work/nginx/ws-location.conf;
   }
+  $nginx_tls_server
+}
+EOF
+cat >"$work/nginx/ws-location.conf" <<EOF
+location / {
+  proxy_pass http://echo;
+  proxy_http_version 1.1;
+  proxy_set_header Upgrade \$http_upgrade;
+  proxy_set_header Connection \$connection_upgrade;
+  proxy_read_timeout 3600s;
+  proxy_send_timeout 3600s;
 }
 EOF
 cat >"$work/haproxy.cfg" <<EOF
@@ -105,5 +146,6 @@ backend be
   balance url_param userId
   hash-type consistent
   server s0 127.0.0.1:$backend id 1
+$haproxy_tls_frontend
 EOF
 }

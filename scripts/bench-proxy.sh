@@ -8,11 +8,18 @@
 #   SKIP_BUILD=1 CARGO_TARGET_DIR=/path scripts/bench-proxy.sh   # use binaries already built
 #   ROWS="upgrades paced" scripts/bench-proxy.sh   # only some rows (echo100 echo1000 paced
 #                                                  # upgrades idle; default all)
+#   TLS=1 scripts/bench-proxy.sh           # the TLS rows instead (tls-handshakes tls-resumed
+#                                          # tls-echo100 tls-echo1000 tls-idle); ROWS may mix
 #
 # Rows: closed-loop echo msgs/s at 100 and 1,000 connections with the proxy's CPU time per
 # message (utime+stime from /proc), round-trip p50/p99 at a fixed paced rate, upgrades/s
 # (connect + upgrade + close), and RSS growth per idle connection at IDLE_CONNS connections
 # (each proxy freshly started for that row). Every proxy runs one worker process/thread.
+# TLS rows (wscluster-proxy, NGINX, HAProxy terminating TLS with the same ECDSA P-256
+# certificate from a test CA the script makes): full handshakes (connect, TLS, upgrade, close)
+# and resumed handshakes (TLS 1.3 tickets; the load tool counts which handshakes resumed) per
+# CPU-second of the proxy, CPU per echoed message over TLS at 100 and 1,000 connections, RSS
+# growth per idle TLS connection. wscluster-proxy joins them when its binary has --tls-listen.
 # Results: $WORK/results.jsonl and the markdown table $WORK/table.md (printed at the end).
 set -euo pipefail
 
@@ -28,7 +35,8 @@ UPGRADE_SECONDS=${UPGRADE_SECONDS:-3}
 UPGRADE_CONCURRENCY=${UPGRADE_CONCURRENCY:-16}
 IDLE_CONNS=${IDLE_CONNS:-9000}
 BASE_PORT=${BASE_PORT:-19000}
-ROWS=${ROWS:-echo100 echo1000 paced upgrades idle}
+TLS_ROWS="tls-handshakes tls-resumed tls-echo100 tls-echo1000 tls-idle"
+if [ -n "${TLS:-}" ]; then ROWS=${ROWS:-$TLS_ROWS}; else ROWS=${ROWS:-echo100 echo1000 paced upgrades idle}; fi
 want() { [[ " $ROWS " == *" $1 "* ]]; }
 
 BACKEND_PORT=$((BASE_PORT + 1))
@@ -36,12 +44,15 @@ WSC_PORT=$((BASE_PORT + 101))
 WSC_ADMIN=$((BASE_PORT + 102))
 NGINX_PORT=$((BASE_PORT + 201))
 HAPROXY_PORT=$((BASE_PORT + 301))
+WSC_TLS_PORT=$((BASE_PORT + 103))
+NGINX_TLS_PORT=$((BASE_PORT + 202))
+HAPROXY_TLS_PORT=$((BASE_PORT + 302))
 
 log() { echo "[bench $(date +%T)] $*" >&2; }
 
 # --- Tools ---------------------------------------------------------------------------------
-if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  log "installing nginx-light and haproxy from Debian"
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null || ! command -v openssl >/dev/null; then
+  log "installing nginx-light, haproxy and openssl (the TLS rows' certificates) from Debian"
   created_policy=""
   # Keep the packages' init scripts from starting daemons on public ports.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -49,7 +60,7 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
     created_policy=1
   fi
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy openssl >/dev/null
   [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
 fi
 if [ -z "${SKIP_BUILD:-}" ]; then
@@ -71,7 +82,19 @@ RESULTS=$WORK/results.jsonl
 . "$ROOT/scripts/bench-lib.sh"
 
 # --- Configs -------------------------------------------------------------------------------
-write_bench_configs "$WORK" "$BACKEND_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
+CERTS=$WORK/certs
+write_bench_certs "$CERTS"
+write_bench_configs "$WORK" "$BACKEND_PORT" "$NGINX_PORT" "$HAPROXY_PORT" \
+  "$NGINX_TLS_PORT" "$HAPROXY_TLS_PORT" "$CERTS"
+WSC_TLS_ARGS=()
+TLS_TARGETS=(nginx haproxy)
+if "$BIN/wscluster-proxy" --help 2>/dev/null | grep -q -- '--tls-listen'; then
+  WSC_TLS_ARGS=(--tls-listen "127.0.0.1:$WSC_TLS_PORT" --tls-cert-file "$CERTS/server.crt"
+    --tls-key-file "$CERTS/server.key")
+  TLS_TARGETS=(wscluster nginx haproxy)
+else
+  log "this wscluster-proxy has no --tls-listen: TLS rows measure NGINX and HAProxy only"
+fi
 
 # --- Processes -----------------------------------------------------------------------------
 declare -A TARGET_PID
@@ -83,9 +106,10 @@ start_backend() {
 start_wscluster() {
   RUST_LOG=warn "$BIN/wscluster-proxy" --worker-threads 1 --listen "127.0.0.1:$WSC_PORT" \
     --admin-listen "127.0.0.1:$WSC_ADMIN" --cluster-id bench/echo --id bench \
-    --config "$WORK/proxy.yaml" --ring-file "$WORK/ring.json" \
+    --config "$WORK/proxy.yaml" --ring-file "$WORK/ring.json" "${WSC_TLS_ARGS[@]}" \
     >"$WORK/wscluster.out" 2>"$WORK/wscluster.log" &
   TARGET_PID[wscluster]=$!; PIDS+=("$!"); wait_announced "$WORK/wscluster.out" >/dev/null
+  [ ${#WSC_TLS_ARGS[@]} -eq 0 ] || wait_port "$WSC_TLS_PORT"
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$WSC_ADMIN/readyz" >/dev/null 2>&1 && break
     sleep 0.05
@@ -93,11 +117,11 @@ start_wscluster() {
 }
 start_nginx() {
   nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
-  TARGET_PID[nginx]=$!; PIDS+=("$!"); wait_port "$NGINX_PORT"
+  TARGET_PID[nginx]=$!; PIDS+=("$!"); wait_port "$NGINX_PORT"; wait_port "$NGINX_TLS_PORT"
 }
 start_haproxy() {
   haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-  TARGET_PID[haproxy]=$!; PIDS+=("$!"); wait_port "$HAPROXY_PORT"
+  TARGET_PID[haproxy]=$!; PIDS+=("$!"); wait_port "$HAPROXY_PORT"; wait_port "$HAPROXY_TLS_PORT"
 }
 stop_target() {
   local pid=${TARGET_PID[$1]:-}
@@ -109,6 +133,18 @@ port_of() {
   case $1 in
     direct) echo "$BACKEND_PORT" ;; wscluster) echo "$WSC_PORT" ;;
     nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
+  esac
+}
+# url_of TARGET WORKLOAD KEY-PREFIX: the URL template; tls-* workloads use the TLS port.
+url_of() {
+  case $2 in
+    tls-*)
+      case $1 in
+        wscluster) echo "wss://127.0.0.1:$WSC_TLS_PORT/ws?userId=$3{i}" ;;
+        nginx) echo "wss://127.0.0.1:$NGINX_TLS_PORT/ws?userId=$3{i}" ;;
+        haproxy) echo "wss://127.0.0.1:$HAPROXY_TLS_PORT/ws?userId=$3{i}" ;;
+      esac ;;
+    *) echo "ws://127.0.0.1:$(port_of "$1")/ws?userId=$3{i}" ;;
   esac
 }
 # The process and its children (nginx's worker).
@@ -150,10 +186,10 @@ PY
 
 run_load() { # target workload round -- load args...
   local t=$1 w=$2 r=$3; shift 4
-  local port; port=$(port_of "$t")
   local c0 c1 out
   c0=$(cpu_ticks "$t")
-  out=$(timeout 120 "$BIN/wscluster-load" --threads 1 "$@" --url "ws://127.0.0.1:$port/ws?userId=u{i}")
+  out=$(timeout 120 "$BIN/wscluster-load" --threads 1 --ca-file "$CERTS/ca.crt" "$@" \
+    --url "$(url_of "$t" "$w" u)")
   c1=$(cpu_ticks "$t")
   record "$t" "$w" "$r" "$out" "{\"cpu_seconds\": $(python3 -c "print(($c1 - $c0) / $HZ)")}"
   log "$w $t: $(echo "$out" | tail -1)"
@@ -166,35 +202,46 @@ for t in "${TARGETS[@]}"; do # warm-up
   timeout 60 "$BIN/wscluster-load" echo --connections 10 --seconds 1 \
     --url "ws://127.0.0.1:$(port_of "$t")/ws?userId=w{i}" >/dev/null
 done
+for t in "${TLS_TARGETS[@]}"; do
+  timeout 60 "$BIN/wscluster-load" --ca-file "$CERTS/ca.crt" echo --connections 10 --seconds 1 \
+    --url "$(url_of "$t" tls-warm-up w)" >/dev/null
+done
 for r in $(seq 1 "$ROUNDS"); do
   want echo100 && for t in "${TARGETS[@]}"; do run_load "$t" echo100 "$r" -- echo --connections 100 --seconds "$ECHO_SECONDS"; done
   want echo1000 && for t in "${TARGETS[@]}"; do run_load "$t" echo1000 "$r" -- echo --connections 1000 --seconds "$ECHO_SECONDS"; done
   want paced && for t in "${TARGETS[@]}"; do run_load "$t" paced "$r" -- paced --connections "$PACED_CONNS" --rate "$PACED_RATE" --seconds "$PACED_SECONDS"; done
   want upgrades && for t in "${TARGETS[@]}"; do run_load "$t" upgrades "$r" -- upgrades --concurrency "$UPGRADE_CONCURRENCY" --seconds "$UPGRADE_SECONDS"; done
+  want tls-handshakes && for t in "${TLS_TARGETS[@]}"; do run_load "$t" tls-handshakes "$r" -- upgrades --concurrency "$UPGRADE_CONCURRENCY" --seconds "$UPGRADE_SECONDS"; done
+  want tls-resumed && for t in "${TLS_TARGETS[@]}"; do run_load "$t" tls-resumed "$r" -- upgrades --resume --concurrency "$UPGRADE_CONCURRENCY" --seconds "$UPGRADE_SECONDS"; done
+  want tls-echo100 && for t in "${TLS_TARGETS[@]}"; do run_load "$t" tls-echo100 "$r" -- echo --connections 100 --seconds "$ECHO_SECONDS"; done
+  want tls-echo1000 && for t in "${TLS_TARGETS[@]}"; do run_load "$t" tls-echo1000 "$r" -- echo --connections 1000 --seconds "$ECHO_SECONDS"; done
 done
 
 # --- Memory per idle connection (fresh processes) ------------------------------------------
-want idle && for t in wscluster nginx haproxy; do
+idle_row() { # target workload (idle or tls-idle)
+  local t=$1 w=$2 before after fifo load_pid opened
   stop_target "$t"; "start_$t"
-  port=$(port_of "$t")
   # Warm-up: a few connections opened and closed, so one-time allocations are not counted.
-  timeout 60 "$BIN/wscluster-load" echo --connections 50 --seconds 1 \
-    --url "ws://127.0.0.1:$port/ws?userId=w{i}" >/dev/null
+  timeout 60 "$BIN/wscluster-load" --ca-file "$CERTS/ca.crt" echo --connections 50 --seconds 1 \
+    --url "$(url_of "$t" "$w" w)" >/dev/null
   sleep 1
   before=$(rss_kib "$t")
-  fifo=$WORK/idle-$t.out
-  timeout 300 "$BIN/wscluster-load" --threads 1 idle --connections "$IDLE_CONNS" --seconds 8 \
-    --url "ws://127.0.0.1:$port/ws?userId=i{i}" >"$fifo" 2>"$WORK/idle-$t.err" &
+  fifo=$WORK/$w-$t.out
+  timeout 300 "$BIN/wscluster-load" --threads 1 --ca-file "$CERTS/ca.crt" idle \
+    --connections "$IDLE_CONNS" --seconds 8 --url "$(url_of "$t" "$w" i)" \
+    >"$fifo" 2>"$WORK/$w-$t.err" &
   load_pid=$!
   for _ in $(seq 1 1200); do grep -q opened "$fifo" 2>/dev/null && break; sleep 0.1; done
   sleep 2
   after=$(rss_kib "$t")
-  wait "$load_pid" || log "idle load for $t failed: $(tail -2 "$WORK/idle-$t.err")"
+  wait "$load_pid" || log "$w load for $t failed: $(tail -2 "$WORK/$w-$t.err")"
   opened=$(python3 -c "import json,sys; print(json.loads(open('$fifo').readline())['opened'])" 2>/dev/null || echo 0)
-  record "$t" idle 1 "{\"opened\": $opened}" \
+  record "$t" "$w" 1 "{\"opened\": $opened}" \
     "{\"rss_before_kib\": $before, \"rss_after_kib\": $after}"
-  log "idle $t: opened $opened, RSS $before -> $after KiB"
-done
+  log "$w $t: opened $opened, RSS $before -> $after KiB"
+}
+want idle && for t in wscluster nginx haproxy; do idle_row "$t" idle; done
+want tls-idle && for t in "${TLS_TARGETS[@]}"; do idle_row "$t" tls-idle; done
 
 # --- Table ---------------------------------------------------------------------------------
 python3 - "$RESULTS" "$WORK/table.md" <<'PY'
@@ -245,7 +292,61 @@ for t in T[1:]:
     else:
         cells.append("—")
 out.append("| RSS growth per idle conn | " + " | ".join(cells) + " |")
-text = "\n".join(out) + "\n"
+plain = any(not r["workload"].startswith("tls-") for r in rows)
+text = "\n".join(out) + "\n" if plain else ""
+
+# TLS rows: the proxies only (the echo backend speaks no TLS), and wscluster-proxy's ratio to
+# each of the others from the same run.
+TT = [t for t in ["wscluster", "nginx", "haproxy"] if any(r["target"] == t and r["workload"].startswith("tls-") for r in rows)]
+def total(w, t, k):
+    return sum(vals(w, t, k))
+def per_cpu_second(w, t):
+    cpu = total(w, t, "cpu_seconds")
+    return total(w, t, "upgrades") / cpu if cpu else None
+def us_per_msg(w, t):
+    n = total(w, t, "messages")
+    return total(w, t, "cpu_seconds") / n * 1e6 if n else None
+def idle_kib(w, t):
+    r = [x for x in rows if x["workload"] == w and x["target"] == t and x.get("opened")]
+    return (r[0]["rss_after_kib"] - r[0]["rss_before_kib"]) / r[0]["opened"] if r else None
+def resumed_fraction(w, t):
+    h = [r["tls"] for r in rows if r["workload"] == w and r["target"] == t and r.get("tls")]
+    n = sum(x["full"] + x["resumed"] for x in h)
+    return sum(x["resumed"] for x in h) / n if n else None
+tls_rows = [
+    ("full handshakes/s (load tool's view)", lambda t: mean("tls-handshakes", t, "upgrades_per_sec"), 0, None),
+    ("full handshakes per proxy CPU-second", lambda t: per_cpu_second("tls-handshakes", t), 0, "higher"),
+    ("resumed handshakes/s (load tool's view)", lambda t: mean("tls-resumed", t, "upgrades_per_sec"), 0, None),
+    ("resumed handshakes per proxy CPU-second", lambda t: per_cpu_second("tls-resumed", t), 0, "higher"),
+    ("handshakes that resumed, resumed row", lambda t: resumed_fraction("tls-resumed", t), 3, None),
+    ("TLS echo msgs/s, 100 conns", lambda t: mean("tls-echo100", t, "msgs_per_sec"), 0, None),
+    ("proxy CPU µs/msg over TLS, 100 conns", lambda t: us_per_msg("tls-echo100", t), 1, "lower"),
+    ("TLS echo msgs/s, 1,000 conns", lambda t: mean("tls-echo1000", t, "msgs_per_sec"), 0, None),
+    ("proxy CPU µs/msg over TLS, 1,000 conns", lambda t: us_per_msg("tls-echo1000", t), 1, "lower"),
+    ("RSS growth per idle TLS conn, KiB", lambda t: idle_kib("tls-idle", t), 2, "lower"),
+]
+if TT:
+    others = [t for t in TT if t != "wscluster"]
+    head = TT + ([f"wscluster ÷ {o}" for o in others] if "wscluster" in TT else [])
+    out = ["| TLS row | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for label, f, nd, better in tls_rows:
+        v = {t: f(t) for t in TT}
+        if all(x is None for x in v.values()):
+            continue
+        cells = [fmt(v[t], nd) for t in TT]
+        if "wscluster" in TT:
+            for o in others:
+                w, x = v["wscluster"], v[o]
+                cells.append(f"{w / x:.2f}× ({better} is better)" if better and w and x else "—")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    idle = {t: [x for x in rows if x["workload"] == "tls-idle" and x["target"] == t] for t in TT}
+    conns = sorted({x["opened"] for v in idle.values() for x in v})
+    if conns:
+        out.append(f"\nIdle TLS connections opened per target: {', '.join(map(str, conns))}.")
+    neg = {t: next((r["tls"]["negotiated"] for r in rows if r["target"] == t and r.get("tls") and r["tls"].get("negotiated")), None) for t in TT}
+    if any(neg.values()):  # the idle row records no handshake details
+        out.append("Negotiated: " + "; ".join(f"{t} {n}" for t, n in neg.items() if n) + ".")
+    text += ("\n" if text else "") + "\n".join(out) + "\n"
 open(sys.argv[2], "w").write(text)
 print(text)
 PY

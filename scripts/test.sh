@@ -45,8 +45,8 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   done
 }
 
-step "system packages: Redis, RabbitMQ, Python venv, Chromium, Node.js"
-apt_install redis-server rabbitmq-server python3-venv chromium
+step "system packages: Redis, RabbitMQ, Python venv, Chromium, Node.js, the openssl CLI (wss tests)"
+apt_install redis-server rabbitmq-server python3-venv chromium openssl
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
 step "services: Redis and RabbitMQ"

@@ -70,9 +70,10 @@ struct Picked {
 impl Api {
     /// The server API over `shared`'s routing, checking callers against `keys`.
     pub fn new(shared: Arc<Shared>, keys: WatchedCredentials) -> Api {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(shared.start_limits.connect_timeout()));
-        connector.set_nodelay(true);
+        let connector = crate::upstream::http_connector(
+            shared.start_limits.connect_timeout(),
+            shared.upstream_source,
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);

@@ -2,7 +2,7 @@
 //! [`wscluster_runtime::flags::proxy`]), what they resolve to ([`Args::settings`]), and the whole
 //! process run from them ([`main`]), used by `wscluster-proxy` and by `wscluster-operator proxy`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +62,14 @@ pub struct Args {
     /// need a key.
     #[arg(long = flag::FALLBACK_UPSTREAM.long, env = flag::FALLBACK_UPSTREAM.env, value_parser = parse_upstream)]
     pub fallback_upstream: Option<String>,
+    /// Local IP address the connections to members leave from (an address of this host). Every
+    /// connection to one member from one source address needs its own port, and Linux's
+    /// `connect()` searches the port range linearly, so many proxies sharing 127.0.0.1 pay
+    /// milliseconds of kernel time per upgrade once a member holds ~10,000 of their
+    /// connections; local mode gives each proxy its own loopback address. Default: the
+    /// kernel's choice.
+    #[arg(long = flag::UPSTREAM_SOURCE_ADDRESS.long, env = flag::UPSTREAM_SOURCE_ADDRESS.env)]
+    pub upstream_source_address: Option<IpAddr>,
     /// Worker threads (default: one per CPU). 1 runs a single-threaded event loop, like one
     /// NGINX worker, which is the cheapest per message when one core is enough.
     #[arg(long = flag::WORKER_THREADS.long, env = flag::WORKER_THREADS.env, value_parser = parse_worker_threads)]
@@ -277,6 +285,7 @@ impl Args {
             amqp_url: self.amqp_url,
             amqp_ca,
             fallback_upstream: self.fallback_upstream,
+            upstream_source: self.upstream_source_address,
             proxy_secret,
             api_keys,
         };

@@ -45,6 +45,7 @@
 //!     amqp_url: None,
 //!     amqp_ca: None,
 //!     fallback_upstream: None,
+//!     upstream_source: None,
 //!     proxy_secret: None,
 //!     api_keys: None,
 //! };
@@ -149,6 +150,9 @@ pub struct Settings {
     /// 404; local mode points it at its control server so the demo page is served at the
     /// proxy's root. Never the key, never the secret, never an internal path.
     pub fallback_upstream: Option<String>,
+    /// The local address connections to members leave from (`--upstream-source-address`);
+    /// `None` leaves it to the kernel.
+    pub upstream_source: Option<std::net::IpAddr>,
     /// The cluster's proxy secret(s) (`--proxy-secret-file`): the first goes to members on
     /// every request. `None` is dev mode: members cannot tell this proxy from a client.
     pub proxy_secret: Option<WatchedCredentials>,
@@ -411,6 +415,7 @@ fn shared_state(settings: &Settings, background: &CancellationToken) -> Result<A
         reset_sink,
         metrics,
         fallback_upstream: settings.fallback_upstream.clone(),
+        upstream_source: settings.upstream_source,
         proxy_secret: settings.proxy_secret.clone(),
         ring_applied: watch::Sender::new(0),
         client_limits: limits::ClientLimits::new(&settings.config.limits),

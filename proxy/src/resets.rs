@@ -477,6 +477,7 @@ mod tests {
             reset_sink: None,
             metrics: Arc::new(Metrics::new()),
             fallback_upstream: None,
+            upstream_source: None,
             proxy_secret: None,
             ring_applied: tokio::sync::watch::Sender::new(0),
             client_limits: crate::limits::ClientLimits::new(&crate::config::Limits::default()),

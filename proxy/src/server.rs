@@ -248,15 +248,13 @@ impl Failure {
     }
 }
 
-/// The client for forwarded HTTP: pooled per owner, with the configured connect timeout.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
+/// The client for forwarded HTTP: pooled per owner, with the configured connect timeout and
+/// source address.
+pub fn http_client(connect_timeout: Duration, source: Option<std::net::IpAddr>) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(32)
-        .build(connector)
+        .build(upstream::http_connector(connect_timeout, source))
 }
 
 /// Accepts client connections until `shutdown`, each served on its own task in `tracker`.
@@ -292,7 +290,7 @@ async fn serve_with(
 ) {
     let limits = shared.start_limits;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let client = http_client(limits.connect_timeout());
+    let client = http_client(limits.connect_timeout(), shared.upstream_source);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -976,12 +974,7 @@ async fn ask_owner(head: &[u8], member: &MemberRoute, shared: &Shared) -> Result
         failure.reply(shared, Some(&member.id))
     };
     let limits = shared.start_limits;
-    let connect = async {
-        match member.socket {
-            Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect(member.address.as_str()).await,
-        }
-    };
+    let connect = upstream::connect(member.socket, &member.address, shared.upstream_source);
     let mut tcp = match tokio::time::timeout(limits.connect_timeout(), connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {

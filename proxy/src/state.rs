@@ -108,6 +108,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Upstream (`host:port`) for plain HTTP requests without a key, if configured.
     pub fallback_upstream: Option<String>,
+    /// The local address connections to members leave from, if set.
+    pub upstream_source: Option<std::net::IpAddr>,
     /// The cluster's proxy secret(s) (`--proxy-secret-file`), followed as the file changes;
     /// the first is sent to members. `None` in dev mode: members cannot verify the proxy.
     pub proxy_secret: Option<WatchedCredentials>,

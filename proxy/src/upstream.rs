@@ -9,12 +9,16 @@
 //! `Content-Length`, chunked encoding or the end of the stream (RFC 9112 §6.3) — and passed on
 //! to the client.
 
-use std::io::Write as _;
+use std::io::{self, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpSocket, TcpStream, lookup_host};
 
 use wscluster_ring::contract::{
     INTERNAL_HEADER_PREFIX, KEY_HEADER, PROXY_SECRET_HEADER, RING_VERSION_HEADER, percent_encode,
@@ -26,6 +30,62 @@ const MAX_HEADERS: usize = 64;
 pub const MAX_REFUSAL_BODY: usize = 64 * 1024;
 /// First read size for the answer: a 101 from the node is about 200 bytes.
 const FIRST_READ: usize = 1024;
+
+/// Opens a TCP connection to a member: `socket` when its address is an IP address and port,
+/// else `address` resolved now. With `source`, the connection leaves from that local address
+/// (`--upstream-source-address`), and only the member's addresses of the same family are tried.
+pub async fn connect(
+    socket: Option<SocketAddr>,
+    address: &str,
+    source: Option<IpAddr>,
+) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return match socket {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(address).await,
+        };
+    };
+    let targets: Vec<SocketAddr> = match socket {
+        Some(addr) => vec![addr],
+        None => lookup_host(address).await?.collect(),
+    };
+    let mut last = None;
+    for target in targets
+        .into_iter()
+        .filter(|t| t.is_ipv4() == source.is_ipv4())
+    {
+        match connect_from(source, target).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{address} has no address of the source address {source}'s family"),
+        )
+    }))
+}
+
+/// One connection from `source` (any free port of it) to `target`.
+async fn connect_from(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
+/// The connector of the pooled HTTP clients to members (forwarded requests, the server API):
+/// the same connect timeout and source address as an upgrade's connection.
+pub fn http_connector(connect_timeout: Duration, source: Option<IpAddr>) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_local_address(source);
+    connector
+}
 
 /// Why the owner's answer could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -59,6 +59,15 @@ pub struct Settings {
     pub control_url: String,
 }
 
+/// The loopback address proxy `index` dials the nodes from: 127.1.0.1, 127.1.0.2, …, as each
+/// proxy pod has its own IP. Sharing 127.0.0.1, every proxy's connections to one node would
+/// draw on one pool of ports, and `connect()` searches it linearly: at 100,000 clients that
+/// took the proxies most of the machine's CPU (docs/local.md, "100,000 clients").
+fn proxy_source_address(index: u32) -> std::net::Ipv4Addr {
+    let [_, _, high, low] = index.saturating_add(1).to_be_bytes();
+    std::net::Ipv4Addr::new(127, 1, high, low)
+}
+
 impl Settings {
     /// The ring stream URL children use.
     pub fn ring_url(&self) -> String {
@@ -157,6 +166,8 @@ impl Settings {
         if let Some(api) = self.proxy_api_addresses.get(usize::try_from(index).ok()?) {
             args.push_if_read(proxy::ALL, flags::API_LISTEN, &api.to_string());
         }
+        let source = proxy_source_address(index).to_string();
+        args.push_if_read(proxy::ALL, flags::UPSTREAM_SOURCE_ADDRESS, &source);
         Some(ChildSpec {
             kind: ChildKind::Proxy(index),
             generation,
@@ -289,6 +300,18 @@ mod tests {
             "a proxy gets the proxy token, never the node token"
         );
         assert!(settings().proxy_spec(1, 1).is_none(), "there is one proxy");
+        assert_eq!(
+            value_of(&spec.args, flags::UPSTREAM_SOURCE_ADDRESS).as_deref(),
+            Some("127.1.0.1"),
+            "each proxy dials the nodes from its own loopback address"
+        );
+    }
+
+    #[test]
+    fn every_proxy_gets_its_own_loopback_source_address() {
+        let addresses: std::collections::BTreeSet<_> = (0..300).map(proxy_source_address).collect();
+        assert_eq!(addresses.len(), 300);
+        assert!(addresses.iter().all(|a| a.is_loopback()));
     }
 
     /// The value of `flag` on a command line, if present.

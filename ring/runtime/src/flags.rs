@@ -76,6 +76,9 @@ flags! {
     RING_FILE = "ring-file";
     /// Where the proxy forwards keyless plain HTTP.
     FALLBACK_UPSTREAM = "fallback-upstream";
+    /// The local address the proxy's connections to members leave from (local mode gives each
+    /// proxy its own loopback address, as each pod has its own IP).
+    UPSTREAM_SOURCE_ADDRESS = "upstream-source-address";
     /// The proxy's tokio worker threads.
     WORKER_THREADS = "worker-threads";
     /// Messages kept per mailbox (node).
@@ -224,7 +227,7 @@ pub mod proxy {
         ADMIN_LISTEN, AMQP_CA_FILE, AMQP_URL, API_KEYS_FILE, API_LISTEN, CLUSTER_ID, CONFIG,
         FALLBACK_UPSTREAM, ID, LISTEN, LOG_FORMAT, PROXY_SECRET_FILE, RING_FILE, RING_TOKEN,
         RING_TOKEN_FILE, RING_URL, TLS_CERT_FILE, TLS_KEY_FILE, TLS_LISTEN, TLS_SNI_CERT,
-        WORKER_THREADS,
+        UPSTREAM_SOURCE_ADDRESS, WORKER_THREADS,
     };
 
     /// Every flag of the proxy's parser.
@@ -241,6 +244,7 @@ pub mod proxy {
         AMQP_URL,
         AMQP_CA_FILE,
         FALLBACK_UPSTREAM,
+        UPSTREAM_SOURCE_ADDRESS,
         WORKER_THREADS,
         LOG_FORMAT,
         PROXY_SECRET_FILE,

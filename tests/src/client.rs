@@ -6,12 +6,16 @@
 //! `since` and `epoch`, and de-duplicates by offset within an epoch only: a message of a new
 //! epoch is always taken.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use wscluster_ring::contract::{
     CLOSE_POLICY, CLOSE_REPLACED, ClientMessage, MessageKind, ReadyFrame, ResetFrame,
@@ -155,6 +159,9 @@ impl SessionEnd {
     }
 }
 
+/// A client's WebSocket.
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
 /// One reconnecting client, sending nothing, recording all.
 #[derive(Clone)]
 pub struct Client {
@@ -162,6 +169,9 @@ pub struct Client {
     pub user: String,
     /// What it saw, shared with the task that runs it.
     pub record: Arc<Mutex<Record>>,
+    /// The loopback address its connections leave from, if it has its own
+    /// ([`Client::with_source`]).
+    source: Option<Ipv4Addr>,
 }
 
 impl Client {
@@ -170,6 +180,18 @@ impl Client {
         Client {
             user,
             record: Arc::default(),
+            source: None,
+        }
+    }
+
+    /// A client whose connections leave from `source`, a loopback address of its own: a
+    /// fleet of ten thousands then spreads over many (source, proxy) pairs as real clients do,
+    /// instead of drawing on 127.0.0.1's one pool of ports per proxy, where the kernel's port
+    /// search in `connect()` grows with every connection already open.
+    pub fn with_source(user: String, source: Ipv4Addr) -> Client {
+        Client {
+            source: Some(source),
+            ..Client::new(user)
         }
     }
 
@@ -240,14 +262,36 @@ impl Client {
         url
     }
 
+    /// The WebSocket handshake with `url`, from [`Client::source`] when it has one.
+    async fn open(&self, url: &str, config: WebSocketConfig) -> anyhow::Result<Ws> {
+        let Some(source) = self.source else {
+            let (ws, _) =
+                tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
+            return Ok(ws);
+        };
+        let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse()?;
+        let host = uri.host().context("the URL has no host")?;
+        let target = tokio::net::lookup_host((host, uri.port_u16().unwrap_or(80)))
+            .await?
+            .find(SocketAddr::is_ipv4)
+            .context("the URL's host has no IPv4 address")?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source.into(), 0))?;
+        let tcp = socket.connect(target).await?;
+        let stream = MaybeTlsStream::Plain(tcp);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        Ok(ws)
+    }
+
     async fn session(&self, url: &str) -> SessionEnd {
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
         let handshake = tokio::time::timeout(
             Duration::from_secs(HANDSHAKE_TIMEOUT_SECONDS),
-            tokio_tungstenite::connect_async_with_config(url, Some(config), false),
+            self.open(url, config),
         );
         let mut ws = match handshake.await {
-            Ok(Ok((ws, _))) => ws,
+            Ok(Ok(ws)) => ws,
             Ok(Err(e)) => return SessionEnd::ConnectFailed(e.to_string()),
             Err(_) => {
                 return SessionEnd::ConnectFailed(format!(

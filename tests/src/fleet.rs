@@ -178,9 +178,18 @@ fn ws_urls(proxies: &[String]) -> Vec<String> {
 
 /// A client for `user` run in its own task, first through proxy `i % proxies`.
 fn spawn_client(user: String, proxies: &[String], i: usize, stop: &CancellationToken) -> Client {
-    let client = Client::new(user);
+    let client = Client::with_source(user, client_source(i));
     tokio::spawn(client.clone().run(proxies.to_vec(), i, stop.clone()));
     client
+}
+
+/// Client `i`'s own loopback address: 127.2.0.1, 127.2.0.2, … (no .0 or .255 in a byte), one
+/// per client for the first 12 million.
+pub fn client_source(i: usize) -> std::net::Ipv4Addr {
+    const PER_BYTE: usize = 250;
+    let byte = |n: usize| u8::try_from(n % PER_BYTE).unwrap_or(0) + 1;
+    let high = u8::try_from((i / PER_BYTE / PER_BYTE) % 200).unwrap_or(0) + 2;
+    std::net::Ipv4Addr::new(127, high, byte(i / PER_BYTE), byte(i))
 }
 
 /// The users whose record holds at least one reset frame.
@@ -257,4 +266,18 @@ async fn post_message(url: &str, key: &str, message: &str) -> anyhow::Result<htt
     let bearer = format!("Bearer {key}");
     let headers = [("authorization", bearer.as_str())];
     http::request_with(Method::POST, url, Some(&body), &headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_source;
+
+    #[test]
+    fn every_client_of_a_large_fleet_has_its_own_loopback_address() {
+        let sources: std::collections::BTreeSet<_> = (0..200_000).map(client_source).collect();
+        assert_eq!(sources.len(), 200_000);
+        assert!(sources.iter().all(|s| s.is_loopback()));
+        assert!(sources.iter().all(|s| !s.octets().contains(&0)));
+        assert!(sources.iter().all(|s| !s.octets().contains(&255)));
+    }
 }

@@ -27,6 +27,12 @@ pub const REDIS_START_SECONDS: u64 = 15;
 /// 6-8 s on 2 idle cores, and was seen taking 95 s at load average 12 with several builds on
 /// them).
 pub const RABBIT_START_SECONDS: u64 = 120;
+/// Starts of a private RabbitMQ that may end with the server exiting at once, each on a new
+/// distribution port (a port found free can be taken by another process before the server
+/// binds it).
+const RABBIT_START_ATTEMPTS: u32 = 3;
+/// Lines of a server's log shown when it exits at start.
+const LOG_TAIL_LINES: usize = 20;
 /// Longest a killed server may take to be reaped.
 const REAP_SECONDS: u64 = 10;
 
@@ -89,11 +95,12 @@ impl Group {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited at start with {status}; log: {}",
+                return Err(anyhow::Error::new(ExitedAtStart(format!(
+                    "{} exited at start with {status}; log: {}; its last lines:\n{}",
                     self.what,
-                    log.display()
-                );
+                    log.display(),
+                    log_tail(log, LOG_TAIL_LINES)
+                ))));
             }
             if up().await.unwrap_or(false) {
                 return Ok(());
@@ -370,7 +377,24 @@ impl PrivateRabbit {
         self.spawn().await
     }
 
+    /// Starts the server, again on a new distribution port when it exits at once (at most
+    /// [`RABBIT_START_ATTEMPTS`] times). The AMQP port stays: the config file and, on a
+    /// restart, the clients know it.
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.spawn_once().await {
+                Err(e) if e.is::<ExitedAtStart>() && attempt < RABBIT_START_ATTEMPTS => {
+                    eprintln!("attempt {attempt} of {RABBIT_START_ATTEMPTS}: {e:#}");
+                    self.dist_port = free_port()?;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn spawn_once(&mut self) -> anyhow::Result<()> {
         let server = program(
             "WSCLUSTER_CHAOS_RABBITMQ_SERVER",
             "/usr/lib/rabbitmq/bin/rabbitmq-server",
@@ -404,6 +428,29 @@ impl PrivateRabbit {
             .await?;
         self.process = Some(group);
         Ok(())
+    }
+}
+
+/// A server that exited before it served: the one start failure worth another attempt.
+#[derive(Debug)]
+struct ExitedAtStart(String);
+
+impl std::fmt::Display for ExitedAtStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ExitedAtStart {}
+
+/// The last `lines` lines of the log at `path` (or why it cannot be read).
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(unreadable: {e})"),
     }
 }
 

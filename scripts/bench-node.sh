@@ -15,7 +15,8 @@
 #   * RSS per idle connection at each of IDLE_COUNTS (a fresh process per count and target;
 #     /proc/<pid>/status before and after, after 100 warm-up connections);
 #   * closed-loop sends/s, CLIENTS keep-alive HTTP clients to USERS connected users, for
-#     SECONDS_PER_RUN s, with send → receipt p50/p99 from the same run;
+#     SECONDS_PER_RUN s, with send → receipt p50/p99 from the same run, the server's CPU per
+#     send and, for the Redis targets, Redis's (it is shared and not pinned);
 #   * RECOVER messages sent while a receiver was away, recovered on reconnect.
 # It prints one table (the range over the rounds) and the ratios within each round. Redis keys
 # it made (prefix bench-node-<pid>) are deleted on exit. Loopback only; every step bounded.
@@ -67,6 +68,10 @@ flush_redis() {
   redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
 }
 trap 'cleanup; flush_redis; rm -rf "$WORK"' EXIT
+# The Redis server's process id, for its CPU time (it is shared and not pinned to a core).
+redis_pid() {
+  redis-cli -u "$REDIS_URL" info server | tr -d '\r' | awk -F: '$1 == "process_id" {print $2}'
+}
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/api-key"
 echo >>"$WORK/api-key"
 
@@ -125,8 +130,10 @@ for round in $(seq 1 "$ROUNDS"); do
     done
     start "$target" "$target-r$round-sends"
     api=(--api "$SERVER_ADDR" --api-key-file "$WORK/api-key")
-    row "$round" "$target" sends "$(drive "$target" sends "${api[@]}" --pid "$SERVER_PID" --users "$USERS" \
-      --clients "$CLIENTS" --seconds "$SECONDS_PER_RUN")"
+    store=()
+    case $target in *-redis) store=(--store-pid "$(redis_pid)") ;; esac
+    row "$round" "$target" sends "$(drive "$target" sends "${api[@]}" --pid "$SERVER_PID" "${store[@]}" \
+      --users "$USERS" --clients "$CLIENTS" --seconds "$SECONDS_PER_RUN")"
     row "$round" "$target" recover "$(drive "$target" recover "${api[@]}" --messages "$RECOVER" \
       --user $((USERS + 1)))"
     stop

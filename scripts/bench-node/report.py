@@ -62,6 +62,10 @@ def main(path, idle_counts, users, clients, recover):
     print("| server CPU per send, µs (user + system) | " + " | ".join(cpu) + " |")
     drv = cells("sends", lambda v: v.get("driver_cpu_fraction", 0), lambda x: f"{x:.2f}")
     print("| driver CPU, cores (of its one) | " + " | ".join(drv) + " |")
+    store = cells("sends", lambda v: v.get("store_cpu_us_per_send") or 0, lambda x: f"{x:.0f}" if x else "–")
+    print("| Redis CPU per send, µs (not pinned) | " + " | ".join(store) + " |")
+    share = cells("sends", lambda v: v.get("store_cpu_fraction") or 0, lambda x: f"{x:.2f}" if x else "–")
+    print("| Redis CPU, cores | " + " | ".join(share) + " |")
     lost = [sum(v["sends"] - v["received"] for v in results[t]["sends"]) for t in targets]
     print("| sends answered 2xx but not received (all rounds) | "
           + " | ".join(str(x) for x in lost) + " |")

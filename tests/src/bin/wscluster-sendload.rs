@@ -119,6 +119,10 @@ enum Cmd {
         /// The server's process id: with it, the server's CPU time per send is reported.
         #[arg(long)]
         pid: Option<u32>,
+        /// The store's process id (the Redis the server writes to): with it, the store's CPU
+        /// time per send and its share of a core are reported, since it is not pinned.
+        #[arg(long)]
+        store_pid: Option<u32>,
     },
     /// Messages sent while a receiver was away, recovered on reconnect.
     Recover {
@@ -160,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 clients,
                 seconds,
                 pid,
+                store_pid,
             } => {
                 let target = Target::new(&api, &api_key_file)?;
                 let load = Load {
@@ -167,7 +172,11 @@ fn main() -> anyhow::Result<()> {
                     clients,
                     seconds,
                 };
-                sends(proto, &url, &target, load, pid).await
+                let watched = Watched {
+                    server: pid,
+                    store: store_pid,
+                };
+                sends(proto, &url, &target, load, watched).await
             }
             Cmd::Recover {
                 api,
@@ -535,12 +544,20 @@ struct Load {
     seconds: u64,
 }
 
+/// The processes whose CPU time a `sends` run reports.
+struct Watched {
+    /// The server under test.
+    server: Option<u32>,
+    /// Its store (Redis).
+    store: Option<u32>,
+}
+
 async fn sends(
     proto: Proto,
     url: &str,
     target: &Target,
     load: Load,
-    pid: Option<u32>,
+    watched: Watched,
 ) -> anyhow::Result<Value> {
     let Load {
         users,
@@ -551,9 +568,11 @@ async fn sends(
     check_count("clients", clients, 1024)?;
     check_seconds(seconds)?;
     let receivers = open_many(proto, url, 0..users).await?;
-    let server = pid.map(|p| p.to_string());
+    let server = watched.server.map(|p| p.to_string());
+    let store = watched.store.map(|p| p.to_string());
     let cpu = |who: Option<&str>| who.map(cpu_seconds).transpose();
     let (server_before, self_before) = (cpu(server.as_deref())?, cpu(Some("self"))?);
+    let store_before = cpu(store.as_deref())?;
     let start = Instant::now();
     let receipts = Arc::new(Receipts::default());
     let readers: Vec<_> = receivers
@@ -589,8 +608,10 @@ async fn sends(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let (server_after, self_after) = (cpu(server.as_deref())?, cpu(Some("self"))?);
+    let store_after = cpu(store.as_deref())?;
     let used = |before: Option<f64>, after: Option<f64>| after.zip(before).map(|(a, b)| a - b);
     let server_cpu = used(server_before, server_after);
+    let store_cpu = used(store_before, store_after);
     let driver_cpu = used(self_before, self_after).unwrap_or_default();
     let deadline = Instant::now() + DRAIN;
     while receipts.received.load(Ordering::Relaxed) < ok && Instant::now() < deadline {
@@ -614,6 +635,8 @@ async fn sends(
         "p99_ms": percentile_ms(&latencies, 0.99),
         "server_cpu_us_per_send": server_cpu.map(|c| (c * 1e6 / ok.max(1) as f64).round()),
         "driver_cpu_fraction": (driver_cpu / elapsed * 100.0).round() / 100.0,
+        "store_cpu_us_per_send": store_cpu.map(|c| (c * 1e6 / ok.max(1) as f64).round()),
+        "store_cpu_fraction": store_cpu.map(|c| (c / elapsed * 100.0).round() / 100.0),
     }))
 }
 

@@ -436,6 +436,18 @@ mod tests {
                 .contains("at least 1")
         );
         assert!(parse(&["--fallback-upstream", "no-port"]).is_err());
+        let source = parse(&[
+            "--ring-file",
+            "r.json",
+            "--upstream-source-address",
+            "127.1.0.x",
+        ]);
+        assert!(
+            source
+                .expect_err("not an address")
+                .to_string()
+                .contains("--upstream-source-address")
+        );
         let no_keys = parse(&["--ring-file", "r.json", "--api-listen", "127.0.0.1:0"]);
         assert!(
             no_keys

@@ -501,6 +501,36 @@ async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<()
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn connections_leave_from_the_source_address_and_a_foreign_family_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let target = listener.local_addr().expect("addr");
+        let source: IpAddr = "127.1.0.9".parse().expect("ip");
+        let dialled = connect(Some(target), "", Some(source));
+        let (dialled, accepted) = tokio::join!(dialled, listener.accept());
+        assert_eq!(
+            dialled.expect("connect").local_addr().expect("local").ip(),
+            source
+        );
+        assert_eq!(accepted.expect("accept").1.ip(), source);
+        let name = target.to_string();
+        let by_name = connect(None, &name, Some(source));
+        let (by_name, _) = tokio::join!(by_name, listener.accept());
+        assert_eq!(
+            by_name.expect("connect").local_addr().expect("local").ip(),
+            source
+        );
+
+        let v6: IpAddr = "::1".parse().expect("ip");
+        let refused = connect(Some(target), "127.0.0.1:1", Some(v6))
+            .await
+            .expect_err("no IPv6 address to dial");
+        assert_eq!(refused.kind(), io::ErrorKind::AddrNotAvailable);
+        assert!(refused.to_string().contains("::1"), "{refused}");
+    }
+
     /// A reader that hands out `data` in pieces of `step` bytes, to cover split reads.
     struct Trickle {
         data: Vec<u8>,

@@ -19,7 +19,8 @@
 //! * [`ca`] — CA bundles for the TLS clients (`--redis-ca-file`, `--amqp-ca-file`) and the one
 //!   rustls crypto provider (`ring`).
 //! * [`backoff`] — exponential backoff with full jitter for every reconnect loop.
-//! * [`buffers`] — byte buffers borrowed only while bytes move, pooled per worker thread.
+//! * [`buffers`] — byte buffers borrowed only while bytes move, pooled per worker thread, and
+//!   [`delegate_async_write!`] for read-side stream wrappers.
 //! * [`json`] — JSON responses and bounded JSON request bodies.
 //! * [`flags`] — the name and environment variable of every node and proxy flag, used by their
 //!   clap parsers and by whatever renders their command lines or pod environments.

@@ -40,7 +40,7 @@ impl Fleet {
         let stop = CancellationToken::new();
         let ws = ws_urls(proxies);
         let clients = (0..count)
-            .map(|i| spawn_client(format!("{prefix}-{i}"), &ws, i, &stop))
+            .map(|i| spawn_client(Client::new(format!("{prefix}-{i}")), &ws, i, &stop))
             .collect();
         Fleet { clients, stop }
     }
@@ -55,6 +55,35 @@ impl Fleet {
         proxies: &[String],
         per_second: NonZeroU32,
     ) -> Fleet {
+        Fleet::connect_paced_with(prefix, users, proxies, per_second, |user, _| {
+            Client::new(user)
+        })
+        .await
+    }
+
+    /// [`Fleet::connect_paced`] with every client connecting from its own loopback address
+    /// ([`client_source`]), for fleets of tens of thousands: sharing 127.0.0.1, each proxy's
+    /// clients would draw on one pool of source ports that `connect()` searches linearly. Not
+    /// the default, since a bound source address takes its port at bind() time, from the half
+    /// of the range where free-port searches look.
+    pub async fn connect_paced_from_own_addresses(
+        prefix: &str,
+        users: Range<usize>,
+        proxies: &[String],
+        per_second: NonZeroU32,
+    ) -> Fleet {
+        let client = |user, i| Client::with_source(user, client_source(i));
+        Fleet::connect_paced_with(prefix, users, proxies, per_second, client).await
+    }
+
+    /// The paced opening both share: `client` makes user `i`'s client.
+    async fn connect_paced_with(
+        prefix: &str,
+        users: Range<usize>,
+        proxies: &[String],
+        per_second: NonZeroU32,
+        client: impl Fn(String, usize) -> Client,
+    ) -> Fleet {
         let stop = CancellationToken::new();
         let ws = ws_urls(proxies);
         let per_tick = (per_second.get() as usize / PACING_TICKS_PER_SECOND).max(1);
@@ -65,7 +94,12 @@ impl Fleet {
             if clients.len() % per_tick == 0 {
                 tick.tick().await;
             }
-            clients.push(spawn_client(format!("{prefix}-{i}"), &ws, i, &stop));
+            clients.push(spawn_client(
+                client(format!("{prefix}-{i}"), i),
+                &ws,
+                i,
+                &stop,
+            ));
         }
         Fleet { clients, stop }
     }
@@ -177,8 +211,7 @@ fn ws_urls(proxies: &[String]) -> Vec<String> {
 }
 
 /// A client for `user` run in its own task, first through proxy `i % proxies`.
-fn spawn_client(user: String, proxies: &[String], i: usize, stop: &CancellationToken) -> Client {
-    let client = Client::with_source(user, client_source(i));
+fn spawn_client(client: Client, proxies: &[String], i: usize, stop: &CancellationToken) -> Client {
     tokio::spawn(client.clone().run(proxies.to_vec(), i, stop.clone()));
     client
 }

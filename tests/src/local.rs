@@ -51,6 +51,8 @@ pub struct LocalOptions {
     /// Proxy config YAML written to a file in the log directory and passed with
     /// `--proxy-config`.
     pub proxy_config: Option<String>,
+    /// `--proxy-source-addresses`: each proxy dials the nodes from its own loopback address.
+    pub proxy_source_addresses: bool,
 }
 
 impl LocalOptions {
@@ -67,6 +69,7 @@ impl LocalOptions {
             drain_timeout_seconds: 30,
             node_grace_period_seconds: 5,
             proxy_config: None,
+            proxy_source_addresses: false,
         }
     }
 
@@ -78,6 +81,10 @@ impl LocalOptions {
             .args(["--nodes", &self.nodes.to_string()])
             .args(["--proxies", &self.proxies.to_string()])
             .args(["--control-listen", "127.0.0.1:0", "--proxy-port", "0"])
+            .args(
+                self.proxy_source_addresses
+                    .then_some("--proxy-source-addresses"),
+            )
             .args(["--cluster-id", &self.cluster_id])
             .args([
                 "--drain-timeout-seconds",

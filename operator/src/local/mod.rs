@@ -66,6 +66,12 @@ pub struct LocalArgs {
         default_value = "127.0.0.1:9080"
     )]
     pub control_listen: SocketAddr,
+    /// Each proxy dials the nodes from its own loopback address (127.1.0.n+1), as each pod has its
+    /// own IP: for runs with tens of thousands of clients, where one source address per node
+    /// makes every connect() search a crowded port pool. Off by default: binding a source
+    /// address takes its port at bind() time, from the half of the range free-port searches use.
+    #[arg(long)]
+    pub proxy_source_addresses: bool,
     /// Client port of the first proxy; proxy i listens on this port + i. 0 picks free ports.
     #[arg(long, env = "WSCLUSTER_PROXY_PORT", default_value_t = 8080)]
     pub proxy_port: u16,
@@ -245,6 +251,7 @@ fn settings(args: &LocalArgs, listeners: &Listeners) -> anyhow::Result<Settings>
         amqp_url: args.amqp_url.clone(),
         proxy_config: args.proxy_config.clone(),
         proxy_addresses: listeners.proxies.clone(),
+        proxy_source_addresses: args.proxy_source_addresses,
         proxy_api_addresses: listeners.proxy_apis.clone(),
         node_admin_addresses: listeners.node_admins.clone(),
         proxy_secret_file: write_secret_file(&log_dir, "proxy-secret", &random_token())?,

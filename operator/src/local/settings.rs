@@ -39,6 +39,8 @@ pub struct Settings {
     pub proxy_config: Option<PathBuf>,
     /// Client and admin addresses of each proxy, fixed for the run so restarts keep them.
     pub proxy_addresses: Vec<(SocketAddr, SocketAddr)>,
+    /// Whether proxy n dials the nodes from its own loopback address ([`proxy_source_address`]).
+    pub proxy_source_addresses: bool,
     /// Server API address of each proxy (`--api-listen`), fixed for the run.
     pub proxy_api_addresses: Vec<SocketAddr>,
     /// Admin address of each node ordinal (`--admin-listen`), fixed for the run.
@@ -166,8 +168,10 @@ impl Settings {
         if let Some(api) = self.proxy_api_addresses.get(usize::try_from(index).ok()?) {
             args.push_if_read(proxy::ALL, flags::API_LISTEN, &api.to_string());
         }
-        let source = proxy_source_address(index).to_string();
-        args.push_if_read(proxy::ALL, flags::UPSTREAM_SOURCE_ADDRESS, &source);
+        if self.proxy_source_addresses {
+            let source = proxy_source_address(index).to_string();
+            args.push_if_read(proxy::ALL, flags::UPSTREAM_SOURCE_ADDRESS, &source);
+        }
         Some(ChildSpec {
             kind: ChildKind::Proxy(index),
             generation,
@@ -245,6 +249,7 @@ mod tests {
                 "127.0.0.1:8080".parse().expect("addr"),
                 "127.0.0.1:9090".parse().expect("addr"),
             )],
+            proxy_source_addresses: true,
             proxy_api_addresses: vec!["127.0.0.1:8081".parse().expect("addr")],
             node_admin_addresses: (0..16)
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], 9100 + i)))

@@ -180,7 +180,13 @@ async fn hold_inner(args: &HoldArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let users = args.first..args.first + args.count;
-    let fleet = Fleet::connect_paced(&args.prefix, users, &args.proxies, args.connect_rate).await;
+    let fleet = Fleet::connect_paced_from_own_addresses(
+        &args.prefix,
+        users,
+        &args.proxies,
+        args.connect_rate,
+    )
+    .await;
     fleet
         .wait_connected(Duration::from_secs(args.connect_timeout_seconds))
         .await?;
@@ -708,7 +714,8 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
         ports: ephemeral_ports()?,
     };
     plan.check()?;
-    let options = LocalOptions::real_backends("scale-100k", args.nodes, args.proxies);
+    let mut options = LocalOptions::real_backends("scale-100k", args.nodes, args.proxies);
+    options.proxy_source_addresses = true;
     let settle = Duration::from_secs(60 + 15 * u64::from(args.nodes + args.proxies));
     let local = Local::start_within(options, settle).await?;
     // SIGTERM or Ctrl-C (the script's trap) still stops local mode and deletes its Redis keys;

@@ -30,8 +30,10 @@ const BACKOFF_FIRST_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 2_000;
 /// Read buffer of each client's WebSocket. tungstenite's default (128 KiB, allocated up front)
 /// would make 16,000 clients in one process (`wscluster-clients`) hold 2 GiB of buffers for
-/// frames of a few hundred bytes; a larger frame still arrives, the buffer grows.
-const READ_BUFFER_BYTES: usize = 4096;
+/// frames of a few hundred bytes, and it zero-fills that buffer again on every read (28 % of
+/// `wscluster-sendload`'s CPU under `perf` before it used this); a larger frame still arrives,
+/// the buffer grows.
+pub const READ_BUFFER_BYTES: usize = 4096;
 /// The node's notice that a session is open and replayed.
 const READY_NOTICE: &str = "ready";
 

@@ -30,7 +30,9 @@ use hyper::client::conn::http1::SendRequest;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wscluster_tests::client::READ_BUFFER_BYTES;
 
 /// Longest any run may last, whatever the flags say.
 const MAX_SECONDS: u64 = 300;
@@ -313,20 +315,33 @@ fn parse(proto: Proto, text: &str) -> Frame {
     }
 }
 
+/// The fields of a plain frame the driver reads, borrowed from the text where they hold no
+/// escapes (through a `serde_json::Value` every field would be allocated, once per frame).
+#[derive(Debug, serde::Deserialize)]
+struct PlainFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    content: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    epoch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
+}
+
 fn parse_plain(text: &str) -> Frame {
-    let Ok(v) = serde_json::from_str::<Value>(text) else {
+    let Ok(f) = serde_json::from_str::<PlainFrame<'_>>(text) else {
         return Frame::Other;
     };
-    let resume = match (v["epoch"].as_str(), v["offset"].as_u64()) {
-        (Some(e), Some(o)) => Some(format!("since={o}&epoch={e}")),
-        _ => None,
-    };
-    match v["type"].as_str() {
-        Some("message") => Frame::Message(Delivered {
-            content: v["content"].as_str().unwrap_or_default().to_owned(),
-            resume,
+    match &*f.kind {
+        "message" => Frame::Message(Delivered {
+            resume: f
+                .epoch
+                .zip(f.offset)
+                .map(|(e, o)| format!("since={o}&epoch={e}")),
+            content: f.content.into_owned(),
         }),
-        Some("ready") => Frame::Ready(Opened { pid: None }),
+        "ready" => Frame::Ready(Opened { pid: None }),
         _ => Frame::Other,
     }
 }
@@ -375,7 +390,9 @@ async fn open(
     early: &mut Vec<Delivered>,
 ) -> anyhow::Result<(Ws, Opened)> {
     let handshake = async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
         if proto == Proto::Sio {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
@@ -732,4 +749,51 @@ async fn recover(
         "recovered": recovered,
         "ms": if recovered == messages { (took.as_secs_f64() * 1e4).round() / 10.0 } else { limit.as_secs_f64() * 1e3 },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wscluster_ring::contract::{ClientMessage, MessageKind};
+
+    #[test]
+    fn a_node_message_parses_with_its_resume_position_and_escaped_content() {
+        let sent = ClientMessage {
+            kind: MessageKind::Message,
+            content: "t42 \"quoted\"".into(),
+            server: "n1".into(),
+            server_user_count: 3,
+            timestamp: 1,
+            offset: Some(7),
+            epoch: Some("e9".into()),
+            from: None,
+        };
+        let text = serde_json::to_string(&sent).expect("serialise");
+        match parse_plain(&text) {
+            Frame::Message(m) => {
+                assert_eq!(m.content, "t42 \"quoted\"");
+                assert_eq!(m.resume.as_deref(), Some("since=7&epoch=e9"));
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ready_frames_and_garbage_are_told_apart() {
+        assert!(matches!(
+            parse_plain(
+                r#"{"type":"ready","server":"n1","epoch":"e","offset":0,"recovered":true}"#
+            ),
+            Frame::Ready(_)
+        ));
+        assert!(matches!(
+            parse_plain(r#"{"type":"system","content":"hi"}"#),
+            Frame::Other
+        ));
+        assert!(matches!(parse_plain("not json"), Frame::Other));
+        assert!(matches!(
+            parse_plain(r#"{"content":"no type"}"#),
+            Frame::Other
+        ));
+    }
 }

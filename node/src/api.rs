@@ -155,16 +155,9 @@ async fn send(
     let state = &edge.state;
     check_owner_routed(state, &user, routed).await?;
     let permit = send_permit(edge)?;
-    let task_state = Arc::clone(state);
-    // The permit goes with the work, not with the request: a caller that hangs up does not
-    // free a place while its send still runs.
-    let job = state.tasks.spawn(async move {
-        let _permit = permit;
-        task_state.send(user, message, None).await
-    });
-    let receipt: SendReceipt = job
+    let receipt: SendReceipt = state
+        .spawn_send(user, message, None, permit)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| ApiError::delivery(state, &e))?;
     let status = if receipt.delivered {
         StatusCode::OK

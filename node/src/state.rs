@@ -180,9 +180,35 @@ impl NodeState {
         message: String,
         from: Option<String>,
     ) -> Result<SendReceipt, DeliveryError> {
-        self.send_to_user(user, message, from)
-            .await
-            .map_err(|e| DeliveryError::unavailable(MAILBOX, e))
+        self.spawn_send(user, message, from, ()).await
+    }
+
+    /// [`NodeState::send`] in a task of its own, which runs to completion even if the caller
+    /// goes away, so an appended message is never left undelivered to a live session while a
+    /// later one is. `guard` lives as long as the work (the server API's in-flight permit: a
+    /// caller that hangs up does not free a place while its send still runs). One task per
+    /// send, not one for the request and another for the store.
+    pub fn spawn_send<G: Send + 'static>(
+        self: &Arc<Self>,
+        user: String,
+        message: String,
+        from: Option<String>,
+        guard: G,
+    ) -> impl std::future::Future<Output = Result<SendReceipt, DeliveryError>> + use<G> {
+        let state = Arc::clone(self);
+        let job = self.tasks.spawn(async move {
+            let _guard = guard;
+            state.send_to_user(user, message, from).await
+        });
+        async move {
+            match job.await {
+                Ok(result) => result.map_err(|e| DeliveryError::unavailable(MAILBOX, e)),
+                Err(e) => Err(DeliveryError::unavailable(
+                    MAILBOX,
+                    format!("send task failed: {e}"),
+                )),
+            }
+        }
     }
 
     /// Broadcasts `message` to every connected user of the cluster through the bus; answers a
@@ -282,52 +308,42 @@ impl NodeState {
         Utf8Bytes::from(serde_json::to_string(&msg).unwrap_or_default())
     }
 
-    /// Appends a message to `user`'s mailbox and queues it to every session of the user here.
-    /// Runs to completion even if the caller goes away, so an appended message is never left
-    /// undelivered to a live session while a later one is.
+    /// Appends a message to `user`'s mailbox and queues it to every session of the user here
+    /// (the body of [`NodeState::spawn_send`]'s task).
     async fn send_to_user(
-        self: &Arc<Self>,
+        &self,
         user: String,
         content: String,
         from: Option<String>,
     ) -> Result<SendReceipt> {
-        let state = self.clone();
-        let job = self.tasks.spawn(async move {
-            let _order = state.stripe(&user).lock().await;
-            let timestamp = now_ms();
-            let started = std::time::Instant::now();
-            let stored = state
-                .mailbox
-                .append(&user, &content, from.as_deref(), timestamp)
-                .await?;
-            state
-                .metrics
-                .mailbox_append_seconds
-                .observe(started.elapsed().as_secs_f64());
-            state.metrics.messages_appended.inc();
-            let position = Some((&*stored.epoch, stored.offset));
-            let text =
-                state.client_message(MessageKind::Message, content, timestamp, position, from);
-            let delivery = state.registry.deliver(
-                &user,
-                Outbound {
-                    position: Some((stored.epoch.clone(), stored.offset)),
-                    text,
-                    kind: "message",
-                },
-            );
-            Ok(SendReceipt {
-                stored: true,
-                delivered: delivery.queued > 0,
-                sessions: delivery.queued as u64,
-                epoch: stored.epoch.to_string(),
-                offset: stored.offset,
-            })
-        });
-        match job.await {
-            Ok(r) => r,
-            Err(e) => Err(crate::Error::Protocol(format!("send task failed: {e}"))),
-        }
+        let _order = self.stripe(&user).lock().await;
+        let timestamp = now_ms();
+        let started = std::time::Instant::now();
+        let stored = self
+            .mailbox
+            .append(&user, &content, from.as_deref(), timestamp)
+            .await?;
+        self.metrics
+            .mailbox_append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.messages_appended.inc();
+        let position = Some((&*stored.epoch, stored.offset));
+        let text = self.client_message(MessageKind::Message, content, timestamp, position, from);
+        let delivery = self.registry.deliver(
+            &user,
+            Outbound {
+                position: Some((stored.epoch.clone(), stored.offset)),
+                text,
+                kind: "message",
+            },
+        );
+        Ok(SendReceipt {
+            stored: true,
+            delivered: delivery.queued > 0,
+            sessions: delivery.queued as u64,
+            epoch: stored.epoch.to_string(),
+            offset: stored.offset,
+        })
     }
 
     /// Handles one event from the bus. A reset naming a newer ring than the node's is checked

@@ -71,12 +71,12 @@ for i = 1, #KEYS / 2 do
     redis.call('HSET', meta, 'e', epoch, 's', 0)
   end
   local seq = redis.call('HINCRBY', meta, 's', 1)
-  local fields = {'c', ARGV[a + 1], 't', ARGV[a + 2]}
-  if ARGV[a + 4] ~= '' then
-    fields[5] = 'f'
-    fields[6] = ARGV[a + 4]
+  if ARGV[a + 4] == '' then
+    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2])
+  else
+    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2],
+      'f', ARGV[a + 4])
   end
-  redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, unpack(fields))
   redis.call('EXPIRE', stream, ARGV[2])
   redis.call('EXPIRE', meta, ARGV[2])
   epochs[i] = epoch

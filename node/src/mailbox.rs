@@ -378,7 +378,6 @@ impl Mailbox for RedisMailbox {
                 content: content.to_owned(),
                 timestamp,
                 from: from.unwrap_or_default().to_owned(),
-                epoch: new_epoch(),
             })
             .await
     }

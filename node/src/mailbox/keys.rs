@@ -22,34 +22,51 @@
 
 /// The hash tag of `user`'s keys: the user with `%`, `{`, `}` escaped; `%` for the empty user.
 pub fn user_tag(user: &str) -> String {
+    let mut tag = String::with_capacity(user.len().max(1));
+    push_tag(&mut tag, user);
+    tag
+}
+
+/// Appends `user`'s hash tag to `out` (see [`user_tag`]).
+fn push_tag(out: &mut String, user: &str) {
     if user.is_empty() {
-        return "%".to_owned();
+        out.push('%');
+        return;
     }
-    let mut tag = String::with_capacity(user.len());
     for c in user.chars() {
         match c {
-            '%' => tag.push_str("%25"),
-            '{' => tag.push_str("%7B"),
-            '}' => tag.push_str("%7D"),
-            c => tag.push(c),
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
         }
     }
-    tag
+}
+
+/// `{namespace}{kind}:{<tag>}`, built in one allocation (two keys are made per send).
+fn key(namespace: &str, kind: &str, user: &str) -> String {
+    let mut key = String::with_capacity(namespace.len() + kind.len() + user.len() + 4);
+    key.push_str(namespace);
+    key.push_str(kind);
+    key.push_str(":{");
+    push_tag(&mut key, user);
+    key.push('}');
+    key
 }
 
 /// `user`'s mailbox stream.
 pub fn stream(namespace: &str, user: &str) -> String {
-    format!("{namespace}mailbox:{{{}}}", user_tag(user))
+    key(namespace, "mailbox", user)
 }
 
 /// `user`'s mailbox meta hash (epoch and last offset).
 pub fn meta(namespace: &str, user: &str) -> String {
-    format!("{namespace}mailbox-meta:{{{}}}", user_tag(user))
+    key(namespace, "mailbox-meta", user)
 }
 
 /// `user`'s presence entry.
 pub fn presence(namespace: &str, user: &str) -> String {
-    format!("{namespace}presence:{{{}}}", user_tag(user))
+    key(namespace, "presence", user)
 }
 
 #[cfg(test)]
@@ -80,6 +97,11 @@ mod tests {
             "wscluster:default/chat:mailbox:{alice}"
         );
         assert_eq!(meta(NS, "}"), "wscluster:default/chat:mailbox-meta:{%7D}");
+        assert_eq!(presence(NS, ""), "wscluster:default/chat:presence:{%}");
+        assert_eq!(
+            stream(NS, "a%{"),
+            "wscluster:default/chat:mailbox:{a%25%7B}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! A real Redis Cluster on loopback for one test: three masters and three replicas
-//! (`redis-server --cluster-enabled yes`, `redis-cli --cluster create … --cluster-replicas 1`),
-//! each with `appendonly yes` and `appendfsync always` in a directory of its own. Every process
-//! is killed and the directory removed when the [`RedisCluster`] is dropped, also on a panic.
+//! Real Redis servers on loopback for one test: a Redis Cluster of three masters and three
+//! replicas (`redis-server --cluster-enabled yes`, `redis-cli --cluster create …
+//! --cluster-replicas 1`), or a standalone master with one replica ([`MasterAndReplica`]). Each
+//! server has `appendonly yes` and `appendfsync always` in a directory of its own. Every process
+//! is killed and the directory removed when the value is dropped, also on a panic.
 //!
 //! The cluster's node timeout is one second, so a killed master is failed over within a few
 //! seconds (the default, 15 s, is for real networks).
@@ -36,28 +37,66 @@ pub struct ClusterNode {
     pub slots: Vec<(u16, u16)>,
 }
 
-/// A running cluster; dropping it kills every process.
-pub struct RedisCluster {
-    /// The client ports, one per node.
-    pub ports: Vec<u16>,
-    /// The processes, by port; `None` once killed.
+/// Server processes and their data directory: dropping it kills every process and removes the
+/// directory (kept, with the logs, when the test panics).
+struct Servers {
+    /// The processes, in port order; `None` once killed.
     children: Vec<Option<Child>>,
     /// Data directories and logs.
     dir: PathBuf,
 }
 
-impl Drop for RedisCluster {
+impl Drop for Servers {
     fn drop(&mut self) {
         for child in self.children.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("redis cluster logs kept in {}", self.dir.display());
+            eprintln!("redis logs kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+impl Servers {
+    /// A fresh directory named after `what` and `base`, nothing started yet.
+    fn new(what: &str, base: u16) -> Servers {
+        let dir = std::env::temp_dir().join(format!("wsc-{what}-{}-{base}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Servers {
+            children: Vec::new(),
+            dir,
+        }
+    }
+
+    /// Starts `redis-server` on `port` with `role` (cluster or replica flags) and waits until
+    /// it answers `PING`.
+    async fn start(&mut self, port: u16, role: &[&str]) {
+        self.children
+            .push(Some(spawn_server(&self.dir, port, role)));
+        until(&format!("redis-server on {port}"), || async {
+            on_node::<String>(port, &redis::cmd("PING")).await.is_ok()
+        })
+        .await;
+    }
+
+    /// Kills the `i`th server with SIGKILL (no shutdown, no last write) and reaps it.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            child.kill().expect("kill -9 redis-server");
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running cluster; dropping it kills every process.
+pub struct RedisCluster {
+    /// The client ports, one per node.
+    pub ports: Vec<u16>,
+    /// The processes, in the order of `ports`.
+    servers: Servers,
 }
 
 /// Whether `port` and its cluster bus port (`port + 10000`) are free on loopback now.
@@ -66,32 +105,25 @@ fn free(port: u16) -> bool {
     bind(port) && bind(port + 10_000)
 }
 
-/// The first base port from `from` (in steps of 10, below 18000) whose six ports are free.
-fn free_base(from: u16) -> u16 {
+/// The first base port from `from` (in steps of 10, below 18000) whose `count` ports are free.
+fn free_base(from: u16, count: u16) -> u16 {
     (from..18_000)
         .step_by(10)
-        .find(|base| (0..NODES).all(|i| free(base + i)))
-        .expect("six free ports (and bus ports) between 17000 and 18000")
+        .find(|base| (0..count).all(|i| free(base + i)))
+        .expect("free ports (and bus ports) between 17000 and 18000")
 }
 
-/// `redis-server` on `port`, or a failure saying how to get it.
-fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+/// `redis-server` on `port` with `role`'s flags, or a failure saying how to get it.
+fn spawn_server(dir: &std::path::Path, port: u16, role: &[&str]) -> Child {
     let data = dir.join(port.to_string());
     std::fs::create_dir_all(&data).expect("data dir");
     let data = data.to_str().expect("utf-8 temp path").to_owned();
-    let timeout = NODE_TIMEOUT_MS.to_string();
     let port_s = port.to_string();
     let args = [
         "--port",
         &port_s,
         "--bind",
         "127.0.0.1",
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        "nodes.conf",
-        "--cluster-node-timeout",
-        &timeout,
         "--appendonly",
         "yes",
         "--appendfsync",
@@ -109,6 +141,7 @@ fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
     ];
     Command::new("redis-server")
         .args(args)
+        .args(role)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -163,6 +196,17 @@ where
     }
 }
 
+/// Waits until the server at `port` is a master, or a replica with its master link up.
+async fn wait_synced(port: u16) {
+    until(&format!("the replica on {port} synced"), || async {
+        let info: String = on_node(port, redis::cmd("INFO").arg("replication"))
+            .await
+            .unwrap_or_default();
+        info.contains("role:master") || info.contains("master_link_status:up")
+    })
+    .await;
+}
+
 /// Parses `CLUSTER NODES`.
 fn parse_nodes(text: &str) -> Vec<ClusterNode> {
     text.lines()
@@ -195,23 +239,22 @@ impl RedisCluster {
     /// Starts six servers on free ports from `base_hint` up, makes them a cluster with one
     /// replica per master, and waits until every node reports `cluster_state:ok`.
     pub async fn start(base_hint: u16) -> RedisCluster {
-        let base = free_base(base_hint);
-        let dir =
-            std::env::temp_dir().join(format!("wsc-redis-cluster-{}-{base}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let base = free_base(base_hint, NODES);
+        let mut servers = Servers::new("redis-cluster", base);
         let ports: Vec<u16> = (0..NODES).map(|i| base + i).collect();
-        let children = ports.iter().map(|p| Some(spawn_server(&dir, *p))).collect();
-        let cluster = RedisCluster {
-            ports,
-            children,
-            dir,
-        };
-        for port in &cluster.ports {
-            until(&format!("redis-server on {port}"), || async {
-                on_node::<String>(*port, &redis::cmd("PING")).await.is_ok()
-            })
-            .await;
+        let timeout = NODE_TIMEOUT_MS.to_string();
+        let role = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &timeout,
+        ];
+        for port in &ports {
+            servers.start(*port, &role).await;
         }
+        let cluster = RedisCluster { ports, servers };
         cluster.create();
         cluster.wait_ok(&cluster.ports).await;
         cluster.wait_replicas_synced().await;
@@ -223,13 +266,7 @@ impl RedisCluster {
     /// before.
     async fn wait_replicas_synced(&self) {
         for port in &self.ports {
-            until(&format!("the replica on {port} synced"), || async {
-                let info: String = on_node(*port, redis::cmd("INFO").arg("replication"))
-                    .await
-                    .unwrap_or_default();
-                info.contains("role:master") || info.contains("master_link_status:up")
-            })
-            .await;
+            wait_synced(*port).await;
         }
     }
 
@@ -316,10 +353,7 @@ impl RedisCluster {
             .iter()
             .position(|p| *p == port)
             .expect("a port of this cluster");
-        if let Some(mut child) = self.children[i].take() {
-            child.kill().expect("kill -9 redis-server");
-            let _ = child.wait();
-        }
+        self.servers.kill(i);
     }
 
     /// Waits until the nodes other than `dead` see a new live master for `slot` (the dead
@@ -339,5 +373,54 @@ impl RedisCluster {
         };
         self.wait_ok(&live).await;
         promoted
+    }
+}
+
+/// A standalone master and one replica of it (`--replicaof`); dropping it kills both.
+pub struct MasterAndReplica {
+    /// The master's port.
+    pub master: u16,
+    /// The replica's port.
+    pub replica: u16,
+    /// Both processes.
+    _servers: Servers,
+}
+
+impl MasterAndReplica {
+    /// Starts a master and a replica on free ports from `base_hint` up and waits until the
+    /// replica's first sync is done.
+    pub async fn start(base_hint: u16) -> MasterAndReplica {
+        let base = free_base(base_hint, 2);
+        let (master, replica) = (base, base + 1);
+        let mut servers = Servers::new("redis-pair", base);
+        servers.start(master, &[]).await;
+        let master_port = master.to_string();
+        servers
+            .start(replica, &["--replicaof", "127.0.0.1", &master_port])
+            .await;
+        wait_synced(replica).await;
+        MasterAndReplica {
+            master,
+            replica,
+            _servers: servers,
+        }
+    }
+
+    /// Waits until the replica acknowledged everything the master has written so far
+    /// (`WAIT 1`, bounded).
+    pub async fn wait_replicated(&self) {
+        let acked: i64 = on_node(self.master, redis::cmd("WAIT").arg(1).arg(1900))
+            .await
+            .expect("WAIT");
+        assert_eq!(acked, 1, "the replica acknowledged the master's writes");
+    }
+
+    /// `REPLICAOF NO ONE` on the replica: it becomes a master of a history of its own, as a
+    /// failover promotes it, and no longer receives what the old master writes.
+    pub async fn promote(&self) {
+        let ok: String = on_node(self.replica, redis::cmd("REPLICAOF").arg("NO").arg("ONE"))
+            .await
+            .expect("REPLICAOF NO ONE");
+        assert_eq!(ok, "OK");
     }
 }

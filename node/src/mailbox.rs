@@ -4,7 +4,9 @@
 //! cannot (the epoch differs or the offset is no longer kept).
 //!
 //! The epoch is a random id made together with the stream, and made anew whenever the stream
-//! is made again: after it expired, after Redis lost it, in another process's memory. Offsets
+//! is made again: after it expired, after Redis lost it, after the Redis master that kept it
+//! was replaced or restarted (a new replication history, `scripts.rs`), in another process's
+//! memory. Offsets
 //! only compare within one epoch; that is what stops a client (or a live session) from taking a
 //! fresh offset 1 for a duplicate of the old offset 1.
 //!
@@ -16,19 +18,19 @@
 //! * `{prefix}:{cluster}:mailbox:{<tag>}` — a stream whose entry ids are `0-<offset>`, fields
 //!   `c` (content) and `t` (timestamp, ms since the Unix epoch);
 //! * `{prefix}:{cluster}:mailbox-meta:{<tag>}` — a hash: `e` the epoch, `s` the last offset
-//!   handed out.
+//!   handed out, `r` the replication history that wrote them (`scripts.rs`).
 //!
 //! The same code runs on a standalone Redis and on a Redis Cluster ([`RedisConnection`]): the
 //! two keys of a user share one slot, so every script call stays in one slot, and a batch is
 //! split by slot on a cluster (`batch.rs`).
 //!
-//! One Lua script makes the epoch when the hash is absent (dropping any stream left without
-//! one), allocates the offset, `XADD`s with `MAXLEN` and `EXPIRE`s both keys together, and
+//! One Lua script makes the epoch when the hash is absent or another replication history wrote
+//! it (dropping the stream), allocates the offset, `XADD`s with `MAXLEN` and `EXPIRE`s both keys together, and
 //! returns epoch and offset, atomic with other writers. Under load, appends that wait for the
 //! connection go together in one call of that script ([`Batching`], `batch.rs`), so a busy node
 //! pays one round trip and one script dispatch per batch rather than per message. A read is
-//! one script too, which makes the epoch of an absent stream so the client is told the epoch
-//! its next messages will carry.
+//! one script too, which makes the epoch by the same rule so the client is told the epoch its
+//! next messages will carry.
 //!
 //! Every Redis call is bounded ([`APPEND_TIMEOUT`], [`READ_TIMEOUT`]): with Redis down a send
 //! fails fast instead of waiting for a reconnect.
@@ -44,6 +46,7 @@ use crate::error::{Error, Result};
 mod batch;
 mod connection;
 pub mod keys;
+mod scripts;
 
 pub use batch::Batching;
 use batch::{Appender, Message};
@@ -258,23 +261,6 @@ impl Mailbox for MemoryMailbox {
     }
 }
 
-/// The epoch, the bounds and one page of a stream. KEYS: stream, meta. ARGV: after, limit, ttl
-/// seconds, a fresh epoch (made into the stream's epoch if it has none, with an empty stream).
-/// Returns `{epoch, latest, first entry (0 or 1), page}`.
-const READ_LUA: &str = r#"
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', ARGV[4], 's', 0)
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-  return {ARGV[4], 0, {}, {}}
-end
-local latest = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-local page = redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
-return {epoch, latest, first, page}
-"#;
-
 /// Mailboxes in Redis streams (see the module docs for the layout).
 #[derive(Clone)]
 pub struct RedisMailbox {
@@ -320,7 +306,7 @@ impl RedisMailbox {
             con,
             namespace,
             retention,
-            read: redis::Script::new(READ_LUA),
+            read: redis::Script::new(scripts::READ),
         }
     }
 

@@ -56,37 +56,6 @@ impl Default for Batching {
     }
 }
 
-/// Epoch, offset allocation and append for each of a batch of messages, in order, in one
-/// atomic call. KEYS: stream and meta of each message, in pairs. ARGV: max length, ttl seconds,
-/// a fresh epoch (given to every stream of the batch that has none: an epoch tells one user's
-/// streams apart, so users may share one), then three per message: content, timestamp, the chat
-/// sender or "" (stored as field `f` when set). Returns one string, `epoch:offset` per message
-/// joined by `,` ([`parse_reply`]): a client parses one bulk string far faster than two arrays
-/// of a value per message (redis-rs's parser was a fifth of the node's instructions per send).
-pub(super) const APPEND_LUA: &str = r#"
-local out = {}
-for i = 1, #KEYS / 2 do
-  local stream, meta, a = KEYS[2 * i - 1], KEYS[2 * i], 3 + 3 * (i - 1)
-  local epoch = redis.call('HGET', meta, 'e')
-  if not epoch then
-    epoch = ARGV[3]
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'e', epoch, 's', 0)
-  end
-  local seq = redis.call('HINCRBY', meta, 's', 1)
-  if ARGV[a + 3] == '' then
-    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2])
-  else
-    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2],
-      'f', ARGV[a + 3])
-  end
-  redis.call('EXPIRE', stream, ARGV[2])
-  redis.call('EXPIRE', meta, ARGV[2])
-  out[i] = epoch .. ':' .. seq
-end
-return table.concat(out, ',')
-"#;
-
 /// One message to append.
 pub(super) struct Message {
     /// The user's stream key.
@@ -165,7 +134,7 @@ async fn run(
     batching: Batching,
     mut queue: mpsc::Receiver<Job>,
 ) {
-    let script = Arc::new(redis::Script::new(APPEND_LUA));
+    let script = Arc::new(redis::Script::new(super::scripts::APPEND));
     let slots = Arc::new(Semaphore::new(batching.in_flight.max(1)));
     let max_batch = batching.max_batch.max(1);
     loop {

@@ -406,7 +406,7 @@ async fn a_master_failover_loses_no_send_acknowledged_after_it_settled() {
         let ns = namespace(&prefix);
         let masters: Vec<u16> = cluster.ports[..3].to_vec();
         let node = Arc::new(node_on(&masters, &prefix, &["--mailbox-max-len", "100000"]).await);
-        let users = users_on_every_master(&cluster, &ns, 2).await;
+        let users = users_on_every_master(&cluster, &ns, 6).await;
         let (victim, victim_slot) = (users[0].1, users[0].2);
         let affected: Vec<String> = users
             .iter()
@@ -451,6 +451,99 @@ async fn a_master_failover_loses_no_send_acknowledged_after_it_settled() {
         }
         report(&failover, &sends, &affected, closed);
         drop(con);
+        if let Ok(node) = Arc::try_unwrap(node) {
+            node.stop().await;
+        }
+    })
+    .await;
+}
+
+/// Sends to the stalled master's users in the stall test: one every [`STALL_PACE`], so each
+/// finds a call slot free and holds it, as a steady load does.
+const STALLED_SENDS: usize = 30;
+/// The pace of those sends.
+const STALL_PACE: Duration = Duration::from_millis(20);
+/// Longest a send to a healthy master may take while another master is stalled: a normal send
+/// takes milliseconds, the append bound is 1 s.
+const NOT_HELD_BACK: Duration = Duration::from_millis(500);
+
+/// Sends to `users` in turn, one every [`STALL_PACE`], without waiting for the answers;
+/// tells `started` how many have started, returns every status.
+async fn paced_sends(
+    node: Arc<Node>,
+    users: Vec<String>,
+    started: tokio::sync::watch::Sender<usize>,
+) -> Vec<u16> {
+    let mut pace = tokio::time::interval(STALL_PACE);
+    let mut sends = Vec::new();
+    for i in 0..STALLED_SENDS {
+        pace.tick().await;
+        let (node, user) = (Arc::clone(&node), users[i % users.len()].clone());
+        sends.push(tokio::spawn(
+            async move { node.send(&user, "stalled").await.0 },
+        ));
+        started.send_modify(|n| *n += 1);
+    }
+    let mut statuses = Vec::new();
+    for send in sends {
+        statuses.push(send.await.expect("send task"));
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_stops_answering_does_not_hold_back_the_users_of_the_others() {
+    within(Duration::from_secs(120), async {
+        let cluster = RedisCluster::start(17200).await;
+        let prefix = unique("wsc-stall");
+        let ns = namespace(&prefix);
+        let node = Arc::new(node_on(&cluster.ports[..3], &prefix, &[]).await);
+        let users = users_on_every_master(&cluster, &ns, 4).await;
+        for (user, ..) in &users {
+            let (status, body) = node.send(user, "before").await;
+            assert_eq!(status, 202, "{user}: {body}");
+        }
+        let stalled = users[0].1;
+        let (theirs, others): (Vec<_>, Vec<_>) = users.iter().partition(|u| u.1 == stalled);
+        let theirs: Vec<String> = theirs.into_iter().map(|u| u.0.clone()).collect();
+
+        cluster.pause(stalled);
+        let (started, mut count) = tokio::sync::watch::channel(0);
+        let load = tokio::spawn(paced_sends(Arc::clone(&node), theirs, started));
+        // Once more sends to the stalled master are out than the batcher has call slots (4),
+        // each would hold one for its whole second.
+        count
+            .wait_for(|n| *n >= 6)
+            .await
+            .expect("paced sends running");
+        let mut answers = Vec::new();
+        for (user, ..) in &others {
+            let asked = Instant::now();
+            let (status, body) = node.send(user, "through").await;
+            answers.push((user.clone(), status, asked.elapsed(), body));
+        }
+        cluster.resume(stalled);
+        let statuses = load.await.expect("stalled sends");
+
+        let slowest = answers.iter().map(|a| a.2).max().expect("answers");
+        println!(
+            "stalled master: {} sends to the other masters, slowest {slowest:?}; sends to the \
+             stalled master answered {:?}",
+            answers.len(),
+            statuses
+        );
+        for (user, status, took, body) in &answers {
+            assert_eq!(*status, 202, "{user} (healthy master): {body}");
+            assert!(
+                *took < NOT_HELD_BACK,
+                "{user} (healthy master) took {took:?}"
+            );
+        }
+        assert!(
+            statuses.iter().all(|s| matches!(s, 200 | 202 | 503)),
+            "sends to the stalled master: {statuses:?}"
+        );
+        drop(cluster);
         if let Ok(node) = Arc::try_unwrap(node) {
             node.stop().await;
         }

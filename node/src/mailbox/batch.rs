@@ -22,15 +22,29 @@
 //! all parts sent at once under the batch's deadline; a user's appends keep their queue order
 //! within their part. A part whose master is failing over fails alone (503 for its appends);
 //! the other parts are answered as usual. On a standalone Redis the whole batch is one part.
+//!
+//! A call slot stands for a call the connection is busy with, which is what makes appends
+//! queue up and share the next call. On a cluster a call to a master that is failing over is
+//! not answered until its deadline (a second); were it to keep its slot that long, a few of
+//! them would hold every slot and the appends to the healthy masters would wait in the queue
+//! until their own time ran out: one lost master would stall every user of a busy node. So
+//! on a cluster a call gives its slot back after [`SLOW_CALL`] even if it is still out (it
+//! keeps its deadline). On a standalone server a slow call keeps its slot: there is one
+//! server, and more calls would only make smaller batches for a Redis already behind.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{APPEND_TIMEOUT, Appended, RedisConnection, Retention, Shard};
 use crate::error::{Error, Result};
+
+/// On a cluster, how long an unanswered call holds its call slot: a healthy master answers in
+/// well under a millisecond, a master that stopped answering holds it no longer than this.
+const SLOW_CALL: Duration = Duration::from_millis(50);
 
 /// Appends waiting for a batch, at most; a send that finds the queue full waits for room within
 /// its own [`APPEND_TIMEOUT`].
@@ -157,23 +171,54 @@ async fn run(
             continue;
         };
         let parts = by_shard(&con, jobs);
-        let (script, con) = (Arc::clone(&script), con.clone());
-        tokio::spawn(async move {
-            let calls = parts.into_iter().map(|part| {
-                let (script, mut con) = (Arc::clone(&script), con.clone());
-                async move {
-                    let answer = tokio::time::timeout_at(
-                        deadline,
-                        call(&script, &mut con, retention, &part),
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err(timed_out()));
-                    answer_each(part, answer);
-                }
-            });
-            join_all(calls).await;
-            drop(slot);
+        let hold = con.is_cluster().then_some(SLOW_CALL);
+        let batch = Call {
+            script: Arc::clone(&script),
+            con: con.clone(),
+            retention,
+            deadline,
+        };
+        tokio::spawn(batch.send(parts, slot, hold));
+    }
+}
+
+/// What every part of one batch is sent with.
+struct Call {
+    script: Arc<redis::Script>,
+    con: RedisConnection,
+    retention: Retention,
+    /// The batch's oldest append's deadline: no part is waited for past it.
+    deadline: Instant,
+}
+
+impl Call {
+    /// Sends each part as one script call, all at once, and answers its appends; gives `slot`
+    /// back once every part is answered, or after `hold` (on a cluster) if one is still out.
+    async fn send(self, parts: Vec<Vec<Job>>, slot: OwnedSemaphorePermit, hold: Option<Duration>) {
+        let calls = parts.into_iter().map(|part| {
+            let (script, mut con) = (&self.script, self.con.clone());
+            async move {
+                let answer = tokio::time::timeout_at(
+                    self.deadline,
+                    call(script, &mut con, self.retention, &part),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timed_out()));
+                answer_each(part, answer);
+            }
         });
+        let mut calls = std::pin::pin!(join_all(calls));
+        let answered = match hold {
+            Some(hold) => tokio::time::timeout(hold, &mut calls).await.is_ok(),
+            None => {
+                calls.as_mut().await;
+                true
+            }
+        };
+        drop(slot);
+        if !answered {
+            calls.await;
+        }
     }
 }
 

@@ -36,6 +36,11 @@ impl RedisConnection {
         }
     }
 
+    /// Whether this is a Redis Cluster (several masters, each of which may fail on its own).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConnection::Cluster(_))
+    }
+
     /// `standalone` or `cluster`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {

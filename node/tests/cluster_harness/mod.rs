@@ -82,6 +82,19 @@ impl Servers {
         .await;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the `i`th server.
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.children[i]
+            .as_ref()
+            .map(Child::id)
+            .expect("a running server");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Kills the `i`th server with SIGKILL (no shutdown, no last write) and reaps it.
     fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {
@@ -346,14 +359,29 @@ impl RedisCluster {
             .join(",")
     }
 
-    /// Kills the node at `port` with SIGKILL (no shutdown, no last write) and reaps it.
-    pub fn kill(&mut self, port: u16) {
-        let i = self
-            .ports
+    /// The index of the node at `port`.
+    fn index(&self, port: u16) -> usize {
+        self.ports
             .iter()
             .position(|p| *p == port)
-            .expect("a port of this cluster");
+            .expect("a port of this cluster")
+    }
+
+    /// Kills the node at `port` with SIGKILL (no shutdown, no last write) and reaps it.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.index(port);
         self.servers.kill(i);
+    }
+
+    /// Stops the node at `port` with SIGSTOP: its connections stay open and nothing is
+    /// answered, as a frozen machine or a partition looks to a client (no reset, no refusal).
+    pub fn pause(&self, port: u16) {
+        self.servers.signal(self.index(port), "STOP");
+    }
+
+    /// Lets a node stopped by [`RedisCluster::pause`] run again.
+    pub fn resume(&self, port: u16) {
+        self.servers.signal(self.index(port), "CONT");
     }
 
     /// Waits until the nodes other than `dead` see a new live master for `slot` (the dead

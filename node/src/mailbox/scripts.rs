@@ -1,43 +1,46 @@
 //! The mailbox's two Lua scripts, append and read, and the one rule they share: which epoch a
 //! stream is in.
 //!
-//! A stream's epoch is kept in its meta hash (`e`) together with the replication id of the
-//! Redis history that wrote it (`r`: the first 16 hex digits of `master_replid`, from
+//! A stream's epoch is kept in its meta hash under a field named after the Redis replication
+//! history that wrote it: `e` and the first 16 hex digits of the master's `master_replid` (from
 //! `INFO replication`). A Redis master makes a new replication id whenever its history may
-//! have lost writes it acknowledged: a replica promoted to master (its copy may lack the old
+//! lack writes it acknowledged: a replica promoted to master (its copy may lack the old
 //! master's last writes, replication is asynchronous) and a restarted master (its AOF may lack
-//! the last second, or the restart lost everything). So a stream whose `r` is not the current
-//! id, or that has no epoch at all, is made anew: a fresh epoch, offsets from 1, the stream
-//! emptied. Without that rule a promoted replica would hand out the lost offsets again in the
-//! same epoch, and a client that had received a lost message would resume "after" its
-//! replacement and miss it without being told; with it, every client resuming from before the
-//! new history is told `recovered: false`. Replicas never run these scripts (they are writes),
-//! and a stream's two keys share one slot, so on a Redis Cluster the id is that of the slot's
-//! master.
+//! the last second, or the restart lost everything). So a stream whose meta hash has no epoch
+//! under the current history's field — none at all, or one another history wrote — is made
+//! anew: a fresh epoch, offsets from 1, both keys emptied first. Without that rule a promoted
+//! replica would hand out the lost offsets again in the same epoch, and a client that had
+//! received a lost message would resume "after" its replacement and miss it without being
+//! told; with it, every client resuming from before the new history is told
+//! `recovered: false`. Naming the field after the history keeps the check one `HGET`, as the
+//! epoch's read was before: the cost is one `INFO replication` per script call. Replicas never
+//! run these scripts (they are writes), and a stream's two keys share one slot, so on a Redis
+//! Cluster the id is that of the slot's master.
 //!
 //! Both scripts are built from [`stream_epoch_lua!`], so the rule is written once.
 
-/// The shared prelude: `writer`, the current history's id, and `epoch_of(stream, meta,
-/// fresh)`, which returns the stream's epoch, its last offset and whether it was made anew
-/// (with epoch `fresh`, offset 0) because it had no epoch or another history wrote it. A Redis that
+/// The shared prelude: `field`, the current history's epoch field, and `epoch_of(stream, meta,
+/// fresh)`, which returns the stream's epoch and whether it was made anew (with epoch `fresh`,
+/// offset 0) because the meta hash had none under `field`. A Redis whose `INFO replication`
 /// names no `master_replid` fails the call (every append of it answers 503), never skips the
 /// check.
 macro_rules! stream_epoch_lua {
     () => {
         r#"
-local writer = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-if not writer then
+local info = redis.call('INFO', 'replication')
+local at = string.find(info, 'master_replid:', 1, true)
+if not at then
   return redis.error_reply('INFO replication names no master_replid')
 end
-writer = string.sub(writer, 1, 16)
+local field = 'e' .. string.sub(info, at + 14, at + 29)
 local function epoch_of(stream, meta, fresh)
-  local m = redis.call('HMGET', meta, 'e', 'r', 's')
-  if m[1] and m[2] == writer then
-    return m[1], tonumber(m[3] or '0'), false
+  local epoch = redis.call('HGET', meta, field)
+  if epoch then
+    return epoch, false
   end
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'e', fresh, 's', 0, 'r', writer)
-  return fresh, 0, true
+  redis.call('DEL', stream, meta)
+  redis.call('HSET', meta, field, fresh, 's', 0)
+  return fresh, true
 end
 "#
     };
@@ -80,11 +83,12 @@ return table.concat(out, ',')
 pub(super) const READ: &str = concat!(
     stream_epoch_lua!(),
     r#"
-local epoch, latest, made = epoch_of(KEYS[1], KEYS[2], ARGV[4])
+local epoch, made = epoch_of(KEYS[1], KEYS[2], ARGV[4])
 if made then
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   return {epoch, 0, {}, {}}
 end
+local latest = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 local page = redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return {epoch, latest, first, page}

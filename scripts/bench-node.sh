@@ -8,6 +8,7 @@
 #   ROUNDS=1 SECONDS_PER_RUN=3 IDLE_COUNTS=1000 SKIP_BUILD=1 scripts/bench-node.sh
 #   TARGETS="node-redis node-memory" scripts/bench-node.sh
 #   NODE="/work/main/target/release/wscluster-operator node" TARGETS=node-memory scripts/bench-node.sh
+#   REDIS_CORE=1 scripts/bench-node.sh             # the bench's own Redis, pinned to core 1
 #
 # Targets: node-redis (Redis mailbox and presence), node-memory, sio-redis (Socket.IO with the
 # Redis Streams adapter and connection state recovery), sio-memory (Socket.IO, in-memory
@@ -16,8 +17,12 @@
 #     /proc/<pid>/status before and after, after 100 warm-up connections);
 #   * closed-loop sends/s, CLIENTS keep-alive HTTP clients to USERS connected users, for
 #     SECONDS_PER_RUN s, with send → receipt p50/p99 from the same run, the server's CPU per
-#     send and, for the Redis targets, Redis's (it is shared and not pinned);
+#     send and, for the Redis targets, Redis's;
 #   * RECOVER messages sent while a receiver was away, recovered on reconnect.
+# Redis is REDIS_URL's server, shared and not pinned (woken by the server, it mostly runs on the
+# server's core); with REDIS_CORE set the script starts its own redis-server on a free loopback
+# port pinned to that core instead (e.g. the driver's, so the server has its core to itself),
+# used by both Redis targets and shut down on exit.
 # It prints one table (the range over the rounds) and the ratios within each round. Redis keys
 # it made (prefix bench-node-<pid>) are deleted on exit. Loopback only; every step bounded.
 set -euo pipefail
@@ -36,6 +41,7 @@ TARGETS=${TARGETS:-node-redis node-memory sio-redis sio-memory ws}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 SERVER_CORE=${SERVER_CORE:-0}
 DRIVER_CORE=${DRIVER_CORE:-1}
+REDIS_CORE=${REDIS_CORE:-}
 PREFIX=bench-node-$$
 # The node command: a wscluster-node, or e.g. "/work/main/target/release/wscluster-operator node"
 # to measure another build (a baseline) with the same driver.
@@ -52,6 +58,9 @@ for t in $TARGETS; do
 done
 command -v node >/dev/null && command -v npm >/dev/null || { log "node and npm are required"; exit 1; }
 command -v redis-cli >/dev/null || { log "redis-cli is required"; exit 1; }
+for core in "$SERVER_CORE" "$DRIVER_CORE" ${REDIS_CORE:+"$REDIS_CORE"}; do
+  [[ $core =~ ^[0-9]+$ ]] && [ "$core" -lt "$(nproc)" ] || { log "core $core: not a core of this machine"; exit 2; }
+done
 
 if [ -z "${SKIP_BUILD:-}" ]; then
   log "installing the peers (npm ci)"
@@ -65,10 +74,21 @@ WORK=$(mktemp -d /tmp/wscluster-bench-node.XXXXXX)
 # shellcheck source=scripts/bench-lib.sh
 . "$ROOT/scripts/bench-lib.sh"
 flush_redis() {
+  [ -n "$REDIS_CORE" ] && return 0 # its own Redis: shut down with everything else
   redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
 }
 trap 'cleanup; flush_redis; rm -rf "$WORK"' EXIT
-# The Redis server's process id, for its CPU time (it is shared and not pinned to a core).
+if [ -n "$REDIS_CORE" ]; then
+  command -v redis-server >/dev/null || { log "REDIS_CORE needs redis-server"; exit 1; }
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  taskset -c "$REDIS_CORE" redis-server --bind 127.0.0.1 --port "$port" --save "" \
+    --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$port" 10
+  REDIS_URL=redis://127.0.0.1:$port
+  log "own Redis at $REDIS_URL, pinned to core $REDIS_CORE"
+fi
+# The Redis server's process id, for its CPU time.
 redis_pid() {
   redis-cli -u "$REDIS_URL" info server | tr -d '\r' | awk -F: '$1 == "process_id" {print $2}'
 }
@@ -141,4 +161,4 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 "$PEERS/report.py" "$RESULTS" "$IDLE_COUNTS" "$USERS" "$CLIENTS" "$RECOVER"
+REDIS_CORE=$REDIS_CORE python3 "$PEERS/report.py" "$RESULTS" "$IDLE_COUNTS" "$USERS" "$CLIENTS" "$RECOVER"

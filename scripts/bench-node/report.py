@@ -5,6 +5,7 @@ the ratios within each round.
 """
 
 import json
+import os
 import sys
 from collections import defaultdict
 
@@ -63,7 +64,9 @@ def main(path, idle_counts, users, clients, recover):
     drv = cells("sends", lambda v: v.get("driver_cpu_fraction", 0), lambda x: f"{x:.2f}")
     print("| driver CPU, cores (of its one) | " + " | ".join(drv) + " |")
     store = cells("sends", lambda v: v.get("store_cpu_us_per_send") or 0, lambda x: f"{x:.0f}" if x else "–")
-    print("| Redis CPU per send, µs (not pinned) | " + " | ".join(store) + " |")
+    core = os.environ.get("REDIS_CORE")
+    where = f"its own, on core {core}" if core else "shared, not pinned"
+    print(f"| Redis CPU per send, µs ({where}) | " + " | ".join(store) + " |")
     share = cells("sends", lambda v: v.get("store_cpu_fraction") or 0, lambda x: f"{x:.2f}" if x else "–")
     print("| Redis CPU, cores | " + " | ".join(share) + " |")
     lost = [sum(v["sends"] - v["received"] for v in results[t]["sends"]) for t in targets]

@@ -132,3 +132,35 @@ async fn small_batches_and_single_appends_follow_the_same_rule() {
     )
     .await;
 }
+
+/// The append goes as `EVALSHA`; a Redis that lost its scripts (restarted, `SCRIPT FLUSH`)
+/// answers `NOSCRIPT`, and the append still stores, in the same stream, at the next offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_after_redis_forgot_the_script_loads_it_and_is_stored() {
+    within(Duration::from_secs(30), async {
+        let prefix = unique("noscript");
+        let mailbox = RedisMailbox::new(manager().await, format!("{prefix}:c:"), retention());
+        let before = mailbox
+            .append("u", "before", None, 1)
+            .await
+            .expect("stored");
+        let flushed: String = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut manager().await)
+            .await
+            .expect("SCRIPT FLUSH");
+        assert_eq!(flushed, "OK");
+        let after = mailbox.append("u", "after", None, 2).await.expect("stored");
+        assert_eq!(after.epoch, before.epoch, "the same stream");
+        assert_eq!(after.offset, before.offset + 1);
+        let page = mailbox.read("u", 0, READ_PAGE).await.expect("read");
+        let stored: Vec<(u64, &str)> = page
+            .entries
+            .iter()
+            .map(|e| (e.offset, e.content.as_str()))
+            .collect();
+        assert_eq!(stored, [(1, "before"), (2, "after")]);
+        redis_cleanup(&prefix).await;
+    })
+    .await;
+}

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -225,6 +226,9 @@ impl Call {
 /// `jobs` split into the parts that may share one script call, each in queue order: one part
 /// on a standalone Redis, one per hash slot on a cluster.
 fn by_shard(con: &RedisConnection, jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    if !con.is_cluster() {
+        return vec![jobs];
+    }
     let mut parts: Vec<(Shard, Vec<Job>)> = Vec::new();
     for job in jobs {
         let shard = con.shard(&job.message.stream);
@@ -236,28 +240,50 @@ fn by_shard(con: &RedisConnection, jobs: Vec<Job>) -> Vec<Vec<Job>> {
     parts.into_iter().map(|(_, part)| part).collect()
 }
 
-/// One script call for `jobs`: their epochs and offsets, in order.
+/// One script call for `jobs`: their epochs and offsets, in order. The call goes as `EVALSHA`;
+/// a Redis that does not know the script (restarted, `SCRIPT FLUSH`, a new master) answers
+/// `NOSCRIPT`, on which it is loaded and the same command sent once more.
 async fn call(
     script: &redis::Script,
     con: &mut RedisConnection,
     retention: Retention,
     jobs: &[Job],
 ) -> Result<Vec<Appended>> {
-    let mut invocation = script.prepare_invoke();
-    invocation
-        .arg(retention.max_len)
+    let eval = eval_command(script, retention, jobs);
+    let reply: String = match eval.query_async(con).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            // redis-rs sends SCRIPT LOAD to every master of a cluster.
+            script.load_async(con).await?;
+            eval.query_async(con).await?
+        }
+        answer => answer?,
+    };
+    parse_reply(&reply, jobs.len())
+}
+
+/// `EVALSHA` of the append script for `jobs`, every argument written once, straight into the
+/// command (redis-rs's script invocation copies each into a list of its own first).
+fn eval_command(script: &redis::Script, retention: Retention, jobs: &[Job]) -> redis::Cmd {
+    let bytes: usize = jobs
+        .iter()
+        .map(|Job { message: m, .. }| {
+            m.stream.len() + m.meta.len() + m.content.len() + m.from.len() + 20
+        })
+        .sum();
+    let mut eval = redis::Cmd::with_capacity(6 + 5 * jobs.len(), 96 + bytes);
+    eval.arg("EVALSHA")
+        .arg(script.get_hash())
+        .arg(2 * jobs.len());
+    for Job { message: m, .. } in jobs {
+        eval.arg(&m.stream).arg(&m.meta);
+    }
+    eval.arg(retention.max_len)
         .arg(retention.ttl.as_secs().max(1))
         .arg(&*super::new_epoch());
     for Job { message: m, .. } in jobs {
-        invocation
-            .key(&m.stream)
-            .key(&m.meta)
-            .arg(&m.content)
-            .arg(m.timestamp)
-            .arg(&m.from);
+        eval.arg(&m.content).arg(m.timestamp).arg(&m.from);
     }
-    let reply: String = invocation.invoke_async(con).await?;
-    parse_reply(&reply, jobs.len())
+    eval
 }
 
 /// The append script's answer, `epoch:offset` per message joined by `,`, as exactly `n`

@@ -39,7 +39,7 @@ local function epoch_of(stream, meta, fresh)
     return epoch, false
   end
   redis.call('DEL', stream, meta)
-  redis.call('HSET', meta, field, fresh, 's', 0)
+  redis.call('HSET', meta, field, fresh)
   return fresh, true
 end
 "#
@@ -61,16 +61,16 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local stream, meta, a = KEYS[2 * i - 1], KEYS[2 * i], 3 + 3 * (i - 1)
   local epoch = epoch_of(stream, meta, ARGV[3])
-  local seq = redis.call('HINCRBY', meta, 's', 1)
+  local id
   if ARGV[a + 3] == '' then
-    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2])
+    id = redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-*', 'c', ARGV[a + 1], 't', ARGV[a + 2])
   else
-    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2],
+    id = redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-*', 'c', ARGV[a + 1], 't', ARGV[a + 2],
       'f', ARGV[a + 3])
   end
   redis.call('EXPIRE', stream, ARGV[2])
   redis.call('EXPIRE', meta, ARGV[2])
-  out[i] = epoch .. ':' .. seq
+  out[i] = epoch .. ':' .. string.sub(id, 3)
 end
 return table.concat(out, ',')
 "#
@@ -88,7 +88,8 @@ if made then
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   return {epoch, 0, {}, {}}
 end
-local latest = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local latest = last and tonumber(string.sub(last[1], 3)) or 0
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 local page = redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return {epoch, latest, first, page}

@@ -18,15 +18,16 @@
 //! * `{prefix}:{cluster}:mailbox:{<tag>}` — a stream whose entry ids are `0-<offset>`, fields
 //!   `c` (content) and `t` (timestamp, ms since the Unix epoch);
 //! * `{prefix}:{cluster}:mailbox-meta:{<tag>}` — a hash: the epoch under `e<history>` (the
-//!   Redis replication history that wrote it, `scripts.rs`), `s` the last offset handed out.
+//!   Redis replication history that wrote it, `scripts.rs`). The last offset handed out is
+//!   the stream's last id (earlier releases also kept it as `s`, no longer read).
 //!
 //! The same code runs on a standalone Redis and on a Redis Cluster ([`RedisConnection`]): the
 //! two keys of a user share one slot, so every script call stays in one slot, and a batch is
 //! split by slot on a cluster (`batch.rs`).
 //!
 //! One Lua script makes the epoch when the hash has none of the current replication history
-//! (dropping the stream), allocates the offset, `XADD`s with `MAXLEN` and `EXPIRE`s both keys together, and
-//! returns epoch and offset, atomic with other writers. Under load, appends that wait for the
+//! (dropping the stream), `XADD`s with `MAXLEN` and id `0-*` (Redis numbers the entry: the
+//! next offset), `EXPIRE`s both keys together, and returns epoch and offset, atomic with other writers. Under load, appends that wait for the
 //! connection go together in one call of that script ([`Batching`], `batch.rs`), so a busy node
 //! pays one round trip and one script dispatch per batch rather than per message. A read is
 //! one script too, which makes the epoch by the same rule so the client is told the epoch its

@@ -53,7 +53,9 @@ end
 /// the chat sender or "" (stored as field `f` when set). Returns one string, `epoch:offset` per
 /// message joined by `,` (`batch::parse_reply`): a client parses one bulk string far faster
 /// than two arrays of a value per message (redis-rs's parser was a fifth of the node's
-/// instructions per send).
+/// instructions per send). The offset is the entry's id, `0-<offset>`, which `XADD … 0-*` makes
+/// the stream's last id plus one (Redis keeps the last id when `MAXLEN` trims), so no counter
+/// of its own is kept or read.
 pub(super) const APPEND: &str = concat!(
     stream_epoch_lua!(),
     r#"

@@ -79,9 +79,6 @@ impl Backends {
             (None, Some(seeds)) => Some(RedisConnection::from(cluster_redis(config, seeds).await?)),
             (None, None) => None,
         };
-        if let Some(con) = &redis {
-            check_redis_version(con.clone()).await?;
-        }
         let (mailbox, presence) = match redis {
             Some(con) => redis_backends(config, con),
             None => (
@@ -115,19 +112,6 @@ impl Backends {
             ack,
         })
     }
-}
-
-/// The Redis (every master of a cluster) is one the mailbox scripts run on, within
-/// [`REDIS_CONNECT_TIMEOUT`].
-async fn check_redis_version(mut con: RedisConnection) -> Result<()> {
-    let what = format!("redis ({})", con.kind());
-    tokio::time::timeout(REDIS_CONNECT_TIMEOUT, con.check_version(&what))
-        .await
-        .map_err(|_| {
-            Error::Config(format!(
-                "{what} did not answer INFO within {REDIS_CONNECT_TIMEOUT:?}"
-            ))
-        })?
 }
 
 /// Mailbox and presence on `con`, standalone or cluster alike.

@@ -39,7 +39,7 @@ local function epoch_of(stream, meta, fresh)
     return epoch, false
   end
   redis.call('DEL', stream, meta)
-  redis.call('HSET', meta, field, fresh)
+  redis.call('HSET', meta, field, fresh, 's', 0)
   return fresh, true
 end
 "#
@@ -53,9 +53,7 @@ end
 /// the chat sender or "" (stored as field `f` when set). Returns one string, `epoch:offset` per
 /// message joined by `,` (`batch::parse_reply`): a client parses one bulk string far faster
 /// than two arrays of a value per message (redis-rs's parser was a fifth of the node's
-/// instructions per send). The offset is the entry's id, `0-<offset>`, which `XADD … 0-*` makes
-/// the stream's last id plus one (Redis keeps the last id when `MAXLEN` trims), so no counter
-/// of its own is kept or read.
+/// instructions per send).
 pub(super) const APPEND: &str = concat!(
     stream_epoch_lua!(),
     r#"
@@ -63,16 +61,16 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local stream, meta, a = KEYS[2 * i - 1], KEYS[2 * i], 3 + 3 * (i - 1)
   local epoch = epoch_of(stream, meta, ARGV[3])
-  local id
+  local seq = redis.call('HINCRBY', meta, 's', 1)
   if ARGV[a + 3] == '' then
-    id = redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-*', 'c', ARGV[a + 1], 't', ARGV[a + 2])
+    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2])
   else
-    id = redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-*', 'c', ARGV[a + 1], 't', ARGV[a + 2],
+    redis.call('XADD', stream, 'MAXLEN', ARGV[1], '0-' .. seq, 'c', ARGV[a + 1], 't', ARGV[a + 2],
       'f', ARGV[a + 3])
   end
   redis.call('EXPIRE', stream, ARGV[2])
   redis.call('EXPIRE', meta, ARGV[2])
-  out[i] = epoch .. ':' .. string.sub(id, 3)
+  out[i] = epoch .. ':' .. seq
 end
 return table.concat(out, ',')
 "#
@@ -90,8 +88,7 @@ if made then
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   return {epoch, 0, {}, {}}
 end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-local latest = last and tonumber(string.sub(last[1], 3)) or 0
+local latest = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 local page = redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return {epoch, latest, first, page}

@@ -11,21 +11,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use redis::aio::ConnectionManager;
 use wscluster_node::mailbox::{Appended, Batching, Mailbox, READ_PAGE, RedisMailbox, Retention};
 
-use common::{redis_cleanup, redis_url, unique, within};
+use common::{redis_cleanup, redis_manager, unique, within};
 
 const USERS: usize = 4;
 const PER_USER: u64 = 150;
-
-async fn manager() -> ConnectionManager {
-    let client = redis::Client::open(redis_url()).expect("valid redis url");
-    tokio::time::timeout(common::STEP, ConnectionManager::new(client))
-        .await
-        .expect("redis answered in time")
-        .expect("redis reachable")
-}
 
 fn retention() -> Retention {
     Retention {
@@ -98,7 +89,7 @@ async fn check(mailbox: &RedisMailbox, answers: &BTreeMap<(usize, u64), Appended
 async fn run(batching: Batching) {
     let prefix = unique("batch");
     let mailbox = Arc::new(RedisMailbox::with_batching(
-        manager().await,
+        redis_manager().await,
         format!("{prefix}:c:"),
         retention(),
         batching,
@@ -139,14 +130,14 @@ async fn small_batches_and_single_appends_follow_the_same_rule() {
 async fn an_append_after_redis_forgot_the_script_loads_it_and_is_stored() {
     within(Duration::from_secs(30), async {
         let prefix = unique("noscript");
-        let mailbox = RedisMailbox::new(manager().await, format!("{prefix}:c:"), retention());
+        let mailbox = RedisMailbox::new(redis_manager().await, format!("{prefix}:c:"), retention());
         let before = mailbox
             .append("u", "before", None, 1)
             .await
             .expect("stored");
         let flushed: String = redis::cmd("SCRIPT")
             .arg("FLUSH")
-            .query_async(&mut manager().await)
+            .query_async(&mut redis_manager().await)
             .await
             .expect("SCRIPT FLUSH");
         assert_eq!(flushed, "OK");

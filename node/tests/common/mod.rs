@@ -62,6 +62,15 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("redis at {url} is unreachable ({e}); start redis-server or set WSCLUSTER_TEST_REDIS_URL"))
 }
 
+/// A connection manager on the test Redis, as the node's mailbox is given one.
+pub async fn redis_manager() -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(redis_url()).expect("valid redis url");
+    tokio::time::timeout(STEP, redis::aio::ConnectionManager::new(client))
+        .await
+        .expect("redis answered in time")
+        .expect("redis reachable")
+}
+
 /// Deletes every Redis key under `prefix`.
 pub async fn redis_cleanup(prefix: &str) {
     let mut con = redis().await;
